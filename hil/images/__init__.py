@@ -1,0 +1,1 @@
+"""ESP-IDF flash formats: app and bootloader images, partition table, otadata, NVS."""
