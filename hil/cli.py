@@ -1,0 +1,86 @@
+"""The ``hil`` command. Each subcommand is a thin shell over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _sim_board(args: argparse.Namespace) -> int:
+    from hil.sim.process import BoardOptions, run_board
+
+    return run_board(BoardOptions(state_dir=Path(args.state_dir), mac=args.mac, pty=args.pty))
+
+
+def _firmware_build(args: argparse.Namespace) -> int:
+    from hil.firmware import FirmwareError, build_images, load_recipes
+
+    try:
+        book = load_recipes(Path(args.recipes))
+        names = args.recipe or sorted(book.recipes)
+        written = build_images(book, names, Path(args.out))
+    except FirmwareError as exc:
+        print(f"hil firmware build: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hil",
+        description="Hardware-in-the-loop testing for ESP32-C3 firmware: virtual boards, "
+        "firmware images, flashing and rigs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = sub.add_parser("sim", help="the virtual ESP32-C3 rig")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SUBCOMMAND")
+    board = sim_sub.add_parser(
+        "board",
+        help="run one virtual board in the foreground",
+        description="Run one virtual ESP32-C3 devkit until SIGTERM/SIGINT. The first stdout "
+        "line is JSON: serial (rfc2217://127.0.0.1:PORT or the pty path), control "
+        "(tcp://127.0.0.1:PORT, JSON lines), pid, mac, state_dir. Flash it with "
+        "`esptool --port <serial> write-flash @flash_args`.",
+    )
+    board.add_argument("--state-dir", required=True, help="where the 4 MB flash and identity live")
+    board.add_argument("--mac", help="base MAC address (default: stable per state dir), e.g. 58:cf:79:01:02:03")
+    board.add_argument(
+        "--pty",
+        action="store_true",
+        help="serve UART0 on a pty instead of RFC 2217 (resets then come from the control endpoint)",
+    )
+    board.set_defaults(func=_sim_board)
+
+    fw = sub.add_parser("firmware", help="firmware images for the virtual rig")
+    fw_sub = fw.add_subparsers(dest="firmware_command", required=True, metavar="SUBCOMMAND")
+    build = fw_sub.add_parser(
+        "build",
+        help="build the virtual rig's images from recipes",
+        description="Build bootloader.bin, partition-table.bin, ota_data_initial.bin, one "
+        "<recipe>.bin per app recipe and flash_args (esptool @file syntax, baseline app) "
+        "into --out. Builds are reproducible: the same recipe gives the same bytes.",
+    )
+    build.add_argument("recipe", nargs="*", help="recipe names (default: all)")
+    build.add_argument("--out", required=True, help="output directory")
+    build.add_argument(
+        "--recipes",
+        default=str(Path(__file__).resolve().parent.parent / "firmware" / "recipes.toml"),
+        help="recipe book (default: firmware/recipes.toml)",
+    )
+    build.set_defaults(func=_firmware_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""The virtual ESP32-C3 devkit: power, the EN/BOOT auto-reset circuit, ROM, boot chain, app.
+
+Electrical model (SPEC_FACTS §1.5): the host's DTR/RTS drive EN and GPIO9 through the
+devkit's two-transistor circuit. EN is low when RTS is asserted and DTR is not; GPIO9 is
+low when DTR is asserted and RTS is not. The chip latches its strapping pins a little
+after EN rises (the RC delay on real boards), which is what lets esptool's non-atomic
+ClassicReset over RFC 2217 pass through (T,T) and still land in download mode.
+
+Everything the chip does after a reset runs in one asyncio task; any reset cancels it,
+exactly as pulling EN low stops a real CPU mid-instruction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hil.images.app import IMAGE_MAGIC, ImageError, check_image, find_behaviour
+from hil.sim.app import AppContext, AppFactory
+from hil.sim.bootloader import BootFailure, Bootloader, BootloaderConfig
+from hil.sim.download import (
+    BaudRateChanged,
+    DownloadEvent,
+    DownloadSession,
+    Reboot,
+    RunUserCode,
+)
+from hil.sim.flash import SpiFlash
+from hil.sim.registers import ChipIdentity, RegisterSpace
+from hil.sim.resets import POWER_ON, ResetCause, RomResetCode
+
+log = logging.getLogger(__name__)
+
+STRAP_LATCH_DELAY_S = 0.12
+"""EN's RC delay: strapping pins are sampled this long after EN rises.
+
+Sized for RFC 2217: pyserial's client waits for the server's acknowledgement of each
+modem-line change by polling every 50 ms, so the second half of esptool's non-atomic
+ClassicReset (DTR on, *then* RTS off) lands ~50 ms after EN has risen, and GPIO9 is
+released again 150 ms after that (or 650 ms on esptool's long attempts). Sampling at
+120 ms falls inside that window with margin on both sides. A devkit behind ser2net
+with a 1 ms RC would boot from flash instead, which is why Espressif ships
+esp_rfc2217_server; this board behaves like that pairing, without rewriting resets.
+"""
+
+ROM_RETRY_PERIOD_S = 0.1
+"""How often the ROM re-reads a flash it cannot boot before its watchdog fires."""
+
+ROM_RETRIES = 8
+BOOTLOADER_RESET_DELAY_S = 0.2
+BOOTLOADER_MAX_SIZE = 0x8000  # the bootloader must end before the partition table
+SAVED_PC = 0x4038121E
+TX_HISTORY_BYTES = 256 * 1024
+
+
+class Mode(enum.StrEnum):
+    OFF = "off"
+    RESET = "reset"
+    DOWNLOAD = "download"
+    BOOTING = "booting"
+    APP = "app"
+    HALTED = "halted"
+
+
+class Board:
+    """One virtual devkit. Not thread-safe: everything happens on the event loop."""
+
+    def __init__(
+        self,
+        *,
+        flash: SpiFlash,
+        identity: ChipIdentity,
+        app_factory: AppFactory,
+        bootloader_config: BootloaderConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.flash = flash
+        self.identity = identity
+        self._app_factory = app_factory
+        self._boot_cfg = bootloader_config or BootloaderConfig()
+        self._clock = clock
+        self._tx: Callable[[bytes], None] = lambda data: None
+        self._registers = RegisterSpace(identity, flash, self._on_rtc_watchdog)
+
+        self._powered = False
+        self._dtr = False
+        self._rts = False
+        self._held_in_reset = False  # the control endpoint's "hold reset" (a relay on EN)
+        self._boot_forced_low = False  # the control endpoint pressing BOOT
+        self._en_high = False
+        self._latch: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._session: DownloadSession | None = None
+        self._t0 = clock()
+        self._changed = asyncio.Event()
+
+        self.mode = Mode.OFF
+        self.boots = 0
+        self.last_cause: ResetCause | None = None
+        self.baudrate = 115200
+        self.app_info: dict[str, Any] | None = None
+        # A tap on the TX line, like a logic analyser on a lab rig: lets a tool see what
+        # the chip printed while the port was held by someone else (esptool's own
+        # hard reset, say). The port itself stays exclusive, as on real lab hosts.
+        self._tx_history = bytearray()
+        self.tx_total = 0
+        self._tx_event = asyncio.Event()
+
+    # -- wiring ---------------------------------------------------------------------
+    def attach_uart(self, send: Callable[[bytes], None]) -> None:
+        self._tx = send
+
+    # -- electrical inputs ----------------------------------------------------------
+    def set_host_lines(self, dtr: bool, rts: bool) -> None:
+        """DTR/RTS as the host asserts them (True = asserted = pulled low)."""
+        self._dtr, self._rts = dtr, rts
+        self._update_en()
+
+    def power(self, on: bool) -> None:
+        self._powered = on
+        self._update_en()
+
+    def hold_reset(self, hold: bool) -> None:
+        self._held_in_reset = hold
+        self._update_en()
+
+    async def pulse_reset(self, *, download: bool = False) -> None:
+        """Press RESET (and BOOT, for download mode) like a person or a relay would."""
+        self._boot_forced_low = download
+        self.hold_reset(True)
+        await asyncio.sleep(0.05)  # the length of the pulse itself, not a wait for an event
+        self.hold_reset(False)
+        if download:
+            await self.wait_for(lambda: self.mode is not Mode.RESET, timeout=1.0)
+            self._boot_forced_low = False
+
+    @property
+    def _en_level(self) -> bool:
+        pulled_low_by_host = self._rts and not self._dtr
+        return self._powered and not self._held_in_reset and not pulled_low_by_host
+
+    @property
+    def _gpio9_low(self) -> bool:
+        return (self._dtr and not self._rts) or self._boot_forced_low
+
+    def _update_en(self) -> None:
+        level = self._en_level
+        if level and not self._en_high:
+            self._en_high = True
+            loop = asyncio.get_running_loop()
+            self._latch = loop.call_later(STRAP_LATCH_DELAY_S, self._strap_latched)
+        elif not level and self._en_high:
+            self._en_high = False
+            if self._latch is not None:
+                self._latch.cancel()
+                self._latch = None
+            self._stop(Mode.OFF if not self._powered else Mode.RESET)
+        elif not level:
+            self._set_mode(Mode.OFF if not self._powered else Mode.RESET)
+
+    def _strap_latched(self) -> None:
+        self._latch = None
+        self._start(POWER_ON, download=self._gpio9_low)
+
+    # -- resets from inside the chip ------------------------------------------------
+    def restart(self, cause: ResetCause) -> None:
+        """A reset the chip causes itself (esp_restart, watchdog, bootloader_reset).
+
+        Scheduled rather than done inline, because the caller is usually the very task
+        the reset cancels.
+        """
+        asyncio.get_running_loop().call_soon(self._restart_now, cause)
+
+    def _restart_now(self, cause: ResetCause) -> None:
+        if not self._en_high or self._latch is not None:
+            return  # power or EN went away first; that reset wins
+        self._start(cause, download=self._gpio9_low)
+
+    def _on_rtc_watchdog(self) -> None:
+        self.restart(ResetCause(RomResetCode.RTCWDT_RTC_RST))
+
+    # -- what the chip runs ---------------------------------------------------------
+    def _stop(self, mode: Mode) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+        self._session = None
+        self.app_info = None
+        self.flash.flush()
+        self._set_mode(mode)
+
+    def _start(self, cause: ResetCause, *, download: bool, rom_banner: bool = True) -> None:
+        self._stop(Mode.BOOTING)
+        self._t0 = self._clock()
+        self.boots += 1
+        self.last_cause = cause
+        self.baudrate = 115200
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(cause, download=download, rom_banner=rom_banner)
+        )
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # A bug in the simulator must not look like a quiet device: say it loudly,
+            # on stderr and on the port, and stop (a halted CPU).
+            log.error("virtual board internal error", exc_info=exc)
+            self._set_mode(Mode.HALTED)
+            self._println(f"E ({self.uptime_ms()}) hil-sim: internal error, CPU halted: {exc!r}")
+
+    async def _run(self, cause: ResetCause, *, download: bool, rom_banner: bool) -> None:
+        if rom_banner:
+            self._println("ESP-ROM:esp32c3-api1-20210207")
+            self._println("Build:Feb  7 2021")
+            if download:
+                self._println(f"{cause.rom_line},boot:0x5 (DOWNLOAD(USB/UART0/1))")
+                self._println("waiting for download")
+                self._session = DownloadSession(
+                    flash=self.flash,
+                    registers=self._registers,
+                    send=self._send,
+                    on_event=self._on_download_event,
+                )
+                self._set_mode(Mode.DOWNLOAD)
+                return
+            self._println(f"{cause.rom_line},boot:0xc (SPI_FAST_FLASH_BOOT)")
+            if cause.code is not RomResetCode.POWERON:
+                self._println(f"Saved PC:0x{SAVED_PC:08x}")
+        if not await self._rom_load_bootloader():
+            return
+
+        target = Bootloader(self.flash, self.log, self._boot_cfg).run()
+        if isinstance(target, BootFailure):
+            await asyncio.sleep(BOOTLOADER_RESET_DELAY_S)
+            self.restart(ResetCause(RomResetCode.RTC_SW_SYS_RST))
+            return
+
+        image = target.image
+        desc = image.descriptor
+        behaviour = find_behaviour(image)
+        self.app_info = {
+            "partition": target.partition.label,
+            "offset": target.partition.offset,
+            "project": desc.project_name if desc else None,
+            "version": desc.version if desc else None,
+            "model": behaviour.model if behaviour else None,
+            "defects": list(behaviour.defects) if behaviour else [],
+        }
+        self._print_app_startup(desc.project_name if desc else "", desc, image.entry)
+        self._set_mode(Mode.APP)
+        ctx = AppContext(
+            flash=self.flash,
+            table=target.table,
+            running=target.partition,
+            image=image,
+            behaviour=behaviour,
+            reset_cause=cause,
+            mac=self.identity.mac,
+            log=self.log,
+            write=self._send,
+            restart=self.restart,
+            uptime_ms=self.uptime_ms,
+        )
+        await self._app_factory(behaviour).run(ctx)
+
+    async def _rom_load_bootloader(self) -> bool:
+        """The ROM's part of a flash boot: load the 2nd-stage bootloader from 0x0."""
+        data = self.flash.read(0, BOOTLOADER_MAX_SIZE)
+        try:
+            image = check_image(data, flash_offset=0, partition_size=None, check_hash=False)
+        except ImageError as exc:
+            if data[0] != IMAGE_MAGIC:
+                line = f"invalid header: 0x{int.from_bytes(data[:4], 'little'):08x}"
+            else:
+                line = f"ets_main.c 333 ({exc})"
+            for _ in range(ROM_RETRIES):
+                self._println(line)
+                await asyncio.sleep(ROM_RETRY_PERIOD_S)
+            self.restart(ResetCause(RomResetCode.TG0WDT_SYS_RST))
+            return False
+        self._println("SPIWP:0xee")
+        self._println("mode:DIO, clock div:1")
+        for segment in image.segments:
+            self._println(f"load:0x{segment.load_addr:08x},len:0x{len(segment.data):x}")
+        self._println(f"entry 0x{image.entry:08x}")
+        return True
+
+    def _print_app_startup(self, project: str, desc: Any, entry: int) -> None:
+        self.log("I", "cpu_start", "Unicore app")
+        self.log("I", "cpu_start", "Pro cpu start user code")
+        self.log("I", "cpu_start", "cpu freq: 160000000 Hz")
+        self.log("I", "app_init", "Application information:")
+        self.log("I", "app_init", f"Project name:     {project}")
+        if desc is not None:
+            self.log("I", "app_init", f"App version:      {desc.version}")
+            self.log("I", "app_init", f"Compile time:     {desc.date} {desc.time}")
+            self.log("I", "app_init", f"ELF file SHA256:  {desc.elf_sha256.hex()[:16]}...")
+            self.log("I", "app_init", f"ESP-IDF:          {desc.idf_ver}")
+        major, minor = divmod(self._boot_cfg.chip_rev_full, 100)
+        self.log("I", "efuse_init", f"Chip rev:         v{major}.{minor}")
+        self.log("I", "heap_init", "Initializing. RAM available for dynamic allocation:")
+        self.log("I", "heap_init", "At 3FC94A10 len 0002B5F0 (173 KiB): RAM")
+        self.log("I", "spi_flash", "detected chip: generic")
+        self.log("I", "spi_flash", "flash io: dio")
+        self.log("I", "main_task", "Started on CPU0")
+        self.log("I", "main_task", "Calling app_main()")
+
+    def _on_download_event(self, event: DownloadEvent) -> None:
+        if isinstance(event, BaudRateChanged):
+            self.baudrate = event.baud
+        elif isinstance(event, RunUserCode):
+            cause = self.last_cause or POWER_ON
+            self._start(cause, download=False, rom_banner=False)
+        elif isinstance(event, Reboot):
+            self.restart(ResetCause(RomResetCode.RTC_SW_SYS_RST))
+
+    # -- UART -----------------------------------------------------------------------
+    def uart_rx(self, data: bytes) -> None:
+        """Bytes from the host. Only the ROM's download mode listens in this model."""
+        if self._session is not None:
+            self._session.feed(data)
+
+    def _send(self, data: bytes) -> None:
+        self.tx_total += len(data)
+        self._tx_history += data
+        if len(self._tx_history) > TX_HISTORY_BYTES:
+            del self._tx_history[: len(self._tx_history) - TX_HISTORY_BYTES]
+        self._tx_event.set()
+        self._tx_event = asyncio.Event()
+        self._tx(data)
+
+    async def wait_tx(self, pattern: re.Pattern[bytes], since: int, *, timeout: float) -> tuple[re.Match[bytes], int]:
+        """Wait until TX after ``since`` matches ``pattern``; return the match and its end."""
+        async with asyncio.timeout(timeout):
+            while True:
+                data, end = self.tx_since(since)
+                match = pattern.search(data)
+                if match:
+                    return match, end - len(data) + match.end()
+                await self._tx_event.wait()
+
+    def tx_since(self, position: int) -> tuple[bytes, int]:
+        """TX bytes after absolute position ``position`` (as far as history reaches)."""
+        start = max(position, self.tx_total - len(self._tx_history))
+        offset = start - (self.tx_total - len(self._tx_history))
+        return bytes(self._tx_history[offset:]), self.tx_total
+
+    def _println(self, text: str) -> None:
+        self._send(text.encode() + b"\r\n")
+
+    def uptime_ms(self) -> int:
+        return int((self._clock() - self._t0) * 1000)
+
+    def log(self, level: str, tag: str, message: str) -> None:
+        """ESP-IDF's log format: ``L (ms since reset) tag: message``."""
+        self._println(f"{level} ({self.uptime_ms()}) {tag}: {message}")
+
+    # -- state ----------------------------------------------------------------------
+    def _set_mode(self, mode: Mode) -> None:
+        self.mode = mode
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], *, timeout: float) -> None:
+        """Wait until predicate() holds after some state change; TimeoutError otherwise."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+    def state(self) -> dict[str, Any]:
+        cause = self.last_cause
+        return {
+            "powered": self._powered,
+            "mode": self.mode.value,
+            "en": self._en_high,
+            "reset_reason": cause.code.name if cause else None,
+            "idf_reset_reason": cause.idf_reason if cause else None,
+            "boots": self.boots,
+            "stub_running": bool(self._session and self._session.stub_running),
+            "baudrate": self.baudrate,
+            "app": self.app_info,
+        }
+
+    async def close(self) -> None:
+        if self._latch is not None:
+            self._latch.cancel()
+        task = self._task
+        self._stop(Mode.OFF)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.flash.flush()

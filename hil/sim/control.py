@@ -1,0 +1,163 @@
+"""The board's control endpoint: JSON lines over TCP on 127.0.0.1.
+
+It offers what a real lab rig has besides the serial port — a power switch, a relay on
+EN, a BOOT button — and, later, the sensor and access-point controls. One request per
+line, one reply per line::
+
+    → {"cmd": "power", "action": "cycle"}
+    ← {"ok": true, "state": {...}}
+    → {"cmd": "bogus"}
+    ← {"ok": false, "error": "unknown command 'bogus'; known: ..."}
+
+Commands are a registry (name → handler) so that the firmware model can add its own
+(sensor environment and faults, AP up/down) without this module knowing about them.
+The protocol is documented in docs/virtual-rig.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hil.sim.board import Board, Mode
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlError(Exception):
+    """A request the endpoint refuses; the message goes back to the client."""
+
+
+class ControlServer:
+    def __init__(self, board: Board) -> None:
+        self._board = board
+        self._server: asyncio.Server | None = None
+        self.port = 0
+        self.handlers: dict[str, Handler] = {
+            "state": self._state,
+            "power": self._power,
+            "reset": self._reset,
+            "hold_reset": self._hold_reset,
+            "download": self._download,
+            "wait_mode": self._wait_mode,
+            "tx_log": self._tx_log,
+            "wait_tx": self._wait_tx,
+        }
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                reply = await self.handle_line(line)
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def handle_line(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                raise ControlError('a request is a JSON object with a string "cmd"')
+            handler = self.handlers.get(request["cmd"])
+            if handler is None:
+                known = ", ".join(sorted(self.handlers))
+                raise ControlError(f"unknown command {request['cmd']!r}; known: {known}")
+            result = await handler(request)
+        except json.JSONDecodeError as exc:
+            return {"ok": False, "error": f"not JSON: {exc}"}
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        except TimeoutError:
+            return {"ok": False, "error": "timed out", "state": self._board.state()}
+        return {"ok": True, **result}
+
+    # -- handlers -------------------------------------------------------------------
+    async def _state(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"state": self._board.state()}
+
+    async def _power(self, request: dict[str, Any]) -> dict[str, Any]:
+        action = request.get("action")
+        if action == "on":
+            self._board.power(True)
+        elif action == "off":
+            self._board.power(False)
+        elif action == "cycle":
+            self._board.power(False)
+            await asyncio.sleep(float(request.get("off_s", 0.1)))  # how long power stays off
+            self._board.power(True)
+        else:
+            raise ControlError('power needs "action": "on", "off" or "cycle"')
+        return {"state": self._board.state()}
+
+    async def _reset(self, request: dict[str, Any]) -> dict[str, Any]:
+        await self._board.pulse_reset(download=False)
+        return {"state": self._board.state()}
+
+    async def _download(self, request: dict[str, Any]) -> dict[str, Any]:
+        await self._board.pulse_reset(download=True)
+        return {"state": self._board.state()}
+
+    async def _hold_reset(self, request: dict[str, Any]) -> dict[str, Any]:
+        hold = request.get("hold")
+        if not isinstance(hold, bool):
+            raise ControlError('hold_reset needs "hold": true or false')
+        self._board.hold_reset(hold)
+        return {"state": self._board.state()}
+
+    async def _wait_mode(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            wanted = Mode(request.get("mode"))
+        except ValueError:
+            raise ControlError(f"mode must be one of {[m.value for m in Mode]}") from None
+        timeout = float(request.get("timeout", 10.0))
+        await self._board.wait_for(lambda: self._board.mode is wanted, timeout=timeout)
+        return {"state": self._board.state()}
+
+    async def _tx_log(self, request: dict[str, Any]) -> dict[str, Any]:
+        since = request.get("since", 0)
+        if not isinstance(since, int) or since < 0:
+            raise ControlError('tx_log needs "since": a byte position >= 0 (0 = oldest kept)')
+        data, end = self._board.tx_since(since)
+        return {"data": base64.b64encode(data).decode(), "end": end}
+
+    async def _wait_tx(self, request: dict[str, Any]) -> dict[str, Any]:
+        pattern, since = request.get("pattern"), request.get("since", 0)
+        if not isinstance(pattern, str) or not isinstance(since, int):
+            raise ControlError('wait_tx needs "pattern" (a regex) and "since" (a byte position)')
+        try:
+            regex = re.compile(pattern.encode())
+        except re.error as exc:
+            raise ControlError(f"bad pattern {pattern!r}: {exc}") from None
+        timeout = float(request.get("timeout", 10.0))
+        try:
+            match, end = await self._board.wait_tx(regex, since, timeout=timeout)
+        except TimeoutError:
+            data, _ = self._board.tx_since(since)
+            tail = data[-2000:].decode("utf-8", "replace")
+            raise ControlError(f"no match for {pattern!r} in {timeout} s; last output:\n{tail}") from None
+        return {"match": match.group(0).decode("utf-8", "replace"), "end": end}

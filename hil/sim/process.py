@@ -1,0 +1,146 @@
+"""``hil sim board``: one virtual board as one OS process.
+
+The first stdout line is a JSON object other tools rely on (keep its fields stable):
+``serial`` (the port URL or pty path), ``control`` (the control endpoint URL), ``pid``,
+``mac`` and ``state_dir``. The process then runs until SIGTERM or SIGINT.
+
+The state dir holds the board's persistent parts: the 4 MB flash image (kept across
+power cycles and process restarts) and ``board.json`` with its identity. A lock on
+``board.lock`` keeps two processes from driving the same flash; the OS drops it when
+the holder dies, so a SIGKILLed board never blocks the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from hil.sim.app import AppFactory, idle_factory
+from hil.sim.board import Board
+from hil.sim.control import ControlServer
+from hil.sim.flash import SpiFlash
+from hil.sim.registers import ChipIdentity, parse_mac
+from hil.sim.uart import PtyTransport, Rfc2217Server
+
+FLASH_FILE = "flash.bin"
+IDENTITY_FILE = "board.json"
+LOCK_FILE = "board.lock"
+
+
+class StateDirBusy(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class BoardOptions:
+    state_dir: Path
+    mac: str | None = None
+    pty: bool = False
+
+
+def default_mac(state_dir: Path) -> bytes:
+    """A stable MAC per state dir, under Espressif's 58:cf:79 OUI."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).digest()
+    return bytes([0x58, 0xCF, 0x79]) + digest[:3]
+
+
+def format_mac(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def _identity(options: BoardOptions) -> ChipIdentity:
+    path = options.state_dir / IDENTITY_FILE
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if options.mac is not None:
+        mac = parse_mac(options.mac)
+    elif "mac" in saved:
+        mac = parse_mac(saved["mac"])
+    else:
+        mac = default_mac(options.state_dir)
+    path.write_text(json.dumps({"mac": format_mac(mac)}) + "\n")
+    return ChipIdentity(mac=mac)
+
+
+def _lock(state_dir: Path) -> IO[str]:
+    handle = (state_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StateDirBusy(
+            f"{state_dir} is in use by {holder}; stop that board or pick another --state-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+async def serve_board(
+    options: BoardOptions, *, app_factory: AppFactory = idle_factory, out: IO[str] = sys.stdout
+) -> None:
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(options.state_dir)
+    flash = SpiFlash(options.state_dir / FLASH_FILE)
+    identity = _identity(options)
+    board = Board(flash=flash, identity=identity, app_factory=app_factory)
+    control = ControlServer(board)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    pty: PtyTransport | None = None
+    rfc: Rfc2217Server | None = None
+    try:
+        if options.pty:
+            pty = PtyTransport(board.uart_rx)
+            pty.start()
+            board.attach_uart(pty.send)
+            serial_url = pty.path
+        else:
+            rfc = Rfc2217Server(board.uart_rx, board.set_host_lines)
+            await rfc.start()
+            board.attach_uart(rfc.send)
+            serial_url = rfc.url
+        await control.start()
+        hello = {
+            "serial": serial_url,
+            "control": control.url,
+            "pid": os.getpid(),
+            "mac": format_mac(identity.mac),
+            "state_dir": str(options.state_dir.resolve()),
+        }
+        out.write(json.dumps(hello) + "\n")
+        out.flush()
+        board.power(True)  # plugged in: the chip powers up and boots
+        await stop.wait()
+    finally:
+        await control.close()
+        if rfc is not None:
+            await rfc.close()
+        await board.close()
+        if pty is not None:
+            pty.close()
+        flash.close()
+        lock.close()
+
+
+def run_board(options: BoardOptions, *, app_factory: AppFactory = idle_factory) -> int:
+    try:
+        asyncio.run(serve_board(options, app_factory=app_factory))
+    except StateDirBusy as exc:
+        print(f"hil sim board: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One-time setup on a fresh Debian machine: mosquitto (the test broker) and a venv
+# with the project and its dev tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! command -v mosquitto >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq mosquitto >/dev/null
+  else
+    echo "setup.sh: mosquitto is not installed; run 'sudo apt-get install mosquitto'" >&2
+  fi
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "setup.sh: ready (.venv)"

@@ -1,0 +1,206 @@
+"""The real esptool CLI, unmodified, against a virtual board started by a fixture.
+
+Each case runs esptool the way a person would (a subprocess, default reset over
+RFC 2217) and checks its exit code and output, then checks what the board did through
+its control endpoint's TX tap (the port itself is exclusive, as on a lab host).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hil.images.otadata import OtaData, OtaEntry, OtaState
+from hil.virtual_board import VirtualBoardProcess
+
+pytestmark = [pytest.mark.esptool]
+
+MAC = "58:cf:79:a1:b2:c3"
+DTR_RTS_WARNING = "Setting RTS/DTR lines is not supported"
+
+
+def esptool(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("esptool", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "esptool"]
+    result = subprocess.run(
+        [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=240, check=False
+    )
+    if check:
+        assert result.returncode == 0, f"esptool {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+@pytest.fixture
+def board(virtual_board_factory) -> VirtualBoardProcess:
+    return virtual_board_factory(mac=MAC)
+
+
+def port(board: VirtualBoardProcess) -> str:
+    assert board.endpoints is not None
+    return board.endpoints.serial
+
+
+def control(board: VirtualBoardProcess):
+    assert board.control is not None
+    return board.control
+
+
+def flash_baseline(board: VirtualBoardProcess, firmware_dir: Path, *extra: str) -> None:
+    esptool("--port", port(board), *extra, "write-flash", "@flash_args", cwd=firmware_dir)
+
+
+def test_chip_id_read_mac_flash_id(board: VirtualBoardProcess) -> None:
+    out = esptool("--port", port(board), "chip-id").stdout
+    assert "ESP32-C3" in out
+    assert DTR_RTS_WARNING not in out
+
+    out = esptool("--port", port(board), "read-mac").stdout
+    assert re.search(rf"^MAC:\s+{MAC}$", out, re.MULTILINE), out
+
+    out = esptool("--port", port(board), "flash-id").stdout
+    assert "Manufacturer: c8" in out
+    assert "Device: 4016" in out
+    assert "Detected flash size: 4MB" in out
+    assert "WARNING" not in out
+
+
+@pytest.mark.parametrize("stub", ["stub", "no-stub"])
+@pytest.mark.parametrize("baud", ["115200", "921600"])
+def test_write_flash_then_hard_reset_boots_the_app(
+    board: VirtualBoardProcess, firmware_dir: Path, stub: str, baud: str
+) -> None:
+    extra = ["-b", baud] + (["--no-stub"] if stub == "no-stub" else [])
+    before = control(board).tx_log()[1]
+    result = esptool("--port", port(board), *extra, "write-flash", "@flash_args", cwd=firmware_dir)
+    assert result.stdout.count("Hash of data verified.") == 4
+    assert "Hard resetting via RTS pin" in result.stdout
+    assert DTR_RTS_WARNING not in result.stdout
+
+    ctl = control(board)
+    _, pos = ctl.wait_tx(r"rst:0x1 \(POWERON\),boot:0xc \(SPI_FAST_FLASH_BOOT\)", since=before)
+    _, pos = ctl.wait_tx(r"I \(\d+\) boot: Partition Table:", since=pos)
+    _, pos = ctl.wait_tx(r"boot:  5 ota_1\s+OTA app\s+00 11 00210000 00100000", since=pos)
+    _, pos = ctl.wait_tx(r"boot: Loaded app from partition at offset 0x10000", since=pos)
+    _, pos = ctl.wait_tx(r"app_init: App version:      1\.0\.0", since=pos)
+    assert ctl.state()["app"]["version"] == "1.0.0"
+
+
+def test_write_app_verify_read_back_and_erase(board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path) -> None:
+    app = firmware_dir / "v1_1_0.bin"
+    esptool("--port", port(board), "write-flash", "0x10000", str(app))
+    out = esptool("--port", port(board), "verify-flash", "0x10000", str(app)).stdout
+    assert "verification successful" in out.lower() or "verified" in out.lower()
+
+    for stub in ([], ["--no-stub"]):
+        back = tmp_path / f"back{len(stub)}.bin"
+        esptool("--port", port(board), *stub, "read-flash", "0x10000", str(app.stat().st_size), str(back))
+        assert back.read_bytes() == app.read_bytes()
+
+    esptool("--port", port(board), "erase-region", "0x10000", "0x1000")
+    head = tmp_path / "head.bin"
+    esptool("--port", port(board), "read-flash", "0x10000", "0x1000", str(head))
+    assert head.read_bytes() == b"\xff" * 0x1000
+    mismatch = esptool("--port", port(board), "verify-flash", "0x10000", str(app), check=False)
+    assert mismatch.returncode != 0
+
+    esptool("--port", port(board), "--no-stub", "erase-region", "0x20000", "0x2000")
+    esptool("--port", port(board), "erase-flash")
+    everything = tmp_path / "all.bin"
+    esptool("--port", port(board), "read-flash", "0x0", "0x20000", str(everything))
+    assert everything.read_bytes() == b"\xff" * 0x20000
+
+
+def test_blank_flash_boots_like_a_blank_chip(board: VirtualBoardProcess) -> None:
+    ctl = control(board)
+    _, pos = ctl.wait_tx(r"rst:0x1 \(POWERON\),boot:0xc")
+    ctl.wait_tx(r"invalid header: 0xffffffff", since=pos)
+    ctl.wait_tx(r"rst:0x7 \(TG0WDT_SYS_RST\)", since=pos, timeout=15)
+    assert ctl.state()["app"] is None
+
+
+def test_rollback_new_image_that_never_marks_itself_valid(
+    board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path
+) -> None:
+    otadata = tmp_path / "otadata.bin"
+    otadata.write_bytes(OtaData((OtaEntry(seq=1, state=OtaState.NEW), None)).to_bytes())
+    flash_baseline(board, firmware_dir)
+    esptool(
+        "--port", port(board), "write-flash",
+        "0x110000", str(firmware_dir / "v1_1_0.bin"),
+        "0xd000", str(otadata),
+    )  # fmt: skip
+    ctl = control(board)
+    # Reset 1 (esptool's hard reset): NEW becomes PENDING_VERIFY and the new app runs.
+    ctl.request("wait_mode", mode="app", timeout=15)
+    assert ctl.state()["app"]["version"] == "1.1.0"
+    assert ctl.state()["app"]["partition"] == "ota_0"
+    # Reset 2: the app never confirmed itself, so the bootloader aborts it.
+    pos = ctl.tx_log()[1]
+    ctl.request("reset")
+    ctl.request("wait_mode", mode="app", timeout=15)
+    ctl.wait_tx(r"app_init: App version:      1\.0\.0", since=pos)
+    assert ctl.state()["app"]["partition"] == "factory"
+
+    back = tmp_path / "otadata-back.bin"
+    esptool("--port", port(board), "read-flash", "0xd000", "0x2000", str(back))
+    entry = OtaData.from_bytes(back.read_bytes()).entries[0]
+    assert entry is not None and entry.state == OtaState.ABORTED and entry.seq == 1
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("segment", r"E \(\d+\) esp_image: Checksum failed\. Calculated 0x[0-9a-f]+ read 0x[0-9a-f]+"),
+        ("hash", r"E \(\d+\) esp_image: Image hash failed - image is corrupt"),
+    ],
+)
+def test_bootloader_refuses_an_app_with_one_flipped_byte(
+    board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path, where: str, message: str
+) -> None:
+    app = bytearray((firmware_dir / "baseline.bin").read_bytes())
+    index = 0x100 if where == "segment" else len(app) - 5  # inside segment 0 / the SHA-256
+    app[index] ^= 0x01
+    corrupt = tmp_path / "corrupt.bin"
+    corrupt.write_bytes(app)
+    before = control(board).tx_log()[1]
+    esptool(
+        "--port", port(board), "write-flash",
+        "0x0", str(firmware_dir / "bootloader.bin"),
+        "0x8000", str(firmware_dir / "partition-table.bin"),
+        "0x10000", str(corrupt),
+    )  # fmt: skip
+    ctl = control(board)
+    _, pos = ctl.wait_tx(message, since=before)
+    ctl.wait_tx(r"E \(\d+\) boot: Factory app partition is not bootable", since=pos)
+    ctl.wait_tx(r"No bootable app partitions in the partition table", since=pos)
+    data, _ = ctl.tx_log(before)
+    assert b"App version" not in data
+    assert ctl.state()["app"] is None
+
+
+def test_image_info_accepts_every_image_we_build(firmware_dir: Path) -> None:
+    for image in sorted(firmware_dir.glob("*.bin")):
+        if image.name in ("partition-table.bin", "ota_data_initial.bin"):
+            continue
+        out = esptool("image-info", str(image)).stdout
+        assert "ESP32-C3" in out, image.name
+        assert re.search(r"Checksum: 0x[0-9a-f]+ \(valid\)", out), out
+        assert re.search(r"Validation hash: [0-9a-f]+ \(valid\)", out), out
+        if image.name != "bootloader.bin":
+            version = image.stem.lstrip("v").replace("_", ".") if image.stem != "baseline" else "1.0.0"
+            assert f"App version: {version}" in out, out
+
+
+def test_pty_board_enters_download_mode_from_the_control_endpoint(virtual_board_factory) -> None:
+    board = virtual_board_factory(mac=MAC, pty=True)
+    ctl = control(board)
+    ctl.request("download")
+    ctl.request("wait_mode", mode="download", timeout=5)
+    out = esptool("--port", port(board), "--before", "no-reset", "--after", "no-reset", "read-mac").stdout
+    assert MAC in out

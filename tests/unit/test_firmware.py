@@ -1,0 +1,146 @@
+"""Recipes, reproducible builds, the `hil firmware build` command and manifests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hil.firmware import FirmwareError, build_images, load_manifest, load_recipes
+from hil.images.app import find_behaviour, parse_image
+from hil.images.otadata import initial_otadata
+from hil.images.partitions import TWO_OTA_TABLE, PartitionTable
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_build_is_reproducible_and_complete(tmp_path: Path) -> None:
+    book = load_recipes()
+    first = build_images(book, ["baseline", "v1_1_0"], tmp_path / "a")
+    build_images(book, ["baseline", "v1_1_0"], tmp_path / "b")
+    assert {p.name for p in first} == {
+        "bootloader.bin", "partition-table.bin", "ota_data_initial.bin",
+        "baseline.bin", "v1_1_0.bin", "flash_args",
+    }  # fmt: skip
+    for path in first:
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
+    assert (
+        PartitionTable.from_bytes((tmp_path / "a" / "partition-table.bin").read_bytes())
+        == TWO_OTA_TABLE
+    )
+    assert (tmp_path / "a" / "ota_data_initial.bin").read_bytes() == initial_otadata()
+
+
+def test_each_recipe_carries_its_behaviour(tmp_path: Path) -> None:
+    book = load_recipes()
+    build_images(book, ["baseline", "v1_1_0"], tmp_path)
+    image = parse_image((tmp_path / "v1_1_0.bin").read_bytes())
+    assert image.descriptor is not None
+    assert image.descriptor.version == "1.1.0"
+    assert image.descriptor.project_name == "env-monitor"
+    record = find_behaviour(image)
+    assert record is not None and record.model == "reference" and record.defects == ()
+    baseline = parse_image((tmp_path / "baseline.bin").read_bytes())
+    assert (
+        baseline.descriptor is not None
+        and baseline.descriptor.elf_sha256 != image.descriptor.elf_sha256
+    )
+
+
+def test_flash_args_is_esptool_file_syntax(tmp_path: Path) -> None:
+    build_images(load_recipes(), [], tmp_path)
+    lines = (tmp_path / "flash_args").read_text().splitlines()
+    assert lines[0] == "--flash-mode dio --flash-freq 80m --flash-size 4MB"
+    assert lines[1:] == [
+        "0x0 bootloader.bin",
+        "0x8000 partition-table.bin",
+        "0xd000 ota_data_initial.bin",
+        "0x10000 baseline.bin",
+    ]
+
+
+def test_cli_builds_named_recipes(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hil", "firmware", "build", "v2_0_0", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "v2_0_0.bin").exists() and (tmp_path / "baseline.bin").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "hil", "firmware", "build", "nope", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "no recipe 'nope'; known recipes: baseline" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[recipes]\n", "[recipes] is missing or empty"),
+        ('[recipes.a]\nversion = "1"\n', "recipes.a.project is missing"),
+        (
+            '[defaults]\nproject="p"\nmodel="m"\ncontract="c"\n[recipes.a]\nversion="1"\ncolour="red"\n',
+            "unknown field(s) ['colour']",
+        ),
+        (
+            '[defaults]\nproject="p"\nmodel="m"\ncontract="c"\n[recipes.a]\nversion="1"\n',
+            "baseline = 'baseline' names no recipe",
+        ),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_recipe_errors_name_file_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path / "recipes.toml", text)
+    with pytest.raises(FirmwareError) as info:
+        load_recipes(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+def test_manifest_loads_and_orders_files(tmp_path: Path) -> None:
+    (tmp_path / "app.bin").write_bytes(b"\xe9" + bytes(100))
+    (tmp_path / "boot.bin").write_bytes(b"\xe9" + bytes(100))
+    path = write(
+        tmp_path / "fw.toml",
+        'name="x"\nchip="esp32c3"\nversion="1.0"\ncontract="env-monitor/1"\n'
+        '[[flash]]\noffset="0x10000"\nfile="app.bin"\n[[flash]]\noffset=0\nfile="boot.bin"\n',
+    )
+    manifest = load_manifest(path)
+    assert [(f.offset, f.path.name) for f in manifest.flash] == [
+        (0, "boot.bin"),
+        (0x10000, "app.bin"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('chip="esp32s3"\n[[flash]]\noffset="0x0"\nfile="a.bin"\n', "chip = 'esp32s3'"),
+        ('chip="esp32c3"\n', "no [[flash]] entries"),
+        ('chip="esp32c3"\n[[flash]]\noffset="0x0"\nfile="missing.bin"\n', "flash[0].file"),
+        ('chip="esp32c3"\n[[flash]]\noffset="0x10"\nfile="a.bin"\n', "not a multiple of the 4 KiB"),
+        ('chip="esp32c3"\n[[flash]]\noffset="zero"\nfile="a.bin"\n', "is not a number"),
+        (
+            'chip="esp32c3"\n[[flash]]\noffset="0x0"\nfile="a.bin"\nelf="a.elf"\n',
+            "exactly one of 'file' or 'elf'",
+        ),
+        (
+            'chip="esp32c3"\n[[flash]]\noffset="0x0"\nfile="big.bin"\n[[flash]]\noffset="0x1000"\nfile="a.bin"\n',
+            "overlaps",
+        ),
+    ],
+)
+def test_manifest_errors_name_file_field_and_fix(tmp_path: Path, body: str, message: str) -> None:
+    (tmp_path / "a.bin").write_bytes(bytes(16))
+    (tmp_path / "big.bin").write_bytes(bytes(0x2000))
+    path = write(tmp_path / "fw.toml", 'name="x"\nversion="1"\ncontract="c"\n' + body)
+    with pytest.raises(FirmwareError) as info:
+        load_manifest(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)

@@ -1,0 +1,177 @@
+"""The devkit model in-process: the auto-reset circuit, strapping, reset reasons, boot."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from hil.firmware import build_images, load_recipes
+from hil.sim.app import AppContext, AppModel
+from hil.sim.board import STRAP_LATCH_DELAY_S, Board, Mode
+from hil.sim.control import ControlServer
+from hil.sim.flash import SpiFlash
+from hil.sim.registers import ChipIdentity, parse_mac
+from hil.sim.resets import ResetCause, RomResetCode
+
+MAC = parse_mac("58:cf:79:01:02:03")
+
+
+class RestartingApp:
+    """Restarts once with a hint, to check the reset-reason plumbing."""
+
+    runs: list[AppContext]
+
+    def __init__(self) -> None:
+        self.runs = []
+
+    async def run(self, ctx: AppContext) -> None:
+        self.runs.append(ctx)
+        if len(self.runs) == 1:
+            ctx.restart(ResetCause(RomResetCode.RTC_SW_CPU_RST, hint="TASK_WDT"))
+        await asyncio.Event().wait()
+
+
+@pytest.fixture(scope="module")
+def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fw")
+    build_images(load_recipes(), ["baseline"], out)
+    return out
+
+
+def flashed(tmp_path: Path, firmware: Path) -> SpiFlash:
+    flash = SpiFlash(tmp_path / "flash.bin")
+    for line in (firmware / "flash_args").read_text().splitlines()[1:]:
+        offset, name = line.split()
+        flash.write(int(offset, 16), (firmware / name).read_bytes())
+    return flash
+
+
+def run(
+    scenario: Callable[[Board, bytearray], Awaitable[None]],
+    flash: SpiFlash,
+    app: AppModel | None = None,
+) -> bytearray:
+    out = bytearray()
+
+    async def main() -> None:
+        model = app
+        board = Board(
+            flash=flash,
+            identity=ChipIdentity(mac=MAC),
+            app_factory=lambda behaviour: model if model is not None else _Idle(),
+        )
+        board.attach_uart(out.extend)
+        try:
+            await scenario(board, out)
+        finally:
+            await board.close()
+
+    asyncio.run(main())
+    return out
+
+
+class _Idle:
+    async def run(self, ctx: AppContext) -> None:
+        await asyncio.Event().wait()
+
+
+async def set_lines(board: Board, *changes: tuple[bool, bool]) -> None:
+    for dtr, rts in changes:
+        board.set_host_lines(dtr, rts)
+        await asyncio.sleep(0)
+
+
+def test_power_on_boots_the_baseline(tmp_path: Path, firmware: Path) -> None:
+    async def scenario(board: Board, out: bytearray) -> None:
+        board.power(True)
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+        assert board.state()["app"]["version"] == "1.0.0"
+        assert board.state()["idf_reset_reason"] == "POWERON"
+
+    out = run(scenario, flashed(tmp_path, firmware)).decode()
+    assert out.startswith("ESP-ROM:esp32c3-api1-20210207\r\nBuild:Feb  7 2021\r\n")
+    assert "rst:0x1 (POWERON),boot:0xc (SPI_FAST_FLASH_BOOT)\r\n" in out
+    assert "Saved PC" not in out  # omitted after POWERON
+    assert re.search(r"load:0x3fcd5820,len:0x[0-9a-f]+\r\n", out)
+    assert re.search(r"I \(\d+\) app_init: Project name:     env-monitor\r\n", out)
+    assert re.search(r"I \(\d+\) main_task: Calling app_main\(\)", out)
+
+
+def test_classic_reset_over_rfc2217_enters_download_mode(tmp_path: Path, firmware: Path) -> None:
+    """esptool's ClassicReset passes through (T,T) before GPIO9 goes low; the RC latch
+    delay still samples GPIO9 low."""
+
+    async def scenario(board: Board, out: bytearray) -> None:
+        board.power(True)
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+        del out[:]
+        await set_lines(board, (False, False), (False, True))  # EN low
+        assert board.mode is Mode.RESET
+        await set_lines(board, (True, True), (True, False))  # EN high, then GPIO9 low
+        await board.wait_for(lambda: board.mode is Mode.DOWNLOAD, timeout=1)
+        await asyncio.sleep(STRAP_LATCH_DELAY_S)
+        await set_lines(board, (False, False))
+
+    out = run(scenario, flashed(tmp_path, firmware)).decode()
+    assert "rst:0x1 (POWERON),boot:0x5 (DOWNLOAD(USB/UART0/1))\r\nwaiting for download\r\n" in out
+
+
+def test_hard_reset_boots_from_flash(tmp_path: Path, firmware: Path) -> None:
+    async def scenario(board: Board, out: bytearray) -> None:
+        board.power(True)
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+        await set_lines(board, (False, True))
+        await set_lines(board, (False, False))
+        await board.wait_for(lambda: board.mode is Mode.APP and board.boots == 2, timeout=5)
+
+    out = run(scenario, flashed(tmp_path, firmware)).decode()
+    assert out.count("boot:0xc (SPI_FAST_FLASH_BOOT)") == 2
+
+
+def test_software_reset_hint_reaches_the_next_boot(tmp_path: Path, firmware: Path) -> None:
+    app = RestartingApp()
+
+    async def scenario(board: Board, out: bytearray) -> None:
+        board.power(True)
+        await board.wait_for(lambda: len(app.runs) == 2 and board.mode is Mode.APP, timeout=5)
+
+    out = run(scenario, flashed(tmp_path, firmware), app).decode()
+    assert "rst:0xc (RTC_SW_CPU_RST),boot:0xc (SPI_FAST_FLASH_BOOT)\r\nSaved PC:0x" in out
+    assert app.runs[0].reset_cause.idf_reason == "POWERON"
+    assert app.runs[1].reset_cause.idf_reason == "TASK_WDT"
+
+
+def test_power_off_stops_everything_and_keeps_flash(tmp_path: Path, firmware: Path) -> None:
+    async def scenario(board: Board, out: bytearray) -> None:
+        board.power(True)
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+        board.power(False)
+        assert board.mode is Mode.OFF
+        assert board.state()["app"] is None
+        del out[:]
+        board.power(True)
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+
+    flash = flashed(tmp_path, firmware)
+    out = run(scenario, flash).decode()
+    assert "rst:0x1 (POWERON)" in out
+
+
+def test_control_endpoint_rejects_bad_requests(tmp_path: Path) -> None:
+    async def scenario(board: Board, out: bytearray) -> None:
+        control = ControlServer(board)
+        assert (await control.handle_line(b"nonsense"))["ok"] is False
+        reply = await control.handle_line(b'{"cmd":"fly"}')
+        assert reply["ok"] is False and "known:" in reply["error"]
+        reply = await control.handle_line(b'{"cmd":"power","action":"sideways"}')
+        assert reply == {"ok": False, "error": 'power needs "action": "on", "off" or "cycle"'}
+        reply = await control.handle_line(b'{"cmd":"state"}')
+        assert reply["ok"] is True and reply["state"]["powered"] is False
+        reply = await control.handle_line(b'{"cmd":"wait_tx","pattern":"never","timeout":0.05}')
+        assert reply["ok"] is False and "no match" in reply["error"]
+
+    run(scenario, SpiFlash(tmp_path / "flash.bin"))
