@@ -57,6 +57,8 @@ BOOTLOADER_RESET_DELAY_S = 0.2
 BOOTLOADER_MAX_SIZE = 0x8000  # the bootloader must end before the partition table
 SAVED_PC = 0x4038121E
 TX_HISTORY_BYTES = 256 * 1024
+RTC_WDT_TIMEOUT_S = 0.02
+_STRAP_RELATCHING = frozenset({RomResetCode.POWERON, RomResetCode.RTCWDT_RTC_RST})
 
 
 class Mode(enum.StrEnum):
@@ -94,6 +96,7 @@ class Board:
         self._held_in_reset = False  # the control endpoint's "hold reset" (a relay on EN)
         self._boot_forced_low = False  # the control endpoint pressing BOOT
         self._en_high = False
+        self._download_strap = False  # GPIO9 as latched at the last chip reset
         self._latch: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._session: DownloadSession | None = None
@@ -166,24 +169,31 @@ class Board:
 
     def _strap_latched(self) -> None:
         self._latch = None
-        self._start(POWER_ON, download=self._gpio9_low)
+        self._download_strap = self._gpio9_low
+        self._start(POWER_ON, download=self._download_strap)
 
     # -- resets from inside the chip ------------------------------------------------
-    def restart(self, cause: ResetCause) -> None:
+    def restart(self, cause: ResetCause, *, delay_s: float = 0.0) -> None:
         """A reset the chip causes itself (esp_restart, watchdog, bootloader_reset).
 
         Scheduled rather than done inline, because the caller is usually the very task
         the reset cancels.
         """
-        asyncio.get_running_loop().call_soon(self._restart_now, cause)
+        asyncio.get_running_loop().call_later(delay_s, self._restart_now, cause)
 
     def _restart_now(self, cause: ResetCause) -> None:
         if not self._en_high or self._latch is not None:
             return  # power or EN went away first; that reset wins
-        self._start(cause, download=self._gpio9_low)
+        # Strapping pins are latched at chip reset; software and digital watchdog resets
+        # keep the latched boot mode, an RTC reset samples GPIO9 again.
+        if cause.code in _STRAP_RELATCHING:
+            self._download_strap = self._gpio9_low
+        self._start(cause, download=self._download_strap)
 
     def _on_rtc_watchdog(self) -> None:
-        self.restart(ResetCause(RomResetCode.RTCWDT_RTC_RST))
+        # esptool arms the RTC WDT (~13 ms) and still expects replies to its last register
+        # writes, so the reset comes after the timeout, not inside the write.
+        self.restart(ResetCause(RomResetCode.RTCWDT_RTC_RST), delay_s=RTC_WDT_TIMEOUT_S)
 
     # -- what the chip runs ---------------------------------------------------------
     def _stop(self, mode: Mode) -> None:

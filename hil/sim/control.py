@@ -131,7 +131,7 @@ class ControlServer:
 
     async def _wait_mode(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            wanted = Mode(request.get("mode"))
+            wanted = Mode(str(request.get("mode")))
         except ValueError:
             raise ControlError(f"mode must be one of {[m.value for m in Mode]}") from None
         timeout = float(request.get("timeout", 10.0))

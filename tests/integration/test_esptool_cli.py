@@ -91,29 +91,42 @@ def test_write_flash_then_hard_reset_boots_the_app(
     assert ctl.state()["app"]["version"] == "1.0.0"
 
 
-def test_write_app_verify_read_back_and_erase(board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path) -> None:
+def test_write_app_verify_and_read_back(board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path) -> None:
     app = firmware_dir / "v1_1_0.bin"
     esptool("--port", port(board), "write-flash", "0x10000", str(app))
     out = esptool("--port", port(board), "verify-flash", "0x10000", str(app)).stdout
-    assert "verification successful" in out.lower() or "verified" in out.lower()
+    assert "Verification successful (digest matched)" in out
 
-    for stub in ([], ["--no-stub"]):
-        back = tmp_path / f"back{len(stub)}.bin"
-        esptool("--port", port(board), *stub, "read-flash", "0x10000", str(app.stat().st_size), str(back))
-        assert back.read_bytes() == app.read_bytes()
+    back = tmp_path / "back.bin"
+    esptool("--port", port(board), "read-flash", "0x10000", str(app.stat().st_size), str(back))
+    assert back.read_bytes() == app.read_bytes()
+    # The ROM reads 64 bytes a command, and pyserial's RFC 2217 client spends ~0.2 s
+    # renegotiating port settings around each one: read just the head without the stub.
+    esptool("--port", port(board), "--no-stub", "read-flash", "0x10000", "0x400", str(back))
+    assert back.read_bytes() == app.read_bytes()[:0x400]
 
-    esptool("--port", port(board), "erase-region", "0x10000", "0x1000")
-    head = tmp_path / "head.bin"
-    esptool("--port", port(board), "read-flash", "0x10000", "0x1000", str(head))
-    assert head.read_bytes() == b"\xff" * 0x1000
+
+@pytest.mark.parametrize("stub", ["stub", "no-stub"])
+def test_erase_region(board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path, stub: str) -> None:
+    extra = ["--no-stub"] if stub == "no-stub" else []
+    app = firmware_dir / "v1_1_0.bin"
+    esptool("--port", port(board), "write-flash", "0x10000", str(app))
+    esptool("--port", port(board), *extra, "erase-region", "0x11000", "0x1000")
+    back = tmp_path / "back.bin"
+    esptool("--port", port(board), "read-flash", "0x10000", "0x3000", str(back))
+    data = app.read_bytes()
+    assert back.read_bytes() == data[:0x1000] + b"\xff" * 0x1000 + data[0x2000:0x3000]
     mismatch = esptool("--port", port(board), "verify-flash", "0x10000", str(app), check=False)
     assert mismatch.returncode != 0
+    assert "Verification failed" in mismatch.stdout + mismatch.stderr
 
-    esptool("--port", port(board), "--no-stub", "erase-region", "0x20000", "0x2000")
+
+def test_erase_flash(board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path) -> None:
+    esptool("--port", port(board), "write-flash", "0x10000", str(firmware_dir / "v1_1_0.bin"))
     esptool("--port", port(board), "erase-flash")
     everything = tmp_path / "all.bin"
-    esptool("--port", port(board), "read-flash", "0x0", "0x20000", str(everything))
-    assert everything.read_bytes() == b"\xff" * 0x20000
+    esptool("--port", port(board), "read-flash", "0x0", "0x40000", str(everything))
+    assert everything.read_bytes() == b"\xff" * 0x40000
 
 
 def test_blank_flash_boots_like_a_blank_chip(board: VirtualBoardProcess) -> None:

@@ -120,6 +120,27 @@ def test_classic_reset_over_rfc2217_enters_download_mode(tmp_path: Path, firmwar
     assert "rst:0x1 (POWERON),boot:0x5 (DOWNLOAD(USB/UART0/1))\r\nwaiting for download\r\n" in out
 
 
+def test_software_reset_keeps_the_latched_boot_mode(tmp_path: Path, firmware: Path) -> None:
+    """A stub's FLASH_END(0) reboot (esptool --after no-reset) must not boot the app
+    just because the host has released DTR: strapping is latched at chip reset only."""
+
+    async def scenario(board: Board, out: bytearray) -> None:
+        board.power(True)
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+        await set_lines(board, (False, True), (True, True), (True, False))
+        await board.wait_for(lambda: board.mode is Mode.DOWNLOAD, timeout=1)
+        await set_lines(board, (False, False))
+        board.restart(ResetCause(RomResetCode.RTC_SW_SYS_RST))
+        await board.wait_for(lambda: board.boots == 3 and board.mode is not Mode.BOOTING, timeout=1)
+        assert board.mode is Mode.DOWNLOAD
+        board.restart(ResetCause(RomResetCode.RTCWDT_RTC_RST))  # an RTC reset re-latches
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+
+    out = run(scenario, flashed(tmp_path, firmware)).decode()
+    assert "rst:0x3 (RTC_SW_SYS_RST),boot:0x5 (DOWNLOAD(USB/UART0/1))" in out
+    assert "rst:0x10 (RTCWDT_RTC_RST),boot:0xc (SPI_FAST_FLASH_BOOT)" in out
+
+
 def test_hard_reset_boots_from_flash(tmp_path: Path, firmware: Path) -> None:
     async def scenario(board: Board, out: bytearray) -> None:
         board.power(True)
