@@ -694,6 +694,12 @@ class BME280:
     def environment(self) -> Environment:
         return self._env
 
+    def set_noise(self, noise: NoiseModel | None) -> None:
+        """Change (or remove, with None) the noise and drift model from now on."""
+        with self._lock:
+            self._advance(self._clock())
+            self._noise = noise
+
     def set_environment(self, env: Environment) -> None:
         """Change what the sensor is exposed to; conversions already due keep the old one."""
         with self._lock:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from hil.images.app import AppImage, BehaviourRecord
 from hil.images.partitions import Partition, PartitionTable
@@ -38,6 +38,10 @@ class AppContext:
     restart: Callable[[ResetCause], None]
     """Reset the chip with this cause (esp_restart → RTC_SW_CPU_RST + hint, watchdog ...)."""
     uptime_ms: Callable[[], int]
+    rtc_memory: dict[str, Any] = field(default_factory=dict)
+    """RTC slow memory: survives software and watchdog resets, lost at power-on."""
+    peripherals: Any = None
+    """The rig around the chip (sensor bus, access point), when the board has one."""
 
 
 class AppModel(Protocol):

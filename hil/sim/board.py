@@ -79,12 +79,15 @@ class Board:
         flash: SpiFlash,
         identity: ChipIdentity,
         app_factory: AppFactory,
+        peripherals: Any = None,
         bootloader_config: BootloaderConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.flash = flash
         self.identity = identity
         self._app_factory = app_factory
+        self.peripherals = peripherals
+        self.rtc_memory: dict[str, Any] = {}
         self._boot_cfg = bootloader_config or BootloaderConfig()
         self._clock = clock
         self._tx: Callable[[bytes], None] = lambda data: None
@@ -210,6 +213,8 @@ class Board:
         self._t0 = self._clock()
         self.boots += 1
         self.last_cause = cause
+        if cause.code in _STRAP_RELATCHING:
+            self.rtc_memory.clear()  # power-on and RTC resets clear RTC memory
         self.baudrate = 115200
         self._task = asyncio.get_running_loop().create_task(
             self._run(cause, download=download, rom_banner=rom_banner)
@@ -279,6 +284,8 @@ class Board:
             write=self._send,
             restart=self.restart,
             uptime_ms=self.uptime_ms,
+            rtc_memory=self.rtc_memory,
+            peripherals=self.peripherals,
         )
         await self._app_factory(behaviour).run(ctx)
 

@@ -91,42 +91,73 @@ def test_write_flash_then_hard_reset_boots_the_app(
     assert ctl.state()["app"]["version"] == "1.0.0"
 
 
-def test_write_app_verify_and_read_back(board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def pty_board(virtual_board_factory) -> VirtualBoardProcess:
+    """A board on a pty, already in download mode: esptool runs with no reset and pays
+    none of pyserial's ~0.2 s per-command RFC 2217 renegotiation, so the data-path tests
+    stay fast. The reset paths are covered over RFC 2217 above."""
+    board = virtual_board_factory(mac=MAC, pty=True)
+    control(board).request("download")
+    return board
+
+
+def esptool_pty(board: VirtualBoardProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return esptool("--port", port(board), "--before", "no-reset", "--after", "no-reset", *args, check=check)
+
+
+def test_write_app_verify_and_read_back(pty_board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path) -> None:
     app = firmware_dir / "v1_1_0.bin"
-    esptool("--port", port(board), "write-flash", "0x10000", str(app))
-    out = esptool("--port", port(board), "verify-flash", "0x10000", str(app)).stdout
+    esptool_pty(pty_board, "write-flash", "0x10000", str(app))
+    out = esptool_pty(pty_board, "verify-flash", "0x10000", str(app)).stdout
     assert "Verification successful (digest matched)" in out
 
     back = tmp_path / "back.bin"
-    esptool("--port", port(board), "read-flash", "0x10000", str(app.stat().st_size), str(back))
+    esptool_pty(pty_board, "read-flash", "0x10000", str(app.stat().st_size), str(back))
     assert back.read_bytes() == app.read_bytes()
-    # The ROM reads 64 bytes a command, and pyserial's RFC 2217 client spends ~0.2 s
-    # renegotiating port settings around each one: read just the head without the stub.
-    esptool("--port", port(board), "--no-stub", "read-flash", "0x10000", "0x400", str(back))
-    assert back.read_bytes() == app.read_bytes()[:0x400]
+    esptool_pty(pty_board, "--no-stub", "read-flash", "0x10000", "0x1000", str(back))
+    assert back.read_bytes() == app.read_bytes()[:0x1000]
 
 
 @pytest.mark.parametrize("stub", ["stub", "no-stub"])
-def test_erase_region(board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path, stub: str) -> None:
+def test_erase_region(pty_board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path, stub: str) -> None:
     extra = ["--no-stub"] if stub == "no-stub" else []
     app = firmware_dir / "v1_1_0.bin"
-    esptool("--port", port(board), "write-flash", "0x10000", str(app))
-    esptool("--port", port(board), *extra, "erase-region", "0x11000", "0x1000")
+    esptool_pty(pty_board, *extra, "-b", "921600", "write-flash", "0x10000", str(app))
+    esptool_pty(pty_board, *extra, "erase-region", "0x11000", "0x1000")
     back = tmp_path / "back.bin"
-    esptool("--port", port(board), "read-flash", "0x10000", "0x3000", str(back))
+    esptool_pty(pty_board, "read-flash", "0x10000", "0x3000", str(back))
     data = app.read_bytes()
     assert back.read_bytes() == data[:0x1000] + b"\xff" * 0x1000 + data[0x2000:0x3000]
-    mismatch = esptool("--port", port(board), "verify-flash", "0x10000", str(app), check=False)
+    mismatch = esptool_pty(pty_board, "verify-flash", "0x10000", str(app), check=False)
     assert mismatch.returncode != 0
     assert "Verification failed" in mismatch.stdout + mismatch.stderr
 
 
-def test_erase_flash(board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path) -> None:
-    esptool("--port", port(board), "write-flash", "0x10000", str(firmware_dir / "v1_1_0.bin"))
-    esptool("--port", port(board), "erase-flash")
+def test_erase_flash(pty_board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path) -> None:
+    esptool_pty(pty_board, "write-flash", "0x10000", str(firmware_dir / "v1_1_0.bin"))
+    esptool_pty(pty_board, "erase-flash")
     everything = tmp_path / "all.bin"
-    esptool("--port", port(board), "read-flash", "0x0", "0x40000", str(everything))
+    esptool_pty(pty_board, "read-flash", "0x0", "0x40000", str(everything))
     assert everything.read_bytes() == b"\xff" * 0x40000
+
+
+def test_after_no_reset_stays_in_download_mode(board: VirtualBoardProcess, firmware_dir: Path) -> None:
+    flash_baseline(board, firmware_dir, "--after", "no-reset")
+    assert control(board).state()["mode"] == "download"
+
+
+def test_after_watchdog_reset_boots_with_an_rtc_wdt_reset(virtual_board_factory, firmware_dir: Path) -> None:
+    """On a pty, where a command takes a millisecond. Over RFC 2217 pyserial spends
+    ~0.2 s per command, longer than the ~15 ms watchdog esptool arms, so the chip resets
+    before esptool's last register write: as a real chip behind a lab host would."""
+    board = virtual_board_factory(mac=MAC, pty=True)
+    ctl = control(board)
+    ctl.request("download")
+    flash_baseline(board, firmware_dir, "--before", "no-reset", "--after", "no-reset")
+    before = ctl.tx_log()[1]
+    esptool("--port", port(board), "--before", "no-reset", "--after", "watchdog-reset", "read-mac")
+    _, pos = ctl.wait_tx(r"rst:0x10 \(RTCWDT_RTC_RST\),boot:0xc \(SPI_FAST_FLASH_BOOT\)", since=before)
+    ctl.wait_tx(r"app_init: App version:      1\.0\.0", since=pos)
 
 
 def test_blank_flash_boots_like_a_blank_chip(board: VirtualBoardProcess) -> None:
@@ -138,18 +169,21 @@ def test_blank_flash_boots_like_a_blank_chip(board: VirtualBoardProcess) -> None
 
 
 def test_rollback_new_image_that_never_marks_itself_valid(
-    board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path
+    pty_board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path
 ) -> None:
     otadata = tmp_path / "otadata.bin"
     otadata.write_bytes(OtaData((OtaEntry(seq=1, state=OtaState.NEW), None)).to_bytes())
-    flash_baseline(board, firmware_dir)
-    esptool(
-        "--port", port(board), "write-flash",
+    esptool_pty(
+        pty_board, "write-flash",
+        "0x0", str(firmware_dir / "bootloader.bin"),
+        "0x8000", str(firmware_dir / "partition-table.bin"),
+        "0x10000", str(firmware_dir / "baseline.bin"),
         "0x110000", str(firmware_dir / "v1_1_0.bin"),
         "0xd000", str(otadata),
     )  # fmt: skip
-    ctl = control(board)
-    # Reset 1 (esptool's hard reset): NEW becomes PENDING_VERIFY and the new app runs.
+    ctl = control(pty_board)
+    # Reset 1: NEW becomes PENDING_VERIFY and the new app runs.
+    ctl.request("reset")
     ctl.request("wait_mode", mode="app", timeout=15)
     assert ctl.state()["app"]["version"] == "1.1.0"
     assert ctl.state()["app"]["partition"] == "ota_0"
@@ -160,8 +194,9 @@ def test_rollback_new_image_that_never_marks_itself_valid(
     ctl.wait_tx(r"app_init: App version:      1\.0\.0", since=pos)
     assert ctl.state()["app"]["partition"] == "factory"
 
+    ctl.request("download")
     back = tmp_path / "otadata-back.bin"
-    esptool("--port", port(board), "read-flash", "0xd000", "0x2000", str(back))
+    esptool_pty(pty_board, "read-flash", "0xd000", "0x2000", str(back))
     entry = OtaData.from_bytes(back.read_bytes()).entries[0]
     assert entry is not None and entry.state == OtaState.ABORTED and entry.seq == 1
 
@@ -174,21 +209,22 @@ def test_rollback_new_image_that_never_marks_itself_valid(
     ],
 )
 def test_bootloader_refuses_an_app_with_one_flipped_byte(
-    board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path, where: str, message: str
+    pty_board: VirtualBoardProcess, firmware_dir: Path, tmp_path: Path, where: str, message: str
 ) -> None:
     app = bytearray((firmware_dir / "baseline.bin").read_bytes())
     index = 0x100 if where == "segment" else len(app) - 5  # inside segment 0 / the SHA-256
     app[index] ^= 0x01
     corrupt = tmp_path / "corrupt.bin"
     corrupt.write_bytes(app)
-    before = control(board).tx_log()[1]
-    esptool(
-        "--port", port(board), "write-flash",
+    esptool_pty(
+        pty_board, "write-flash",
         "0x0", str(firmware_dir / "bootloader.bin"),
         "0x8000", str(firmware_dir / "partition-table.bin"),
         "0x10000", str(corrupt),
     )  # fmt: skip
-    ctl = control(board)
+    ctl = control(pty_board)
+    before = ctl.tx_log()[1]
+    ctl.request("reset")
     _, pos = ctl.wait_tx(message, since=before)
     ctl.wait_tx(r"E \(\d+\) boot: Factory app partition is not bootable", since=pos)
     ctl.wait_tx(r"No bootable app partitions in the partition table", since=pos)
