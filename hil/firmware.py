@@ -43,6 +43,7 @@ from hil.images.app import (
 from hil.images.bootloader import build_bootloader_image
 from hil.images.otadata import initial_otadata
 from hil.images.partitions import PARTITION_TABLE_OFFSET, TWO_OTA_TABLE
+from hil.sim.firmware.defects import ALL as KNOWN_DEFECTS
 
 CHIP = "esp32c3"
 BOOTLOADER_OFFSET = 0x0
@@ -138,6 +139,12 @@ def load_recipes(path: Path = RECIPES_FILE) -> RecipeBook:
         defects = merged.get("defects", [])
         if not isinstance(defects, list) or not all(isinstance(d, str) for d in defects):
             raise FirmwareError(f"{path}: recipes.{name}.defects must be a list of strings")
+        unknown_defects = sorted(set(defects) - KNOWN_DEFECTS)
+        if unknown_defects:
+            raise FirmwareError(
+                f"{path}: recipes.{name}.defects names unknown defect(s) {unknown_defects}; "
+                f"known: {sorted(KNOWN_DEFECTS)}"
+            )
         recipes[name] = Recipe(
             name=name,
             version=merged["version"],

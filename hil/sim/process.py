@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from hil.sim.app import AppFactory, idle_factory
 from hil.sim.board import Board
 from hil.sim.control import ControlServer
+from hil.sim.firmware.reference import firmware_factory
+from hil.sim.firmware.rig import RigPeripherals
 from hil.sim.flash import SpiFlash
 from hil.sim.registers import ChipIdentity, parse_mac
 from hil.sim.uart import PtyTransport, Rfc2217Server
@@ -87,15 +88,15 @@ def _lock(state_dir: Path) -> IO[str]:
     return handle
 
 
-async def serve_board(
-    options: BoardOptions, *, app_factory: AppFactory = idle_factory, out: IO[str] = sys.stdout
-) -> None:
+async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> None:
     options.state_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(options.state_dir)
     flash = SpiFlash(options.state_dir / FLASH_FILE)
     identity = _identity(options)
-    board = Board(flash=flash, identity=identity, app_factory=app_factory)
+    rig = RigPeripherals()
+    board = Board(flash=flash, identity=identity, app_factory=firmware_factory(rig), peripherals=rig)
     control = ControlServer(board)
+    rig.register(control)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,9 +138,9 @@ async def serve_board(
         lock.close()
 
 
-def run_board(options: BoardOptions, *, app_factory: AppFactory = idle_factory) -> int:
+def run_board(options: BoardOptions) -> int:
     try:
-        asyncio.run(serve_board(options, app_factory=app_factory))
+        asyncio.run(serve_board(options))
     except StateDirBusy as exc:
         print(f"hil sim board: {exc}", file=sys.stderr)
         return 2

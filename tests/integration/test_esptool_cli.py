@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from hil.firmware import load_recipes
 from hil.images.otadata import OtaData, OtaEntry, OtaState
 from hil.virtual_board import VirtualBoardProcess
 
@@ -242,7 +243,7 @@ def test_image_info_accepts_every_image_we_build(firmware_dir: Path) -> None:
         assert re.search(r"Checksum: 0x[0-9a-f]+ \(valid\)", out), out
         assert re.search(r"Validation hash: [0-9a-f]+ \(valid\)", out), out
         if image.name != "bootloader.bin":
-            version = image.stem.lstrip("v").replace("_", ".") if image.stem != "baseline" else "1.0.0"
+            version = load_recipes().get(image.stem).version
             assert f"App version: {version}" in out, out
 
 

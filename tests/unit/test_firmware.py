@@ -76,7 +76,7 @@ def test_cli_builds_named_recipes(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert bad.returncode == 2
-    assert "no recipe 'nope'; known recipes: baseline" in bad.stderr
+    assert "no recipe 'nope'; known recipes: " in bad.stderr and "baseline" in bad.stderr
 
 
 @pytest.mark.parametrize(
@@ -101,6 +101,15 @@ def test_recipe_errors_name_file_and_field(tmp_path: Path, text: str, message: s
         load_recipes(path)
     assert str(path) in str(info.value)
     assert message in str(info.value)
+
+
+def test_unknown_defect_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "recipes.toml",
+        '[defaults]\nproject="p"\nmodel="m"\ncontract="c"\n[recipes.baseline]\nversion="1"\ndefects=["tempreature_high_2c"]\n',
+    )
+    with pytest.raises(FirmwareError, match=r"unknown defect\(s\) \['tempreature_high_2c'\]; known: \["):
+        load_recipes(path)
 
 
 def test_manifest_loads_and_orders_files(tmp_path: Path) -> None:

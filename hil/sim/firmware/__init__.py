@@ -1,0 +1,1 @@
+"""The reference firmware model of the virtual rig."""

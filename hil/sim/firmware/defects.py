@@ -1,0 +1,42 @@
+"""The defects a virtual-rig image can carry, named in its behaviour record.
+
+Each one is a bug a real firmware team has shipped; each HIL suite is proven against the
+image that carries the defect it guards against.
+"""
+
+from __future__ import annotations
+
+TEMPERATURE_HIGH_2C = "temperature_high_2c"
+"""Reports temperature 2 °C high (a wrong calibration constant)."""
+OFFLINE_READINGS_DROPPED = "offline_readings_dropped"
+"""Readings taken while the broker is unreachable are silently discarded."""
+RECONNECT_WITHOUT_BACKOFF = "reconnect_without_backoff"
+"""Reconnects immediately after every failure, hammering the broker."""
+NO_LAST_WILL = "no_last_will"
+"""Connects without a last will: an ungraceful loss is never announced."""
+ACCEPTS_DOWNGRADE = "accepts_downgrade"
+"""Accepts an OTA image whose version is not greater than the running one."""
+SKIPS_SIGNATURE_CHECK = "skips_signature_check"
+"""Installs OTA images without verifying their signature."""
+VALID_WITHOUT_SELFTEST = "valid_without_selftest"
+"""Marks a new image valid at boot, before its self-test."""
+NEVER_MARKS_VALID = "never_marks_valid"
+"""Never marks a new image valid, so every update is rolled back at the next reset."""
+WATCHDOG_DISABLED = "watchdog_disabled"
+"""The task watchdog is never started: a hung task hangs forever."""
+PRINTS_SECRETS = "prints_secrets"
+"""Prints the Wi-Fi password on the serial port at boot."""
+CONFIG_WITHOUT_VALIDATION = "config_without_validation"
+"""Stores any config update it can parse, without range or type checks."""
+CRASH_ON_BOOT = "crash_on_boot"
+"""Panics early in app_main, every boot."""
+NO_WIFI_RECONNECT = "no_wifi_reconnect"
+"""Never rejoins the AP after losing it once."""
+IGNORES_SENSOR_TIMEOUT = "ignores_sensor_timeout"
+"""Never raises the sensor_failure alert."""
+TLS_NO_VERIFY = "tls_no_verify"
+"""Accepts any broker certificate (verification turned off to 'fix' a lab problem)."""
+
+ALL = frozenset(
+    value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
+)
