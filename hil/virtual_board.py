@@ -173,6 +173,14 @@ class VirtualBoardProcess:
         if proc.stdout is not None:
             proc.stdout.close()
 
+    def kill(self) -> None:
+        """SIGKILL the board: its sockets close without a word, as when a board loses power
+        and its host port goes with it."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
     @property
     def returncode(self) -> int | None:
         return None if self._proc is None else self._proc.poll()

@@ -1,0 +1,206 @@
+"""A test broker: Debian's mosquitto from a generated config, on free loopback ports.
+
+One broker offers three listeners: plain (username/password), TLS (server certificate
+from a per-run CA, username/password) and mutual TLS (client certificate required, its
+CN is the username). An ACL lets each device read and write only ``esp32/<its id>/#``
+plus its broker→device topics; a test observer account may read everything. The CA,
+server and device certificates come from trustme, so nothing is committed.
+
+The broker runs in its own process group and is always stopped (``close``); ``kill``
+drops it the hard way (no will delivery from its side, persistence not saved), as a
+crashed broker would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import trustme
+
+OBSERVER_USER = "hil-observer"
+START_TIMEOUT_S = 10.0
+
+
+class BrokerError(Exception):
+    """The broker could not be set up or started (an infrastructure error)."""
+
+
+@dataclass(frozen=True)
+class DeviceCredentials:
+    device_id: str
+    username: str
+    password: str
+    client_cert_pem: str
+    client_key_pem: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class MosquittoBroker:
+    """mosquitto with plain, TLS and mTLS listeners, a password file and an ACL."""
+
+    def __init__(self, workdir: Path, *, executable: str | None = None) -> None:
+        self.workdir = workdir
+        self.executable = executable or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.executable).exists():
+            raise BrokerError("mosquitto is not installed; run 'apt-get install mosquitto' (setup.sh does)")
+        self.ca = trustme.CA()
+        self._server_cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.plain_port = free_port()
+        self.tls_port = free_port()
+        self.mtls_port = free_port()
+        self.observer_password = os.urandom(8).hex()
+        self._devices: dict[str, DeviceCredentials] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- identities ---------------------------------------------------------------
+    @property
+    def ca_pem(self) -> str:
+        return self.ca.cert_pem.bytes().decode()
+
+    def add_device(self, device_id: str) -> DeviceCredentials:
+        """Create a device account (password and client certificate); restart to apply."""
+        cert = self.ca.issue_cert(common_name=device_id)
+        creds = DeviceCredentials(
+            device_id=device_id,
+            username=device_id,
+            password=os.urandom(8).hex(),
+            client_cert_pem=b"".join(blob.bytes() for blob in cert.cert_chain_pems).decode(),
+            client_key_pem=cert.private_key_pem.bytes().decode(),
+        )
+        self._devices[device_id] = creds
+        return creds
+
+    def credentials(self, device_id: str) -> DeviceCredentials:
+        try:
+            return self._devices[device_id]
+        except KeyError:
+            raise BrokerError(f"no account for {device_id!r}; add_device() it before start()") from None
+
+    def uri(self, kind: str = "plain") -> str:
+        port = {"plain": self.plain_port, "tls": self.tls_port, "mtls": self.mtls_port}[kind]
+        return f"{'mqtt' if kind == 'plain' else 'mqtts'}://127.0.0.1:{port}"
+
+    # -- config -------------------------------------------------------------------
+    def _write_config(self) -> Path:
+        work = self.workdir
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "persistence").mkdir(exist_ok=True)
+        self.ca.cert_pem.write_to_path(str(work / "ca.pem"))
+        self._server_cert.private_key_pem.write_to_path(str(work / "server.key"))
+        self._server_cert.cert_chain_pems[0].write_to_path(str(work / "server.pem"))
+        passwords = work / "passwd"
+        passwords.write_text("")
+        users = {OBSERVER_USER: self.observer_password, **{d.username: d.password for d in self._devices.values()}}
+        for user, password in users.items():
+            subprocess.run(
+                ["mosquitto_passwd", "-b", str(passwords), user, password],
+                check=True,
+                capture_output=True,
+            )
+        acl = work / "acl"
+        acl.write_text(
+            f"user {OBSERVER_USER}\ntopic readwrite #\n\n"
+            "pattern readwrite esp32/%u/#\n"
+            "pattern read config/update/%u\n"
+            "pattern read ota/update/%u\n"
+            "pattern read programs/%u/deploy\n"
+        )
+        config = work / "mosquitto.conf"
+        # Started as root, mosquitto would drop to its own user, which cannot reach a
+        # private temp dir; it keeps the identity of whoever started the test instead.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        config.write_text(
+            user + "per_listener_settings false\n"
+            "allow_anonymous false\n"
+            f"password_file {passwords}\n"
+            f"acl_file {acl}\n"
+            "persistence true\n"
+            f"persistence_location {work / 'persistence'}/\n"
+            "log_dest stderr\n"
+            "log_type all\n"
+            "max_queued_messages 10000\n"
+            f"\nlistener {self.plain_port} 127.0.0.1\n"
+            f"\nlistener {self.tls_port} 127.0.0.1\n"
+            f"cafile {work / 'ca.pem'}\ncertfile {work / 'server.pem'}\nkeyfile {work / 'server.key'}\n"
+            f"\nlistener {self.mtls_port} 127.0.0.1\n"
+            f"cafile {work / 'ca.pem'}\ncertfile {work / 'server.pem'}\nkeyfile {work / 'server.key'}\n"
+            "require_certificate true\nuse_identity_as_username true\n"
+        )
+        return config
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        config = self._write_config()
+        log = (self.workdir / "mosquitto.log").open("ab")
+        self._proc = subprocess.Popen(
+            [self.executable, "-c", str(config)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for port in (self.plain_port, self.tls_port, self.mtls_port):
+            while True:
+                if self._proc.poll() is not None:
+                    tail = (self.workdir / "mosquitto.log").read_text(errors="replace")[-2000:]
+                    raise BrokerError(f"mosquitto exited with {self._proc.returncode}:\n{tail}")
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise BrokerError(f"mosquitto did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
+                time.sleep(0.02)  # polling a port that has no event to wait on
+
+    def stop(self) -> None:
+        """Stop cleanly (persistence saved, sessions kept for the next start)."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill -9: what a crashed broker looks like to its clients."""
+        self._signal(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    close = stop
+
+    def __enter__(self) -> MosquittoBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
