@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class MqttObserver:
         self._cond = threading.Condition()
         self._connected = threading.Event()
         self._topic_filter = subscribe
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-observer-{time.monotonic_ns()}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hil-observer-{time.monotonic_ns()}")
         if username:
             self.client.username_pw_set(username, password)
         if ca_pem:

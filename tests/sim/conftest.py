@@ -93,7 +93,7 @@ def make_board(
             mqtt_uri=broker.uri(listener),
             mqtt_user=creds.username if listener != "mtls" else None,
             mqtt_pass=creds.password if listener != "mtls" else None,
-            ca_cert=(ca_pem or broker.ca_pem) if listener != "plain" else None,
+            ca_cert=ca_pem or broker.ca_pem,
             client_cert=creds.client_cert_pem if listener == "mtls" else None,
             client_key=creds.client_key_pem if listener == "mtls" else None,
             ota_pubkey=ota_pubkey,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -56,7 +57,7 @@ def test_mutual_tls_and_acl(make_board: BoardMaker, observer: MqttObserver) -> N
     board = make_board(listener="mtls")
     online(observer, "dev1")
     valid("sensors", observer.wait_for(contract.sensors_topic("dev1"), timeout=20)[0])
-    _, pos = board.control.wait_tx(r"I \(\d+\) mqtt: connected uri=mqtts://127\.0\.0\.1:\d+")
+    board.control.wait_tx(r"I \(\d+\) mqtt: connected uri=mqtts://127\.0\.0\.1:\d+")
     log, _ = board.control.tx_log()
     assert b"password" not in log.lower()
 
@@ -108,7 +109,7 @@ def test_valid_config_is_saved_then_applied_after_a_restart(make_board: BoardMak
     assert restarted["reset_reason"] == "SW"
     after = observer.mark()
     readings = observer.wait_for(contract.sensors_topic("dev1"), since=after, count=3, timeout=30)
-    gaps = [b.at - a.at for a, b in zip(readings, readings[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(readings)]
     assert all(2.0 < gap < 4.5 for gap in gaps), gaps
 
 
@@ -159,7 +160,7 @@ def test_sensor_bus_held_low_ends_in_the_task_watchdog(make_board: BoardMaker, o
     board = make_board(config={"watchdog_timeout_s": 2})
     online(observer, "dev1")
     board.control.request("sensor.fault", fault="bus_held_low", active=True)
-    _, pos = board.control.wait_tx(r"E \(\d+\) task_wdt: Task watchdog got triggered", timeout=15)
+    board.control.wait_tx(r"E \(\d+\) task_wdt: Task watchdog got triggered", timeout=15)
     board.control.request("sensor.fault", fault="none")
     mark = observer.mark()
     health = observer.wait_for(
