@@ -8,6 +8,7 @@ arrives or the deadline passes, and then says what it saw instead.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import threading
 import time
@@ -50,7 +51,14 @@ class MqttObserver:
         self._cond = threading.Condition()
         self._connected = threading.Event()
         self._topic_filter = subscribe
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hil-observer-{time.monotonic_ns()}")
+        # A persistent session, so that what devices publish while the observer itself is
+        # reconnecting (a broker restart drops everyone) is queued for it, not lost.
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"hil-observer-{os.getpid()}-{time.monotonic_ns()}",
+            clean_session=False,
+        )
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=2)
         if username:
             self.client.username_pw_set(username, password)
         if ca_pem:

@@ -602,8 +602,6 @@ class ReferenceFirmware:
         if self.sensor_failure_raised:
             self.sensor_failure_raised = False
             self.alert("info", "sensor_recovered", "readings are back")
-        if not self.connected.is_set() and D.OFFLINE_READINGS_DROPPED in self.defects:
-            return
         payload = {
             "device_id": self.device_id,
             "boot_count": self.boot_count,
@@ -614,6 +612,8 @@ class ReferenceFirmware:
             "pressure_hpa": round(pressure, 2),
         }
         self.seq += 1
+        if not self.connected.is_set() and D.OFFLINE_READINGS_DROPPED in self.defects:
+            return  # the defect: "publish failed" is not retried, and nobody counts it
         self.outbox.put_reading(contract.sensors_topic(self.device_id), json.dumps(payload).encode())
 
     # -- health and metrics -------------------------------------------------------

@@ -1,0 +1,373 @@
+"""``hil sim fleet``: many provisioned boards' firmware in one asyncio process.
+
+For load and fleet work a process per board is too dear (an interpreter, an RFC 2217
+server and a control endpoint each), and nobody drives 200 serial ports anyway. Here
+every board is still a whole `Board`: its own flash file, programmed as a factory
+programmer leaves a new board (bootloader, partition table, otadata, app image, and that
+board's provisioning NVS), its own identity and its own `RigPeripherals` (BME280 and
+AP). It powers up through the same ROM and bootloader path and runs the reference
+firmware unchanged; only the UART goes nowhere (the board's TX tap still records it).
+
+The first stdout line is a JSON object, like ``hil sim board``'s: ``pid``, ``count``,
+``device_ids`` (``fleet-0000``, ``fleet-0001``, ...), ``state_dir`` and ``control``.
+The process then runs until SIGTERM or SIGINT.
+
+Layout of the state dir: one sub-directory per board, named after its device id, as
+``hil sim board`` lays out its own (``flash.bin``, ``board.lock``). Each board's lock is
+held while the fleet runs, so neither a second fleet nor a single board process can
+drive the same flash; the MAC is the one ``hil sim board --state-dir DIR/fleet-0007``
+would give that directory, so with the fleet stopped any one of its boards can be
+brought up alone, serial port and all, exactly as the fleet left it. Every start
+programs every board afresh (a new fleet from the factory): the broker URI, the
+credentials, the config and the app are whatever this run was given.
+
+One control endpoint serves the whole fleet (JSON lines, as a board's): ``{"cmd":
+"state"}`` gives every board's mode and boot count; any board command (``power``,
+``reset``, ``sensor.set``, ``ap.set``, ...) goes to one board with ``"device":
+"fleet-0003"`` added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import resource
+import signal
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from hil.contract import parse_broker_uri
+from hil.firmware import FACTORY_OFFSET, FirmwareError, cached_build, load_recipes
+from hil.images.nvs import NvsError
+from hil.images.partitions import PartitionTable
+from hil.sim.board import Board
+from hil.sim.control import ControlServer
+from hil.sim.firmware.reference import firmware_factory
+from hil.sim.firmware.rig import AccessPoint, RigPeripherals
+from hil.sim.firmware.settings import Provisioning, provisioning_image
+from hil.sim.flash import SpiFlash
+from hil.sim.process import FLASH_FILE, StateDirBusy, default_mac
+from hil.sim.process import _lock as lock_state_dir
+from hil.sim.registers import ChipIdentity
+
+DEVICE_PREFIX = "fleet-"
+MAX_COUNT = 10_000
+FILES_PER_BOARD = 3  # flash file, lock file, MQTT socket
+POWER_ON_SPREAD_S = 1.0
+"""Boards are plugged in one after another over this long, as a real fleet never boots
+in lockstep; it also spreads their readings over the measurement interval."""
+
+BOARDS_PER_SENSOR_THREAD = 8
+"""The firmware reads its sensor in `asyncio.to_thread`, and the driver sleeps through
+the conversion (~10 ms) there, so a read holds a worker thread. 200 boards at 1 Hz keep
+two busy on average; one worker per 8 boards leaves room for readings that bunch up
+(after a broker outage, say) without one board's read waiting on others'."""
+
+
+class FleetError(Exception):
+    """Bad input, reported before anything is touched; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    count: int
+    state_dir: Path
+    broker_uri: str
+    credentials: Path | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    app: str | None = None  # recipe name; None = the recipe book's baseline
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything checked and read before any board dir is touched."""
+
+    device_ids: tuple[str, ...]
+    images: tuple[tuple[int, bytes], ...]  # (offset, bytes) as flash_args lists them
+    nvs_offset: int
+    provisioning: Mapping[str, bytes]  # device id -> its NVS image
+
+
+@dataclass
+class FleetBoard:
+    device_id: str
+    board: Board
+    flash: SpiFlash
+    control: ControlServer  # never listens: the fleet endpoint hands it requests
+
+
+def parse_config(text: str) -> dict[str, Any]:
+    """``--config``: a JSON object of §5 settings (as in a config update), e.g.
+    ``{"measurement_interval_s": 1}``; provisioned as every board's factory settings."""
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise FleetError(f"--config {text!r}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise FleetError(f'--config {text!r}: expected a JSON object, e.g. {{"measurement_interval_s": 1}}')
+    return config
+
+
+def device_ids(count: int) -> tuple[str, ...]:
+    return tuple(f"{DEVICE_PREFIX}{index:04d}" for index in range(count))
+
+
+def load_credentials(path: Path, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{device_id: {"username": ..., "password": ...}}`` from a JSON file, for every id."""
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise FleetError(f"--credentials {path}: cannot read it: {exc.strerror}") from None
+    except ValueError as exc:
+        raise FleetError(f"--credentials {path}: not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise FleetError(f'--credentials {path}: expected an object {{"fleet-0000": {{"username": ..., "password": ...}}, ...}}')
+    missing = [device for device in ids if device not in raw]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FleetError(f"--credentials {path}: no entry for {shown}; add one per device id, or lower --count")
+    found: dict[str, tuple[str, str]] = {}
+    for device in ids:
+        entry = raw[device]
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("username"), str)
+            and isinstance(entry.get("password"), str)
+        ):
+            raise FleetError(f'--credentials {path}: {device} must be {{"username": "...", "password": "..."}} (strings)')
+        found[device] = (entry["username"], entry["password"])
+    return found
+
+
+def _read_flash_args(images: Path, app_file: str) -> tuple[tuple[int, bytes], ...]:
+    """The images of esptool's ``@flash_args`` in the build dir, with our app at 0x10000."""
+    entries = []
+    for line in (images / "flash_args").read_text().splitlines()[1:]:  # line 1: flash settings
+        offset_text, name = line.split()
+        offset = int(offset_text, 16)
+        entries.append((offset, (images / (app_file if offset == FACTORY_OFFSET else name)).read_bytes()))
+    return tuple(entries)
+
+
+def plan(options: FleetOptions) -> _Plan:
+    """Check every input and build every image; raises FleetError naming what to fix."""
+    if not 1 <= options.count <= MAX_COUNT:
+        raise FleetError(f"--count {options.count}: give 1..{MAX_COUNT} boards")
+    if parse_broker_uri(options.broker_uri) is None:
+        raise FleetError(
+            f"--broker-uri {options.broker_uri!r} is not mqtt://HOST:PORT or mqtts://HOST:PORT"
+        )
+    ids = device_ids(options.count)
+    creds = load_credentials(options.credentials, ids) if options.credentials else {}
+    ca_pem = None
+    if options.ca_file is not None:
+        try:
+            ca_pem = options.ca_file.read_text()
+        except OSError as exc:
+            raise FleetError(f"--ca-file {options.ca_file}: cannot read it: {exc.strerror}") from None
+        if "-----BEGIN CERTIFICATE-----" not in ca_pem:
+            raise FleetError(f"--ca-file {options.ca_file}: no PEM certificate in it")
+    try:
+        book = load_recipes()
+        app = book.get(options.app or book.baseline).name
+        images = cached_build(book, [app])
+    except FirmwareError as exc:
+        raise FleetError(f"--app: {exc}") from None
+    table = PartitionTable.from_bytes((images / "partition-table.bin").read_bytes())
+    nvs = table.nvs
+    if nvs is None:
+        raise FleetError(f"{images}/partition-table.bin has no nvs partition to provision")
+    ap = AccessPoint()  # each board's rig has this AP: every board is provisioned for it
+    provisioning: dict[str, bytes] = {}
+    for device in ids:
+        username, password = creds.get(device, (None, None))
+        prov = Provisioning(
+            device_id=device,
+            wifi_ssid=ap.ssid,
+            wifi_pass=ap.password,
+            mqtt_uri=options.broker_uri,
+            mqtt_user=username,
+            mqtt_pass=password,
+            ca_cert=ca_pem,
+        )
+        try:
+            provisioning[device] = provisioning_image(prov, options.config, size=nvs.size)
+        except (ValueError, NvsError) as exc:
+            raise FleetError(f"--config: {exc}") from None
+    return _Plan(ids, _read_flash_args(images, f"{app}.bin"), nvs.offset, provisioning)
+
+
+def _raise_open_files_limit(count: int) -> None:
+    """Each board holds a few descriptors; lift the soft limit as far as needed (and allowed)."""
+    needed = count * FILES_PER_BOARD + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise FleetError(
+            f"--count {count} needs about {needed} open files but the hard limit is {hard}; "
+            "raise it (ulimit -Hn) or lower --count"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def program_flash(path: Path, images: Sequence[tuple[int, bytes]], nvs_offset: int, nvs: bytes) -> SpiFlash:
+    """A new chip from the factory programmer: erased, then the images and the provisioning."""
+    path.unlink(missing_ok=True)  # SpiFlash creates an erased chip in its place
+    flash = SpiFlash(path)
+    for offset, data in images:
+        flash.write(offset, data)
+    flash.write(nvs_offset, nvs)
+    return flash
+
+
+class FleetControl:
+    """The fleet's one control endpoint: fleet-wide ``state``, and board commands by device."""
+
+    def __init__(self, boards: Sequence[FleetBoard]) -> None:
+        self._boards = {b.device_id: b for b in boards}
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(json.dumps(await self.handle_line(line)).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def handle_line(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            return {"ok": False, "error": f"not JSON: {exc}"}
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            return {"ok": False, "error": 'a request is a JSON object with a string "cmd"'}
+        device = request.pop("device", None)
+        if device is None:
+            if request["cmd"] == "state":
+                return {"ok": True, "state": self.state()}
+            return {
+                "ok": False,
+                "error": f'fleet commands: state; board commands ({request["cmd"]!r} too) need '
+                '"device": a device id',
+            }
+        target = self._boards.get(device) if isinstance(device, str) else None
+        if target is None:
+            return {"ok": False, "error": f"no device {device!r} in this fleet ({len(self._boards)} boards)"}
+        return await target.control.handle_line(json.dumps(request).encode())
+
+    def state(self) -> dict[str, Any]:
+        boards = []
+        for fb in self._boards.values():
+            state = fb.board.state()
+            app = state["app"] or {}
+            boards.append(
+                {
+                    "device_id": fb.device_id,
+                    "mode": state["mode"],
+                    "boots": state["boots"],
+                    "reset_reason": state["idf_reset_reason"],
+                    "version": app.get("version"),
+                }
+            )
+        return {"count": len(boards), "modes": dict(Counter(b["mode"] for b in boards)), "boards": boards}
+
+
+async def _power_on(boards: Sequence[FleetBoard]) -> None:
+    for fb in boards:
+        fb.board.power(True)
+        await asyncio.sleep(POWER_ON_SPREAD_S / len(boards))  # pacing the plugging-in itself
+
+
+async def serve_fleet(options: FleetOptions, *, out: IO[str] = sys.stdout) -> None:
+    checked = plan(options)
+    _raise_open_files_limit(options.count)
+    loop = asyncio.get_running_loop()
+    workers = max(32, math.ceil(options.count / BOARDS_PER_SENSOR_THREAD))
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet-io"))
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    locks: list[IO[str]] = []
+    boards: list[FleetBoard] = []
+    control = FleetControl(boards)
+    powering: asyncio.Task[None] | None = None
+    try:
+        for device in checked.device_ids:
+            board_dir = options.state_dir / device
+            board_dir.mkdir(exist_ok=True)
+            locks.append(lock_state_dir(board_dir))
+        for device, board_dir in zip(checked.device_ids, (options.state_dir / d for d in checked.device_ids), strict=True):
+            flash = program_flash(board_dir / FLASH_FILE, checked.images, checked.nvs_offset, checked.provisioning[device])
+            rig = RigPeripherals()
+            # No UART: the board's default TX sink drops the bytes (its TX tap keeps the tail).
+            board = Board(
+                flash=flash,
+                identity=ChipIdentity(mac=default_mac(board_dir)),
+                app_factory=firmware_factory(rig),
+                peripherals=rig,
+            )
+            board_control = ControlServer(board)
+            rig.register(board_control)
+            boards.append(FleetBoard(device, board, flash, board_control))
+        control = FleetControl(boards)
+        await control.start()
+        hello = {
+            "pid": os.getpid(),
+            "count": len(boards),
+            "device_ids": list(checked.device_ids),
+            "state_dir": str(options.state_dir.resolve()),
+            "control": control.url,
+        }
+        out.write(json.dumps(hello) + "\n")
+        out.flush()
+        powering = loop.create_task(_power_on(boards))
+        await stop.wait()
+    finally:
+        if powering is not None:
+            powering.cancel()
+        await control.close()
+        await asyncio.gather(*(fb.board.close() for fb in boards), return_exceptions=True)
+        for fb in boards:
+            fb.flash.close()
+        for lock in locks:
+            lock.close()
+
+
+def run_fleet(options: FleetOptions) -> int:
+    try:
+        asyncio.run(serve_fleet(options))
+    except (FleetError, StateDirBusy) as exc:
+        print(f"hil sim fleet: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,306 @@
+"""``hil sim fleet``: many provisioned boards' firmware in one process, against a real mosquitto.
+
+The fleet runs as a child process in its own process group (as ``hil sim board`` does in
+the other suites), reached only through its first stdout line, its control endpoint and
+the broker; the test stops the whole group in every case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil import contract
+from hil.broker import OBSERVER_USER, MosquittoBroker
+from hil.mqtt import MqttObserver, Received
+from hil.virtual_board import ControlClient
+
+START_TIMEOUT_S = 120.0  # 200 boards: their flash files are programmed before the first line
+FLEET_CONFIG = {"measurement_interval_s": 1}
+
+
+class FleetProcess:
+    """``python -m hil sim fleet ...`` in its own process group; always stopped on exit."""
+
+    def __init__(self, args: Sequence[str], log: Path) -> None:
+        self.args = [sys.executable, "-m", "hil", "sim", "fleet", *args]
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
+        self.hello: dict[str, Any] = {}
+        self.control: ControlClient | None = None
+
+    def __enter__(self) -> FleetProcess:
+        with self.log.open("w") as stderr:
+            self.proc = subprocess.Popen(
+                self.args, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
+            )
+        try:
+            line = self._first_line()
+            assert line, f"hil sim fleet exited ({self.proc.poll()}) before its first line:\n{self.log.read_text()}"
+            self.hello = json.loads(line)
+            self.control = ControlClient(self.hello["control"])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _first_line(self) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        stdout = self.proc.stdout
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(START_TIMEOUT_S)
+        assert not reader.is_alive(), f"hil sim fleet printed nothing in {START_TIMEOUT_S} s:\n{self.log.read_text()}"
+        return got[0].strip() if got else ""
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the fleet process, from /proc/PID/stat."""
+        assert self.proc is not None
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; fields from #3 on
+        utime, stime = int(fields[11]), int(fields[12])  # fields #14 and #15
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> int | None:
+        """SIGTERM the group, then SIGKILL if it lingers; return the fleet's exit code."""
+        if self.control is not None:
+            self.control.close()
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything the fleet left in its group
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return proc.returncode
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hil", "sim", "fleet", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+
+
+@contextlib.contextmanager
+def fleet_broker(workdir: Path, count: int) -> Iterator[tuple[MosquittoBroker, Path]]:
+    """A mosquitto with an account per fleet device, and the fleet's --credentials file."""
+    broker = MosquittoBroker(workdir)
+    creds = {}
+    for index in range(count):
+        account = broker.add_device(f"fleet-{index:04d}")
+        creds[account.device_id] = {"username": account.username, "password": account.password}
+    credentials = workdir / "credentials.json"
+    workdir.mkdir(parents=True, exist_ok=True)
+    credentials.write_text(json.dumps(creds))
+    broker.start()
+    try:
+        yield broker, credentials
+    finally:
+        broker.kill()
+
+
+def fleet_args(broker: MosquittoBroker, credentials: Path, state_dir: Path, count: int) -> list[str]:
+    return [
+        "--count", str(count),
+        "--state-dir", str(state_dir),
+        "--broker-uri", broker.uri("plain"),
+        "--credentials", str(credentials),
+        "--config", json.dumps(FLEET_CONFIG),
+    ]  # fmt: skip
+
+
+def reading(message: Received) -> dict[str, Any]:
+    data = message.json()
+    assert isinstance(data, dict)
+    problems = contract.validate_payload("sensors", data)
+    assert not problems, f"{message.topic}: {problems}\n{data}"
+    return data
+
+
+# -- fast ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--count", "0"], "--count 0: give 1..10000 boards"),
+        (["--broker-uri", "tcp://127.0.0.1:1883"], "is not mqtt://HOST:PORT"),
+        (["--config", "{nope"], "--config '{nope': not valid JSON"),
+        (["--config", '{"measurement_interval_s": 0}'], "measurement_interval_s"),
+        (["--app", "no_such_recipe"], "no recipe 'no_such_recipe'"),
+        (["--credentials", "{missing}"], "cannot read it"),
+        (["--credentials", "{partial}"], "no entry for fleet-0001"),
+        (["--credentials", "{bad_entry}"], 'fleet-0000 must be {"username"'),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_touched(tmp_path: Path, args: list[str], expected: str) -> None:
+    (tmp_path / "partial.json").write_text(json.dumps({"fleet-0000": {"username": "u", "password": "p"}}))
+    (tmp_path / "bad_entry.json").write_text(json.dumps({"fleet-0000": {"username": "u"}, "fleet-0001": {}}))
+    files = {"{missing}": "missing.json", "{partial}": "partial.json", "{bad_entry}": "bad_entry.json"}
+    args = [str(tmp_path / files[a]) if a in files else a for a in args]
+    defaults = {"--count": "2", "--broker-uri": "mqtt://127.0.0.1:1883"}
+    for flag, value in defaults.items():
+        if flag not in args:
+            args += [flag, value]
+    state = tmp_path / "fleet"
+    result = run_cli("--state-dir", str(state), *args)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("hil sim fleet: ") and expected in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert not state.exists()
+
+
+def test_fleet_boards_are_separate_devices_behind_one_process(tmp_path: Path) -> None:
+    with (
+        fleet_broker(tmp_path / "broker", 3) as (broker, credentials),
+        MqttObserver(
+            "127.0.0.1", broker.plain_port, username=OBSERVER_USER, password=broker.observer_password, subscribe="esp32/#"
+        ) as observer,
+        FleetProcess(fleet_args(broker, credentials, tmp_path / "fleet", 3), tmp_path / "fleet.log") as fleet,
+    ):
+        ids = ["fleet-0000", "fleet-0001", "fleet-0002"]
+        assert fleet.hello == {
+            "pid": fleet.proc.pid if fleet.proc else None,
+            "count": 3,
+            "device_ids": ids,
+            "state_dir": str((tmp_path / "fleet").resolve()),
+            "control": fleet.hello["control"],
+        }
+        assert fleet.hello["control"].startswith("tcp://127.0.0.1:")
+        for device in ids:
+            assert (tmp_path / "fleet" / device / "flash.bin").stat().st_size == 4 * 1024 * 1024
+            first = reading(observer.wait_for(contract.sensors_topic(device), timeout=20)[0])
+            assert first["device_id"] == device and first["seq"] == 0 and first["boot_count"] == 1
+        assert fleet.control is not None
+        state = fleet.control.state()
+        assert state == {"count": 3, "modes": {"app": 3}, "boards": state["boards"]}
+        assert [(b["device_id"], b["mode"], b["boots"], b["reset_reason"], b["version"]) for b in state["boards"]] == [
+            (device, "app", 1, "POWERON", "1.0.0") for device in ids
+        ]
+
+        # Each board has its own sensor: a board command goes to the one named by "device".
+        fleet.control.request("sensor.set", device="fleet-0001", temperature_c=30.0)
+        mark = observer.mark()
+        warm = reading(observer.wait_for(contract.sensors_topic("fleet-0001"), since=mark, count=2, timeout=10)[1])
+        other = reading(observer.wait_for(contract.sensors_topic("fleet-0000"), since=mark, count=2, timeout=10)[1])
+        assert abs(warm["temperature_c"] - 30.0) <= contract.TEMPERATURE_ACCURACY_C
+        assert abs(other["temperature_c"] - 22.0) <= contract.TEMPERATURE_ACCURACY_C
+        with pytest.raises(Exception, match="no device 'fleet-0009'"):
+            fleet.control.request("state", device="fleet-0009")
+        with pytest.raises(Exception, match='need "device"'):
+            fleet.control.request("power", action="off")
+
+        # The boards' dirs are locked while the fleet runs: a second fleet is refused.
+        second = run_cli(*fleet_args(broker, credentials, tmp_path / "fleet", 1))
+        assert second.returncode == 2 and "is in use by pid" in second.stderr, second.stderr
+
+        mark = observer.mark()
+        assert fleet.stop() == 0
+        # Stopped like unplugged boards: the broker announces every one of them offline.
+        for device in ids:
+            will = observer.wait_for(contract.status_topic(device), since=mark, timeout=40)[0]
+            assert will.json() == {"state": "offline"}
+
+
+# -- slow: the acceptance load ------------------------------------------------------------
+
+FLEET_SIZE = 200
+WINDOW_READINGS = 60  # at measurement_interval_s = 1: a 60 s window
+
+
+@pytest.mark.slow
+def test_200_boards_in_one_process_publish_for_60_s_without_a_gap(tmp_path: Path) -> None:
+    ids = [f"fleet-{index:04d}" for index in range(FLEET_SIZE)]
+    with (
+        fleet_broker(tmp_path / "broker", FLEET_SIZE) as (broker, credentials),
+        MqttObserver(
+            "127.0.0.1",
+            broker.plain_port,
+            username=OBSERVER_USER,
+            password=broker.observer_password,
+            subscribe="esp32/+/sensors",
+        ) as observer,
+    ):
+        started = time.monotonic()
+        with FleetProcess(fleet_args(broker, credentials, tmp_path / "fleet", FLEET_SIZE), tmp_path / "fleet.log") as fleet:
+            programmed = time.monotonic() - started
+            deadline = time.monotonic() + 60
+            for device in ids:  # every board up and publishing
+                observer.wait_for(contract.sensors_topic(device), timeout=max(deadline - time.monotonic(), 0.1))
+            booted = time.monotonic() - started
+            cpu_boot = fleet.cpu_seconds()
+
+            mark, window_start, cpu_start = observer.mark(), time.monotonic(), fleet.cpu_seconds()
+            deadline = window_start + WINDOW_READINGS + 15
+            for device in ids:
+                observer.wait_for(
+                    contract.sensors_topic(device),
+                    since=mark,
+                    count=WINDOW_READINGS,
+                    timeout=max(deadline - time.monotonic(), 0.1),
+                )
+            window = time.monotonic() - window_start
+            cpu_window = fleet.cpu_seconds() - cpu_start
+            cpu_total = fleet.cpu_seconds()
+            assert fleet.control is not None
+            state = fleet.control.state()
+            received = observer.collect("esp32/+/sensors")
+            in_window = observer.collect("esp32/+/sensors", since=mark)
+            assert fleet.stop() == 0, (tmp_path / "fleet.log").read_text()[-3000:]
+
+    assert state["modes"] == {"app": FLEET_SIZE}
+    assert all(board["boots"] == 1 for board in state["boards"])
+    by_device: dict[str, list[dict[str, Any]]] = {device: [] for device in ids}
+    for message in received:
+        data = reading(message)
+        assert message.topic == contract.sensors_topic(data["device_id"])
+        by_device[data["device_id"]].append(data)
+    for device, readings in by_device.items():
+        seqs = [r["seq"] for r in readings]
+        assert seqs == list(range(len(seqs))), f"{device}: seq has a gap or a repeat: {seqs}"
+        assert {r["boot_count"] for r in readings} == {1}, f"{device} rebooted"
+
+    window_counts = Counter(json.loads(m.payload)["device_id"] for m in in_window)
+    counts = [window_counts[device] for device in ids]
+    print(
+        f"\nfleet: {FLEET_SIZE} boards in one process (pid {fleet.hello['pid']}); first line after "
+        f"{programmed:.1f} s, all publishing after {booted:.1f} s (CPU {cpu_boot:.1f} s so far)\n"
+        f"window: {window:.1f} s, {len(in_window)} readings = {len(in_window) / window:.0f} msgs/s; "
+        f"fleet CPU {cpu_window:.1f} s in the window ({100 * cpu_window / window:.0f} % of one core), "
+        f"{cpu_total:.1f} s in total\n"
+        f"readings per board in the window: min {min(counts)}, median {statistics.median(counts):g}, "
+        f"max {max(counts)}; distribution {dict(sorted(Counter(counts).items()))}\n"
+        f"all {len(received)} readings: seq contiguous from 0 on every board, no reboot"
+    )
+    assert min(counts) >= WINDOW_READINGS
+    assert max(counts) <= window + 2  # at most one reading per second (and one in flight)
