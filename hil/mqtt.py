@@ -58,7 +58,7 @@ class MqttObserver:
             client_id=f"hil-observer-{os.getpid()}-{time.monotonic_ns()}",
             clean_session=False,
         )
-        self.client.reconnect_delay_set(min_delay=0.1, max_delay=2)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         if username:
             self.client.username_pw_set(username, password)
         if ca_pem:
