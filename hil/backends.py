@@ -1,0 +1,196 @@
+"""Rig interfaces as small protocols, and their backends.
+
+A test asks for power, a sensor or the network through these protocols; which backend
+answers is rig data. The virtual rig's backends speak to its control endpoint; real
+rigs switch power through a GPIO expander on the lab host's I2C bus (smbus2) or a USB
+hub (uhubctl), and read a reference BME280 next to the board through smbus2. A new lab
+backend is one class.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hil.bme280 import Environment
+from hil.bme280_driver import BME280Driver
+
+
+class Power(Protocol):
+    def on(self) -> None: ...
+    def off(self) -> None: ...
+    def cycle(self, off_s: float = 0.5) -> None: ...
+
+
+class SensorEmulator(Protocol):
+    """Sets what the board's sensor measures (virtual rigs, or a climate chamber)."""
+
+    def set(self, env: Environment) -> None: ...
+    def fault(self, name: str, active: bool = True) -> None: ...
+    def clear_faults(self) -> None: ...
+    def get(self) -> Environment: ...
+
+
+class ReferenceSensor(Protocol):
+    """Reads the true environment next to the board (real rigs)."""
+
+    def get(self) -> Environment: ...
+
+
+class WifiControl(Protocol):
+    def ap(self, *, up: bool | None = None, rssi: int | None = None) -> None: ...
+
+
+class Control(Protocol):
+    """The part of a virtual board's control client the backends use."""
+
+    def request(self, cmd: str, **fields: Any) -> dict[str, Any]: ...
+
+
+# -- the virtual rig -------------------------------------------------------------------
+@dataclass
+class VirtualPower:
+    control: Control
+
+    def on(self) -> None:
+        self.control.request("power", action="on")
+
+    def off(self) -> None:
+        self.control.request("power", action="off")
+
+    def cycle(self, off_s: float = 0.5) -> None:
+        self.control.request("power", action="cycle", off_s=off_s)
+
+
+@dataclass
+class VirtualSensor:
+    control: Control
+
+    def set(self, env: Environment) -> None:
+        self.control.request(
+            "sensor.set",
+            temperature_c=env.temperature_c,
+            humidity_pct=env.humidity_pct,
+            pressure_hpa=env.pressure_hpa,
+        )
+
+    def fault(self, name: str, active: bool = True) -> None:
+        self.control.request("sensor.fault", fault=name, active=active)
+
+    def clear_faults(self) -> None:
+        self.control.request("sensor.fault", fault="none")
+
+    def get(self) -> Environment:
+        sensor = self.control.request("sensor.get")["sensor"]
+        return Environment(sensor["temperature_c"], sensor["humidity_pct"], sensor["pressure_hpa"])
+
+
+@dataclass
+class VirtualWifi:
+    control: Control
+
+    def ap(self, *, up: bool | None = None, rssi: int | None = None) -> None:
+        fields: dict[str, Any] = {}
+        if up is not None:
+            fields["up"] = up
+        if rssi is not None:
+            fields["rssi"] = rssi
+        self.control.request("ap.set", **fields)
+
+
+# -- real rigs -------------------------------------------------------------------------
+class ExpanderBus(Protocol):
+    """The part of ``smbus2.SMBus`` the expanders use."""
+
+    def write_byte(self, i2c_addr: int, value: int, force: bool | None = None) -> None: ...
+    def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int: ...
+    def write_byte_data(self, i2c_addr: int, register: int, value: int, force: bool | None = None) -> None: ...
+
+
+class ExpanderChip(Protocol):
+    def write(self, bus: ExpanderBus, address: int, pin: int, level: bool) -> None: ...
+
+
+class PCF8574:
+    """8 quasi-bidirectional pins written as one byte; we keep the byte we last wrote."""
+
+    def __init__(self) -> None:
+        self._state = 0xFF
+
+    def write(self, bus: ExpanderBus, address: int, pin: int, level: bool) -> None:
+        self._state = (self._state | (1 << pin)) if level else (self._state & ~(1 << pin))
+        bus.write_byte(address, self._state)
+
+
+class MCP23017:
+    """Port A pins: IODIRA (0x00) to output, then OLATA (0x14) read-modify-write."""
+
+    IODIRA = 0x00
+    OLATA = 0x14
+
+    def write(self, bus: ExpanderBus, address: int, pin: int, level: bool) -> None:
+        bus.write_byte_data(address, self.IODIRA, bus.read_byte_data(address, self.IODIRA) & ~(1 << pin))
+        latch = bus.read_byte_data(address, self.OLATA)
+        bus.write_byte_data(address, self.OLATA, (latch | (1 << pin)) if level else (latch & ~(1 << pin)))
+
+
+@dataclass
+class GpioExpanderPower:
+    """A relay or load switch on one expander pin; ``active_high`` says which level is on."""
+
+    bus: ExpanderBus
+    address: int
+    pin: int
+    chip: ExpanderChip
+    active_high: bool = True
+    sleep: Callable[[float], None] = time.sleep
+
+    def on(self) -> None:
+        self.chip.write(self.bus, self.address, self.pin, self.active_high)
+
+    def off(self) -> None:
+        self.chip.write(self.bus, self.address, self.pin, not self.active_high)
+
+    def cycle(self, off_s: float = 0.5) -> None:
+        self.off()
+        self.sleep(off_s)  # the off time is the point of a power cycle
+        self.on()
+
+
+@dataclass
+class UhubctlPower:
+    """Port power on a USB hub that supports per-port switching, through uhubctl."""
+
+    hub: str
+    port: int
+    run: Callable[[list[str]], subprocess.CompletedProcess[str]] = lambda args: subprocess.run(
+        args, capture_output=True, text=True, check=False, timeout=30
+    )
+
+    def _action(self, action: str, *extra: str) -> None:
+        result = self.run(["uhubctl", "-l", self.hub, "-p", str(self.port), "-a", action, *extra])
+        if result.returncode != 0:
+            raise RuntimeError(f"uhubctl -l {self.hub} -p {self.port} -a {action} failed: {result.stderr.strip()}")
+
+    def on(self) -> None:
+        self._action("on")
+
+    def off(self) -> None:
+        self._action("off")
+
+    def cycle(self, off_s: float = 0.5) -> None:
+        self._action("cycle", "-d", str(off_s))
+
+
+@dataclass
+class SmbusReferenceSensor:
+    """A BME280 on the lab host's I2C bus, beside the board: the truth readings are held to."""
+
+    driver: BME280Driver
+
+    def get(self) -> Environment:
+        reading = self.driver.read()
+        return Environment(reading.temperature_c, reading.humidity_pct, reading.pressure_hpa)
