@@ -15,4 +15,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# pimoroni-bme280 also installs as `bme280` (clashing with RPi.bme280): keep it aside;
+# the driver tests load it from there under another name.
+[ -d .venv/pimoroni-bme280 ] || .venv/bin/python -m pip install -q --no-deps --target .venv/pimoroni-bme280 pimoroni-bme280==1.0.0
 echo "setup.sh: ready (.venv)"

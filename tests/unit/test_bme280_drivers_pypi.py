@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.bme280 import CALIBRATIONS, BME280, Environment, SimulatedSMBus
+from hil.bme280 import BME280, CALIBRATIONS, Environment, SimulatedSMBus
 from hil.contract import HUMIDITY_ACCURACY_PCT, PRESSURE_ACCURACY_HPA, TEMPERATURE_ACCURACY_C
 
 ADDRESS = 0x76
@@ -129,9 +129,17 @@ def read_bme280pi(bus: SimulatedSMBus) -> Triple:
     return data["temperature"], data["humidity"], data["pressure"]
 
 
+#: pimoroni-bme280's setup() arguments for ×1 oversampling on every channel (fast reads)
+PIMORONI_X1 = {
+    "temperature_oversampling": 1,
+    "pressure_oversampling": 1,
+    "humidity_oversampling": 1,
+}
+
+
 def read_pimoroni(bus: SimulatedSMBus) -> Triple:
-    # The package's defaults (×16, IIR filter 4) in forced mode; its default normal mode
-    # returns the reset values until the first conversion, which nobody would test.
+    # The package's defaults (×16, IIR filter 4) in forced mode: in its default normal mode
+    # a read right after setup() sees the reset values, the first conversion not being over.
     sensor = _pimoroni().BME280(i2c_addr=ADDRESS, i2c_dev=bus)
     sensor.setup(mode="forced")
     sensor.update_sensor()
@@ -246,8 +254,7 @@ def test_pimoroni_decodes_the_calibration(calibration: str) -> None:
     cal = CALIBRATIONS[calibration]
     device = BME280(calibration=cal)
     sensor = _pimoroni().BME280(i2c_addr=ADDRESS, i2c_dev=SimulatedSMBus(1, devices=[device]))
-    sensor.setup(mode="forced", temperature_oversampling=1, pressure_oversampling=1,
-                 humidity_oversampling=1)  # fmt: skip
+    sensor.setup(mode="forced", **PIMORONI_X1)
     decoded = {name: getattr(sensor.calibration, name.lower()) for name in cal.__dataclass_fields__}
     assert decoded == cal.__dict__
 
@@ -259,8 +266,7 @@ def test_pimoroni_filter_lags_a_step_then_settles() -> None:
     start, step = Environment(22.0, 45.0, 1013.25), Environment(32.0, 70.0, 993.25)
     device = BME280(environment=start)
     sensor = _pimoroni().BME280(i2c_addr=ADDRESS, i2c_dev=SimulatedSMBus(1, devices=[device]))
-    sensor.setup(mode="forced", temperature_oversampling=1, pressure_oversampling=1,
-                 humidity_oversampling=1)  # fmt: skip
+    sensor.setup(mode="forced", **PIMORONI_X1)
     sensor.update_sensor()
     assert_accurate((sensor.temperature, sensor.humidity, sensor.pressure), start, "pimoroni")
 
@@ -272,7 +278,9 @@ def test_pimoroni_filter_lags_a_step_then_settles() -> None:
     assert sensor.pressure == pytest.approx(1013.25 - 20.0 / 4, abs=0.25)
 
     reads = 1
-    while not within(errors((sensor.temperature, sensor.humidity, sensor.pressure), step), ACCURACY):
+    while not within(
+        errors((sensor.temperature, sensor.humidity, sensor.pressure), step), ACCURACY
+    ):
         assert reads < 20, "the filtered reading never settled"
         sensor.update_sensor()
         reads += 1
