@@ -48,11 +48,11 @@ from hil.contract import parse_broker_uri
 from hil.firmware import FACTORY_OFFSET, FirmwareError, cached_build, load_recipes
 from hil.images.nvs import NvsError
 from hil.images.partitions import PartitionTable
+from hil.settings import Provisioning, provisioning_image
 from hil.sim.board import Board
 from hil.sim.control import ControlServer
 from hil.sim.firmware.reference import firmware_factory
 from hil.sim.firmware.rig import AccessPoint, RigPeripherals
-from hil.sim.firmware.settings import Provisioning, provisioning_image
 from hil.sim.flash import SpiFlash
 from hil.sim.process import FLASH_FILE, StateDirBusy, default_mac
 from hil.sim.process import _lock as lock_state_dir
@@ -224,9 +224,13 @@ def program_flash(path: Path, images: Sequence[tuple[int, bytes]], nvs_offset: i
     """A new chip from the factory programmer: erased, then the images and the provisioning."""
     path.unlink(missing_ok=True)  # SpiFlash creates an erased chip in its place
     flash = SpiFlash(path)
-    for offset, data in images:
-        flash.write(offset, data)
-    flash.write(nvs_offset, nvs)
+    try:
+        for offset, data in images:
+            flash.write(offset, data)
+        flash.write(nvs_offset, nvs)
+    except BaseException:
+        flash.close()
+        raise
     return flash
 
 
@@ -320,15 +324,17 @@ async def serve_fleet(options: FleetOptions, *, out: IO[str] = sys.stdout) -> No
     options.state_dir.mkdir(parents=True, exist_ok=True)
     locks: list[IO[str]] = []
     boards: list[FleetBoard] = []
-    control = FleetControl(boards)
+    control: FleetControl | None = None
     powering: asyncio.Task[None] | None = None
     try:
         for device in checked.device_ids:
             board_dir = options.state_dir / device
             board_dir.mkdir(exist_ok=True)
             locks.append(lock_state_dir(board_dir))
-        for device, board_dir in zip(checked.device_ids, (options.state_dir / d for d in checked.device_ids), strict=True):
-            flash = program_flash(board_dir / FLASH_FILE, checked.images, checked.nvs_offset, checked.provisioning[device])
+        for device in checked.device_ids:
+            board_dir = options.state_dir / device
+            nvs = checked.provisioning[device]
+            flash = program_flash(board_dir / FLASH_FILE, checked.images, checked.nvs_offset, nvs)
             rig = RigPeripherals()
             # No UART: the board's default TX sink drops the bytes (its TX tap keeps the tail).
             board = Board(
@@ -356,7 +362,8 @@ async def serve_fleet(options: FleetOptions, *, out: IO[str] = sys.stdout) -> No
     finally:
         if powering is not None:
             powering.cancel()
-        await control.close()
+        if control is not None:
+            await control.close()
         await asyncio.gather(*(fb.board.close() for fb in boards), return_exceptions=True)
         for fb in boards:
             fb.flash.close()

@@ -13,7 +13,7 @@ import pytest
 from hil.broker import OBSERVER_USER, DeviceCredentials, MosquittoBroker
 from hil.firmware import cached_build
 from hil.mqtt import MqttObserver
-from hil.sim.firmware.settings import Provisioning, provisioning_image
+from hil.settings import Provisioning, provisioning_image
 from hil.sim.flash import SpiFlash
 from hil.virtual_board import ControlClient, VirtualBoardProcess
 

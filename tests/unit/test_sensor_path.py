@@ -38,9 +38,9 @@ from hil import contract
 from hil.bme280 import BME280, CALIBRATIONS, Environment, NoiseModel, Reading, SimulatedSMBus
 from hil.bme280_driver import BME280Driver, Settings
 from hil.images.app import BehaviourRecord
+from hil.settings import DeviceConfig
 from hil.sim.firmware import defects as D
 from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
-from hil.sim.firmware.settings import DeviceConfig
 
 ACC_T = contract.TEMPERATURE_ACCURACY_C
 ACC_H = contract.HUMIDITY_ACCURACY_PCT

@@ -1,4 +1,4 @@
-"""The firmware model's provisioning and configuration (hil.sim.firmware.settings).
+"""The firmware model's provisioning and configuration (hil.settings).
 
 NVS images are real ones (esp-idf-nvs-partition-gen writes, hil.images reads), so the round
 trips here are the ones the virtual rig makes across reboots.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hil.contract import CONFIG_INT_SETTINGS, CONFIG_KEYS, CONFIG_NVS_KEYS, PROVISIONING_KEYS
 from hil.images.nvs import MAX_STR_BYTES, NvsError, NvsInt, build_nvs_image, read_nvs
-from hil.sim.firmware.settings import (
+from hil.settings import (
     ConfigRejected,
     ConfigUpdate,
     DeviceConfig,

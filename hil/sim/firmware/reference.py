@@ -26,6 +26,14 @@ from hil.images.app import BehaviourRecord
 from hil.images.nvs import NvsError, read_nvs, update_nvs
 from hil.images.otadata import OtaState
 from hil.images.partitions import Partition
+from hil.settings import (
+    ConfigRejected,
+    DeviceConfig,
+    Provisioning,
+    factory_reset,
+    parse_config_update,
+    store_config,
+)
 from hil.sim.app import AppContext, AppModel, IdleApp
 from hil.sim.firmware import defects as D
 from hil.sim.firmware.http_client import ssl_context_for_ca
@@ -53,14 +61,6 @@ from hil.sim.firmware.programs import (
     run_program,
 )
 from hil.sim.firmware.rig import RigPeripherals
-from hil.sim.firmware.settings import (
-    ConfigRejected,
-    DeviceConfig,
-    Provisioning,
-    factory_reset,
-    parse_config_update,
-    store_config,
-)
 from hil.sim.firmware.watchdog import TaskWatchdog
 from hil.sim.resets import ResetCause, RomResetCode
 
@@ -459,7 +459,9 @@ class ReferenceFirmware:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            if not (stop.done() and stop.result() == "shutdown"):
+            # Cancelled (a chip reset, power off), `await stop` cancels `stop` too: that is
+            # no shutdown, so the link is dropped without DISCONNECT and the will fires.
+            if not (stop.done() and not stop.cancelled() and stop.result() == "shutdown"):
                 abort(client)
 
     async def _on_message(self, client: aiomqtt.Client, topic: str, payload: bytes, stop: asyncio.Future[str]) -> None:

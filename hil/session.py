@@ -1,0 +1,260 @@
+"""A test session on one rig: reserve it, bring up its broker, console and firmware.
+
+This is the library behind the pytest plugin (which only maps options and fixtures onto
+it). The order is the one a lab engineer follows: reserve the rig; start the test
+broker; open the serial console (never resetting the board by opening it); flash the
+firmware and this rig's provisioning, skipping what is already in flash; reset; wait
+until the device says it is online over MQTT. Everything started is stopped by
+``close``, in reverse order, even when a step failed half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hil import contract
+from hil.backends import (
+    Power,
+    SensorEmulator,
+    VirtualPower,
+    VirtualSensor,
+    VirtualWifi,
+    WifiControl,
+)
+from hil.broker import OBSERVER_USER, BrokerError, MosquittoBroker
+from hil.console import Console
+from hil.firmware import FlashFile, cached_build, load_manifest, load_recipes
+from hil.flashing import Flasher
+from hil.mqtt import MqttObserver
+from hil.ota import OtaServer, OtaSigner
+from hil.report import Redactor
+from hil.rigs import ReservedRig, Rig, load_rigs, reserve
+from hil.settings import Provisioning, provisioning_image
+from hil.virtual_board import ControlClient, VirtualBoardProcess
+
+NVS_OFFSET = 0x9000
+APP_OFFSET = 0x10000
+ONLINE_TIMEOUT_S = 60.0
+FAST_INTERVALS = {"measurement_interval_s": 1, "heartbeat_interval_s": 5, "status_report_interval_s": 10}
+VIRTUAL_AP = ("hil-lab", "hil-lab-password")
+
+
+class SessionError(Exception):
+    """The session could not be set up: an infrastructure problem, reported as such."""
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    rigs_dir: Path
+    log_dir: Path
+    rig_name: str | None = None
+    rig_tag: str | None = None
+    firmware: str | None = None  # a recipe name (virtual rig), or a manifest path
+    broker: str = "embedded"  # embedded | mosquitto | mqtt(s)://host:port
+    config: dict[str, Any] = field(default_factory=lambda: dict(FAST_INTERVALS))
+    keep_on_failure: bool = False
+
+
+@dataclass
+class Dut:
+    """The device under test, as the suites see it."""
+
+    device_id: str
+    version: str
+    console: Console
+    rig: Rig
+    control: ControlClient | None  # virtual rigs only; suites use the backends instead
+
+
+class RigSession:
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self.redactor = Redactor()
+        self._cleanups: list[Callable[[], None]] = []
+        self.reserved: ReservedRig | None = None
+        self.board: VirtualBoardProcess | None = None
+        self.broker: MosquittoBroker | None = None
+        self.observer: MqttObserver | None = None
+        self.console: Console | None = None
+        self.signer = OtaSigner()
+        self._ota_server: OtaServer | None = None
+        self._dut: Dut | None = None
+
+    # -- setup steps ------------------------------------------------------------------
+    @property
+    def rig(self) -> Rig:
+        if self.reserved is None:
+            rigs = load_rigs(self.options.rigs_dir)
+            self.reserved = reserve(rigs, name=self.options.rig_name, tag=self.options.rig_tag)
+            self._cleanups.append(self.reserved.release)
+        return self.reserved.rig
+
+    @property
+    def device_id(self) -> str:
+        return f"hil-{self.rig.name}"
+
+    def _start_board(self) -> None:
+        if self.rig.kind != "virtual" or self.board is not None:
+            return
+        # A stable state dir per rig: the flash survives between sessions, so an
+        # unchanged image is not written again (skip-unchanged), as on a real board.
+        state = _cache_root() / "boards" / self.rig.name
+        self.board = VirtualBoardProcess(state)
+        self.board.start()
+        self._cleanups.append(self.board.stop)
+
+    @property
+    def port(self) -> str:
+        self._start_board()
+        if self.board is not None and self.board.endpoints is not None:
+            return self.board.endpoints.serial
+        if self.rig.port is None:
+            raise SessionError(f"rig {self.rig.name!r} has no port")
+        return self.rig.port
+
+    @property
+    def control(self) -> ControlClient | None:
+        self._start_board()
+        return None if self.board is None else self.board.control
+
+    def start_broker(self) -> MosquittoBroker:
+        if self.broker is None:
+            if self.options.broker not in ("embedded", "mosquitto"):
+                raise SessionError(f"external brokers are not supported yet: {self.options.broker!r}")
+            broker = MosquittoBroker(self.options.log_dir / "broker")
+            creds = broker.add_device(self.device_id)
+            self.redactor.add(creds.password, creds.client_key_pem, broker.observer_password)
+            try:
+                broker.start()
+            except BrokerError as exc:
+                raise SessionError(str(exc)) from exc
+            self._cleanups.append(broker.kill)
+            self.broker = broker
+        return self.broker
+
+    def mqtt(self) -> MqttObserver:
+        if self.observer is None:
+            broker = self.start_broker()
+            self.observer = MqttObserver(
+                "127.0.0.1", broker.plain_port, username=OBSERVER_USER, password=broker.observer_password
+            )
+            self._cleanups.append(self.observer.close)
+        return self.observer
+
+    def open_console(self) -> Console:
+        if self.console is None:
+            log = self.options.log_dir / self.rig.name / "console.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            self.console = Console(self.port, log)
+            self._cleanups.append(self.console.close)
+        return self.console
+
+    def firmware_files(self) -> tuple[list[FlashFile], str]:
+        """The firmware's flash files and its version."""
+        choice = self.options.firmware
+        if choice is not None and (choice.endswith(".toml") or os.sep in choice):
+            manifest = load_manifest(Path(choice))
+            return list(manifest.flash), manifest.version
+        book = load_recipes()
+        recipe = book.get(choice or book.baseline)
+        images = cached_build(book, sorted(book.recipes))
+        files = [
+            FlashFile(0x0, images / "bootloader.bin"),
+            FlashFile(0x8000, images / "partition-table.bin"),
+            FlashFile(0xD000, images / "ota_data_initial.bin"),
+            FlashFile(APP_OFFSET, images / f"{recipe.name}.bin"),
+        ]
+        return files, recipe.version
+
+    def provisioning(self) -> bytes:
+        broker = self.start_broker()
+        creds = broker.credentials(self.device_id)
+        ssid, password = VIRTUAL_AP
+        if not self.rig.is_virtual:
+            # Real rigs join the lab's AP; its password comes from the environment, never
+            # from the committed rig file.
+            ssid = self.rig.network.ssid
+            password = os.environ.get("HIL_WIFI_PASSWORD", "")
+        self.redactor.add(password)
+        prov = Provisioning(
+            device_id=self.device_id,
+            wifi_ssid=ssid,
+            wifi_pass=password,
+            mqtt_uri=broker.uri("plain"),
+            mqtt_user=creds.username,
+            mqtt_pass=creds.password,
+            ca_cert=broker.ca_pem,
+            ota_pubkey=self.signer.public_pem,
+        )
+        return provisioning_image(prov, self.options.config)
+
+    def dut(self) -> Dut:
+        """Flash (if needed), provision, reset and wait until the device is online."""
+        if self._dut is not None:
+            return self._dut
+        files, version = self.firmware_files()
+        nvs = self.options.log_dir / self.rig.name / "nvs.bin"
+        nvs.parent.mkdir(parents=True, exist_ok=True)
+        nvs.write_bytes(self.provisioning())
+        observer = self.mqtt()
+        console = self.open_console()
+        mark = observer.mark()
+        with console.borrow() as port:
+            Flasher().flash(port, [*files, FlashFile(NVS_OFFSET, nvs)], after="hard-reset")
+        # Booted (the serial port says which app started), then online (MQTT says so).
+        booted = console.expect(contract.APP_VERSION, timeout=ONLINE_TIMEOUT_S)
+        if booted.group("version") != version:
+            raise SessionError(
+                f"flashed {version} but the device booted {booted.group('version')}; see {console.log_path}"
+            )
+        observer.wait_for(
+            contract.status_topic(self.device_id),
+            lambda m: m.json().get("state") == "online",
+            since=mark,
+            timeout=ONLINE_TIMEOUT_S,
+        )
+        self._dut = Dut(self.device_id, version, console, self.rig, self.control)
+        return self._dut
+
+    # -- rig interfaces -----------------------------------------------------------------
+    def power(self) -> Power:
+        control = self.control
+        if control is None:
+            raise SessionError(f"rig {self.rig.name!r}: no power backend configured")
+        return VirtualPower(control)
+
+    def sensor(self) -> SensorEmulator:
+        control = self.control
+        if control is None:
+            raise SessionError(f"rig {self.rig.name!r}: no sensor emulator")
+        return VirtualSensor(control)
+
+    def wifi(self) -> WifiControl:
+        control = self.control
+        if control is None:
+            raise SessionError(f"rig {self.rig.name!r}: no Wi-Fi control")
+        return VirtualWifi(control)
+
+    def ota_server(self) -> OtaServer:
+        if self._ota_server is None:
+            self._ota_server = OtaServer(tls_ca=self.start_broker().ca)
+            self._cleanups.append(self._ota_server.close)
+        return self._ota_server
+
+    def close(self) -> None:
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            with contextlib.suppress(Exception):
+                cleanup()
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("HIL_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hil"
+    )
+    return Path(base)

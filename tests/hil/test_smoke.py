@@ -1,0 +1,33 @@
+"""Smoke: the baseline firmware comes online and reports the environment it is in.
+
+Runs on any rig through the rig interfaces only (console, MQTT, sensor emulator)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hil import contract
+from hil.bme280 import Environment
+
+pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
+
+
+def test_the_device_is_online_and_says_which_firmware_it_runs(dut, mqtt, console) -> None:
+    status = [m.json() for m in mqtt.collect(contract.status_topic(dut.device_id)) if m.json()["state"] == "online"]
+    assert status and status[-1]["version"] == dut.version
+    assert not contract.validate_payload("status_online", status[-1])
+    versions = [m.group("version") for line in console.lines() if (m := contract.APP_VERSION.search(line))]
+    assert versions and versions[-1] == dut.version
+
+
+@pytest.mark.requires("sensor_emulation")
+def test_a_reading_matches_the_sensor_environment(dut, mqtt, sensor) -> None:
+    env = Environment(temperature_c=23.5, humidity_pct=41.0, pressure_hpa=1002.0)
+    sensor.set(env)
+    mark = mqtt.mark()
+    # The first reading may have been converted before the change: judge the second.
+    reading = mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mark, count=2, timeout=15)[1].json()
+    assert not contract.validate_payload("sensors", reading)
+    assert abs(reading["temperature_c"] - env.temperature_c) <= contract.TEMPERATURE_ACCURACY_C
+    assert abs(reading["humidity_pct"] - env.humidity_pct) <= contract.HUMIDITY_ACCURACY_PCT
+    assert abs(reading["pressure_hpa"] - env.pressure_hpa) <= contract.PRESSURE_ACCURACY_HPA
