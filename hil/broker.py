@@ -26,6 +26,8 @@ from types import TracebackType
 
 import trustme
 
+from hil.processes import die_with_parent
+
 OBSERVER_USER = "hil-observer"
 START_TIMEOUT_S = 10.0
 
@@ -150,7 +152,7 @@ class MosquittoBroker:
             [self.executable, "-c", str(config)],
             stdout=log,
             stderr=log,
-            start_new_session=True,
+            preexec_fn=die_with_parent,  # own process group, and gone if we are killed
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -23,6 +23,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
 
+from hil.processes import die_with_parent
+
 START_TIMEOUT_S = 20.0
 
 
@@ -133,7 +135,7 @@ class VirtualBoardProcess:
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            start_new_session=True,  # its own process group: we can always kill it all
+            preexec_fn=die_with_parent,  # own process group, and gone if we are killed
         )
         stderr.close()
         line = self._first_line()
