@@ -55,8 +55,10 @@ def free_port() -> int:
 class MosquittoBroker:
     """mosquitto with plain, TLS and mTLS listeners, a password file and an ACL."""
 
-    def __init__(self, workdir: Path, *, executable: str | None = None) -> None:
+    def __init__(self, workdir: Path, *, executable: str | None = None, log_path: Path | None = None) -> None:
         self.workdir = workdir
+        # Keys and password files stay in workdir (private); the log can go with the logs.
+        self.log_path = log_path or workdir / "mosquitto.log"
         self.executable = executable or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.executable).exists():
             raise BrokerError("mosquitto is not installed; run 'apt-get install mosquitto' (setup.sh does)")
@@ -147,7 +149,8 @@ class MosquittoBroker:
         if self._proc is not None and self._proc.poll() is None:
             return
         config = self._write_config()
-        log = (self.workdir / "mosquitto.log").open("ab")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [self.executable, "-c", str(config)],
             stdout=log,
@@ -159,7 +162,7 @@ class MosquittoBroker:
         for port in (self.plain_port, self.tls_port, self.mtls_port):
             while True:
                 if self._proc.poll() is not None:
-                    tail = (self.workdir / "mosquitto.log").read_text(errors="replace")[-2000:]
+                    tail = self.log_path.read_text(errors="replace")[-2000:]
                     raise BrokerError(f"mosquitto exited with {self._proc.returncode}:\n{tail}")
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     break

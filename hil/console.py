@@ -27,7 +27,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -119,9 +119,18 @@ class Console:
     """
 
     def __init__(
-        self, url: str, log_path: Path, *, baudrate: int = BAUDRATE, max_lines: int = 200_000
+        self,
+        url: str,
+        log_path: Path,
+        *,
+        baudrate: int = BAUDRATE,
+        max_lines: int = 200_000,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.url = url
+        # The log file (and segment texts for reports) go through ``redact``; the lines
+        # kept in memory stay raw, so a test can still catch a device printing a secret.
+        self._redact = redact or (lambda text: text)
         self.log_path = Path(log_path)
         self.baudrate = baudrate
         self._max_lines = max_lines
@@ -298,7 +307,7 @@ class Console:
                 known = ", ".join(self._segments) or "none"
                 raise KeyError(f"no console segment {name!r} (known: {known})")
             picked = self._slice(segment.start, segment.end, include_partial=True)
-        return "\n".join(line.format() for line in picked)
+        return "\n".join(self._redact(line.format()) for line in picked)
 
     # -- writing, resets, borrowing --------------------------------------------------
     def write(self, data: bytes, *, timeout: float = 5.0) -> None:
@@ -603,7 +612,7 @@ class Console:
         if self._log.closed:
             return
         # One write and flush per line: `tail -f` works, and a crash loses nothing.
-        self._log.write(line.format() + "\n")
+        self._log.write(self._redact(line.format()) + "\n")
         self._log.flush()
 
     def _slice(self, start: Mark, end: Mark | None, *, include_partial: bool) -> list[Line]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +128,9 @@ class RigSession:
         if self.broker is None:
             if self.options.broker not in ("embedded", "mosquitto"):
                 raise SessionError(f"external brokers are not supported yet: {self.options.broker!r}")
-            broker = MosquittoBroker(self.options.log_dir / "broker")
+            private = Path(tempfile.mkdtemp(prefix="hil-broker-"))
+            self._cleanups.append(lambda: shutil.rmtree(private, ignore_errors=True))
+            broker = MosquittoBroker(private, log_path=self.options.log_dir / "mosquitto.log")
             creds = broker.add_device(self.device_id)
             self.redactor.add(creds.password, creds.client_key_pem, broker.observer_password)
             try:
@@ -150,7 +154,7 @@ class RigSession:
         if self.console is None:
             log = self.options.log_dir / self.rig.name / "console.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            self.console = Console(self.port, log)
+            self.console = Console(self.port, log, redact=self.redactor)
             self._cleanups.append(self.console.close)
         return self.console
 
@@ -198,14 +202,15 @@ class RigSession:
         if self._dut is not None:
             return self._dut
         files, version = self.firmware_files()
-        nvs = self.options.log_dir / self.rig.name / "nvs.bin"
-        nvs.parent.mkdir(parents=True, exist_ok=True)
-        nvs.write_bytes(self.provisioning())
         observer = self.mqtt()
         console = self.open_console()
         mark = observer.mark()
-        with console.borrow() as port:
-            Flasher().flash(port, [*files, FlashFile(NVS_OFFSET, nvs)], after="hard-reset")
+        # The NVS image holds the device's secrets: a private temp file, gone after use.
+        with tempfile.TemporaryDirectory(prefix="hil-nvs-") as private:
+            nvs = Path(private) / "nvs.bin"
+            nvs.write_bytes(self.provisioning())
+            with console.borrow() as port:
+                Flasher().flash(port, [*files, FlashFile(NVS_OFFSET, nvs)], after="hard-reset")
         # Booted (the serial port says which app started), then online (MQTT says so).
         booted = console.expect(contract.APP_VERSION, timeout=ONLINE_TIMEOUT_S)
         if booted.group("version") != version:
@@ -245,6 +250,18 @@ class RigSession:
             self._ota_server = OtaServer(tls_ca=self.start_broker().ca)
             self._cleanups.append(self._ota_server.close)
         return self._ota_server
+
+    def environment(self) -> dict[str, str]:
+        """What the report's environment.properties says about this session."""
+        import esptool
+
+        env = {"esptool": esptool.__version__, "broker": self.options.broker}
+        if self.reserved is not None:
+            env.update({"rig": self.rig.name, "rig_kind": self.rig.kind, "chip": self.rig.chip})
+        if self._dut is not None:
+            env.update({"firmware_version": self._dut.version, "device_id": self._dut.device_id})
+            env["firmware"] = self.options.firmware or "baseline"
+        return env
 
     def close(self) -> None:
         while self._cleanups:
