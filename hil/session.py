@@ -60,6 +60,7 @@ class SessionOptions:
     broker: str = "embedded"  # embedded | mosquitto | mqtt(s)://host:port
     config: dict[str, Any] = field(default_factory=lambda: dict(FAST_INTERVALS))
     keep_on_failure: bool = False
+    rig_wait_s: float = 0.0  # how long to wait for a busy rig before giving up
 
 
 @dataclass
@@ -92,7 +93,9 @@ class RigSession:
     def rig(self) -> Rig:
         if self.reserved is None:
             rigs = load_rigs(self.options.rigs_dir)
-            self.reserved = reserve(rigs, name=self.options.rig_name, tag=self.options.rig_tag)
+            self.reserved = reserve(
+                rigs, name=self.options.rig_name, tag=self.options.rig_tag, timeout=self.options.rig_wait_s
+            )
             self._cleanups.append(self.reserved.release)
         return self.reserved.rig
 

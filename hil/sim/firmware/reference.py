@@ -415,6 +415,7 @@ class ReferenceFirmware:
 
     async def _connected(self, client: aiomqtt.Client) -> str:
         """Run while connected; return why the connection ended."""
+        _raise_lost_cancel()  # a reset during the connect-time publish and subscribes
         stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         async def receive() -> None:
@@ -439,6 +440,7 @@ class ReferenceFirmware:
                     if not stop.done():
                         stop.set_result("publish_failed")
                     return
+                _raise_lost_cancel()
                 if queue and queue[0] is item[1]:
                     queue.popleft()
 
@@ -777,6 +779,20 @@ class ReferenceFirmware:
             self.publish(status, {"name": name, "state": "failed", "error": f"{exc.kind}: {exc}"})
             return
         self.publish(status, {"name": name, "state": "completed", "result": result})
+
+
+def _raise_lost_cancel() -> None:
+    """Re-raise a cancellation that Python 3.11's ``asyncio.wait_for`` lost.
+
+    aiomqtt awaits PUBACKs and SUBACKs in ``wait_for``, which on 3.11 returns the result
+    instead of raising when the ack lands in the same loop turn as the cancel (fixed in
+    3.12). The reset is then lost and the task runs on, so a board (or a fleet of them,
+    where acks arrive every few ms) never finishes stopping. A cancelled task still says
+    so in ``cancelling()``; raise it here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _DeepSleep(Exception):

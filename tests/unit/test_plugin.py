@@ -1,0 +1,100 @@
+"""The pytest plugin, driven through pytester: options, markers, skips, reservation errors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from hil.rigs import load_rigs, reserve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("HIL_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("HIL_CACHE_DIR", str(tmp_path / "cache"))
+
+    def go(*args: str) -> tuple[pytest.RunResult, float]:
+        started = time.monotonic()
+        result = pytester.runpytest_subprocess(
+            "-p", "fixtures.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
+            f"--hil-log-dir={tmp_path / 'logs'}", *args
+        )
+        return result, time.monotonic() - started
+
+    return go
+
+
+def test_options_are_documented(run) -> None:
+    result, _ = run("--help")
+    text = result.stdout.str()
+    for option in ("--rig=", "--rig-tag", "--firmware", "--broker", "--keep-on-failure", "--hil-log-dir", "--rig-wait"):
+        assert option in text, option
+
+
+def test_missing_capability_skips_with_the_reason(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.requires("teleportation")
+        def test_needs_it(): pass
+        def test_needs_nothing(): pass
+        """
+    )
+    result, seconds = run("-rs", f"--rigs-dir={ROOT / 'rigs'}")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert "lacks capabilities ['teleportation']" in result.stdout.str()
+    assert "Unknown pytest.mark" not in result.stdout.str()
+
+
+def test_unknown_rig_is_an_error_naming_the_rigs_that_exist(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(rig): pass")
+    result, seconds = run(f"--rigs-dir={ROOT / 'rigs'}", "--rig", "virtaul-0")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*virtaul-0*"])
+    assert "virtual-0" in result.stdout.str()
+
+
+def test_a_typo_in_a_rig_file_names_file_field_and_fix(run, pytester: pytest.Pytester) -> None:
+    rigs = pytester.mkdir("myrigs")
+    (rigs / "bench.toml").write_text('name = "bench"\nkind = "virtaul"\n')
+    pytester.makepyfile("def test_x(rig): pass")
+    result, _ = run(f"--rigs-dir={rigs}")
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str()
+    assert "bench.toml" in text and "kind" in text and "virtual" in text
+
+
+def test_a_busy_rig_is_never_shared_the_tests_skip_saying_who_holds_it(
+    run, pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rigs = pytester.mkdir("onerig")
+    (rigs / "v.toml").write_text('name = "solo"\nkind = "virtual"\n')
+    pytester.makepyfile("def test_x(rig): pass")
+    monkeypatch.setenv("HIL_LOCK_DIR", str(tmp_path / "locks"))
+    held = reserve(load_rigs(rigs), lock_dir=tmp_path / "locks")
+    try:
+        result, _ = run("-rs", f"--rigs-dir={rigs}")
+    finally:
+        held.release()
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*no rig available*"])
+
+
+def test_markers_are_registered(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.destructive
+        @pytest.mark.slow
+        @pytest.mark.gate_security
+        def test_x(): pass
+        """
+    )
+    pytester.makeini("[pytest]\naddopts = --strict-markers\n")
+    result, _ = run()
+    result.assert_outcomes(passed=1)
