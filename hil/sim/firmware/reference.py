@@ -415,7 +415,6 @@ class ReferenceFirmware:
 
     async def _connected(self, client: aiomqtt.Client) -> str:
         """Run while connected; return why the connection ended."""
-        _raise_lost_cancel()  # a reset during the connect-time publish and subscribes
         stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         async def receive() -> None:
@@ -456,6 +455,7 @@ class ReferenceFirmware:
 
         workers = [asyncio.ensure_future(w()) for w in (receive, drain, watch_wifi, feed)]
         try:
+            _raise_lost_cancel()  # a reset during the connect-time publish and subscribes
             return await stop
         finally:
             for worker in workers:
