@@ -33,6 +33,7 @@ from hil.console import Console
 from hil.firmware import FlashFile, cached_build, load_manifest, load_recipes
 from hil.flashing import Flasher
 from hil.mqtt import MqttObserver
+from hil.netfault import FaultProxy
 from hil.ota import OtaServer, OtaSigner
 from hil.report import Redactor
 from hil.rigs import ReservedRig, Rig, load_rigs, reserve
@@ -86,6 +87,7 @@ class RigSession:
         self.console: Console | None = None
         self.signer = OtaSigner()
         self._ota_server: OtaServer | None = None
+        self._proxy: FaultProxy | None = None
         self._dut: Dut | None = None
 
     # -- setup steps ------------------------------------------------------------------
@@ -178,6 +180,14 @@ class RigSession:
         ]
         return files, recipe.version
 
+    def network_path(self) -> FaultProxy:
+        """The fault proxy the device reaches the broker through (its provisioned URI)."""
+        if self._proxy is None:
+            broker = self.start_broker()
+            self._proxy = FaultProxy("127.0.0.1", broker.plain_port, name=f"{self.rig.name}-broker").start()
+            self._cleanups.append(self._proxy.close)
+        return self._proxy
+
     def provisioning(self) -> bytes:
         broker = self.start_broker()
         creds = broker.credentials(self.device_id)
@@ -192,7 +202,7 @@ class RigSession:
             device_id=self.device_id,
             wifi_ssid=ssid,
             wifi_pass=password,
-            mqtt_uri=broker.uri("plain"),
+            mqtt_uri=f"mqtt://127.0.0.1:{self.network_path().port}",
             mqtt_user=creds.username,
             mqtt_pass=creds.password,
             ca_cert=broker.ca_pem,

@@ -31,3 +31,18 @@ def test_a_reading_matches_the_sensor_environment(dut, mqtt, sensor) -> None:
     assert abs(reading["temperature_c"] - env.temperature_c) <= contract.TEMPERATURE_ACCURACY_C
     assert abs(reading["humidity_pct"] - env.humidity_pct) <= contract.HUMIDITY_ACCURACY_PCT
     assert abs(reading["pressure_hpa"] - env.pressure_hpa) <= contract.PRESSURE_ACCURACY_HPA
+
+
+@pytest.mark.requires("network_faults")
+def test_readings_taken_during_a_network_partition_arrive_without_gaps(dut, mqtt, network) -> None:
+    topic = contract.sensors_topic(dut.device_id)
+    mark = mqtt.mark()
+    mqtt.wait_for(topic, since=mark, timeout=15)
+    # Cut the link hard (RST) and keep the broker unreachable for a while: the device is
+    # offline for several measurement intervals and must queue what it measures.
+    network.partition(4.0)
+    network.reset_all()
+    after = mqtt.mark()
+    mqtt.wait_for(topic, since=after, count=3, timeout=40)  # the queue, then live readings
+    seqs = sorted({m.json()["seq"] for m in mqtt.collect(topic, since=mark)})
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), f"lost: {sorted(set(range(seqs[0], seqs[-1])) - set(seqs))}"
