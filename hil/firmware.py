@@ -197,11 +197,16 @@ def flash_args_text(app_file: str) -> str:
     )
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """``$HIL_CACHE_DIR``, else ``$XDG_CACHE_HOME/hil`` (``~/.cache/hil``)."""
     base = os.environ.get("HIL_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hil"
     )
-    return Path(base) / "firmware"
+    return Path(base)
+
+
+def cache_dir() -> Path:
+    return cache_root() / "firmware"
 
 
 def cached_build(book: RecipeBook | None = None, names: Iterable[str] | None = None) -> Path:

@@ -30,7 +30,7 @@ from hil.backends import (
 )
 from hil.broker import OBSERVER_USER, BrokerError, MosquittoBroker
 from hil.console import Console
-from hil.firmware import FlashFile, cached_build, load_manifest, load_recipes
+from hil.firmware import FlashFile, cache_root, cached_build, load_manifest, load_recipes
 from hil.flashing import Flasher
 from hil.mqtt import MqttObserver
 from hil.netfault import FaultProxy
@@ -110,7 +110,7 @@ class RigSession:
             return
         # A stable state dir per rig: the flash survives between sessions, so an
         # unchanged image is not written again (skip-unchanged), as on a real board.
-        state = _cache_root() / "boards" / self.rig.name
+        state = cache_root() / "boards" / self.rig.name
         self.board = VirtualBoardProcess(state)
         self.board.start()
         self._cleanups.append(self.board.stop)
@@ -282,9 +282,3 @@ class RigSession:
             with contextlib.suppress(Exception):
                 cleanup()
 
-
-def _cache_root() -> Path:
-    base = os.environ.get("HIL_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hil"
-    )
-    return Path(base)
