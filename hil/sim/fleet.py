@@ -55,7 +55,7 @@ from hil.sim.firmware.reference import firmware_factory
 from hil.sim.firmware.rig import AccessPoint, RigPeripherals
 from hil.sim.flash import SpiFlash
 from hil.sim.process import FLASH_FILE, StateDirBusy, default_mac
-from hil.sim.process import _lock as lock_state_dir
+from hil.sim.process import lock_state_dir
 from hil.sim.registers import ChipIdentity
 
 DEVICE_PREFIX = "fleet-"

@@ -70,7 +70,8 @@ def _identity(options: BoardOptions) -> ChipIdentity:
     return ChipIdentity(mac=mac)
 
 
-def _lock(state_dir: Path) -> IO[str]:
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """Hold the state dir for this process (released by the OS when it dies)."""
     handle = (state_dir / LOCK_FILE).open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,7 +91,7 @@ def _lock(state_dir: Path) -> IO[str]:
 
 async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> None:
     options.state_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock(options.state_dir)
+    lock = lock_state_dir(options.state_dir)
     flash = SpiFlash(options.state_dir / FLASH_FILE)
     identity = _identity(options)
     rig = RigPeripherals()
