@@ -54,8 +54,7 @@ from hil.sim.control import ControlServer
 from hil.sim.firmware.reference import firmware_factory
 from hil.sim.firmware.rig import AccessPoint, RigPeripherals
 from hil.sim.flash import SpiFlash
-from hil.sim.process import FLASH_FILE, StateDirBusy, default_mac
-from hil.sim.process import lock_state_dir
+from hil.sim.process import FLASH_FILE, StateDirBusy, default_mac, lock_state_dir
 from hil.sim.registers import ChipIdentity
 
 DEVICE_PREFIX = "fleet-"
