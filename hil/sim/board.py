@@ -193,6 +193,17 @@ class Board:
             self._download_strap = self._gpio9_low
         self._start(cause, download=self._download_strap)
 
+    def brownout(self) -> None:
+        """The supply dipped below the brownout threshold: ESP-IDF's brownout handler
+        prints its line and restarts with the BROWNOUT hint; without an app running
+        (ROM, bootloader) the chip's own brownout reset reads as POWERON."""
+        if self.mode is Mode.APP:
+            self._println("Brownout detector was triggered")
+            self._println("")
+            self.restart(ResetCause(RomResetCode.RTC_SW_CPU_RST, hint="BROWNOUT"))
+        elif self._en_high:
+            self.restart(POWER_ON)
+
     def _on_rtc_watchdog(self) -> None:
         # esptool arms the RTC WDT (~13 ms) and still expects replies to its last register
         # writes, so the reset comes after the timeout, not inside the write.

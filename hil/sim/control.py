@@ -47,6 +47,7 @@ class ControlServer:
             "reset": self._reset,
             "hold_reset": self._hold_reset,
             "download": self._download,
+            "brownout": self._brownout,
             "wait_mode": self._wait_mode,
             "tx_log": self._tx_log,
             "wait_tx": self._wait_tx,
@@ -120,6 +121,10 @@ class ControlServer:
 
     async def _download(self, request: dict[str, Any]) -> dict[str, Any]:
         await self._board.pulse_reset(download=True)
+        return {"state": self._board.state()}
+
+    async def _brownout(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._board.brownout()
         return {"state": self._board.state()}
 
     async def _hold_reset(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -166,6 +166,29 @@ def test_software_reset_hint_reaches_the_next_boot(tmp_path: Path, firmware: Pat
     assert app.runs[1].reset_cause.idf_reason == "TASK_WDT"
 
 
+def test_brownout_restarts_the_app_with_the_brownout_reason(tmp_path: Path, firmware: Path) -> None:
+    app = RecordingApp()
+
+    async def scenario(board: Board, out: bytearray) -> None:
+        board.power(True)
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+        board.brownout()
+        await board.wait_for(lambda: len(app.runs) == 2 and board.mode is Mode.APP, timeout=5)
+
+    out = run(scenario, flashed(tmp_path, firmware), app).decode()
+    assert "Brownout detector was triggered" in out
+    assert app.runs[1].reset_cause.idf_reason == "BROWNOUT"
+
+
+class RecordingApp:
+    def __init__(self) -> None:
+        self.runs: list[AppContext] = []
+
+    async def run(self, ctx: AppContext) -> None:
+        self.runs.append(ctx)
+        await asyncio.Event().wait()
+
+
 def test_power_off_stops_everything_and_keeps_flash(tmp_path: Path, firmware: Path) -> None:
     async def scenario(board: Board, out: bytearray) -> None:
         board.power(True)
