@@ -14,7 +14,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,68 @@ VIRTUAL_AP = ("hil-lab", "hil-lab-password")
 
 class SessionError(Exception):
     """The session could not be set up: an infrastructure problem, reported as such."""
+
+
+@dataclass(frozen=True)
+class BrokerAccess:
+    """How the device and the test's observer reach the broker under test."""
+
+    device_uri: str
+    username: str | None
+    password: str | None
+    ca_pem: str | None
+    client_cert: str | None = None
+    client_key: str | None = None
+    observer_host: str = "127.0.0.1"
+    observer_port: int = 1883
+    observer_user: str | None = None
+    observer_password: str | None = None
+    observer_tls: bool = False
+
+
+EXTERNAL_ENV = {
+    "username": "HIL_BROKER_USERNAME",
+    "password": "HIL_BROKER_PASSWORD",
+    "ca_file": "HIL_BROKER_CA_FILE",
+    "client_cert_file": "HIL_BROKER_CLIENT_CERT_FILE",
+    "client_key_file": "HIL_BROKER_CLIENT_KEY_FILE",
+}
+
+
+def external_access(uri: str, env: Mapping[str, str]) -> BrokerAccess:
+    """A broker someone else runs (staging): its URI, credentials from the environment."""
+    from hil.sim.firmware.mqtt_link import BrokerUri
+
+    try:
+        parsed = BrokerUri.parse(uri)
+    except ValueError as exc:
+        raise SessionError(f"--broker {uri!r}: {exc}; or use 'embedded' / 'mosquitto'") from None
+
+    def read(key: str) -> str | None:
+        path = env.get(EXTERNAL_ENV[key])
+        if not path:
+            return None
+        try:
+            return Path(path).read_text()
+        except OSError as exc:
+            raise SessionError(f"${EXTERNAL_ENV[key]}={path}: {exc.strerror}") from None
+
+    ca = read("ca_file")
+    if parsed.tls and ca is None:
+        raise SessionError(f"--broker {uri}: TLS needs the broker's CA; set ${EXTERNAL_ENV['ca_file']}")
+    return BrokerAccess(
+        device_uri=str(parsed),
+        username=env.get(EXTERNAL_ENV["username"]),
+        password=env.get(EXTERNAL_ENV["password"]),
+        ca_pem=ca,
+        client_cert=read("client_cert_file"),
+        client_key=read("client_key_file"),
+        observer_host=parsed.host,
+        observer_port=parsed.port,
+        observer_user=env.get(EXTERNAL_ENV["username"]),
+        observer_password=env.get(EXTERNAL_ENV["password"]),
+        observer_tls=parsed.tls,
+    )
 
 
 @dataclass(frozen=True)
@@ -146,12 +208,42 @@ class RigSession:
             self.broker = broker
         return self.broker
 
+    @property
+    def external_broker(self) -> bool:
+        return self.options.broker not in ("embedded", "mosquitto")
+
+    def broker_access(self) -> BrokerAccess:
+        if self.external_broker:
+            access = external_access(self.options.broker, os.environ)
+            self.redactor.add(access.password, access.client_key)
+            return access
+        broker = self.start_broker()
+        creds = broker.credentials(self.device_id)
+        return BrokerAccess(
+            device_uri=f"mqtt://127.0.0.1:{self.network_path().port}",
+            username=creds.username,
+            password=creds.password,
+            ca_pem=broker.ca_pem,
+            observer_port=broker.plain_port,
+            observer_user=OBSERVER_USER,
+            observer_password=broker.observer_password,
+        )
+
     def mqtt(self) -> MqttObserver:
         if self.observer is None:
-            broker = self.start_broker()
-            self.observer = MqttObserver(
-                "127.0.0.1", broker.plain_port, username=OBSERVER_USER, password=broker.observer_password
-            )
+            access = self.broker_access()
+            try:
+                self.observer = MqttObserver(
+                    access.observer_host,
+                    access.observer_port,
+                    username=access.observer_user,
+                    password=access.observer_password,
+                    ca_pem=access.ca_pem if access.observer_tls else None,
+                )
+            except (OSError, AssertionError) as exc:
+                raise SessionError(
+                    f"broker {access.observer_host}:{access.observer_port} unreachable: {exc}"
+                ) from None
             self._cleanups.append(self.observer.close)
         return self.observer
 
@@ -189,8 +281,7 @@ class RigSession:
         return self._proxy
 
     def provisioning(self) -> bytes:
-        broker = self.start_broker()
-        creds = broker.credentials(self.device_id)
+        access = self.broker_access()
         ssid, password = VIRTUAL_AP
         if not self.rig.is_virtual:
             # Real rigs join the lab's AP; its password comes from the environment, never
@@ -202,10 +293,12 @@ class RigSession:
             device_id=self.device_id,
             wifi_ssid=ssid,
             wifi_pass=password,
-            mqtt_uri=f"mqtt://127.0.0.1:{self.network_path().port}",
-            mqtt_user=creds.username,
-            mqtt_pass=creds.password,
-            ca_cert=broker.ca_pem,
+            mqtt_uri=access.device_uri,
+            mqtt_user=access.username,
+            mqtt_pass=access.password,
+            ca_cert=access.ca_pem,
+            client_cert=access.client_cert,
+            client_key=access.client_key,
             ota_pubkey=self.signer.public_pem,
         )
         return provisioning_image(prov, self.options.config)
@@ -260,7 +353,9 @@ class RigSession:
 
     def ota_server(self) -> OtaServer:
         if self._ota_server is None:
-            self._ota_server = OtaServer(tls_ca=self.start_broker().ca)
+            # HTTPS with the embedded broker's CA (which devices trust); plain HTTP when
+            # the broker, and so the provisioned CA, belongs to someone else.
+            self._ota_server = OtaServer(tls_ca=None if self.external_broker else self.start_broker().ca)
             self._cleanups.append(self._ota_server.close)
         return self._ota_server
 

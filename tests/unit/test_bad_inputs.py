@@ -16,6 +16,7 @@ from hil.firmware import FirmwareError, build_images, load_manifest, load_recipe
 from hil.flashing import Flasher, FlashInputError
 from hil.images.app import AppDescriptor, build_app_image
 from hil.rigs import RigError, load_rigs, reserve
+from hil.session import RigSession, SessionError, SessionOptions
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,18 @@ CASES: dict[str, tuple[Callable[[Path, Path], Callable[[], object]], type[Except
         ("overlap",),
     ),
     "misaligned offset": (lambda t, f: flash([(0x10010, (f / "baseline.bin").read_bytes())]), FlashInputError, ("0x10010",)),
+    "unreachable broker URI": (
+        lambda t, f: lambda: RigSession(
+            SessionOptions(rigs_dir=t, log_dir=t / "logs", broker="mqtt://127.0.0.1:1")
+        ).mqtt(),
+        SessionError,
+        ("127.0.0.1:1", "unreachable"),
+    ),
+    "broker URI with another scheme": (
+        lambda t, f: lambda: RigSession(SessionOptions(rigs_dir=t, log_dir=t / "logs", broker="http://x:1")).mqtt(),
+        SessionError,
+        ("http://x:1", "mqtts://"),
+    ),
     "port that does not exist": (
         lambda t, f: lambda: Console("/dev/ttyUSB-does-not-exist", t / "c.log"),
         ConsoleError,
