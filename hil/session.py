@@ -43,7 +43,12 @@ from hil.virtual_board import ControlClient, VirtualBoardProcess
 NVS_OFFSET = 0x9000
 APP_OFFSET = 0x10000
 ONLINE_TIMEOUT_S = 60.0
-FAST_INTERVALS = {"measurement_interval_s": 1, "heartbeat_interval_s": 5, "status_report_interval_s": 10}
+FAST_INTERVALS = {
+    "measurement_interval_s": 1,
+    "heartbeat_interval_s": 5,
+    "status_report_interval_s": 10,
+    "watchdog_timeout_s": 5,
+}
 VIRTUAL_AP = ("hil-lab", "hil-lab-password")
 
 

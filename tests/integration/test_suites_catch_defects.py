@@ -15,6 +15,9 @@ pytestmark = pytest.mark.slow
 
 # (the HIL test, the defect image that must make it fail)
 GUARDS = [
+    ("tests/hil/test_security.py::test_no_secret_on_the_serial_port_or_in_mqtt", "prints_secrets"),
+    ("tests/hil/test_watchdog_and_config.py::test_a_hung_task_ends_in_a_task_watchdog_reset", "no_watchdog"),
+    ("tests/hil/test_watchdog_and_config.py::test_an_invalid_config_is_rejected_and_changes_nothing[zero-interval]", "config_unvalidated"),
     ("tests/hil/test_smoke.py::test_a_reading_matches_the_sensor_environment", "temp_high_2c"),
     ("tests/hil/test_smoke.py::test_readings_taken_during_a_network_partition_arrive_without_gaps", "offline_drop"),
 ]
