@@ -15,6 +15,8 @@ pytestmark = pytest.mark.slow
 
 # (the HIL test, the defect image that must make it fail)
 GUARDS = [
+    ("tests/hil/test_connectivity.py::test_a_broker_restart_loses_no_reading", "offline_drop"),
+    ("tests/hil/test_connectivity.py::test_wifi_loss_fires_the_will_and_the_device_returns", "no_lwt"),
     ("tests/hil/test_security.py::test_no_secret_on_the_serial_port_or_in_mqtt", "prints_secrets"),
     ("tests/hil/test_watchdog_and_config.py::test_a_hung_task_ends_in_a_task_watchdog_reset", "no_watchdog"),
     ("tests/hil/test_watchdog_and_config.py::test_an_invalid_config_is_rejected_and_changes_nothing[zero-interval]", "config_unvalidated"),
