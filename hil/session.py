@@ -310,8 +310,18 @@ class RigSession:
 
     def dut(self) -> Dut:
         """Flash (if needed), provision, reset and wait until the device is online."""
-        if self._dut is not None:
-            return self._dut
+        if self._dut is None:
+            version = self.flash_and_boot()
+            assert self.console is not None
+            self._dut = Dut(self.device_id, version, self.console, self.rig, self.control)
+        return self._dut
+
+    def restore(self) -> None:
+        """Put the session's firmware back (after a test that updated or broke it): only
+        what differs is written (an OTA slot's otadata, say), then reset and wait online."""
+        self.flash_and_boot()
+
+    def flash_and_boot(self) -> str:
         files, version = self.firmware_files()
         observer = self.mqtt()
         console = self.open_console()
@@ -334,8 +344,7 @@ class RigSession:
             since=mark,
             timeout=ONLINE_TIMEOUT_S,
         )
-        self._dut = Dut(self.device_id, version, console, self.rig, self.control)
-        return self._dut
+        return version
 
     # -- rig interfaces -----------------------------------------------------------------
     def power(self) -> Power:

@@ -15,6 +15,8 @@ pytestmark = pytest.mark.slow
 
 # (the HIL test, the defect image that must make it fail)
 GUARDS = [
+    ("tests/hil/test_ota.py::test_a_bad_update_is_rejected_and_the_device_stays[corrupt signature]", "skips_signature"),
+    ("tests/hil/test_ota.py::test_a_bad_update_is_rejected_and_the_device_stays[lower version]", "accepts_downgrade"),
     ("tests/hil/test_connectivity.py::test_a_broker_restart_loses_no_reading", "offline_drop"),
     ("tests/hil/test_connectivity.py::test_wifi_loss_fires_the_will_and_the_device_returns", "no_lwt"),
     ("tests/hil/test_security.py::test_no_secret_on_the_serial_port_or_in_mqtt", "prints_secrets"),
