@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hil.defects import ALL as KNOWN_DEFECTS
 from hil.images.app import (
     BEHAVIOUR_LOAD_ADDR,
     AppDescriptor,
@@ -43,7 +44,6 @@ from hil.images.app import (
 from hil.images.bootloader import build_bootloader_image
 from hil.images.otadata import initial_otadata
 from hil.images.partitions import PARTITION_TABLE_OFFSET, TWO_OTA_TABLE
-from hil.sim.firmware.defects import ALL as KNOWN_DEFECTS
 
 CHIP = "esp32c3"
 BOOTLOADER_OFFSET = 0x0

@@ -35,11 +35,11 @@ from hypothesis import example, given, settings, target
 from hypothesis import strategies as st
 
 from hil import contract
+from hil import defects as D
 from hil.bme280 import BME280, CALIBRATIONS, Environment, NoiseModel, Reading, SimulatedSMBus
 from hil.bme280_driver import BME280Driver, Settings
 from hil.images.app import BehaviourRecord
 from hil.settings import DeviceConfig
-from hil.sim.firmware import defects as D
 from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
 
 ACC_T = contract.TEMPERATURE_ACCURACY_C

@@ -21,6 +21,7 @@ from typing import Any
 import aiomqtt
 
 from hil import contract
+from hil import defects as D
 from hil.bme280_driver import BME280Driver, SensorError
 from hil.images.app import BehaviourRecord
 from hil.images.nvs import NvsError, read_nvs, update_nvs
@@ -35,7 +36,6 @@ from hil.settings import (
     store_config,
 )
 from hil.sim.app import AppContext, AppModel, IdleApp
-from hil.sim.firmware import defects as D
 from hil.sim.firmware.http_client import ssl_context_for_ca
 from hil.sim.firmware.mqtt_link import FAILOVER_AFTER, Backoff, BrokerUri, abort, tls_context
 from hil.sim.firmware.ota import (
