@@ -254,6 +254,10 @@ class ReferenceFirmware:
     def _watchdog_fired(self, late: list[str]) -> None:
         self._restart("TASK_WDT")
 
+    async def _feed_while(self, task: str) -> None:
+        while True:
+            await self._wait(task, self.watchdog.timeout_s)
+
     async def _wait(self, task: str, seconds: float) -> None:
         """Sleep ``seconds`` while still feeding the watchdog at least twice per timeout."""
         deadline = time.monotonic() + max(seconds, 0.1)
@@ -337,7 +341,14 @@ class ReferenceFirmware:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wifi_up.wait(), self.watchdog.timeout_s / 2)
             uri = brokers[index]
-            reason = await self._session(uri)
+            # The task is busy, not hung, while a connection attempt (TCP, TLS, CONNACK:
+            # up to 10 s) or a session is under way: it checks in meanwhile, as the C
+            # firmware's MQTT event loop does. A `hang` of the mqtt task stops this too.
+            feeder = asyncio.ensure_future(self._feed_while("mqtt"))
+            try:
+                reason = await self._session(uri)
+            finally:
+                feeder.cancel()
             if reason is None:  # emergency shutdown: disconnected cleanly, now sleep
                 self.deep_sleep.set()
                 return
@@ -449,11 +460,7 @@ class ReferenceFirmware:
             if not stop.done():
                 stop.set_result("wifi_lost")
 
-        async def feed() -> None:
-            while True:
-                await self._wait("mqtt", self.watchdog.timeout_s)
-
-        workers = [asyncio.ensure_future(w()) for w in (receive, drain, watch_wifi, feed)]
+        workers = [asyncio.ensure_future(w()) for w in (receive, drain, watch_wifi)]
         try:
             _raise_lost_cancel()  # a reset during the connect-time publish and subscribes
             return await stop
