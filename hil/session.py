@@ -84,12 +84,11 @@ EXTERNAL_ENV = {
 
 def external_access(uri: str, env: Mapping[str, str]) -> BrokerAccess:
     """A broker someone else runs (staging): its URI, credentials from the environment."""
-    from hil.sim.firmware.mqtt_link import BrokerUri
-
-    try:
-        parsed = BrokerUri.parse(uri)
-    except ValueError as exc:
-        raise SessionError(f"--broker {uri!r}: {exc}; or use 'embedded' / 'mosquitto'") from None
+    parsed = contract.parse_broker_uri(uri)
+    if parsed is None:
+        raise SessionError(
+            f"--broker {uri!r} is not mqtt://host:port or mqtts://host:port; or use 'embedded' / 'mosquitto'"
+        )
 
     def read(key: str) -> str | None:
         path = env.get(EXTERNAL_ENV[key])
@@ -104,7 +103,7 @@ def external_access(uri: str, env: Mapping[str, str]) -> BrokerAccess:
     if parsed.tls and ca is None:
         raise SessionError(f"--broker {uri}: TLS needs the broker's CA; set ${EXTERNAL_ENV['ca_file']}")
     return BrokerAccess(
-        device_uri=str(parsed),
+        device_uri=uri,
         username=env.get(EXTERNAL_ENV["username"]),
         password=env.get(EXTERNAL_ENV["password"]),
         ca_pem=ca,
