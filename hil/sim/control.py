@@ -36,22 +36,14 @@ class ControlError(Exception):
     """A request the endpoint refuses; the message goes back to the client."""
 
 
-class ControlServer:
-    def __init__(self, board: Board) -> None:
-        self._board = board
+class JsonLinesServer:
+    """A JSON-lines endpoint on 127.0.0.1: one request a line, one reply a line.
+
+    Subclasses answer in ``handle_line``; this class owns the socket and the loop."""
+
+    def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self.port = 0
-        self.handlers: dict[str, Handler] = {
-            "state": self._state,
-            "power": self._power,
-            "reset": self._reset,
-            "hold_reset": self._hold_reset,
-            "download": self._download,
-            "brownout": self._brownout,
-            "wait_mode": self._wait_mode,
-            "tx_log": self._tx_log,
-            "wait_tx": self._wait_tx,
-        }
 
     @property
     def url(self) -> str:
@@ -78,6 +70,26 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
+
+    async def handle_line(self, line: bytes) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ControlServer(JsonLinesServer):
+    def __init__(self, board: Board) -> None:
+        super().__init__()
+        self._board = board
+        self.handlers: dict[str, Handler] = {
+            "state": self._state,
+            "power": self._power,
+            "reset": self._reset,
+            "hold_reset": self._hold_reset,
+            "download": self._download,
+            "brownout": self._brownout,
+            "wait_mode": self._wait_mode,
+            "tx_log": self._tx_log,
+            "wait_tx": self._wait_tx,
+        }
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
         try:

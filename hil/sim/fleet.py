@@ -30,7 +30,6 @@ One control endpoint serves the whole fleet (JSON lines, as a board's): ``{"cmd"
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -50,7 +49,7 @@ from hil.images.nvs import NvsError
 from hil.images.partitions import PartitionTable
 from hil.settings import Provisioning, provisioning_image
 from hil.sim.board import Board
-from hil.sim.control import ControlServer
+from hil.sim.control import ControlServer, JsonLinesServer
 from hil.sim.firmware.reference import firmware_factory
 from hil.sim.firmware.rig import AccessPoint, RigPeripherals
 from hil.sim.flash import SpiFlash
@@ -233,38 +232,12 @@ def program_flash(path: Path, images: Sequence[tuple[int, bytes]], nvs_offset: i
     return flash
 
 
-class FleetControl:
+class FleetControl(JsonLinesServer):
     """The fleet's one control endpoint: fleet-wide ``state``, and board commands by device."""
 
     def __init__(self, boards: Sequence[FleetBoard]) -> None:
+        super().__init__()
         self._boards = {b.device_id: b for b in boards}
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := await reader.readline():
-                writer.write(json.dumps(await self.handle_line(line)).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
         try:
