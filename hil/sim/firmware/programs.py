@@ -1312,8 +1312,9 @@ def _result(m: _Machine, who: str, value: int | float) -> int | float:
 
 @_builtin("+", 0, None)
 def _add(m: _Machine, args: list[Value]) -> Value:
-    total: int | float = 0
-    for arg in args:
+    # Fold from the first argument, not from 0: (+ -0.0) is -0.0, and 0 + -0.0 is 0.0.
+    total: int | float = _number("+", args[0]) if args else 0
+    for arg in args[1:]:
         total += _number("+", arg)
     return _result(m, "+", total)
 
