@@ -16,6 +16,7 @@ def gapless(mqtt, topic: str, since: int) -> list[int]:
     return seqs
 
 
+@pytest.mark.guards("offline_drop")
 def test_a_broker_restart_loses_no_reading(dut, mqtt, broker) -> None:
     topic = contract.sensors_topic(dut.device_id)
     mark = mqtt.mark()
@@ -30,6 +31,7 @@ def test_a_broker_restart_loses_no_reading(dut, mqtt, broker) -> None:
 
 
 @pytest.mark.requires("wifi_control")
+@pytest.mark.guards("no_lwt")
 def test_wifi_loss_fires_the_will_and_the_device_returns(dut, mqtt, wifi) -> None:
     status = contract.status_topic(dut.device_id)
     mark = mqtt.mark()

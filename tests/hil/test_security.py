@@ -13,6 +13,7 @@ from hil import contract
 pytestmark = [pytest.mark.hil, pytest.mark.gate_security]
 
 
+@pytest.mark.guards("prints_secrets")
 def test_no_secret_on_the_serial_port_or_in_mqtt(dut, mqtt, hil_session) -> None:
     access = hil_session.broker_access()
     secrets = [s for s in (access.password, access.client_key, "hil-lab-password") if s]

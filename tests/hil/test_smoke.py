@@ -21,6 +21,7 @@ def test_the_device_is_online_and_says_which_firmware_it_runs(dut, mqtt, console
 
 
 @pytest.mark.requires("sensor_emulation")
+@pytest.mark.guards("temp_high_2c")
 def test_a_reading_matches_the_sensor_environment(dut, mqtt, sensor) -> None:
     env = Environment(temperature_c=23.5, humidity_pct=41.0, pressure_hpa=1002.0)
     sensor.set(env)
@@ -34,6 +35,7 @@ def test_a_reading_matches_the_sensor_environment(dut, mqtt, sensor) -> None:
 
 
 @pytest.mark.requires("network_faults")
+@pytest.mark.guards("offline_drop")
 def test_readings_taken_during_a_network_partition_arrive_without_gaps(dut, mqtt, network) -> None:
     topic = contract.sensors_topic(dut.device_id)
     mark = mqtt.mark()
