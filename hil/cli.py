@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _sim_board(args: argparse.Namespace) -> int:
@@ -48,6 +49,64 @@ def _firmware_build(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _rigs(args: argparse.Namespace) -> int:
+    import json
+
+    from hil.rigs import RigError, load_rigs, who_holds
+
+    try:
+        rigs = load_rigs(args.rigs_dir)
+    except RigError as exc:
+        print(f"hil rigs: {exc}", file=sys.stderr)
+        return 2
+    rows: list[dict[str, Any]] = []
+    for rig in rigs:
+        holder = who_holds(rig, lock_dir=args.lock_dir)
+        rows.append(
+            {
+                "name": rig.name,
+                "kind": rig.kind,
+                "chip": rig.chip,
+                "port": rig.port or "(started by the session)",
+                "tags": list(rig.tags),
+                "capabilities": sorted(rig.capabilities),
+                "held_by": None if holder is None else holder.describe(),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        held = f"held by {row['held_by']}" if row["held_by"] else "free"
+        print(f"{row['name']:<16} {row['kind']:<8} {row['chip']:<9} {held}")
+        print(f"{'':<16} port {row['port']}; tags {', '.join(row['tags']) or '-'}")
+        print(f"{'':<16} capabilities {', '.join(row['capabilities'])}")
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from hil.gate import GateError, load_profile, override, run_gate, verdict_table
+
+    try:
+        profile = override(
+            load_profile(args.profile, Path(args.gates_dir)),
+            firmware=args.firmware,
+            broker=args.broker,
+            rig=args.rig,
+            rig_tag=args.rig_tag,
+        )
+        out = Path(args.out or f"gate-results/{profile.name}")
+        print(f"hil gate {profile.name}: {profile.description or profile.path}", flush=True)
+        result = run_gate(profile, out)
+    except GateError as exc:
+        print(f"hil gate: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(verdict_table(result))
+    print(f"summary: {out / 'summary.json'}; JUnit: {out}/junit-*.xml; Allure results: {out / 'allure-results'}")
+    return 0 if result.verdict == "go" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +179,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="recipe book (default: firmware/recipes.toml)",
     )
     build.set_defaults(func=_firmware_build)
+
+    root = Path(__file__).resolve().parent.parent
+    rigs = sub.add_parser(
+        "rigs",
+        help="the rig inventory: capabilities and who holds each reservation",
+        description="List the rigs of the inventory (rigs/*.toml): kind, chip, port, tags, "
+        "capabilities, and whether a session holds it (pid, host, user, xdist worker, CI job).",
+    )
+    rigs.add_argument("--rigs-dir", default=str(root / "rigs"), help="rig inventory directory")
+    rigs.add_argument("--lock-dir", help="reservation lock directory (default: $HIL_LOCK_DIR or the system one)")
+    rigs.add_argument("--json", action="store_true", help="machine-readable output")
+    rigs.set_defaults(func=_rigs)
+
+    gate = sub.add_parser(
+        "gate",
+        help="run a validation gate profile and decide go / no-go",
+        description="Run the tests a gate profile (gates/PROFILE.toml) selects, on its rig, "
+        "broker and firmware; re-run tests broken by infrastructure errors (never failed "
+        "ones) up to the profile's retries; write JUnit XML, Allure results and "
+        "summary.json (passed, failed, broken, skipped, per suite, firmware version, rigs) "
+        "into --out; print a verdict table. Exit 0 on go, 1 on no-go, 2 on a profile error. "
+        "For a staging broker give --broker mqtts://HOST:PORT and its credentials in "
+        "HIL_BROKER_CA_FILE, HIL_BROKER_CLIENT_CERT_FILE, HIL_BROKER_CLIENT_KEY_FILE, "
+        "HIL_BROKER_USERNAME, HIL_BROKER_PASSWORD.",
+    )
+    gate.add_argument("profile", help="profile name (gates/NAME.toml) or a path to a .toml profile")
+    gate.add_argument("--gates-dir", default=str(root / "gates"), help="where profiles live")
+    gate.add_argument("--out", help="results directory (default: gate-results/PROFILE)")
+    gate.add_argument("--firmware", help="override the profile's firmware (recipe name or manifest)")
+    gate.add_argument("--broker", help="override the profile's broker (embedded, mosquitto or a URI)")
+    gate.add_argument("--rig", help="override the profile's rig")
+    gate.add_argument("--rig-tag", help="override the profile's rig tag")
+    gate.set_defaults(func=_gate)
     return parser
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -45,6 +47,8 @@ class MqttObserver:
         username: str | None = None,
         password: str | None = None,
         ca_pem: str | None = None,
+        client_cert_pem: str | None = None,
+        client_key_pem: str | None = None,
         subscribe: str = "#",
     ) -> None:
         self._messages: list[Received] = []
@@ -62,7 +66,10 @@ class MqttObserver:
         if username:
             self.client.username_pw_set(username, password)
         if ca_pem:
-            self.client.tls_set_context(ssl.create_default_context(cadata=ca_pem))
+            context = ssl.create_default_context(cadata=ca_pem)
+            if client_cert_pem and client_key_pem:
+                _load_client_identity(context, client_cert_pem, client_key_pem)
+            self.client.tls_set_context(context)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect(host, port, keepalive=30)
@@ -136,3 +143,14 @@ class MqttObserver:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _load_client_identity(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    """Mutual TLS: ``ssl`` loads a client identity only from files, so it lives in a
+    private temp dir for the moment of loading, then is gone."""
+    with tempfile.TemporaryDirectory(prefix="hil-observer-") as private:
+        cert, key = Path(private) / "client.pem", Path(private) / "client.key"
+        cert.write_text(cert_pem)
+        key.touch(mode=0o600)
+        key.write_text(key_pem)
+        context.load_cert_chain(cert, key)

@@ -68,6 +68,15 @@ def write_results_metadata(alluredir: Path, environment: Mapping[str, str]) -> N
     (alluredir / "executor.json").write_text(json.dumps({"name": "hil", "type": "pytest"}))
 
 
+def write_session_record(log_dir: Path, environment: Mapping[str, str]) -> Path:
+    """``session-<rig>.json`` in the log dir: what one pytest session (one xdist worker)
+    ran on, for tools that summarise a run (``hil gate``) without parsing reports."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"session-{environment.get('rig', 'no-rig')}.json"
+    path.write_text(json.dumps(dict(environment), indent=1, sort_keys=True) + "\n")
+    return path
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
 

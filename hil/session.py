@@ -71,6 +71,8 @@ class BrokerAccess:
     observer_user: str | None = None
     observer_password: str | None = None
     observer_tls: bool = False
+    observer_client_cert: str | None = None  # an mTLS-only broker needs the observer's own identity
+    observer_client_key: str | None = None
 
 
 EXTERNAL_ENV = {
@@ -79,6 +81,8 @@ EXTERNAL_ENV = {
     "ca_file": "HIL_BROKER_CA_FILE",
     "client_cert_file": "HIL_BROKER_CLIENT_CERT_FILE",
     "client_key_file": "HIL_BROKER_CLIENT_KEY_FILE",
+    "observer_cert_file": "HIL_BROKER_OBSERVER_CERT_FILE",
+    "observer_key_file": "HIL_BROKER_OBSERVER_KEY_FILE",
 }
 
 
@@ -114,6 +118,8 @@ def external_access(uri: str, env: Mapping[str, str]) -> BrokerAccess:
         observer_user=env.get(EXTERNAL_ENV["username"]),
         observer_password=env.get(EXTERNAL_ENV["password"]),
         observer_tls=parsed.tls,
+        observer_client_cert=read("observer_cert_file"),
+        observer_client_key=read("observer_key_file"),
     )
 
 
@@ -219,7 +225,7 @@ class RigSession:
     def broker_access(self) -> BrokerAccess:
         if self.external_broker:
             access = external_access(self.options.broker, os.environ)
-            self.redactor.add(access.password, access.client_key)
+            self.redactor.add(access.password, access.client_key, access.observer_client_key)
             return access
         broker = self.start_broker()
         creds = broker.credentials(self.device_id)
@@ -243,6 +249,8 @@ class RigSession:
                     username=access.observer_user,
                     password=access.observer_password,
                     ca_pem=access.ca_pem if access.observer_tls else None,
+                    client_cert_pem=access.observer_client_cert,
+                    client_key_pem=access.observer_client_key,
                 )
             except (OSError, AssertionError) as exc:
                 raise SessionError(

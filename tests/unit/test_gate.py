@@ -1,0 +1,176 @@
+"""Gate profiles, JUnit reading, verdicts and infrastructure-only retries (no rig needed:
+the pytest run is replaced by a runner that writes the JUnit file a run would)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from hil.gate import (
+    GateError,
+    GateProfile,
+    Thresholds,
+    judge,
+    load_profile,
+    read_junit,
+    run_gate,
+    verdict_table,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def junit(cases: Sequence[tuple[str, str, str]]) -> str:
+    """(classname, name, outcome) -> a JUnit XML document like pytest's."""
+    body = []
+    for classname, name, outcome in cases:
+        inner = {
+            "passed": "",
+            "failed": '<failure message="AssertionError: 25.6 not within 1.0 of 23.5">trace</failure>',
+            "broken": '<error message="failed on setup with BrokerError: mosquitto died">trace</error>',
+            "skipped": '<skipped type="pytest.skip" message="rig lacks power_control">skip</skipped>',
+        }[outcome]
+        body.append(f'<testcase classname="{classname}" name="{name}" time="1.0">{inner}</testcase>')
+    return f'<?xml version="1.0"?><testsuites><testsuite name="pytest">{"".join(body)}</testsuite></testsuites>'
+
+
+def write_profile(tmp_path: Path, text: str, name: str = "staging") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_profiles_load() -> None:
+    for path in sorted((ROOT / "gates").glob("*.toml")):
+        profile = load_profile(str(path))
+        assert profile.tests and profile.name == path.stem
+
+
+def test_a_profile_is_read_with_its_thresholds(tmp_path: Path) -> None:
+    write_profile(
+        tmp_path,
+        '[gate]\ntests = ["tests/hil/test_smoke.py"]\nmarkers = "gate_e2e"\nretries = 2\nfirmware = "v1_1_0"\n'
+        "[thresholds]\nmax_failed = 1\nmin_passed = 3\n",
+    )
+    profile = load_profile("staging", tmp_path)
+    assert profile.tests == ("tests/hil/test_smoke.py",) and profile.retries == 2 and profile.firmware == "v1_1_0"
+    assert profile.thresholds == Thresholds(max_failed=1, max_broken=0, min_passed=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[gate]\nretires = 1\n", "unknown field 'retires'"),
+        ('[gate]\nretries = "1"\n', "[gate].retries must be a int"),
+        ("[gate]\nretries = -1\n", "out of range"),
+        ("[gate]\nworkers = 0\n", "out of range"),
+        ("[thresholds]\nmax_failed = 0\n", "missing the [gate] table"),
+        ("[gate]\n[thresholds]\nmax_fails = 0\n", "unknown field 'max_fails'"),
+        ("[gate]\n[thresholds]\nmax_failed = -2\n", "non-negative integer"),
+        ("[gate]\n[limits]\n", "unknown tables ['limits']"),
+        ("[gate\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_profile_names_the_file_and_the_field(tmp_path: Path, text: str, says: str) -> None:
+    path = write_profile(tmp_path, text)
+    with pytest.raises(GateError) as info:
+        load_profile("staging", tmp_path)
+    assert says in str(info.value) and str(path) in str(info.value)
+
+
+def test_an_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
+    write_profile(tmp_path, "[gate]\n", "smoke")
+    with pytest.raises(GateError, match=r"known profiles: \['smoke'\]"):
+        load_profile("stagign", tmp_path)
+
+
+def test_junit_outcomes_map_to_suites_and_node_ids(tmp_path: Path) -> None:
+    path = tmp_path / "junit.xml"
+    path.write_text(
+        junit(
+            [
+                ("tests.hil.test_smoke", "test_online", "passed"),
+                ("tests.hil.test_ota", "test_bad[lower version]", "failed"),
+                ("tests.hil.test_ota", "test_bad[lower version]", "broken"),  # teardown error too
+                ("tests.hil.test_smoke", "test_power", "skipped"),
+                ("tests.hil.test_smoke", "test_partition", "broken"),
+            ]
+        )
+    )
+    cases = {c.nodeid: c for c in read_junit(path, ROOT)}
+    assert cases["tests/hil/test_ota.py::test_bad[lower version]"].outcome == "failed"
+    assert cases["tests/hil/test_ota.py::test_bad[lower version]"].suite == "tests/hil/test_ota.py"
+    assert cases["tests/hil/test_smoke.py::test_partition"].message.startswith("failed on setup")
+    assert sorted(c.outcome for c in cases.values()) == ["broken", "failed", "passed", "skipped"]
+
+
+class ScriptedRuns:
+    """Stands in for pytest: attempt N writes the JUnit XML it was scripted to."""
+
+    def __init__(self, attempts: list[list[tuple[str, str, str]]]) -> None:
+        self.attempts = attempts
+        self.argvs: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
+        self.argvs.append(list(argv))
+        out = Path(argv[argv.index("--junitxml") + 1])
+        out.write_text(junit(self.attempts[len(self.argvs) - 1]))
+        logs = Path(argv[argv.index("--hil-log-dir") + 1])
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / "session-virtual-0.json").write_text(json.dumps({"rig": "virtual-0", "firmware_version": "1.0.0"}))
+        return 0
+
+
+def test_only_broken_tests_are_re_run_and_the_last_outcome_counts(tmp_path: Path) -> None:
+    runs = ScriptedRuns(
+        [
+            [
+                ("tests.hil.test_smoke", "test_online", "passed"),
+                ("tests.hil.test_smoke", "test_reading", "failed"),
+                ("tests.hil.test_smoke", "test_partition", "broken"),
+            ],
+            [("tests.hil.test_smoke", "test_partition", "passed")],
+        ]
+    )
+    profile = GateProfile(name="staging", path=tmp_path / "staging.toml", markers="gate_e2e", retries=1)
+    result = run_gate(profile, tmp_path / "out", runner=runs, env={}, root=ROOT)
+    assert runs.argvs[1][0] == "tests/hil/test_smoke.py::test_partition" and "-m" not in runs.argvs[1]
+    assert result.retried == ("tests/hil/test_smoke.py::test_partition",)
+    assert dict(result.counts) == {"passed": 2, "failed": 1, "broken": 0, "skipped": 0}
+    assert result.verdict == "no-go" and result.reasons == ("1 failed (at most 0 allowed)",)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["verdict"] == "no-go" and summary["rigs"] == ["virtual-0"]
+    assert summary["firmware"]["firmware_version"] == "1.0.0"
+    assert summary["suites"]["tests/hil/test_smoke.py"]["failed"] == 1
+    assert "VERDICT: NO-GO" in verdict_table(result)
+
+
+def test_a_failure_is_never_re_run(tmp_path: Path) -> None:
+    runs = ScriptedRuns([[("tests.hil.test_smoke", "test_reading", "failed")]])
+    profile = GateProfile(name="g", path=tmp_path / "g.toml", retries=3)
+    run_gate(profile, tmp_path / "out", runner=runs, env={}, root=ROOT)
+    assert len(runs.argvs) == 1
+
+
+def test_broken_after_all_retries_is_a_no_go(tmp_path: Path) -> None:
+    broken = [("tests.hil.test_smoke", "test_online", "broken")]
+    runs = ScriptedRuns([broken, broken])
+    result = run_gate(GateProfile(name="g", path=tmp_path / "g.toml", retries=1), tmp_path / "o", runner=runs, env={}, root=ROOT)
+    assert result.verdict == "no-go" and "broken by infrastructure" in result.reasons[0]
+
+
+def test_thresholds_decide_the_verdict() -> None:
+    from hil.gate import CaseResult
+
+    cases = [CaseResult("a", "s", "passed"), CaseResult("b", "s", "skipped")]
+    assert judge(GateProfile(name="g", path=Path("g")), cases) == ("go", ())
+    strict = GateProfile(name="g", path=Path("g"), thresholds=Thresholds(min_passed=2))
+    assert judge(strict, cases) == ("no-go", ("1 passed (at least 2 required)",))
+
+
+def test_a_run_that_writes_no_junit_is_a_gate_error(tmp_path: Path) -> None:
+    with pytest.raises(GateError, match="wrote no"):
+        run_gate(GateProfile(name="g", path=Path("g")), tmp_path, runner=lambda argv, env: 4, env={}, root=ROOT)
