@@ -14,26 +14,36 @@ crashed broker would.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import trustme
 
 from hil.processes import die_with_parent
 
 OBSERVER_USER = "hil-observer"
+EMBEDDED_BROKERS = ("embedded", "mosquitto", "amqtt")
+"""``--broker`` values for a broker the session runs itself (anything else is a URI)."""
 START_TIMEOUT_S = 10.0
 
 
 class BrokerError(Exception):
     """The broker could not be set up or started (an infrastructure error)."""
+
+
+class BrokerUnsupported(BrokerError):
+    """The broker in use cannot do what was asked (amqtt has no mutual-TLS listener)."""
 
 
 @dataclass(frozen=True)
@@ -55,21 +65,39 @@ def free_port() -> int:
 class MosquittoBroker:
     """mosquitto with plain, TLS and mTLS listeners, a password file and an ACL."""
 
+    name = "mosquitto"
+    #: What this broker honours; a test asks with ``@pytest.mark.requires("broker_<feature>")``.
+    features: frozenset[str] = frozenset({"tls", "mtls", "password_file", "acl", "persistence"})
+
     def __init__(self, workdir: Path, *, executable: str | None = None, log_path: Path | None = None) -> None:
         self.workdir = workdir
         # Keys and password files stay in workdir (private); the log can go with the logs.
-        self.log_path = log_path or workdir / "mosquitto.log"
-        self.executable = executable or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(self.executable).exists():
-            raise BrokerError("mosquitto is not installed; run 'apt-get install mosquitto' (setup.sh does)")
+        self.log_path = log_path or workdir / f"{self.name}.log"
+        self.executable = self._find_executable(executable)
         self.ca = trustme.CA()
         self._server_cert = self.ca.issue_cert("127.0.0.1", "localhost")
         self.plain_port = free_port()
         self.tls_port = free_port()
-        self.mtls_port = free_port()
+        self.mtls_port: int | None = free_port()
         self.observer_password = os.urandom(8).hex()
         self._devices: dict[str, DeviceCredentials] = {}
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _find_executable(executable: str | None) -> str:
+        found = executable or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(found).exists():
+            raise BrokerError("mosquitto is not installed; run 'apt-get install mosquitto' (setup.sh does)")
+        return found
+
+    def _command(self, config: Path) -> list[str]:
+        return [self.executable, "-c", str(config)]
+
+    @property
+    def listeners(self) -> dict[str, int]:
+        """The listeners this broker runs: kind (plain, tls, mtls) -> loopback port."""
+        ports = {"plain": self.plain_port, "tls": self.tls_port, "mtls": self.mtls_port}
+        return {kind: port for kind, port in ports.items() if port is not None}
 
     # -- identities ---------------------------------------------------------------
     @property
@@ -96,7 +124,9 @@ class MosquittoBroker:
             raise BrokerError(f"no account for {device_id!r}; add_device() it before start()") from None
 
     def uri(self, kind: str = "plain") -> str:
-        port = {"plain": self.plain_port, "tls": self.tls_port, "mtls": self.mtls_port}[kind]
+        if kind not in self.listeners:
+            raise BrokerUnsupported(f"{self.name} has no {kind!r} listener (it has {sorted(self.listeners)})")
+        port = self.listeners[kind]
         return f"{'mqtt' if kind == 'plain' else 'mqtts'}://127.0.0.1:{port}"
 
     # -- config -------------------------------------------------------------------
@@ -152,23 +182,23 @@ class MosquittoBroker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [self.executable, "-c", str(config)],
+            self._command(config),
             stdout=log,
             stderr=log,
             preexec_fn=die_with_parent,  # own process group, and gone if we are killed
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
-        for port in (self.plain_port, self.tls_port, self.mtls_port):
+        for port in self.listeners.values():
             while True:
                 if self._proc.poll() is not None:
                     tail = self.log_path.read_text(errors="replace")[-2000:]
-                    raise BrokerError(f"mosquitto exited with {self._proc.returncode}:\n{tail}")
+                    raise BrokerError(f"{self.name} exited with {self._proc.returncode}:\n{tail}")
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     break
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise BrokerError(f"mosquitto did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
+                    raise BrokerError(f"{self.name} did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
                 time.sleep(0.02)  # polling a port that has no event to wait on
 
     def stop(self) -> None:
@@ -206,3 +236,101 @@ class MosquittoBroker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class AmqttBroker(MosquittoBroker):
+    """amqtt (pure Python), the embedded fallback broker where mosquitto is not installed.
+
+    Same interface, accounts and lifecycle as `MosquittoBroker`, run as its own process
+    (``python -m hil.amqtt_broker CONFIG``) from a generated JSON config: a plain and a
+    TLS listener, a password file (argon2 hashes, amqtt's FileAuthPlugin), and the same
+    ACL. amqtt's ACL plugin has no ``%u`` pattern, so the pattern is written out per
+    account (accounts are known when the config is written; a restart applies new ones,
+    as with mosquitto).
+
+    What amqtt cannot honour, and ``features`` therefore leaves out: a listener that
+    *requires* a client certificate and takes its CN as the username (its TLS context
+    only asks for one; there is no ``use_identity_as_username``), so there is no mTLS
+    listener and ``uri("mtls")`` raises `BrokerUnsupported`; and persistence (retained
+    messages and sessions are lost on a restart; amqtt's store needs SQLAlchemy).
+    """
+
+    name = "amqtt"
+    features: frozenset[str] = frozenset({"tls", "password_file", "acl"})
+
+    def __init__(self, workdir: Path, *, executable: str | None = None, log_path: Path | None = None) -> None:
+        super().__init__(workdir, executable=executable, log_path=log_path)
+        self.mtls_port = None
+
+    @staticmethod
+    def _find_executable(executable: str | None) -> str:
+        if importlib.util.find_spec("amqtt") is None:
+            raise BrokerError(
+                "neither mosquitto nor amqtt is installed; run 'apt-get install mosquitto' "
+                "or 'pip install -e .[dev]' (amqtt)"
+            )
+        return executable or sys.executable
+
+    def _command(self, config: Path) -> list[str]:
+        return [self.executable, "-m", "hil.amqtt_broker", str(config)]
+
+    def acl(self) -> dict[str, dict[str, list[str]]]:
+        """mosquitto's ACL, per account: the topic filters it may publish to (``publish_acl``)
+        and subscribe to (``acl``; amqtt checks reads at SUBSCRIBE time only)."""
+        publish = {OBSERVER_USER: ["#"]}
+        read = {OBSERVER_USER: ["#"]}
+        for device in self._devices.values():
+            own = f"esp32/{device.username}/#"
+            publish[device.username] = [own]
+            read[device.username] = [
+                own,
+                f"config/update/{device.username}",
+                f"ota/update/{device.username}",
+                f"programs/{device.username}/deploy",
+            ]
+        return {"publish_acl": publish, "acl": read}
+
+    def _write_config(self) -> Path:
+        # Light argon2 parameters: a test broker's throwaway passwords, and every CONNECT
+        # pays the verification (the defaults cost ~0.2 s of CPU each).
+        from pwdlib.hashers.argon2 import Argon2Hasher
+
+        work = self.workdir
+        work.mkdir(parents=True, exist_ok=True)
+        self.ca.cert_pem.write_to_path(str(work / "ca.pem"))
+        self._server_cert.private_key_pem.write_to_path(str(work / "server.key"))
+        self._server_cert.cert_chain_pems[0].write_to_path(str(work / "server.pem"))
+        hasher = Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1)
+        users = {OBSERVER_USER: self.observer_password, **{d.username: d.password for d in self._devices.values()}}
+        passwords = work / "passwd"
+        passwords.write_text("".join(f"{user}:{hasher.hash(password)}\n" for user, password in users.items()))
+        tls: dict[str, Any] = {
+            "type": "tcp",
+            "bind": f"127.0.0.1:{self.tls_port}",
+            "ssl": True,
+            "cafile": str(work / "ca.pem"),
+            "certfile": str(work / "server.pem"),
+            "keyfile": str(work / "server.key"),
+        }
+        config: dict[str, Any] = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.plain_port}"}, "tls": tls},
+            "plugins": {
+                "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(passwords)},
+                "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": self.acl(),
+            },
+        }
+        path = work / "amqtt.json"
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+
+def broker_class(choice: str, *, which: Any = shutil.which) -> type[MosquittoBroker]:
+    """``--broker`` to a class: 'mosquitto', 'amqtt', or 'embedded' (mosquitto when it is on
+    PATH, else amqtt)."""
+    if choice == "mosquitto":
+        return MosquittoBroker
+    if choice == "amqtt" or (choice == "embedded" and which("mosquitto") is None):
+        return AmqttBroker
+    if choice == "embedded":
+        return MosquittoBroker
+    raise BrokerError(f"unknown embedded broker {choice!r}: use 'embedded', 'mosquitto' or 'amqtt'")

@@ -28,7 +28,7 @@ from hil.backends import (
     VirtualWifi,
     WifiControl,
 )
-from hil.broker import OBSERVER_USER, BrokerError, MosquittoBroker
+from hil.broker import EMBEDDED_BROKERS, OBSERVER_USER, BrokerError, MosquittoBroker, broker_class
 from hil.console import Console
 from hil.firmware import FlashFile, cache_root, cached_build, load_manifest, load_recipes
 from hil.flashing import Flasher
@@ -91,7 +91,7 @@ def external_access(uri: str, env: Mapping[str, str]) -> BrokerAccess:
     parsed = contract.parse_broker_uri(uri)
     if parsed is None:
         raise SessionError(
-            f"--broker {uri!r} is not mqtt://host:port or mqtts://host:port; or use 'embedded' / 'mosquitto'"
+            f"--broker {uri!r} is not mqtt://host:port or mqtts://host:port; or use 'embedded' / 'mosquitto' / 'amqtt'"
         )
 
     def read(key: str) -> str | None:
@@ -130,7 +130,7 @@ class SessionOptions:
     rig_name: str | None = None
     rig_tag: str | None = None
     firmware: str | None = None  # a recipe name (virtual rig), or a manifest path
-    broker: str = "embedded"  # embedded | mosquitto | mqtt(s)://host:port
+    broker: str = "embedded"  # embedded | mosquitto | amqtt | mqtt(s)://host:port
     config: dict[str, Any] = field(default_factory=lambda: dict(FAST_INTERVALS))
     keep_on_failure: bool = False
     rig_wait_s: float = 0.0  # how long to wait for a busy rig before giving up
@@ -203,14 +203,16 @@ class RigSession:
 
     def start_broker(self) -> MosquittoBroker:
         if self.broker is None:
-            if self.options.broker not in ("embedded", "mosquitto"):
-                raise SessionError(f"external brokers are not supported yet: {self.options.broker!r}")
+            if self.external_broker:
+                raise SessionError(f"the broker is external ({self.options.broker!r}): the session runs none")
             private = Path(tempfile.mkdtemp(prefix="hil-broker-"))
             self._cleanups.append(lambda: shutil.rmtree(private, ignore_errors=True))
-            broker = MosquittoBroker(private, log_path=self.options.log_dir / "mosquitto.log")
-            creds = broker.add_device(self.device_id)
-            self.redactor.add(creds.password, creds.client_key_pem, broker.observer_password)
             try:
+                # embedded: mosquitto when it is on PATH, else amqtt (same interface).
+                kind = broker_class(self.options.broker)
+                broker = kind(private, log_path=self.options.log_dir / f"{kind.name}.log")
+                creds = broker.add_device(self.device_id)
+                self.redactor.add(creds.password, creds.client_key_pem, broker.observer_password)
                 broker.start()
             except BrokerError as exc:
                 raise SessionError(str(exc)) from exc
@@ -220,7 +222,7 @@ class RigSession:
 
     @property
     def external_broker(self) -> bool:
-        return self.options.broker not in ("embedded", "mosquitto")
+        return self.options.broker not in EMBEDDED_BROKERS
 
     def broker_access(self) -> BrokerAccess:
         if self.external_broker:
@@ -385,6 +387,8 @@ class RigSession:
         import esptool
 
         env = {"esptool": esptool.__version__, "broker": self.options.broker}
+        if self.broker is not None:  # which one 'embedded' turned out to be, and its limits
+            env["broker"] = f"{self.options.broker} ({self.broker.name}: {', '.join(sorted(self.broker.features))})"
         if self.reserved is not None:
             env.update({"rig": self.rig.name, "rig_kind": self.rig.kind, "chip": self.rig.chip})
         if self._dut is not None:
