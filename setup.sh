@@ -18,4 +18,10 @@ fi
 # pimoroni-bme280 also installs as `bme280` (clashing with RPi.bme280): keep it aside;
 # the driver tests load it from there under another name.
 [ -d .venv/pimoroni-bme280 ] || .venv/bin/python -m pip install -q --no-deps --target .venv/pimoroni-bme280 pimoroni-bme280==1.0.0
-echo "setup.sh: ready (.venv)"
+# Allure 3 (npm, no Java) for `hil report`; a machine without npm still runs every suite.
+if command -v npm >/dev/null 2>&1; then
+  npm ci --no-audit --no-fund --loglevel=error >/dev/null
+else
+  echo "setup.sh: npm not found: 'hil report' needs it (apt-get install npm)" >&2
+fi
+echo "setup.sh: ready (.venv, node_modules)"

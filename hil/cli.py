@@ -109,6 +109,18 @@ def _gate(args: argparse.Namespace) -> int:
     return 0 if result.verdict == "go" else 1
 
 
+def _report(args: argparse.Namespace) -> int:
+    from hil.html_report import ReportError, generate
+
+    try:
+        index = generate([Path(r) for r in args.results], Path(args.out), name=args.name)
+    except ReportError as exc:
+        print(f"hil report: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {index}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hil",
@@ -212,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--rig", help="override the profile's rig")
     gate.add_argument("--rig-tag", help="override the profile's rig tag")
     gate.set_defaults(func=_gate)
+
+    report = sub.add_parser(
+        "report",
+        help="turn Allure results into an HTML report (Allure 3, no Java)",
+        description="Generate the HTML report of one or more Allure results directories "
+        "(pytest --alluredir DIR; hil gate writes OUT/allure-results) with the Allure 3 CLI "
+        "that setup.sh installs. Open OUT/index.html in a browser.",
+    )
+    report.add_argument("results", nargs="+", help="Allure results directories")
+    report.add_argument("--out", default="hil-report", help="output directory (default: hil-report)")
+    report.add_argument("--name", default="HIL report", help="the report's title")
+    report.set_defaults(func=_report)
     return parser
 
 
