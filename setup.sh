@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# One-time setup on a fresh Debian machine: mosquitto (the test broker) and a venv
-# with the project and its dev tools. Safe to run again.
+# One-time setup on a fresh Debian machine: mosquitto and ser2net, a venv with the
+# project and its dev tools, and the npm tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
-if ! command -v mosquitto >/dev/null 2>&1; then
+# mosquitto: the test broker; ser2net: lab hosts serve boards' UARTs with it (the
+# remote-rig tests put one in front of a virtual board).
+missing=""
+command -v mosquitto >/dev/null 2>&1 || missing="$missing mosquitto"
+command -v ser2net >/dev/null 2>&1 || [ -x /usr/sbin/ser2net ] || missing="$missing ser2net"
+if [ -n "$missing" ]; then
   if [ "$(id -u)" -eq 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq mosquitto >/dev/null
+    # shellcheck disable=SC2086
+    apt-get install -y -qq $missing >/dev/null
+    # Debian starts ser2net as a service with a sample config; the project runs its own.
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now ser2net >/dev/null 2>&1 || true; fi
   else
-    echo "setup.sh: mosquitto is not installed; run 'sudo apt-get install mosquitto'" >&2
+    echo "setup.sh: not installed:$missing; run 'sudo apt-get install$missing'" >&2
   fi
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
