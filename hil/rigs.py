@@ -980,6 +980,26 @@ def select_rigs(
     return matching
 
 
+def auto_workers(
+    rigs: Sequence[Rig],
+    *,
+    name: str | None = None,
+    tag: str | None = None,
+    cpus: int = 1,
+    lock_dir: Path | str | None = None,
+) -> int:
+    """How many pytest-xdist workers ``-n auto`` should start: one per matching rig that
+    no other session holds, since each worker holds one rig for its whole session.
+
+    Virtual rigs are processes on this host: more of them than cores only makes each
+    slower (and their timing less like a board's), so they count up to ``cpus``.
+    """
+    free = [rig for rig in select_rigs(rigs, name=name, tag=tag) if who_holds(rig, lock_dir=lock_dir) is None]
+    real = sum(1 for rig in free if not rig.is_virtual)
+    virtual = min(len(free) - real, max(cpus, 1))
+    return max(real + virtual, 1)
+
+
 def _names(rigs: Sequence[Rig]) -> str:
     return ", ".join(rig.name for rig in rigs) or "none"
 

@@ -99,3 +99,19 @@ def test_markers_are_registered(run, pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\naddopts = --strict-markers\n")
     result, _ = run()
     result.assert_outcomes(passed=1)
+
+
+def test_n_auto_starts_one_worker_per_matching_rig(run, pytester: pytest.Pytester) -> None:
+    rigs = pytester.mkdir("labrigs")
+    for n in range(3):
+        (rigs / f"bench{n}.toml").write_text(
+            f'name = "bench-{n}"\nkind = "rfc2217"\nchip = "esp32c3"\nport = "rfc2217://127.0.0.1:{4000 + n}"\n'
+            'reset = "classic"\nnetwork = { ssid = "lab", broker_host = "127.0.0.1" }\ncapabilities = []\n'
+            'tags = ["lab-a"]\n'
+        )
+    pytester.makepyfile("def test_x(): pass")
+    result, _ = run(f"--rigs-dir={rigs}", "--rig-tag", "lab-a", "-n", "auto")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*3 workers*"])
+    typo, _ = run(f"--rigs-dir={rigs}", "--rig-tag", "lab-b", "-n", "auto")
+    assert typo.ret != 0 and "no rig with tag 'lab-b'" in typo.stderr.str() + typo.stdout.str()

@@ -29,6 +29,7 @@ from hil.rigs import (
     UnknownRig,
     VirtualPowerSpec,
     VirtualSensorSpec,
+    auto_workers,
     default_lock_dir,
     load_rig_file,
     load_rigs,
@@ -614,3 +615,16 @@ def test_a_holder_killed_with_sigkill_leaves_a_reusable_rig(
             assert time.monotonic() - start < 1.0
             assert taken.stale_holder is not None and taken.stale_holder.pid == proc.pid
             assert who_holds("virtual-0") == taken.holder
+
+
+def test_n_auto_is_one_worker_per_free_matching_rig(inventory: Path, lock_dir: Path) -> None:
+    rigs = load_rigs(inventory)
+    assert auto_workers(rigs, cpus=8, lock_dir=lock_dir) == 2  # the two virtual rigs
+    assert auto_workers(rigs, cpus=1, lock_dir=lock_dir) == 1  # virtual boards: no more than the cores
+    assert auto_workers(rigs, tag="bench", cpus=1, lock_dir=lock_dir) == 1  # real rigs: not capped by cores
+    with reserve(rigs, name="virtual-0", lock_dir=lock_dir):
+        assert auto_workers(rigs, cpus=8, lock_dir=lock_dir) == 1  # a held rig is not counted
+        with reserve(rigs, name="virtual-1", lock_dir=lock_dir):
+            assert auto_workers(rigs, cpus=8, lock_dir=lock_dir) == 1  # never zero: the worker waits or skips
+    with pytest.raises(UnknownRig):
+        auto_workers(rigs, tag="nope", lock_dir=lock_dir)
