@@ -48,6 +48,7 @@ FAST_INTERVALS = {
     "heartbeat_interval_s": 5,
     "status_report_interval_s": 10,
     "watchdog_timeout_s": 5,
+    "sensor_timeout_s": 5,  # the contract's minimum: a sensor_failure episode in seconds
 }
 VIRTUAL_AP = ("hil-lab", "hil-lab-password")
 

@@ -1,0 +1,312 @@
+"""Sensor suite (DEVICE_CONTRACT.md §4, §7): what the device measures, when it publishes it,
+what it withholds and what it says when the sensor fails.
+
+The environment and the faults are set through the `sensor` fixture (the rig's sensor
+emulator); everything is judged from MQTT and the serial port only. Intervals are the
+session's (hil/session.py FAST_INTERVALS): readings every second, a sensor timeout of 5 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import statistics
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hil import contract
+from hil.bme280 import Environment, Fault
+
+pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
+
+ACC_T = contract.TEMPERATURE_ACCURACY_C
+ACC_H = contract.HUMIDITY_ACCURACY_PCT
+ACC_P = contract.PRESSURE_ACCURACY_HPA
+T_LO, T_HI = contract.TEMPERATURE_RANGE_C
+H_LO, H_HI = contract.HUMIDITY_RANGE_PCT
+P_LO, P_HI = contract.PRESSURE_RANGE_HPA
+ROOM = Environment(22.0, 45.0, 1013.25)
+
+
+
+def span(low: float, high: float, steps: int = 1000) -> st.SearchStrategy[float]:
+    """Values on a grid over low..high: a few examples then spread over the whole span
+    (plain floats crowd around 0 and the bounds)."""
+    return st.integers(0, steps).map(lambda i: low + (high - low) * i / steps)
+
+
+# A device must publish every environment that lies inside the range by its accuracy: one
+# within the accuracy of an edge may rightly read as just outside it and be withheld.
+# Humidity is clamped to 0…100 %RH by Bosch's compensation, so its edges are exact.
+inside_the_range = st.builds(
+    Environment,
+    temperature_c=span(T_LO + ACC_T, T_HI - ACC_T),
+    humidity_pct=span(H_LO, H_HI),
+    pressure_hpa=span(P_LO + ACC_P, P_HI - ACC_P),
+)
+
+
+def setting(hil_session, key: str) -> float:
+    """A §5 setting as the session provisions it (else the contract's default)."""
+    return float(hil_session.options.config.get(key, contract.CONFIG_INT_SETTINGS[key].default))
+
+
+def alert(code: str):
+    return lambda m: m.json().get("code") == code
+
+
+@pytest.fixture
+def environment(sensor):
+    """The sensor emulator, put back to the environment it had after the test."""
+    before = sensor.get()
+    try:
+        yield sensor
+    finally:
+        sensor.set(before)
+
+
+def reading_of(mqtt, device_id: str, env: Environment, sensor, interval_s: float) -> dict:
+    """Expose the sensor to ``env`` and return the first reading converted after that."""
+    sensor.set(env)
+    mark = mqtt.mark()
+    # The first reading may have been converted before the change: judge the second.
+    return mqtt.wait_for(contract.sensors_topic(device_id), since=mark, count=2, timeout=10 * interval_s + 10)[1].json()
+
+
+def accuracy_problems(reading: dict, env: Environment) -> list[str]:
+    checks = (
+        ("temperature_c", env.temperature_c, ACC_T),
+        ("humidity_pct", env.humidity_pct, ACC_H),
+        ("pressure_hpa", env.pressure_hpa, ACC_P),
+    )
+    return [
+        f"{key} = {reading[key]}, true {true:.3f} ± {tolerance}"
+        for key, true, tolerance in checks
+        if abs(reading[key] - true) > tolerance
+    ]
+
+
+# -- readings ---------------------------------------------------------------------------
+@pytest.mark.requires("sensor_emulation")
+@pytest.mark.guards("temp_high_2c")
+@settings(settings.get_profile("rig"))
+@given(env=inside_the_range)
+def test_readings_match_the_environment_across_the_range(dut, mqtt, environment, hil_session, env) -> None:
+    reading = reading_of(mqtt, dut.device_id, env, environment, setting(hil_session, "measurement_interval_s"))
+    assert not contract.validate_payload("sensors", reading, device_id=dut.device_id)
+    assert not accuracy_problems(reading, env), f"{env}: {reading}"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param(Environment(T_LO + ACC_T, H_LO, P_LO + ACC_P), id="cold-dry-thin"),
+        pytest.param(Environment(T_HI - ACC_T, H_HI, P_HI - ACC_P), id="hot-wet-dense"),
+        pytest.param(Environment(T_LO + ACC_T, H_HI, P_HI - ACC_P), id="cold-wet-dense"),
+        pytest.param(
+            Environment(T_HI - ACC_T, H_LO, P_LO + ACC_P), id="hot-dry-thin", marks=pytest.mark.guards("temp_high_2c")
+        ),
+    ],
+)
+@pytest.mark.requires("sensor_emulation")
+def test_readings_at_the_extremes_of_the_range_are_published(dut, mqtt, environment, hil_session, env) -> None:
+    reading = reading_of(mqtt, dut.device_id, env, environment, setting(hil_session, "measurement_interval_s"))
+    assert not contract.validate_payload("sensors", reading, device_id=dut.device_id)
+    assert not accuracy_problems(reading, env), f"{env}: {reading}"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param(Environment(T_LO - 5 * ACC_T, 45.0, 1013.25), id="too-cold"),
+        pytest.param(Environment(T_HI + 5 * ACC_T, 45.0, 1013.25), id="too-hot"),
+        pytest.param(Environment(22.0, 45.0, P_LO - 20 * ACC_P), id="pressure-too-low"),
+        pytest.param(Environment(22.0, 45.0, P_HI + 20 * ACC_P), id="pressure-too-high"),
+    ],
+)
+@pytest.mark.requires("sensor_emulation")
+def test_out_of_range_values_are_withheld_with_an_alert(dut, mqtt, environment, hil_session, env) -> None:
+    did = dut.device_id
+    interval = setting(hil_session, "measurement_interval_s")
+    mark = mqtt.mark()
+    environment.set(env)
+    first = mqtt.wait_for(contract.alerts_topic(did), alert("sensor_out_of_range"), since=mark, timeout=10 * interval + 10)
+    warning = first[0].json()
+    assert not contract.validate_payload("alerts", warning, device_id=did)
+    # Time passes with no good reading (health says how long), and none is published.
+    mqtt.wait_for(
+        contract.health_topic(did),
+        lambda m: (m.json().get("last_sensor_reading_age_s") or 0) >= 3 * interval,
+        since=mark,
+        timeout=setting(hil_session, "heartbeat_interval_s") + 10 * interval + 10,
+    )
+    published = [m.json() for m in mqtt.collect(contract.sensors_topic(did), since=mark)]
+    late = [r for r in published if r["timestamp"] > warning["timestamp"]]
+    assert not late, f"published while the environment was {env}: {late}"
+    # Back in range, readings return.
+    back = reading_of(mqtt, did, ROOM, environment, interval)
+    assert not accuracy_problems(back, ROOM), back
+
+
+def test_readings_come_every_measurement_interval(dut, mqtt, hil_session) -> None:
+    interval = setting(hil_session, "measurement_interval_s")
+    count = 7
+    mark = mqtt.mark()
+    got = mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mark, count=count, timeout=3 * count * interval + 10)
+    readings = [m.json() for m in got]
+    seqs = [r["seq"] for r in readings]
+    assert seqs == list(range(seqs[0], seqs[0] + count)), f"not one reading per interval: seq {seqs}"
+    # The device's own timestamps (when it measured) and our receive times, both.
+    stamped = [b["timestamp"] - a["timestamp"] for a, b in itertools.pairwise(readings)]
+    received = (got[-1].at - got[0].at) / (count - 1)
+    # Tolerances allow for a loaded host, not for half or twice the interval.
+    assert abs(statistics.mean(stamped) - interval) <= 0.25 * interval, f"timestamp spacing {stamped}"
+    assert all(0.5 * interval <= gap <= 2 * interval for gap in stamped), f"timestamp spacing {stamped}"
+    assert abs(received - interval) <= 0.4 * interval, f"received every {received:.3f} s, configured {interval} s"
+
+
+# -- sensor faults ----------------------------------------------------------------------
+@pytest.mark.requires("sensor_emulation")
+@pytest.mark.guards("ignores_sensor_timeout")
+def test_a_sensor_that_stops_answering_raises_sensor_failure_once_and_recovers(dut, mqtt, sensor, hil_session) -> None:
+    did = dut.device_id
+    alerts, readings = contract.alerts_topic(did), contract.sensors_topic(did)
+    interval, timeout_s = setting(hil_session, "measurement_interval_s"), setting(hil_session, "sensor_timeout_s")
+    last_good = mqtt.wait_for(readings, since=mqtt.mark(), timeout=10 * interval + 10)[0].json()
+    mark = mqtt.mark()
+    sensor.fault(Fault.NACK.value)
+    failure = mqtt.wait_for(alerts, alert("sensor_failure"), since=mark, timeout=timeout_s + 10 * interval + 10)[0].json()
+    assert not contract.validate_payload("alerts", failure, device_id=did)
+    last_good = max([last_good, *(m.json() for m in mqtt.collect(readings, since=mark))], key=lambda r: r["timestamp"])
+    assert failure["timestamp"] - last_good["timestamp"] >= timeout_s - 0.5, "raised before sensor_timeout_s"
+    # The episode goes on for a while: no second sensor_failure.
+    mqtt.wait_for(
+        contract.health_topic(did),
+        lambda m: (m.json().get("last_sensor_reading_age_s") or 0) >= timeout_s + 4 * interval,
+        since=mark,
+        timeout=setting(hil_session, "heartbeat_interval_s") + timeout_s + 10 * interval + 10,
+    )
+    sensor.clear_faults()
+    recovered = mqtt.wait_for(alerts, alert("sensor_recovered"), since=mark, timeout=10 * interval + 10)[0].json()
+    assert not contract.validate_payload("alerts", recovered, device_id=did)
+    mqtt.wait_for(readings, lambda m: m.json()["timestamp"] >= failure["timestamp"], since=mark, timeout=10 * interval + 10)
+    codes = [m.json()["code"] for m in mqtt.collect(alerts, since=mark)]
+    assert [c for c in codes if c in ("sensor_failure", "sensor_recovered")] == ["sensor_failure", "sensor_recovered"]
+
+
+def reset_and_wait_online(dut, mqtt, timeout: float = 60) -> tuple[int, dict]:
+    """Restart the device (`reset` command); the mark before it and its new online status."""
+    mark = mqtt.mark()
+    mqtt.publish(contract.command_topic(dut.device_id), {"cmd": "reset"})
+    online = mqtt.wait_for(
+        contract.status_topic(dut.device_id),
+        lambda m: m.json().get("state") == "online" and m.json().get("reset_reason") == "SW",
+        since=mark,
+        timeout=timeout,
+    )[0].json()
+    return mark, online
+
+
+@pytest.mark.requires("sensor_emulation")
+@pytest.mark.parametrize(
+    ("fault", "error", "code"),
+    [
+        pytest.param(Fault.CORRUPT_CALIBRATION_T, "calibration", "sensor_calibration", id="dig_T1-zero"),
+        pytest.param(Fault.CORRUPT_CALIBRATION_H, "calibration", "sensor_calibration", id="dig_H1-zero"),
+        pytest.param(Fault.WRONG_CHIP_ID, "chip id", None, id="wrong-chip-id"),
+    ],
+)
+def test_a_sensor_failing_its_checks_at_boot_is_reported_and_nothing_is_published(
+    dut, mqtt, console, sensor, hil_session, fault, error, code
+) -> None:
+    did = dut.device_id
+    timeout_s = setting(hil_session, "sensor_timeout_s")
+    sensor.fault(fault.value)
+    serial = console.mark()
+    mark, online = reset_and_wait_online(dut, mqtt)
+    line = console.expect(contract.SENSOR_ERROR, since=serial, timeout=30)
+    assert error in line.group("message"), line.group(0)
+    if code is not None:
+        warning = mqtt.wait_for(contract.alerts_topic(did), alert(code), since=mark, timeout=30)[0].json()
+        assert not contract.validate_payload("alerts", warning, device_id=did)
+    # No reading from a part that cannot be used: the sensor timeout runs out.
+    mqtt.wait_for(contract.alerts_topic(did), alert("sensor_failure"), since=mark, timeout=timeout_s + 30)
+    published = [m.json() for m in mqtt.collect(contract.sensors_topic(did), since=mark)]
+    assert [r for r in published if r["boot_count"] == online["boot_count"]] == []
+    # A good part again (and a restart): found, and readings return.
+    sensor.clear_faults()
+    serial = console.mark()
+    mark, _ = reset_and_wait_online(dut, mqtt)
+    console.expect(contract.SENSOR_FOUND, since=serial, timeout=30)
+    mqtt.wait_for(contract.sensors_topic(did), since=mark, timeout=30)
+
+
+# -- schemas ----------------------------------------------------------------------------
+def schema_kinds(device_id: str) -> dict[str, contract.PayloadKind]:
+    """The payload kind of each device → broker topic but `status` (online or offline)."""
+    return {
+        contract.sensors_topic(device_id): contract.PayloadKind.SENSORS,
+        contract.health_topic(device_id): contract.PayloadKind.HEALTH,
+        contract.metrics_topic(device_id): contract.PayloadKind.METRICS,
+        contract.alerts_topic(device_id): contract.PayloadKind.ALERTS,
+        contract.logs_topic(device_id): contract.PayloadKind.LOGS,
+        contract.command_ack_topic(device_id): contract.PayloadKind.COMMAND_ACK,
+        contract.config_status_topic(device_id): contract.PayloadKind.CONFIG_STATUS,
+        contract.ota_status_topic(device_id): contract.PayloadKind.OTA_STATUS,
+        contract.programs_status_topic(device_id): contract.PayloadKind.PROGRAMS_STATUS,
+    }
+
+
+def schema_problems(device_id: str, topic: str, payload: bytes) -> list[str]:
+    """What is wrong with one message on the device's subtree (nothing for what tests
+    send the device, and for a program's own topics, whose values are the program's)."""
+    if topic in (contract.command_topic(device_id), contract.emergency_topic(device_id)):
+        return []
+    if topic.startswith(contract.device_publish_prefix(device_id) + "programs/") and topic != contract.programs_status_topic(device_id):
+        return []
+    if topic == contract.status_topic(device_id):
+        online = contract.validate_payload(contract.PayloadKind.STATUS_ONLINE, payload)
+        return online if online and contract.validate_payload(contract.PayloadKind.STATUS_OFFLINE, payload) else []
+    kind = schema_kinds(device_id).get(topic)
+    if kind is None:
+        return ["a topic the contract does not name"]
+    return contract.validate_payload(kind, payload, device_id=device_id)
+
+
+def test_every_topic_the_device_publishes_conforms_to_its_schema(dut, mqtt, hil_session) -> None:
+    did = dut.device_id
+    mark = mqtt.mark()
+    # Provoke what is published on request: an ack, a rejected config (status, alert,
+    # log), an OTA request rejected at once (no download, no reboot) and a tiny program.
+    mqtt.publish(contract.command_topic(did), {"cmd": "report"})
+    mqtt.publish(contract.config_update_topic(did), {"colour": "red"})
+    bogus = {"version": "0.0.1", "url": "http://127.0.0.1:9/x.bin", "size": 1, "sha256": "0" * 64, "signature": "AA=="}
+    mqtt.publish(contract.ota_update_topic(did), bogus)
+    source = "(+ 1 2)"
+    program = {"name": "schema", "source": source, "sha256": hashlib.sha256(source.encode()).hexdigest()}
+    mqtt.publish(contract.programs_deploy_topic(did), program)
+    everything = lambda m: True  # noqa: E731
+    wanted = {
+        contract.sensors_topic(did): everything,
+        contract.health_topic(did): everything,
+        contract.metrics_topic(did): everything,
+        contract.alerts_topic(did): alert("config_rejected"),
+        contract.logs_topic(did): everything,
+        contract.command_ack_topic(did): lambda m: m.json().get("cmd") == "report",
+        contract.config_status_topic(did): everything,
+        contract.ota_status_topic(did): lambda m: m.json().get("state") == "rejected",
+        contract.programs_status_topic(did): lambda m: m.json().get("state") == "completed",
+    }
+    assert set(wanted) == set(schema_kinds(did))
+    for topic, predicate in wanted.items():
+        mqtt.wait_for(topic, predicate, since=mark, timeout=setting(hil_session, "status_report_interval_s") + 30)
+    status = mqtt.collect(contract.status_topic(did))[-1:]  # retained: there since the session began
+    assert status, "no status message at all"
+    problems = {
+        f"{m.topic} {m.payload[:200]!r}": found
+        for m in status + mqtt.collect(contract.device_publish_prefix(did) + "#", since=mark)
+        if (found := schema_problems(did, m.topic, m.payload))
+    }
+    assert not problems, problems
