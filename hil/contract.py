@@ -62,6 +62,7 @@ __all__ = [
     "OTA_MARKED_VALID",
     "OTA_ROLLBACK",
     "OTA_STATES",
+    "PANIC",
     "PAYLOAD_SCHEMAS",
     "PEM_KEYS",
     "PRESSURE_ACCURACY_HPA",
@@ -74,6 +75,7 @@ __all__ = [
     "RECONNECT_BACKOFF_S",
     "RECONNECT_JITTER",
     "RESET_REASONS",
+    "RESET_REASONS_BY_ROM_RESET",
     "ROM_RESET",
     "SECRET_KEYS",
     "SENSOR_ERROR",
@@ -466,6 +468,27 @@ PROJECT_NAME: Final = _log(
 # The ROM banner's hardware reset cause, e.g. `rst:0xc (RTC_SW_CPU_RST)`; the code has one or
 # two hex digits (`rst:0x1 (POWERON)`). These are ROM names, not RESET_REASONS.
 ROM_RESET: Final = re.compile(r"rst:0x(?P<code>[0-9a-fA-F]+) \((?P<name>\w+)\)")
+# The `reset_reason`s (esp_reset_reason(), IDF v5 on the C3) each ROM name allows: a software
+# reset is refined by the hint the app left before it (SPEC_FACTS.md §2), so the serial port
+# and the health payload can be checked against each other.
+_SOFTWARE_RESET: Final = ("SW", "PANIC", "INT_WDT", "TASK_WDT", "BROWNOUT")
+RESET_REASONS_BY_ROM_RESET: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "POWERON": ("POWERON",),
+        "RTC_SW_SYS_RST": _SOFTWARE_RESET,
+        "DSLEEP": ("DEEPSLEEP",),
+        "TG0WDT_SYS_RST": ("TASK_WDT",),
+        "TG1WDT_SYS_RST": ("INT_WDT",),
+        "RTCWDT_SYS_RST": ("WDT",),
+        "RTC_SW_CPU_RST": _SOFTWARE_RESET,
+        "RTCWDT_RTC_RST": ("WDT",),
+        "USB_UART_CHIP_RESET": ("USB",),
+    }
+)
+# The first line of a panic (SPEC_FACTS.md §2); the reboot after it has reset_reason PANIC.
+PANIC: Final = re.compile(
+    r"Guru Meditation Error: Core\s+(?P<core>\d+) panic'ed \((?P<cause>[^)\r\n\x1b]*)\)"
+)
 
 # ---------------------------------------------------------------------------------------
 # Payload schemas (§3, §4)

@@ -77,6 +77,14 @@ def write_session_record(log_dir: Path, environment: Mapping[str, str]) -> Path:
     return path
 
 
+def attach_svg(name: str, svg: str) -> None:
+    """A picture (``hil.charts``) on the current test's report entry. Outside an Allure
+    run (no ``--alluredir``) allure-pytest drops it, which costs nothing."""
+    import allure
+
+    allure.attach(svg, name=name, attachment_type=allure.attachment_type.SVG)
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
 

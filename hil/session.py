@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,10 @@ from hil.backends import (
     WifiControl,
 )
 from hil.broker import EMBEDDED_BROKERS, OBSERVER_USER, BrokerError, MosquittoBroker, broker_class
-from hil.console import Console
+from hil.console import Console, Mark
 from hil.firmware import FlashFile, cache_root, cached_build, load_manifest, load_recipes
 from hil.flashing import Flasher
-from hil.mqtt import MqttObserver
+from hil.mqtt import MqttObserver, ObserverTimeout
 from hil.netfault import FaultProxy
 from hil.ota import OtaServer, OtaSigner
 from hil.report import Redactor
@@ -55,6 +56,39 @@ VIRTUAL_AP = ("hil-lab", "hil-lab-password")
 
 class SessionError(Exception):
     """The session could not be set up: an infrastructure problem, reported as such."""
+
+
+BOOT_LOOP_PANICS = 3  # panics after the app started and no MQTT session: a boot loop
+ONLINE_POLL_S = 1.0
+
+
+def wait_online(
+    observer: MqttObserver, console: Console, device_id: str, *, since: int, booted: Mark, timeout: float
+) -> None:
+    """Wait for the device's ``online`` status (published after ``since``). A firmware that
+    panics at every boot fails the wait as soon as the console shows the loop, naming the
+    panic, instead of after the whole timeout with nothing to go on."""
+    deadline = time.monotonic() + timeout
+    topic = contract.status_topic(device_id)
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            observer.wait_for(
+                topic,
+                lambda m: m.json().get("state") == "online",
+                since=since,
+                timeout=max(min(left, ONLINE_POLL_S), 0.0),
+            )
+            return
+        except ObserverTimeout:
+            panics = [line for line in console.lines(booted) if contract.PANIC.search(line)]
+            if len(panics) >= BOOT_LOOP_PANICS:
+                raise SessionError(
+                    f"the device never came online: it panics at boot, again and again ({len(panics)} "
+                    f"panics since the app started): {panics[-1].strip()}; see {console.log_path}"
+                ) from None
+            if left <= ONLINE_POLL_S:
+                raise
 
 
 @dataclass(frozen=True)
@@ -348,12 +382,7 @@ class RigSession:
             raise SessionError(
                 f"flashed {version} but the device booted {booted.group('version')}; see {console.log_path}"
             )
-        observer.wait_for(
-            contract.status_topic(self.device_id),
-            lambda m: m.json().get("state") == "online",
-            since=mark,
-            timeout=ONLINE_TIMEOUT_S,
-        )
+        wait_online(observer, console, self.device_id, since=mark, booted=console.mark(), timeout=ONLINE_TIMEOUT_S)
         return version
 
     # -- rig interfaces -----------------------------------------------------------------

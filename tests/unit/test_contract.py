@@ -278,6 +278,19 @@ def test_rom_reset_line() -> None:
     assert _groups(c.ROM_RESET, "rst:0x15 (USB_UART_CHIP_RESET),boot:0x8")["code"] == "15"
 
 
+def test_rom_reset_names_and_the_reset_reasons_they_allow() -> None:
+    assert c.RESET_REASONS_BY_ROM_RESET["POWERON"] == ("POWERON",)
+    assert set(c.RESET_REASONS_BY_ROM_RESET["RTC_SW_CPU_RST"]) == {"SW", "PANIC", "INT_WDT", "TASK_WDT", "BROWNOUT"}
+    assert c.RESET_REASONS_BY_ROM_RESET["TG0WDT_SYS_RST"] == ("TASK_WDT",)
+    assert all(set(r) <= set(c.RESET_REASONS) for r in c.RESET_REASONS_BY_ROM_RESET.values())
+
+
+def test_panic_line() -> None:
+    line = "Guru Meditation Error: Core  0 panic'ed (Load access fault). Exception was unhandled.\r"
+    assert _groups(c.PANIC, line) == {"core": "0", "cause": "Load access fault"}
+    assert c.PANIC.search("abort() was called at PC 0x42000000 on core 0") is None
+
+
 def test_coloured_lines_match_without_the_escape_codes() -> None:
     line = "\x1b[0;31mE (77) sensor: i2c nack\x1b[0m\r"
     assert _groups(c.SENSOR_ERROR, line)["message"] == "i2c nack"
