@@ -48,11 +48,30 @@ class Redactor:
         return self(data.decode("utf-8", "replace")).encode()
 
 
+# Errors that say the rig, its port, the broker or the flasher failed, not the device.
+# A session-level error of another kind (e.g. the device never came online) may be the
+# firmware's fault, so it is not on this list.
+INFRASTRUCTURE_ERRORS = (
+    "FlashInfrastructureError",
+    "VirtualBoardError",
+    "BrokerError",
+    "ConsoleError",  # the port cannot be opened, or was lost and did not come back
+    "SerialException",
+    "Ser2netError",
+    "FaultProxyError",
+    "NoRigAvailable",
+)
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    return any(cls.__name__ in INFRASTRUCTURE_ERRORS for cls in type(exc).__mro__)
+
+
 CATEGORIES = [
     {
         "name": "Infrastructure (rig, port, broker, flashing)",
         "matchedStatuses": ["broken"],
-        "messageRegex": ".*(InfrastructureError|BrokerError|FlashInfrastructureError|VirtualBoardError|NoRigAvailable|SerialException|port lost).*",
+        "messageRegex": f".*({'|'.join(INFRASTRUCTURE_ERRORS)}|taken out of this run|port lost).*",
     },
     {"name": "Product defects (the device broke its contract)", "matchedStatuses": ["failed"]},
     {"name": "Test defects (the test itself errored)", "matchedStatuses": ["broken"]},

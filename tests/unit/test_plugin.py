@@ -115,3 +115,19 @@ def test_n_auto_starts_one_worker_per_matching_rig(run, pytester: pytest.Pyteste
     result.stdout.fnmatch_lines(["*3 workers*"])
     typo, _ = run(f"--rigs-dir={rigs}", "--rig-tag", "lab-b", "-n", "auto")
     assert typo.ret != 0 and "no rig with tag 'lab-b'" in typo.stderr.str() + typo.stdout.str()
+
+
+def test_a_rig_whose_port_is_dead_is_taken_out_with_one_clear_report(run, pytester: pytest.Pytester) -> None:
+    rigs = pytester.mkdir("deadrigs")
+    (rigs / "lab.toml").write_text(
+        'name = "lab-0"\nkind = "rfc2217"\nchip = "esp32c3"\nport = "rfc2217://127.0.0.1:9"\n'
+        'reset = "classic"\nnetwork = { ssid = "lab", broker_host = "127.0.0.1" }\ncapabilities = []\n'
+        'tags = ["lab"]\n'
+    )
+    pytester.makepyfile("def test_one(dut): pass\ndef test_two(dut): pass\ndef test_no_rig_needed(): pass")
+    result, seconds = run(f"--rigs-dir={rigs}", "--rig-tag", "lab")
+    result.assert_outcomes(passed=1, errors=2)
+    text = result.stdout.str()
+    assert text.count("rigs taken out of this run (infrastructure)") == 1
+    assert "rig lab-0 taken out of this run: ConsoleError: cannot open console port" in text
+    assert seconds < 60
