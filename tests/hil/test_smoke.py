@@ -12,6 +12,7 @@ from hil.bme280 import Environment
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
 
+@pytest.mark.guards("crash_on_boot")
 def test_the_device_is_online_and_says_which_firmware_it_runs(dut, mqtt, console) -> None:
     status = [m.json() for m in mqtt.collect(contract.status_topic(dut.device_id)) if m.json()["state"] == "online"]
     assert status and status[-1]["version"] == dut.version
