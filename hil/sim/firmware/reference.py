@@ -589,7 +589,7 @@ class ReferenceFirmware:
     def _sensor_failed(self) -> None:
         since = self.last_reading_at or self.boot_time
         if (
-            not self.sensor_failure_raised
+            (not self.sensor_failure_raised or D.SENSOR_FAILURE_REPEATED in self.defects)
             and time.monotonic() - since >= self.config.sensor_timeout_s
             and D.IGNORES_SENSOR_TIMEOUT not in self.defects
         ):
@@ -603,7 +603,8 @@ class ReferenceFirmware:
         t_lo, t_hi = contract.TEMPERATURE_RANGE_C
         h_lo, h_hi = contract.HUMIDITY_RANGE_PCT
         p_lo, p_hi = contract.PRESSURE_RANGE_HPA
-        if not (t_lo <= temperature <= t_hi and h_lo <= humidity <= h_hi and p_lo <= pressure <= p_hi):
+        in_range = t_lo <= temperature <= t_hi and h_lo <= humidity <= h_hi and p_lo <= pressure <= p_hi
+        if not in_range and D.OUT_OF_RANGE_PUBLISHED not in self.defects:
             self.log_mirrored("W", "sensor", f"out of range t={temperature:.2f} h={humidity:.2f} p={pressure:.2f}")
             self.alert("warning", "sensor_out_of_range", f"t={temperature:.2f} h={humidity:.2f} p={pressure:.2f}")
             return

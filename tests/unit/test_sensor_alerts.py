@@ -1,0 +1,92 @@
+"""The firmware model's sensor alerts (DEVICE_CONTRACT.md §7), and the two defects that
+break them: ``sensor_failure`` once per episode (``sensor_failure_repeated`` raises it on
+every failed read) and out-of-range values withheld with an alert
+(``out_of_range_published`` publishes them as readings).
+
+Host level: ``ReferenceFirmware._sensor_failed`` and ``_on_reading`` as ``_sensor_task``
+calls them, their output taken from the model's outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from hil import contract
+from hil import defects as D
+from hil.images.app import BehaviourRecord
+from hil.settings import DeviceConfig
+from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
+
+DEVICE_ID = "hil-alerts-0001"
+TIMEOUT_S = 5
+
+
+def firmware(defects: Sequence[str] = ()) -> ReferenceFirmware:
+    """A ReferenceFirmware with the state its ``run()`` sets up that the sensor path uses."""
+    fw = ReferenceFirmware(BehaviourRecord(MODEL_NAME, tuple(defects)), peripherals=None)
+    fw.config = DeviceConfig(sensor_timeout_s=TIMEOUT_S)
+    fw.device_id = DEVICE_ID
+    fw.boot_count = 1
+    fw.seq = 0
+    fw.outbox = Outbox()
+    fw.connected = asyncio.Event()
+    fw.connected.set()
+    fw.sensor_ok = asyncio.Event()
+    fw.last_reading = None
+    fw.last_reading_at = None
+    fw.boot_time = time.monotonic()
+    fw.sensor_failure_raised = False
+    fw.log = lambda level, tag, message: None
+    return fw
+
+
+def alert_codes(fw: ReferenceFirmware) -> list[str]:
+    return [json.loads(data)["code"] for topic, data, _ in fw.outbox.other if topic == contract.alerts_topic(DEVICE_ID)]
+
+
+def readings(fw: ReferenceFirmware) -> list[dict[str, object]]:
+    return [json.loads(data) for _, data, _ in fw.outbox.readings]
+
+
+def failed_reads_after_the_timeout(fw: ReferenceFirmware, count: int) -> None:
+    fw.last_reading_at = time.monotonic() - TIMEOUT_S - 1
+    for _ in range(count):
+        fw._sensor_failed()
+
+
+def test_sensor_failure_is_raised_once_per_episode_and_cleared_by_a_reading() -> None:
+    fw = firmware()
+    fw.last_reading_at = time.monotonic()
+    fw._sensor_failed()
+    assert alert_codes(fw) == [], "raised before sensor_timeout_s"
+    failed_reads_after_the_timeout(fw, 4)
+    assert alert_codes(fw) == ["sensor_failure"]
+    fw._on_reading(22.0, 45.0, 1013.25)
+    failed_reads_after_the_timeout(fw, 2)
+    assert alert_codes(fw) == ["sensor_failure", "sensor_recovered", "sensor_failure"]
+
+
+def test_the_repeated_failure_defect_raises_it_on_every_failed_read() -> None:
+    fw = firmware([D.SENSOR_FAILURE_REPEATED])
+    failed_reads_after_the_timeout(fw, 3)
+    assert alert_codes(fw) == ["sensor_failure"] * 3
+
+
+@pytest.mark.parametrize(("t", "h", "p"), [(-45.0, 45.0, 1013.25), (90.0, 45.0, 1013.25), (22.0, 45.0, 280.0), (22.0, 45.0, 1120.0)])
+def test_out_of_range_values_are_withheld_with_an_alert(t: float, h: float, p: float) -> None:
+    fw = firmware()
+    fw._on_reading(t, h, p)
+    assert readings(fw) == []
+    assert alert_codes(fw) == ["sensor_out_of_range"]
+
+
+def test_the_out_of_range_defect_publishes_them_without_an_alert() -> None:
+    fw = firmware([D.OUT_OF_RANGE_PUBLISHED])
+    fw._on_reading(90.0, 45.0, 1013.25)
+    assert [r["temperature_c"] for r in readings(fw)] == [90.0]
+    assert alert_codes(fw) == []
