@@ -10,14 +10,17 @@ One run measures, on one board per transport (medians of ``--repeat`` runs):
 * **esptool CLI**: ``esptool --port URL write-flash`` with the same files, as a subprocess
   (its interpreter start-up is measured on its own and shown);
 * full and unchanged on a pty board (no RFC 2217, no reset): the cost without a network
-  serial client.
+  serial client;
+* full and unchanged with a 960 KiB app (the baseline app repeated: what a Wi-Fi + TLS
+  + MQTT ESP-IDF app weighs), where the data, not the fixed costs, dominates.
 
 Then prints the ratios. Run: ``/work/venv/bin/python bench/flash.py [--repeat N]``.
 
-The virtual board writes flash as fast as the host can copy bytes (no UART pacing), so
-the data itself costs next to nothing here and a job's time is its fixed part: opening
-the port, resetting, syncing, uploading the stub, the final reset. On a real UART at
-460800 Bd the compressed data alone costs what the "wire model" line shows, on top.
+The boards run with ``hil sim board --realistic-timing`` (`hil.sim.timing`): the UART
+is paced at the chip's baud rate (10 bits per byte, both ways) and SPI flash erase,
+page program and MD5 take a W25Q32/GD25Q32-class NOR's typical durations, so the
+numbers are what a devkit on a UART bridge costs. ``--instant`` runs the boards as CI
+does (no pacing, flash work free), which measures only the fixed software costs.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hil.firmware import cached_build
 from hil.flashing import Flasher, FlashReport
+from hil.sim.timing import ChipTiming
 from hil.virtual_board import VirtualBoardProcess
+
+TIMING = ChipTiming()  # what --realistic-timing boards use; printed with the results
 
 Files = list[tuple[int, Path]]
 
@@ -115,22 +121,59 @@ def wire_seconds(files: Files, baud: int) -> float:
     return sent * 10 / baud
 
 
+def large_app(firmware: Path, out: Path) -> Files:
+    """The baseline set with a 960 KiB app: the baseline app repeated (its first copy
+    stays a valid image, so the board still boots it)."""
+    app = (firmware / "baseline.bin").read_bytes()
+    big = out / "large-app.bin"
+    big.write_bytes((app * (LARGE_APP_SIZE // len(app) + 1))[:LARGE_APP_SIZE])
+    return [*baseline(firmware)[:3], (0x10000, big)]
+
+
+LARGE_APP_SIZE = 0xF0000
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per fast measurement")
     parser.add_argument(
-        "--slow-repeat", type=int, default=1, help="runs of the esptool CLI and stock-port ones"
+        "--slow-repeat",
+        type=int,
+        default=1,
+        help="runs of the esptool CLI, stock-port and large-app ones",
+    )
+    parser.add_argument(
+        "--instant",
+        action="store_true",
+        help="boards without realistic timing (no UART pacing, flash work free), as in CI",
+    )
+    parser.add_argument(
+        "--baud", type=int, help="switch to this baud rate once the stub runs (default: stay at 115200)"
     )
     args = parser.parse_args(argv)
-    files = baseline(cached_build())
+    realistic = not args.instant
+    firmware = cached_build()
+    files = baseline(firmware)
     total = sum(path.stat().st_size for _, path in files)
     print(f"baseline set: {len(files)} files, {total} bytes")
+    if realistic:
+        print(
+            f"boards with realistic timing: UART paced at {args.baud or 115200} Bd (10 bits/byte); "
+            f"NOR typical {TIMING.sector_erase_s * 1000:.0f} ms/4 KiB sector, "
+            f"{TIMING.block64_erase_s * 1000:.0f} ms/64 KiB block, "
+            f"{TIMING.page_program_s * 1000:.1f} ms/page; MD5 {TIMING.md5_bytes_per_s / 1e6:.1f} MB/s"
+        )
+    else:
+        print("boards without realistic timing (--instant): only fixed software costs are measured")
 
     with tempfile.TemporaryDirectory(prefix="hil-bench-") as tmp:
-        with VirtualBoardProcess(Path(tmp) / "rfc2217") as board:
+        big_files = large_app(firmware, Path(tmp))
+        big_wire = (wire_seconds(big_files, 460800), wire_seconds(big_files, 115200))
+        with VirtualBoardProcess(Path(tmp) / "rfc2217", realistic_timing=realistic) as board:
             assert board.endpoints is not None
             url = board.endpoints.serial
-            fast, stock = Flasher(), Flasher(fast_rfc2217=False)
+            fast = Flasher(flash_baud=args.baud)
+            stock = Flasher(fast_rfc2217=False, flash_baud=args.baud)
             fast.flash(url, files)  # warm up: the baseline is on the board from here on
             full = measure(
                 "ours, full (RFC 2217)",
@@ -153,13 +196,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             cli = measure(
                 "esptool write-flash CLI", args.slow_repeat, lambda: esptool_cli(url, files)
             )
+            fast.flash(url, big_files)  # the large app on the board
+            big_full = measure(
+                "ours, 960 KiB app, full",
+                args.slow_repeat,
+                lambda: fast.flash(url, big_files, skip_unchanged=False),
+            )
+            big_unchanged = measure(
+                "ours, 960 KiB app, unchanged", args.slow_repeat, lambda: fast.flash(url, big_files)
+            )
         startup = cli_startup()
 
-        with VirtualBoardProcess(Path(tmp) / "pty", pty=True) as board:
+        with VirtualBoardProcess(Path(tmp) / "pty", pty=True, realistic_timing=realistic) as board:
             assert board.endpoints is not None and board.control is not None
             board.control.request("download")
             pty = board.endpoints.serial
-            direct = Flasher(before="no-reset")
+            direct = Flasher(before="no-reset", flash_baud=args.baud)
             direct.flash(pty, files, after="no-reset")
             pty_full = measure(
                 "ours, full (pty, no reset)",
@@ -173,12 +225,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     print()
-    for timing in (full, unchanged, stock_full, stock_unchanged, cli, pty_full, pty_unchanged):
+    for timing in (
+        full,
+        unchanged,
+        stock_full,
+        stock_unchanged,
+        cli,
+        pty_full,
+        pty_unchanged,
+        big_full,
+        big_unchanged,
+    ):
         print(timing.line())
     print(f"{'(esptool CLI interpreter start-up)':<34} {startup:7.2f} s")
     print()
     print("ratios (medians):")
     print(f"  unchanged/full, ours over RFC 2217        = {unchanged.median / full.median:.2f}")
+    print(
+        f"  unchanged/full, 960 KiB app, RFC 2217    = {big_unchanged.median / big_full.median:.2f}"
+    )
     print(
         f"  unchanged/full, ours on a pty             = {pty_unchanged.median / pty_full.median:.2f}"
     )
@@ -194,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(
         f"wire model (not measured): the compressed set takes {wire_seconds(files, 460800):.2f} s "
-        f"at 460800 Bd, {wire_seconds(files, 115200):.2f} s at 115200 Bd on a real UART"
+        f"at 460800 Bd, {wire_seconds(files, 115200):.2f} s at 115200 Bd on a real UART; "
+        f"the 960 KiB app set {big_wire[0]:.2f} s / {big_wire[1]:.2f} s"
     )
     return 0
 

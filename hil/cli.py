@@ -12,7 +12,11 @@ from typing import Any
 def _sim_board(args: argparse.Namespace) -> int:
     from hil.sim.process import BoardOptions, run_board
 
-    return run_board(BoardOptions(state_dir=Path(args.state_dir), mac=args.mac, pty=args.pty))
+    return run_board(
+        BoardOptions(
+            state_dir=Path(args.state_dir), mac=args.mac, pty=args.pty, realistic_timing=args.realistic_timing
+        )
+    )
 
 
 def _sim_fleet(args: argparse.Namespace) -> int:
@@ -145,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pty",
         action="store_true",
         help="serve UART0 on a pty instead of RFC 2217 (resets then come from the control endpoint)",
+    )
+    board.add_argument(
+        "--realistic-timing",
+        action="store_true",
+        help="take a real chip's time: UART paced at the baud rate (10 bits/byte), SPI flash "
+        "program/erase and MD5 at datasheet durations (for benchmarks; off by default: slow)",
     )
     board.set_defaults(func=_sim_board)
 

@@ -116,13 +116,17 @@ class ControlClient:
 class VirtualBoardProcess:
     """A ``hil sim board`` child process; a context manager that always cleans up."""
 
-    def __init__(self, state_dir: Path, *, mac: str | None = None, pty: bool = False) -> None:
+    def __init__(
+        self, state_dir: Path, *, mac: str | None = None, pty: bool = False, realistic_timing: bool = False
+    ) -> None:
         self.state_dir = state_dir
         self._args = [sys.executable, "-m", "hil", "sim", "board", "--state-dir", str(state_dir)]
         if mac:
             self._args += ["--mac", mac]
         if pty:
             self._args.append("--pty")
+        if realistic_timing:  # a paced UART and real flash durations (benchmarks); slow
+            self._args.append("--realistic-timing")
         self._proc: subprocess.Popen[str] | None = None
         self.endpoints: BoardEndpoints | None = None
         self.control: ControlClient | None = None

@@ -34,6 +34,7 @@ from hil.sim.download import (
 from hil.sim.flash import SpiFlash
 from hil.sim.registers import ChipIdentity, RegisterSpace
 from hil.sim.resets import POWER_ON, ResetCause, RomResetCode
+from hil.sim.timing import BusyClock, ChipTiming, PacedLine, TimedFlash
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Board:
         peripherals: Any = None,
         bootloader_config: BootloaderConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        timing: ChipTiming | None = None,
     ) -> None:
         self.flash = flash
         self.identity = identity
@@ -117,6 +119,19 @@ class Board:
         self._tx_history = bytearray()
         self.tx_total = 0
         self._tx_event = asyncio.Event()
+        # Opt-in real-chip timing (hil.sim.timing): a paced UART both ways, and flash
+        # work in download mode that keeps the chip busy for as long as a NOR takes.
+        self.timing = timing
+        self._busy: BusyClock | None = None
+        self._rx_line: PacedLine | None = None
+        self._tx_line: PacedLine | None = None
+        self._download_flash: SpiFlash = flash
+        if timing is not None:
+            loop = asyncio.get_running_loop()
+            busy = self._busy = BusyClock(loop.time)
+            self._download_flash = TimedFlash(flash, timing, busy)
+            self._rx_line = PacedLine(self._feed, lambda: self.baudrate, hold=lambda: busy.until)
+            self._tx_line = PacedLine(lambda data: self._tx(data), lambda: self.baudrate)
 
     # -- wiring ---------------------------------------------------------------------
     def attach_uart(self, send: Callable[[bytes], None]) -> None:
@@ -251,7 +266,7 @@ class Board:
                 self._println(f"{cause.rom_line},boot:0x5 (DOWNLOAD(USB/UART0/1))")
                 self._println("waiting for download")
                 self._session = DownloadSession(
-                    flash=self.flash,
+                    flash=self._download_flash,
                     registers=self._registers,
                     send=self._send,
                     on_event=self._on_download_event,
@@ -354,6 +369,12 @@ class Board:
     # -- UART -----------------------------------------------------------------------
     def uart_rx(self, data: bytes) -> None:
         """Bytes from the host. Only the ROM's download mode listens in this model."""
+        if self._rx_line is not None:
+            self._rx_line.put(data)  # reaches the chip when the wire has carried it
+        else:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         if self._session is not None:
             self._session.feed(data)
 
@@ -364,7 +385,10 @@ class Board:
             del self._tx_history[: len(self._tx_history) - TX_HISTORY_BYTES]
         self._tx_event.set()
         self._tx_event = asyncio.Event()
-        self._tx(data)
+        if self._tx_line is not None and self._busy is not None:
+            self._tx_line.put(data, not_before=self._busy.until)  # after the work, at the baud rate
+        else:
+            self._tx(data)
 
     async def wait_tx(self, pattern: re.Pattern[bytes], since: int, *, timeout: float) -> tuple[re.Match[bytes], int]:
         """Wait until TX after ``since`` matches ``pattern``; return the match and its end."""
@@ -421,6 +445,9 @@ class Board:
     async def close(self) -> None:
         if self._latch is not None:
             self._latch.cancel()
+        for line in (self._rx_line, self._tx_line):
+            if line is not None:
+                line.clear()
         task = self._task
         self._stop(Mode.OFF)
         if task is not None:

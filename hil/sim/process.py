@@ -29,6 +29,7 @@ from hil.sim.firmware.reference import firmware_factory
 from hil.sim.firmware.rig import RigPeripherals
 from hil.sim.flash import SpiFlash
 from hil.sim.registers import ChipIdentity, parse_mac
+from hil.sim.timing import ChipTiming
 from hil.sim.uart import PtyTransport, Rfc2217Server
 
 FLASH_FILE = "flash.bin"
@@ -45,6 +46,7 @@ class BoardOptions:
     state_dir: Path
     mac: str | None = None
     pty: bool = False
+    realistic_timing: bool = False  # pace the UART, give flash work its real duration
 
 
 def default_mac(state_dir: Path) -> bytes:
@@ -95,7 +97,13 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
     flash = SpiFlash(options.state_dir / FLASH_FILE)
     identity = _identity(options)
     rig = RigPeripherals()
-    board = Board(flash=flash, identity=identity, app_factory=firmware_factory(rig), peripherals=rig)
+    board = Board(
+        flash=flash,
+        identity=identity,
+        app_factory=firmware_factory(rig),
+        peripherals=rig,
+        timing=ChipTiming() if options.realistic_timing else None,
+    )
     control = ControlServer(board)
     rig.register(control)
     stop = asyncio.Event()
