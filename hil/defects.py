@@ -40,6 +40,9 @@ OUT_OF_RANGE_PUBLISHED = "out_of_range_published"
 """Publishes readings outside the sensor's range as if they were good, with no alert."""
 TLS_NO_VERIFY = "tls_no_verify"
 """Accepts any broker certificate (verification turned off to 'fix' a lab problem)."""
+REBOOTS_WHEN_UNPROVISIONED = "reboots_when_unprovisioned"
+"""Aborts when NVS holds no identity (ESP_ERROR_CHECK on a missing key): a blank device
+boot-loops instead of waiting to be provisioned."""
 
 ALL = frozenset(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)

@@ -48,7 +48,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import serial
 import serial.rfc2217
 from esp_pylib.logger import EspLog, EspLogBase
-from esptool.cmds import attach_flash, detect_flash_size, reset_chip, run_stub, write_flash
+from esptool.cmds import (
+    attach_flash,
+    detect_flash_size,
+    erase_flash,
+    reset_chip,
+    run_stub,
+    write_flash,
+)
 from esptool.loader import DEFAULT_CONNECT_ATTEMPTS, ESPLoader
 from esptool.targets import CHIP_DEFS, ROM_LIST
 from esptool.util import FatalError, flash_size_bytes
@@ -830,6 +837,26 @@ class Flasher:
             skip_unchanged=skip_unchanged,
             after=after,
         )
+
+    def erase_flash(self, port: str | serial.SerialBase, *, after: AfterReset = "hard-reset") -> None:
+        """Erase the whole flash (``esptool erase-flash``): the board is then as blank as
+        from the factory, bootloader, identity and all. Errors as for `flash`."""
+        port_name = _port_name(port)
+        with _capture_esptool_log() as capture:
+            link, esp, attempts = self._connect(port, capture)
+            try:
+                erase_flash(esp)
+                reset_chip(esp, after)
+            except (serial.SerialException, OSError) as exc:
+                raise FlashInfrastructureError(
+                    f"lost the board on {port_name} while erasing: {exc}\n{_tail(capture.lines)}",
+                    attempts=attempts,
+                    causes=[str(exc)],
+                ) from exc
+            except FatalError as exc:
+                raise FlashError(f"esptool failed on {port_name}: {exc}\n{_tail(capture.lines)}") from exc
+            finally:
+                link.release()
 
     def _flash_regions(
         self,

@@ -329,7 +329,8 @@ class RigSession:
             self._cleanups.append(self._proxy.close)
         return self._proxy
 
-    def provisioning(self) -> bytes:
+    def device_provisioning(self) -> Provisioning:
+        """The identity, network and keys the session provisions the device with."""
         access = self.broker_access()
         ssid, password = VIRTUAL_AP
         if not self.rig.is_virtual:
@@ -338,7 +339,7 @@ class RigSession:
             ssid = self.rig.network.ssid
             password = os.environ.get("HIL_WIFI_PASSWORD", "")
         self.redactor.add(password)
-        prov = Provisioning(
+        return Provisioning(
             device_id=self.device_id,
             wifi_ssid=ssid,
             wifi_pass=password,
@@ -350,7 +351,10 @@ class RigSession:
             client_key=access.client_key,
             ota_pubkey=self.signer.public_pem,
         )
-        return provisioning_image(prov, self.options.config)
+
+    def provisioning(self) -> bytes:
+        """The session's NVS image: `device_provisioning` and the session's config."""
+        return provisioning_image(self.device_provisioning(), self.options.config)
 
     def dut(self) -> Dut:
         """Flash (if needed), provision, reset and wait until the device is online."""
@@ -364,6 +368,33 @@ class RigSession:
         """Put the session's firmware back (after a test that updated or broke it): only
         what differs is written (an OTA slot's otadata, say), then reset and wait online."""
         self.flash_and_boot()
+
+    def reprovision(self, prov: Provisioning | None) -> Mark:
+        """Flash another provisioning (with the session's config), or with None an erased
+        NVS partition (a device never provisioned), and reset. Nothing is awaited: what
+        the device does next is the test's to see, from the returned console mark.
+        `restore` puts the session's provisioning back."""
+        image = b"\xff" * contract.NVS_SIZE
+        if prov is not None:
+            self.redactor.add(*prov.secrets())
+            image = provisioning_image(prov, self.options.config)
+        console = self.open_console()
+        mark = console.mark()
+        with tempfile.TemporaryDirectory(prefix="hil-nvs-") as private:
+            nvs = Path(private) / "nvs.bin"
+            nvs.write_bytes(image)
+            with console.borrow() as port:
+                Flasher().flash(port, [FlashFile(NVS_OFFSET, nvs)], after="hard-reset")
+        return mark
+
+    def erase_flash(self) -> Mark:
+        """Erase the whole flash (``esptool erase-flash``) and reset: a blank board, no
+        firmware, no identity. `restore` flashes and provisions it again."""
+        console = self.open_console()
+        mark = console.mark()
+        with console.borrow() as port:
+            Flasher().erase_flash(port)
+        return mark
 
     def flash_and_boot(self) -> str:
         files, version = self.firmware_files()

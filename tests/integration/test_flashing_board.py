@@ -290,3 +290,16 @@ def test_provision_writes_the_nvs_image_at_the_nvs_partition(
     assert read_nvs(stored)["device"]["device_id"] == "dev-7"
     again = flasher.provision(url(pty_board), provisioning, config, after="no-reset")
     assert again.files[0].skipped
+
+
+def test_erase_flash_leaves_a_blank_chip_that_a_reflash_brings_back(
+    board: VirtualBoardProcess, firmware_dir: Path
+) -> None:
+    ctl = control(board)
+    Flasher().flash(url(board), baseline_files(firmware_dir))
+    Flasher().erase_flash(url(board))
+    assert set(flash_file(board).read_bytes()) == {0xFF}
+    report = Flasher().flash(url(board), baseline_files(firmware_dir))
+    assert names(report, skipped=False) == {"bootloader.bin", "partition-table.bin", "baseline.bin"}
+    ctl.request("wait_mode", mode="app", timeout=15)
+    assert ctl.state()["app"]["version"] == "1.0.0"

@@ -211,3 +211,15 @@ def test_unprovisioned_board_waits_without_boot_looping(
     assert board.control is not None
     board.control.wait_tx(r"E \(\d+\) app: not provisioned", timeout=15)
     assert board.control.state()["boots"] == 1
+
+
+def test_the_unprovisioned_reboot_defect_boot_loops_a_blank_board(images, virtual_board_factory, tmp_path) -> None:
+    from tests.sim.conftest import write_factory_flash
+
+    state = tmp_path / "blank-nvs"
+    write_factory_flash(state, images, "unprovisioned_reboot", b"\xff" * 0x4000)
+    board = virtual_board_factory(state_dir=state)
+    assert board.control is not None
+    _, end = board.control.wait_tx(r"E \(\d+\) app: not provisioned", timeout=15)
+    board.control.wait_tx(r"Guru Meditation Error(?s:.*)E \(\d+\) app: not provisioned", since=end, timeout=15)
+    assert board.control.state()["boots"] >= 2

@@ -146,6 +146,10 @@ class ReferenceFirmware:
         prov = Provisioning.from_nvs(namespaces)
         if prov is None:
             self.log("E", "app", "not provisioned")
+            if D.REBOOTS_WHEN_UNPROVISIONED in self.defects:
+                await asyncio.sleep(0.5)  # app_main goes on to read the missing keys
+                self._panic("abort() was called: ESP_ERROR_CHECK failed: ESP_ERR_NVS_NOT_FOUND")
+                return
             await asyncio.Event().wait()  # waits for provisioning; never boot-loops
             return
         self.prov = prov
