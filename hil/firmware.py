@@ -30,7 +30,7 @@ import json
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,26 @@ def cached_build(book: RecipeBook | None = None, names: Iterable[str] | None = N
     if not (out / "flash_args").exists():
         build_images(book, chosen, out)
     return out
+
+
+def update_image(firmware: str | None, version: str, **params: Any) -> bytes:
+    """The firmware under test rebuilt as an OTA update: the recipe ``firmware`` (None:
+    the baseline) at ``version``, with ``params`` added to its behaviour record.
+
+    OTA suites update *to* the firmware under test, so a defect in how a new image
+    confirms itself (never marking itself valid, skipping its self-test) is carried by
+    the image the device updates to, whichever recipe the session runs. ``params`` give
+    the update its own trouble: ``wifi_pass`` (built with other Wi-Fi credentials than
+    the provisioned ones), ``hang_at_boot="sensor"`` (its sensor task never starts).
+    """
+    if firmware is not None and (firmware.endswith(".toml") or os.sep in firmware):
+        raise FirmwareError(
+            f"{firmware}: OTA update images are rebuilt from recipes; a manifest names no newer "
+            "build (run the OTA suites with --firmware <recipe>)"
+        )
+    book = load_recipes()
+    recipe = book.get(firmware or book.baseline)
+    return replace(recipe, version=version, params={**recipe.params, **params}).build()
 
 
 def _code_fingerprint() -> str:

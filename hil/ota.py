@@ -13,6 +13,7 @@ import hashlib
 import re
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -59,8 +60,11 @@ class OtaSigner:
 class _Shared:
     files: dict[str, bytes] = field(default_factory=dict)
     drop_after: int | None = None
+    rate: int | None = None  # body bytes per second; None: full speed
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: dict[str, int] = field(default_factory=dict)  # body bytes gone out, per name
+    progress: threading.Condition = field(default_factory=threading.Condition)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -74,6 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
             data = shared.files.get(name)
             drop_after = shared.drop_after
             shared.drop_after = None  # one cut per arming
+            rate = shared.rate
         if data is None:
             self.send_error(404)
             return
@@ -93,12 +98,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         if drop_after is not None:
-            self.wfile.write(body[:drop_after])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(2)
+            if self._send(name, body[:drop_after], rate):
+                self.close_connection = True
+                self.connection.shutdown(2)
             return
-        self.wfile.write(body)
+        self._send(name, body, rate)
+
+    def _send(self, name: str, body: bytes, rate: int | None) -> bool:
+        """Write ``body``, paced to ``rate`` bytes/s in 50 ms slices when throttled,
+        counting what went out; False if the client went away (a device losing power)."""
+        step = len(body) if rate is None else max(1, rate // 20)
+        for at in range(0, len(body), max(step, 1)):
+            chunk = body[at : at + step]
+            try:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+            except OSError:  # BrokenPipe, ConnectionReset, SSLError: the peer is gone
+                self.close_connection = True
+                return False
+            with self.shared.progress:
+                self.shared.sent[name] = self.shared.sent.get(name, 0) + len(chunk)
+                self.shared.progress.notify_all()
+            if rate is not None:
+                time.sleep(len(chunk) / rate)  # the server's pacing, not a test's wait
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Requests are recorded in ``requests``; no stderr noise."""
@@ -130,10 +153,31 @@ class OtaServer:
     def url(self, name: str) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}/{name}"
 
-    def drop_next_after(self, count: int) -> None:
-        """Cut the next response after ``count`` body bytes (a dropped connection)."""
+    def drop_next_after(self, count: int | None) -> None:
+        """Cut the next response after ``count`` body bytes (a dropped connection); None
+        disarms a cut that no request has used up (the device never asked)."""
         with self._shared.lock:
             self._shared.drop_after = count
+
+    def throttle(self, bytes_per_s: int | None) -> None:
+        """Serve bodies at ``bytes_per_s`` (None: full speed), so that a download lasts
+        long enough for a test to act while it runs (cut the power, say)."""
+        if bytes_per_s is not None and (isinstance(bytes_per_s, bool) or bytes_per_s <= 0):
+            raise ValueError(f"throttle takes a positive byte rate or None, not {bytes_per_s!r}")
+        with self._shared.lock:
+            self._shared.rate = bytes_per_s
+
+    def wait_sent(self, name: str, count: int, timeout: float) -> int:
+        """Block until ``count`` body bytes of ``name`` have gone out (all responses
+        together); returns how many have. TimeoutError, saying how far it got, otherwise."""
+        shared = self._shared
+        with shared.progress:
+            if not shared.progress.wait_for(lambda: shared.sent.get(name, 0) >= count, timeout):
+                raise TimeoutError(
+                    f"{self.url(name)}: {shared.sent.get(name, 0)} of {count} bytes sent after {timeout} s; "
+                    f"requests so far: {self.requests}"
+                )
+            return shared.sent[name]
 
     @property
     def requests(self) -> list[tuple[str, str | None]]:

@@ -50,6 +50,7 @@ FAST_INTERVALS = {
     "status_report_interval_s": 10,
     "watchdog_timeout_s": 5,
     "sensor_timeout_s": 5,  # the contract's minimum: a sensor_failure episode in seconds
+    "ota_selftest_timeout_s": 20,  # an update that cannot connect rolls back in seconds
 }
 VIRTUAL_AP = ("hil-lab", "hil-lab-password")
 

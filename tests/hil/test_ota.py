@@ -1,21 +1,57 @@
-"""OTA and rollback (the AWS IoT Device Tester cases that matter most), end to end."""
+"""OTA and rollback (the AWS IoT Device Tester cases that matter most), end to end.
+
+Updates go *to* the firmware under test: ``update`` rebuilds the session's recipe at a
+newer version (``hil.firmware.update_image``), so a defect in how a new image confirms
+itself is carried by the image the device updates to, as in a real release.
+"""
 
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hil import contract
-from hil.firmware import cached_build
+from hil.firmware import cached_build, update_image
+from hil.images.partitions import TWO_OTA_TABLE
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e, pytest.mark.destructive]
+
+OTA_SLOT = TWO_OTA_TABLE.by_label("ota_0")
+SELFTEST_S = 20  # ota_selftest_timeout_s of the session's config (hil/session.py)
+RESUME = re.compile(r"bytes=(\d+)-")
+WRONG_WIFI = "not-the-lab-password"
 
 
 @pytest.fixture(scope="module")
 def images() -> Path:
     return cached_build()
+
+
+@pytest.fixture(scope="module")
+def update(hil_session) -> Callable[..., bytes]:
+    """update(version, **params): the firmware under test, built as that version."""
+    return functools.partial(update_image, hil_session.options.firmware)
+
+
+@pytest.fixture
+def served(ota_server) -> Iterator[Callable[[], list[str | None]]]:
+    """The Range headers of this test's downloads; a cut left armed and a throttle are
+    lifted after."""
+    before = len(ota_server.requests)
+    yield lambda: [rng for _, rng in ota_server.requests[before:]]
+    ota_server.drop_next_after(None)
+    ota_server.throttle(None)
+
+
+def later(version: str, steps: int = 1) -> str:
+    major, minor, *_ = version.split(".")
+    return f"{major}.{int(minor) + steps}.0"
 
 
 def states(mqtt, device: str, since: int) -> list[str]:
@@ -26,6 +62,23 @@ def wait_state(mqtt, device: str, state: str, since: int, timeout: float = 60) -
     return mqtt.wait_for(
         contract.ota_status_topic(device), lambda m: m.json()["state"] == state, since=since, timeout=timeout
     )[0].json()
+
+
+def online(mqtt, device: str, since: int, timeout: float = 60, version: str | None = None) -> dict:
+    """The first online status since ``since`` (of ``version``, if given)."""
+    return mqtt.wait_for(
+        contract.status_topic(device),
+        lambda m: m.json()["state"] == "online" and version in (None, m.json()["version"]),
+        since=since,
+        timeout=timeout,
+    )[0].json()
+
+
+def offer(mqtt, ota_server, ota_signer, device: str, image: bytes, version: str, name: str) -> int:
+    """Publish a signed update for ``image``; returns the MQTT mark from just before."""
+    mark = mqtt.mark()
+    mqtt.publish(contract.ota_update_topic(device), ota_signer.request(image, ota_server.add(name, image), version))
+    return mark
 
 
 @pytest.mark.requires("ota")
@@ -45,22 +98,28 @@ def test_a_newer_signed_image_is_installed_and_confirmed(restore_firmware, mqtt,
     [
         pytest.param("corrupt signature", marks=pytest.mark.guards("skips_signature")),
         "untrusted signer",
+        "unsigned",
         "same version",
         pytest.param("lower version", marks=pytest.mark.guards("accepts_downgrade")),
+        "oversize",
     ],
 )
-def test_a_bad_update_is_rejected_and_the_device_stays(dut, mqtt, ota_server, ota_signer, images, variant) -> None:
+def test_a_bad_update_is_rejected_and_the_device_stays(dut, mqtt, ota_server, ota_signer, images, served, variant) -> None:
     from hil.ota import OtaSigner
 
     image = (images / "v1_1_0.bin").read_bytes()
-    request = ota_signer.request(image, ota_server.add("bad.bin", image), "1.1.0")
+    if variant == "oversize":  # one byte more than the OTA partition holds
+        image += bytes(OTA_SLOT.size + 1 - len(image))
+    request = ota_signer.request(image, ota_server.add(f"bad-{variant.replace(' ', '-')}.bin", image), "1.1.0")
     if variant == "corrupt signature":
         raw = bytearray(base64.b64decode(request["signature"]))
         raw[8] ^= 0x55
         request["signature"] = base64.b64encode(raw).decode()
     elif variant == "untrusted signer":
         request["signature"] = OtaSigner().sign(image)
-    else:
+    elif variant == "unsigned":
+        del request["signature"]
+    elif variant != "oversize":
         request["version"] = {"same version": dut.version, "lower version": "0.1.0"}[variant]
     mark = mqtt.mark()
     mqtt.publish(contract.ota_update_topic(dut.device_id), request)
@@ -69,6 +128,104 @@ def test_a_bad_update_is_rejected_and_the_device_stays(dut, mqtt, ota_server, ot
     mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mqtt.mark(), count=2, timeout=10)
     restarts = [m for m in mqtt.collect(contract.status_topic(dut.device_id), since=mark) if m.json()["state"] == "online"]
     assert restarts == [], f"the device rebooted on a {variant} update"
+    assert served() == [], f"the device downloaded a {variant} update it should have rejected at once"
+
+
+def with_chip_id(image: bytes, chip_id: int) -> bytes:
+    """The image built for another chip: header chip id patched, appended SHA-256 redone."""
+    out = bytearray(image)
+    out[12:14] = chip_id.to_bytes(2, "little")
+    out[-32:] = hashlib.sha256(out[:-32]).digest()
+    return bytes(out)
+
+
+def flipped(image: bytes, at: int) -> bytes:
+    out = bytearray(image)
+    out[at] ^= 0xFF
+    return bytes(out)
+
+
+@pytest.mark.requires("ota")
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "corrupt before signing",
+        "corrupt after signing",
+        "wrong chip id",
+        "one byte",
+        "truncated",
+        "size mismatch",
+    ],
+)
+def test_an_image_that_fails_its_checks_is_not_installed(dut, mqtt, ota_server, ota_signer, update, variant) -> None:
+    image = update(later(dut.version))
+    signed = {
+        "corrupt before signing": flipped(image, len(image) // 2),  # a segment byte: checksum and hash fail
+        "wrong chip id": with_chip_id(image, 2),  # an ESP32-S2 build
+        "one byte": image[:1],
+        "truncated": image[: len(image) // 2],
+    }.get(variant, image)
+    body = flipped(image, len(image) // 2) if variant == "corrupt after signing" else signed
+    request = ota_signer.request(signed, ota_server.add(f"check-{variant.replace(' ', '-')}.bin", body), later(dut.version))
+    if variant == "size mismatch":
+        request["size"] = len(image) - 4096
+    mark = mqtt.mark()
+    mqtt.publish(contract.ota_update_topic(dut.device_id), request)
+    failed = wait_state(mqtt, dut.device_id, "failed", mark, timeout=30)
+    assert failed["reason"] and failed["version"] == later(dut.version)
+    assert "rebooting" not in states(mqtt, dut.device_id, mark)
+    mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mqtt.mark(), count=2, timeout=10)
+    restarts = [m for m in mqtt.collect(contract.status_topic(dut.device_id), since=mark) if m.json()["state"] == "online"]
+    assert restarts == [], f"the device rebooted after a {variant} image"
+
+
+@pytest.mark.requires("ota")
+def test_a_dropped_download_resumes_with_a_range_request_and_installs(
+    restore_firmware, mqtt, ota_server, ota_signer, update, served
+) -> None:
+    dut = restore_firmware
+    version = later(dut.version)
+    ota_server.drop_next_after(40_000)
+    mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version), version, "resume.bin")
+    wait_state(mqtt, dut.device_id, "success", mark)
+    assert states(mqtt, dut.device_id, mark) == ["downloading", "verifying", "rebooting", "success"]
+    first, *resumed = served()
+    assert first is None and len(resumed) == 1, f"requests: {[first, *resumed]}"
+    resumed_at = RESUME.fullmatch(resumed[0] or "")
+    assert resumed_at and 0 < int(resumed_at.group(1)) <= 40_000, f"resumed with Range {resumed[0]!r}, not from the cut"
+    assert online(mqtt, dut.device_id, mark)["version"] == version
+
+
+@pytest.mark.requires("ota")
+def test_two_updates_back_to_back(restore_firmware, mqtt, ota_server, ota_signer, update) -> None:
+    dut = restore_firmware
+    first, second = later(dut.version), later(dut.version, 2)
+    mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(first), first, "first.bin")
+    assert wait_state(mqtt, dut.device_id, "success", mark)["version"] == first
+    mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(second), second, "second.bin")
+    assert wait_state(mqtt, dut.device_id, "success", mark)["version"] == second
+    assert states(mqtt, dut.device_id, mark) == ["downloading", "verifying", "rebooting", "success"]
+    assert online(mqtt, dut.device_id, mark)["version"] == second
+
+
+@pytest.mark.requires("ota", "power_control")
+@pytest.mark.guards("never_valid")
+def test_a_confirmed_update_stays_across_a_power_cycle_and_a_reset(
+    restore_firmware, mqtt, ota_server, ota_signer, update, power
+) -> None:
+    dut = restore_firmware
+    version = later(dut.version)
+    mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version), version, "confirmed.bin")
+    wait_state(mqtt, dut.device_id, "success", mark)
+    cycled = mqtt.mark()
+    power.cycle()
+    status = online(mqtt, dut.device_id, cycled)
+    assert (status["version"], status["reset_reason"]) == (version, "POWERON")
+    reset = mqtt.mark()
+    mqtt.publish(contract.command_topic(dut.device_id), {"cmd": "reset"})
+    status = online(mqtt, dut.device_id, reset)
+    assert (status["version"], status["reset_reason"]) == (version, "SW")
+    assert "rolled_back" not in states(mqtt, dut.device_id, mark)
 
 
 @pytest.mark.requires("ota")
@@ -81,3 +238,70 @@ def test_an_image_that_crashes_on_boot_is_rolled_back(restore_firmware, mqtt, ot
     assert rolled["version"] == "1.1.0"
     back = [m.json() for m in mqtt.collect(contract.status_topic(dut.device_id), since=mark) if m.json()["state"] == "online"]
     assert back and back[-1]["version"] == dut.version
+
+
+@pytest.mark.requires("ota")
+@pytest.mark.guards("valid_no_selftest")
+def test_an_update_that_cannot_connect_is_rolled_back(restore_firmware, console, mqtt, ota_server, ota_signer, update) -> None:
+    """IDT: the new image is built with bad Wi-Fi credentials; its self-test fails."""
+    dut = restore_firmware
+    version = later(dut.version)
+    since = console.mark()
+    mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version, wifi_pass=WRONG_WIFI), version, "offline.bin")
+    console.expect(contract.WIFI_WARNING, timeout=30, since=since)
+    console.expect(contract.OTA_ROLLBACK, timeout=SELFTEST_S + 60, since=since)
+    rolled = wait_state(mqtt, dut.device_id, "rolled_back", mark, timeout=60)
+    assert rolled["version"] == version
+    mqtt.wait_for(contract.alerts_topic(dut.device_id), lambda m: m.json()["code"] == "ota_rolled_back", since=mark, timeout=10)
+    assert online(mqtt, dut.device_id, mark, version=dut.version)["reset_reason"] == "SW"  # marked invalid, restarted
+    assert "success" not in states(mqtt, dut.device_id, mark)
+
+
+@pytest.mark.requires("ota")
+def test_an_update_that_hangs_is_rolled_back_by_the_watchdog(restore_firmware, console, mqtt, ota_server, ota_signer, update) -> None:
+    dut = restore_firmware
+    version = later(dut.version)
+    since = console.mark()
+    mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version, hang_at_boot="sensor"), version, "hang.bin")
+    console.expect(contract.TASK_WDT, timeout=60, since=since)
+    rolled = wait_state(mqtt, dut.device_id, "rolled_back", mark, timeout=60)
+    assert rolled["version"] == version
+    assert online(mqtt, dut.device_id, mark, version=dut.version)["reset_reason"] == "TASK_WDT"
+    assert "success" not in states(mqtt, dut.device_id, mark)
+
+
+@pytest.mark.requires("ota", "power_control")
+@pytest.mark.parametrize("cut", ["mid-download", "at the image check", "after the otadata switch", "during the trial boot"])
+def test_a_power_cut_during_an_update_leaves_a_bootable_device(
+    restore_firmware, console, mqtt, ota_server, ota_signer, update, power, served, cut
+) -> None:
+    """Contract §6.6: whenever the power goes, the device comes back on the old or the new
+    version, never neither. Each cut waits for the device's own progress, then cuts: half
+    the image served (the slot is being written), `verifying` (image check, then the boot
+    partition switch), `rebooting` (otadata says NEW), the new app's first line (on trial)."""
+    dut = restore_firmware
+    version = later(dut.version)
+    # The trial image cannot join the AP, so it is still on trial (PENDING_VERIFY) when cut.
+    image = update(version, wifi_pass=WRONG_WIFI) if cut == "during the trial boot" else update(version)
+    name = f"cut-{cut.replace(' ', '-')}.bin"
+    if cut == "mid-download":
+        ota_server.throttle(64_000)  # ~1.5 s of download: the slot is being written when cut
+    since = console.mark()
+    mark = offer(mqtt, ota_server, ota_signer, dut.device_id, image, version, name)
+    if cut == "mid-download":
+        ota_server.wait_sent(name, len(image) // 2, timeout=30)
+    elif cut == "during the trial boot":
+        assert console.expect(contract.APP_VERSION, timeout=30, since=since).group("version") == version
+    else:
+        wait_state(mqtt, dut.device_id, {"at the image check": "verifying", "after the otadata switch": "rebooting"}[cut], mark, timeout=30)
+    cycled = mqtt.mark()
+    power.cycle()
+    status = online(mqtt, dut.device_id, cycled)
+    assert status["version"] in (dut.version, version), f"came back on {status['version']} after a cut {cut}"
+    if status["version"] == version:  # the new image made it: it must confirm itself
+        wait_state(mqtt, dut.device_id, "success", mark)
+    if cut == "mid-download":
+        assert status["version"] == dut.version and "rolled_back" not in states(mqtt, dut.device_id, mark)
+    if cut == "during the trial boot":
+        assert status["version"] == dut.version
+        assert wait_state(mqtt, dut.device_id, "rolled_back", cycled)["version"] == version

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.firmware import FirmwareError, build_images, load_manifest, load_recipes
+from hil.firmware import FirmwareError, build_images, load_manifest, load_recipes, update_image
 from hil.images.app import find_behaviour, parse_image
 from hil.images.otadata import initial_otadata
 from hil.images.partitions import TWO_OTA_TABLE, PartitionTable
@@ -153,3 +153,14 @@ def test_manifest_errors_name_file_field_and_fix(tmp_path: Path, body: str, mess
         load_manifest(path)
     assert str(path) in str(info.value)
     assert message in str(info.value)
+
+
+def test_update_image_is_the_recipe_rebuilt_at_another_version_with_extra_params() -> None:
+    image = parse_image(update_image("never_valid", "9.1.0", wifi_pass="elsewhere"))
+    assert image.descriptor is not None and image.descriptor.version == "9.1.0"
+    record = find_behaviour(image)
+    assert record is not None and record.defects == ("never_marks_valid",)
+    assert record.params["wifi_pass"] == "elsewhere" and record.params["test_hooks"] is True
+    assert parse_image(update_image(None, "1.0.0")) == parse_image(load_recipes().get("baseline").build())
+    with pytest.raises(FirmwareError, match="manifest"):
+        update_image("firmware/app.toml", "2.0.0")

@@ -15,7 +15,7 @@ import random
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiomqtt
@@ -152,6 +152,10 @@ class ReferenceFirmware:
                 return
             await asyncio.Event().wait()  # waits for provisioning; never boot-loops
             return
+        if "wifi_pass" in self.behaviour.params:
+            # Credentials compiled into the build (CONFIG_ESP_WIFI_PASSWORD) win over NVS:
+            # the IDT case of an update that cannot connect.
+            prov = replace(prov, wifi_pass=str(self.behaviour.params["wifi_pass"]))
         self.prov = prov
         self.device_id = prov.device_id
         config = DeviceConfig.from_nvs(namespaces)
@@ -554,6 +558,9 @@ class ReferenceFirmware:
     # -- sensor -------------------------------------------------------------------
     async def _sensor_task(self) -> None:
         self.watchdog.subscribe("sensor")
+        if self.behaviour.params.get("hang_at_boot") == "sensor":
+            self.hang.add("sensor")  # an image whose sensor init never returns
+            await self._sensor_wait()
         if self.rig is None:
             self.log("E", "sensor", "no sensor bus")
             return
@@ -655,7 +662,11 @@ class ReferenceFirmware:
 
     async def _health_task(self) -> None:
         self.watchdog.subscribe("health")
-        await self.connected.wait()
+        while not self.connected.is_set():  # waiting for the broker is not hanging
+            if "health" not in self.hang:
+                self.watchdog.feed("health")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), self.watchdog.timeout_s / 2)
         if self.reset_reason == "TASK_WDT":
             self.alert("warning", "watchdog_reset", "the previous boot ended in a task watchdog reset")
         if self.safe_mode:
