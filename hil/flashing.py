@@ -21,7 +21,8 @@ The job, in order:
 4. **Write** the others with esptool's ``write_flash`` (compressed, checked by MD5 after
    each file), reporting progress per file.
 5. **Verify** (unless ``verify=False``): every file's region is hashed again once all are
-   written, so a later write that clobbered an earlier file is caught too.
+   written, so a later write that clobbered an earlier file is caught too. When nothing
+   was written, step 3 already was that check.
 6. **Reset** as asked (``after``), by default a hard reset into the new firmware.
 
 Over RFC 2217 (a lab host's ``esp_rfc2217_server``, the virtual rig), pyserial's client
@@ -879,8 +880,12 @@ class Flasher:
                     for region in regions
                 ]
                 verify_started = time.monotonic()
-                if verify:
+                if verify and any(not result.skipped for result in results):
                     self._verify(esp, regions, capture)
+                elif verify:
+                    # Every region was just compared by MD5 on this connection and nothing
+                    # has been written since: hashing them all again would prove nothing new.
+                    capture.note_line(f"[hil.flashing] verified {len(regions)} region(s) by MD5 (all unchanged)")
                 verify_seconds = time.monotonic() - verify_started
                 reset_chip(esp, after)
             except (serial.SerialException, OSError) as exc:

@@ -131,6 +131,7 @@ def test_flash_baseline_boots_and_an_unchanged_reflash_writes_nothing(
     again = Flasher().flash(url(board), files)
     assert names(again, skipped=True) == {p.name for _, p in files}
     assert not again.written and again.bytes_written == 0
+    assert again.verified and any("all unchanged" in line for line in again.log)  # one MD5 pass, not two
     assert again.seconds < full.seconds
     # The per-file work is where skipping shows: MD5 compares instead of writes.
     assert sum(f.seconds for f in again.files) < 0.5 * sum(f.seconds for f in full.files)
