@@ -951,9 +951,12 @@ class Flasher:
         if link.is_rfc2217:
             esp.USES_RFC2217 = True  # as esptool's own detect_chip does for rfc2217 URLs
         esp.connect(self.before, self.connect_attempts)
-        esp = run_stub(esp)
+        # The ESP32-C3's ROM loader takes CHANGE_BAUDRATE too: switching before the stub
+        # upload sends its ~10 KB at the fast rate (0.8 s at 115200 Bd, a large part of an
+        # unchanged re-flash).
         if self.flash_baud and self.flash_baud != self.baud:
             esp.change_baud(self.flash_baud)
+        esp = run_stub(esp)
         attach_flash(esp)
         detected = detect_flash_size(esp)
         esp.flash_set_parameters(flash_size_bytes(detected) if detected else self.flash_size)

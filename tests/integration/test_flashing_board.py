@@ -304,3 +304,13 @@ def test_erase_flash_leaves_a_blank_chip_that_a_reflash_brings_back(
     assert names(report, skipped=False) == {"bootloader.bin", "partition-table.bin", "baseline.bin"}
     ctl.request("wait_mode", mode="app", timeout=15)
     assert ctl.state()["app"]["version"] == "1.0.0"
+
+
+def test_a_fast_flash_baud_is_taken_in_the_rom_before_the_stub_upload(
+    board: VirtualBoardProcess, firmware_dir: Path
+) -> None:
+    report = Flasher(flash_baud=921600).flash(url(board), baseline_files(firmware_dir), skip_unchanged=False)
+    log = "\n".join(report.log)
+    assert "Changed." in log and log.index("Changing baud rate to 921600") < log.index("Uploading stub flasher")
+    control(board).request("wait_mode", mode="app", timeout=15)
+    assert control(board).state()["app"]["version"] == "1.0.0"
