@@ -43,6 +43,17 @@ TLS_NO_VERIFY = "tls_no_verify"
 REBOOTS_WHEN_UNPROVISIONED = "reboots_when_unprovisioned"
 """Aborts when NVS holds no identity (ESP_ERROR_CHECK on a missing key): a blank device
 boot-loops instead of waiting to be provisioned."""
+NO_BOOT_LOOP_GUARD = "no_boot_loop_guard"
+"""Keeps its crash count in RAM: every reset forgets it, so a boot loop never ends in safe mode."""
+RESTART_COUNT_STUCK = "restart_count_stuck"
+"""Never counts a restart: restart_count stays where it was after a watchdog or panic reset."""
+SHUTDOWN_WITHOUT_SLEEP = "shutdown_without_sleep"
+"""An emergency shutdown disconnects cleanly but never sleeps: the device reconnects and works on."""
+PROGRAM_HASH_UNCHECKED = "program_hash_unchecked"
+"""Runs a deployed program without comparing its source with the sha256 it came with."""
+PROGRAMS_BLOCK_SENSOR = "programs_block_sensor"
+"""Runs deployed programs on the sensor task: no readings while one runs, and a long one
+starves the task watchdog."""
 
 ALL = frozenset(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)

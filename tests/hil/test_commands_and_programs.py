@@ -103,6 +103,7 @@ def test_an_unknown_or_malformed_command_is_refused_and_changes_nothing(dut, mqt
 
 
 @pytest.mark.requires("power_control")
+@pytest.mark.guards("shutdown_no_sleep")
 def test_emergency_shutdown_disconnects_cleanly_and_stops_until_the_next_power_on(dut, mqtt, power) -> None:
     device = dut.device_id
     status = contract.status_topic(device)
@@ -186,7 +187,10 @@ _TOO_LARGE = "(+ 1 2)" + " " * contract.PROGRAM_MAX_BYTES
     ("source", "sha256", "why"),
     [
         pytest.param("(+ 1 2", None, "parse", id="parse-error"),
-        pytest.param("(+ 1 2)", hashlib.sha256(b"(+ 1 3)").hexdigest(), "hash", id="hash-mismatch"),
+        pytest.param(
+            "(+ 1 2)", hashlib.sha256(b"(+ 1 3)").hexdigest(), "hash", id="hash-mismatch",
+            marks=pytest.mark.guards("program_no_hash"),
+        ),
         pytest.param(_TOO_LARGE, None, "large", id="too-large"),
     ],
 )
@@ -205,6 +209,7 @@ def test_a_malformed_deployment_is_rejected(dut, mqtt) -> None:
     assert [s["state"] for s in statuses] == ["rejected"] and statuses[-1]["error"], statuses
 
 
+@pytest.mark.guards("program_blocks_sensor")
 def test_telemetry_and_the_watchdog_carry_on_while_a_program_runs(dut, mqtt) -> None:
     device = dut.device_id
     # About 8 s of (sleep ...), longer than the session's 5 s watchdog and one heartbeat.

@@ -83,7 +83,7 @@ def test_a_hung_task_ends_in_a_task_watchdog_reset(dut, mqtt, console, forget_cr
 
 
 @pytest.mark.requires("sensor_emulation")
-@pytest.mark.guards("no_watchdog")
+@pytest.mark.guards("no_watchdog", "restart_count_stuck")
 def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, sensor, forget_crashes) -> None:
     before = health_now(mqtt, dut.device_id)
     mark = mqtt.mark()
@@ -101,8 +101,12 @@ def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, s
 @pytest.mark.requires("test_hooks", "power_control")
 @pytest.mark.parametrize(
     ("trigger", "reason"),
-    [("power cycle", "POWERON"), ("reset command", "SW"), ("hung task", "TASK_WDT"), ("crash command", "PANIC")],
-    ids=["poweron", "sw", "task_wdt", "panic"],
+    [
+        pytest.param("power cycle", "POWERON", id="poweron"),
+        pytest.param("reset command", "SW", id="sw"),
+        pytest.param("hung task", "TASK_WDT", id="task_wdt"),
+        pytest.param("crash command", "PANIC", id="panic", marks=pytest.mark.guards("restart_count_stuck")),
+    ],
 )
 def test_the_reset_reason_on_the_serial_port_matches_health(dut, mqtt, console, power, request, trigger, reason) -> None:
     device = dut.device_id
@@ -133,6 +137,7 @@ def test_the_reset_reason_on_the_serial_port_matches_health(dut, mqtt, console, 
 
 
 @pytest.mark.requires("test_hooks", "power_control")
+@pytest.mark.guards("no_safe_mode")
 def test_quick_repeated_crashes_enter_safe_mode_and_a_power_cycle_leaves_it(dut, mqtt, power, forget_crashes) -> None:
     device = dut.device_id
     mark = mqtt.mark()

@@ -755,6 +755,13 @@ def test_hash_mismatch_names_both_hashes() -> None:
     assert result.reason == f"hash mismatch: the source hashes to {SHA_OF_LED_ON}, not {'0' * 64}"
 
 
+def test_the_unchecked_hash_defect_accepts_a_mismatch_but_still_checks_the_rest() -> None:
+    # The `program_hash_unchecked` defect image's runtime: the digest of the source is kept.
+    assert parse_deployment(deploy(sha256="0" * 64), check_hash=False) == Deployment("blink", "(led 'on)", SHA_OF_LED_ON)
+    assert isinstance(parse_deployment(deploy(sha256="abc"), check_hash=False), Rejection)
+    assert isinstance(parse_deployment(deploy(source="(led 'on", sha256="0" * 64), check_hash=False), Rejection)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.one_of(

@@ -225,7 +225,8 @@ class ReferenceFirmware:
     def _count_boot(self, namespaces: dict[str, dict[str, Any]]) -> None:
         stats = namespaces.get(STATS_NAMESPACE, {})
         self.boot_count = int(stats.get("boot_count", 0)) + 1
-        self.restart_count = int(stats.get("restart_count", 0)) + (0 if self.reset_reason == "POWERON" else 1)
+        counted = self.reset_reason != "POWERON" and D.RESTART_COUNT_STUCK not in self.defects
+        self.restart_count = int(stats.get("restart_count", 0)) + (1 if counted else 0)
         self.rollback_seq = int(stats.get("rollback_seq", 0))
         self._store(STATS_NAMESPACE, {"boot_count": self.boot_count, "restart_count": self.restart_count})
 
@@ -241,6 +242,8 @@ class ReferenceFirmware:
         self._write_nvs(update_nvs(self._nvs_image(), namespace, values))
 
     def _boot_loop_guard(self) -> bool:
+        if D.NO_BOOT_LOOP_GUARD in self.defects:
+            return False  # the defect: the crash count is kept in RAM, lost at every reset
         crashes: list[float] = self.ctx.rtc_memory.setdefault("crash_times", [])
         now = time.monotonic()
         if self.reset_reason in ("PANIC", "TASK_WDT", "INT_WDT", "WDT"):
@@ -358,8 +361,10 @@ class ReferenceFirmware:
             finally:
                 feeder.cancel()
             if reason is None:  # emergency shutdown: disconnected cleanly, now sleep
-                self.deep_sleep.set()
-                return
+                if D.SHUTDOWN_WITHOUT_SLEEP not in self.defects:
+                    self.deep_sleep.set()
+                    return
+                reason = "emergency_shutdown"  # the defect: no deep sleep, so it reconnects
             if self._ever_connected_now:
                 backoff.reset()  # the backoff restarts after every successful connect
                 failures = 0
@@ -594,6 +599,8 @@ class ReferenceFirmware:
 
     async def _sensor_wait(self) -> None:
         await self._wait("sensor", float(self.config.measurement_interval_s))
+        if D.PROGRAMS_BLOCK_SENSOR in self.defects and self.program_task is not None:
+            await asyncio.wait({self.program_task})  # the defect: programs run on this task
         while "sensor" in self.hang:
             await asyncio.sleep(3600)  # a hung task: stuck, not feeding the watchdog
 
@@ -784,7 +791,7 @@ class ReferenceFirmware:
     # -- programs -----------------------------------------------------------------
     def _on_program(self, payload: bytes) -> None:
         status = contract.programs_status_topic(self.device_id)
-        deployment = parse_deployment(payload)
+        deployment = parse_deployment(payload, check_hash=D.PROGRAM_HASH_UNCHECKED not in self.defects)
         if isinstance(deployment, Rejection):
             self.publish(status, {"name": None, "state": "rejected", "error": deployment.reason})
             return
