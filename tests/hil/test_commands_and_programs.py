@@ -90,6 +90,7 @@ def test_factory_reset_erases_the_config_and_returns_to_the_provisioned_settings
         pytest.param({"cmd": "self_destruct"}, "self_destruct", id="unknown-command"),
         pytest.param(b"reset", None, id="not-json"),
         pytest.param({"task": "sensor"}, None, id="no-cmd"),
+        pytest.param({"cmd": ["reset"]}, None, id="cmd-not-a-string"),
     ],
 )
 def test_an_unknown_or_malformed_command_is_refused_and_changes_nothing(dut, mqtt, payload, cmd) -> None:

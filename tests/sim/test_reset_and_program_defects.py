@@ -1,6 +1,7 @@
 """Defect images of the reference firmware that the watchdog, command and program suites
 guard against: each shown doing its wrong thing on a virtual board (the baseline's right
-thing is pinned in test_firmware_e2e.py and test_connectivity_e2e.py)."""
+thing is pinned in test_firmware_e2e.py and test_connectivity_e2e.py); and the baseline's
+ack of a command that is not named by a string."""
 
 from __future__ import annotations
 
@@ -83,3 +84,17 @@ def test_programs_block_sensor_stops_readings_and_starves_the_watchdog(
     assert status["reset_reason"] == "TASK_WDT"
     before = [m for m in observer.collect(contract.sensors_topic("dev1"), since=mark) if m.json()["boot_count"] < status["boot_count"]]
     assert len(before) <= 1, f"{len(before)} readings while the program ran on the sensor task"
+
+
+@pytest.mark.parametrize("request_", [{"cmd": ["reset"]}, {"cmd": 5}, {"cmd": None}])
+def test_a_command_not_named_by_a_string_is_refused_with_a_conforming_ack(
+    make_board: BoardMaker, observer: MqttObserver, request_: dict
+) -> None:
+    make_board()
+    online(observer, 0)
+    mark = observer.mark()
+    observer.publish(contract.command_topic("dev1"), request_)
+    ack = observer.wait_for(contract.command_ack_topic("dev1"), since=mark, timeout=10)[0].json()
+    assert not contract.validate_payload("command_ack", ack), ack
+    assert ack["cmd"] is None and ack["ok"] is False
+

@@ -512,6 +512,9 @@ class ReferenceFirmware:
         except (ValueError, KeyError, TypeError):
             self.publish(ack, {"cmd": None, "ok": False, "error": "malformed command"})
             return
+        if not isinstance(cmd, str):  # the ack names a command only by a string (§4 schema)
+            self.publish(ack, {"cmd": None, "ok": False, "error": "malformed command: cmd must be a string"})
+            return
         if cmd == "reset":
             await self._ack_then(ack, cmd, lambda: self._restart("SW"))
         elif cmd == "report":
