@@ -86,6 +86,7 @@ __all__ = [
     "TEST_HOOK_COMMANDS",
     "WATCHED_TASKS",
     "WIFI_CONNECTED",
+    "WIFI_WARNING",
     "BrokerUri",
     "Condition",
     "Field",
@@ -448,6 +449,9 @@ LOG_LINE: Final = re.compile(
 SENSOR_FOUND: Final = _log("I", "sensor", r"bme280 id=0x(?P<chip_id>60) addr=0x(?P<addr>76)")
 SENSOR_ERROR: Final = _log("E", "sensor", rf"(?P<message>{_TEXT})")
 WIFI_CONNECTED: Final = _log("I", "wifi", rf"connected ssid=(?P<ssid>{_WORD}) rssi=(?P<rssi>-?\d+)")
+# A Wi-Fi warning or error: a lost AP, a failed join (wrong passphrase, no AP). The contract
+# names no wording; a device that cannot join says so on every attempt, never silently.
+WIFI_WARNING: Final = _log("(?P<level>[WE])", "wifi", rf"(?P<message>{_TEXT})")
 MQTT_CONNECTED: Final = _log("I", "mqtt", rf"connected uri=(?P<uri>{_WORD})")
 MQTT_DISCONNECTED: Final = _log(
     "W", "mqtt", rf"disconnected reason=(?P<reason>{_WORD}) retry_ms=(?P<retry_ms>\d+)"

@@ -257,6 +257,12 @@ def test_log_milestones_do_not_overmatch() -> None:
     assert not c.OTA_ERROR.search("I (1) ota: app marked valid")
     assert not c.MQTT_DISCONNECTED.search("W (1) mqtt: disconnected reason=x")
     assert not c.WIFI_CONNECTED.search("I (1) wifi: connected ssid=a rssi=strong")
+    assert _groups(c.WIFI_WARNING, "W (7000) wifi: connect failed ssid=lab reason=auth_fail") == {
+        "level": "W",
+        "ms": "7000",
+        "message": "connect failed ssid=lab reason=auth_fail",
+    }
+    assert not c.WIFI_WARNING.search("I (1) wifi: connected ssid=a rssi=-50")
 
 
 def test_app_information_lines() -> None:
