@@ -126,6 +126,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hil.bench.commands import add_bench_commands, add_sim_commands
+
     parser = argparse.ArgumentParser(
         prog="hil",
         description="Hardware-in-the-loop testing for ESP32-C3 firmware: virtual boards, "
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--app", help="app recipe every board runs (default: the baseline recipe)")
     fleet.add_argument("--ca-file", help="CA certificate (PEM) the boards trust, for mqtts:// brokers")
     fleet.set_defaults(func=_sim_fleet)
+    add_sim_commands(sim_sub)  # up, down, status: boards in the background (hil.bench)
 
     fw = sub.add_parser("firmware", help="firmware images for the virtual rig")
     fw_sub = fw.add_subparsers(dest="firmware_command", required=True, metavar="SUBCOMMAND")
@@ -246,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="hil-report", help="output directory (default: hil-report)")
     report.add_argument("--name", default="HIL report", help="the report's title")
     report.set_defaults(func=_report)
+
+    add_bench_commands(sub)  # flash, provision, monitor, sensor, power, broker (hil.bench)
     return parser
 
 

@@ -1,0 +1,94 @@
+"""``hil sensor get|set|fault`` and ``hil power on|off|cycle``: the rig's controls, by hand.
+
+They go through the same protocols the test fixtures use (`hil.backends`): a virtual
+board's control endpoint, or a real rig's power switch (GPIO expander, uhubctl) and
+reference BME280. A real rig's reference sensor measures the room; it can be read, not set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hil.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, VirtualSensor
+from hil.bench.state import BenchError, BenchInputError
+from hil.bme280 import Environment, Fault
+
+FAULTS: tuple[str, ...] = tuple(f.value for f in Fault)
+RANGES = {  # the BME280's operating range (datasheet §1): beyond it, a typo more than a test
+    "temperature_c": (-40.0, 85.0),
+    "humidity_pct": (0.0, 100.0),
+    "pressure_hpa": (300.0, 1100.0),
+}
+
+
+def sensor_get(sensor: SensorEmulator | ReferenceSensor) -> dict[str, Any]:
+    """The sensor's environment, and its active faults where the backend knows them."""
+    if isinstance(sensor, VirtualSensor):
+        raw: dict[str, Any] = sensor.control.request("sensor.get")["sensor"]
+        return raw
+    env = sensor.get()
+    return {"temperature_c": env.temperature_c, "humidity_pct": env.humidity_pct, "pressure_hpa": env.pressure_hpa}
+
+
+def _emulator(sensor: SensorEmulator | ReferenceSensor, what: str) -> SensorEmulator:
+    if not hasattr(sensor, "set"):
+        raise BenchInputError(f"{what}: this rig's sensor is a reference BME280 (it measures the room); only 'get' works")
+    return sensor  # type: ignore[return-value]
+
+
+def sensor_set(
+    sensor: SensorEmulator | ReferenceSensor,
+    *,
+    temperature_c: float | None = None,
+    humidity_pct: float | None = None,
+    pressure_hpa: float | None = None,
+) -> dict[str, Any]:
+    """Set any of the three values; the others keep theirs. Returns the new state."""
+    given = {"temperature_c": temperature_c, "humidity_pct": humidity_pct, "pressure_hpa": pressure_hpa}
+    changes = {k: v for k, v in given.items() if v is not None}
+    if not changes:
+        raise BenchInputError("sensor set: give at least one of --temperature, --humidity, --pressure")
+    for key, value in changes.items():
+        low, high = RANGES[key]
+        if not low <= value <= high:
+            raise BenchInputError(f"sensor set: {key} {value} is outside the BME280's range {low:g}..{high:g}")
+    emulator = _emulator(sensor, "sensor set")
+    current = sensor_get(sensor)
+    merged = {k: float(changes.get(k, current[k])) for k in RANGES}
+    emulator.set(Environment(merged["temperature_c"], merged["humidity_pct"], merged["pressure_hpa"]))
+    return sensor_get(sensor)
+
+
+def sensor_fault(sensor: SensorEmulator | ReferenceSensor, name: str, *, active: bool = True) -> dict[str, Any]:
+    """Inject (or with ``active=False`` clear) one fault; ``none`` clears them all."""
+    if name != "none" and name not in FAULTS:
+        raise BenchInputError(f"sensor fault {name!r}: not a fault; one of {', '.join(FAULTS)}, or none (clear all)")
+    emulator = _emulator(sensor, "sensor fault")
+    if name == "none":
+        emulator.clear_faults()
+    else:
+        emulator.fault(name, active)
+    return sensor_get(sensor)
+
+
+def power(backend: Power, action: str, *, off_s: float = 0.5) -> dict[str, Any]:
+    """Switch the supply; for a virtual board, return its state afterwards."""
+    if action not in ("on", "off", "cycle"):
+        raise BenchInputError(f"power {action!r}: use on, off or cycle")
+    if off_s < 0:
+        raise BenchInputError(f"--off-s {off_s}: give a time >= 0")
+    try:
+        if action == "on":
+            backend.on()
+        elif action == "off":
+            backend.off()
+        else:
+            backend.cycle(off_s)
+    except RuntimeError as exc:  # uhubctl's failure
+        raise BenchError(str(exc)) from None
+    except OSError as exc:  # an I2C expander that does not answer
+        raise BenchError(f"power {action}: {exc}") from None
+    if isinstance(backend, VirtualPower):
+        state: dict[str, Any] = backend.control.request("state")["state"]
+        return {"action": action, "powered": state.get("powered"), "mode": state.get("mode")}
+    return {"action": action}
