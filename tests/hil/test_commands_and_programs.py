@@ -48,7 +48,7 @@ def test_report_publishes_health_at_once(dut, mqtt) -> None:
     mark = mqtt.mark()
     mqtt.publish(contract.command_topic(device), {"cmd": "report"})
     assert ack_of(mqtt, device, "report", mark) == {"cmd": "report", "ok": True}
-    health = mqtt.wait_for(contract.health_topic(device), since=mark, timeout=2.5)[0].json()  # heartbeat: 5 s
+    health = mqtt.wait_for(contract.health_topic(device), since=mark, timeout=3.5)[0].json()  # heartbeat: 5 s
     assert not contract.validate_payload("health", health), health
     assert restarts_since(mqtt, device, mark) == []
 
