@@ -41,7 +41,12 @@ class ReferenceSensor(Protocol):
 
 
 class WifiControl(Protocol):
-    def ap(self, *, up: bool | None = None, rssi: int | None = None) -> None: ...
+    """The access point the board joins. ``password`` changes the AP's passphrase (one the
+    board was not provisioned with makes its joins fail); ``restore`` brings the AP back up
+    with the rig's own credentials, after a test that took it down or changed it."""
+
+    def ap(self, *, up: bool | None = None, rssi: int | None = None, password: str | None = None) -> None: ...
+    def restore(self) -> None: ...
 
 
 class Control(Protocol):
@@ -91,14 +96,20 @@ class VirtualSensor:
 @dataclass
 class VirtualWifi:
     control: Control
+    password: str | None = None  # the rig's own passphrase, which ``restore`` puts back
 
-    def ap(self, *, up: bool | None = None, rssi: int | None = None) -> None:
+    def ap(self, *, up: bool | None = None, rssi: int | None = None, password: str | None = None) -> None:
         fields: dict[str, Any] = {}
         if up is not None:
             fields["up"] = up
         if rssi is not None:
             fields["rssi"] = rssi
+        if password is not None:
+            fields["password"] = password
         self.control.request("ap.set", **fields)
+
+    def restore(self) -> None:
+        self.ap(up=True, password=self.password)
 
 
 # -- real rigs -------------------------------------------------------------------------

@@ -434,7 +434,7 @@ class RigSession:
         control = self.control
         if control is None:
             raise SessionError(f"rig {self.rig.name!r}: no Wi-Fi control")
-        return VirtualWifi(control)
+        return VirtualWifi(control, password=VIRTUAL_AP[1])
 
     def ota_server(self) -> OtaServer:
         if self._ota_server is None:

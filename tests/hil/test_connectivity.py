@@ -1,6 +1,13 @@
-"""Connectivity: outages of the broker and the Wi-Fi, with no reading lost."""
+"""Connectivity: outages of the broker, the network path and the Wi-Fi, with no reading lost.
+
+DEVICE_CONTRACT.md §3: persistent session, last will on an ungraceful loss, reconnect with
+exponential backoff and jitter (reset after a connect), failover over `brokers`, readings
+queued while offline and sent in order (`seq` without gaps).
+"""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
@@ -10,10 +17,16 @@ pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
 
 def gapless(mqtt, topic: str, since: int) -> list[int]:
-    seqs = sorted({m.json()["seq"] for m in mqtt.collect(topic, since=since)})
+    readings = [m.json() for m in mqtt.collect(topic, since=since)]
+    assert len({r["boot_count"] for r in readings}) == 1, "the device rebooted (seq starts again)"
+    seqs = sorted({r["seq"] for r in readings})
     missing = sorted(set(range(seqs[0], seqs[-1] + 1)) - set(seqs))
     assert not missing, f"readings lost: seq {missing}"
     return seqs
+
+
+def state_is(state: str):
+    return lambda m: m.json()["state"] == state
 
 
 @pytest.mark.guards("offline_drop")
@@ -41,3 +54,187 @@ def test_wifi_loss_fires_the_will_and_the_device_returns(dut, mqtt, wifi) -> Non
     wifi.ap(up=True)
     back = mqtt.wait_for(status, lambda m: m.json()["state"] == "online", since=mark, timeout=60)[0].json()
     assert back["boot_count"] >= 1
+
+
+# -- the network path ---------------------------------------------------------------------
+def partition(network) -> None:
+    """Refused connects, and the live connection cut (RST): the device knows at once."""
+    network.partition(120.0)
+    network.reset_all()
+
+
+def blackhole(network) -> None:
+    """Nothing forwarded, nothing closed: only the missing PUBACKs tell the device."""
+    network.blackhole(True)
+
+
+def half_open(network) -> None:
+    """The live connection silenced for good (its peer gone without FIN or RST)."""
+    network.half_open()
+
+
+@pytest.mark.requires("network_faults")
+@pytest.mark.parametrize(
+    ("fault", "failed_retries"),
+    [
+        pytest.param(partition, 1, id="partition", marks=pytest.mark.guards("offline_drop")),
+        pytest.param(blackhole, 0, id="blackhole"),
+        pytest.param(half_open, 0, id="half-open"),
+    ],
+)
+def test_a_network_fault_ends_in_a_reconnect_with_no_reading_lost(
+    dut, mqtt, network, console, fault, failed_retries
+) -> None:
+    topic = contract.sensors_topic(dut.device_id)
+    mark = mqtt.mark()
+    mqtt.wait_for(topic, since=mark, timeout=15)
+    fault(network)
+    # The loss is noticed (a dead path only by its missing acknowledgements: QoS 1
+    # publishes time out), and with a partition a retry is refused too: time offline.
+    for _ in range(1 + failed_retries):
+        console.expect(contract.MQTT_DISCONNECTED, timeout=45)
+    network.heal()
+    console.expect(contract.MQTT_CONNECTED, timeout=45)
+    after = mqtt.mark()
+    mqtt.wait_for(topic, since=after, count=3, timeout=60)  # the queue, then live readings
+    gapless(mqtt, topic, mark)
+
+
+@pytest.mark.requires("network_faults")
+def test_readings_and_commands_still_flow_over_a_slow_path(dut, mqtt, network, console) -> None:
+    topic = contract.sensors_topic(dut.device_id)
+    mqtt.wait_for(topic, since=mqtt.mark(), timeout=15)
+    network.set_latency(0.25)  # each way: a 0.5 s round trip for every QoS 1 publish
+    quiet = console.mark()
+    mark = mqtt.mark()
+    mqtt.publish(contract.command_topic(dut.device_id), {"cmd": "report"})
+    ack = mqtt.wait_for(contract.command_ack_topic(dut.device_id), since=mark, timeout=20)[0].json()
+    assert ack == {"cmd": "report", "ok": True}
+    mqtt.wait_for(topic, since=mark, count=4, timeout=30)
+    gapless(mqtt, topic, mark)
+    dropped = [line for line in console.lines(since=quiet) if contract.MQTT_DISCONNECTED.search(line)]
+    assert not dropped, f"the connection dropped under latency: {dropped}"
+
+
+# -- Wi-Fi --------------------------------------------------------------------------------
+@pytest.mark.requires("wifi_control")
+@pytest.mark.guards("no_wifi_reconnect", "offline_drop")
+def test_the_device_rejoins_a_returning_ap_with_no_reading_lost(dut, mqtt, wifi, console) -> None:
+    topic = contract.sensors_topic(dut.device_id)
+    mark = mqtt.mark()
+    before = mqtt.wait_for(topic, since=mark, timeout=15)[0].json()
+    wifi.ap(up=False)
+    console.expect(contract.WIFI_WARNING, timeout=30)  # the AP is gone
+    console.expect(contract.WIFI_WARNING, timeout=30)  # a join that found no AP: time offline
+    wifi.ap(up=True)
+    console.expect(contract.WIFI_CONNECTED, timeout=30)
+    back = mqtt.wait_for(contract.status_topic(dut.device_id), state_is("online"), since=mark, timeout=40)
+    assert back[0].json()["boot_count"] == before["boot_count"], "rebooted instead of rejoining"
+    mqtt.wait_for(topic, since=mqtt.mark(), count=3, timeout=40)
+    gapless(mqtt, topic, mark)
+
+
+@pytest.mark.requires("wifi_control")
+@pytest.mark.guards("wifi_fail_reboot")
+def test_a_wrong_wifi_passphrase_is_retried_and_logged_without_a_reboot(dut, mqtt, wifi, console) -> None:
+    topic = contract.sensors_topic(dut.device_id)
+    mark = mqtt.mark()
+    before = mqtt.wait_for(topic, since=mark, timeout=15)[0].json()
+    quiet = console.mark()
+    wifi.ap(password="not-the-provisioned-passphrase")
+    # Dropped by the AP, then every join fails: each attempt says so, and none ends in a reset.
+    for _ in range(3):
+        console.expect(contract.WIFI_WARNING, timeout=30)
+    resets = [line for line in console.lines(since=quiet) if contract.ROM_RESET.search(line)]
+    assert not resets, f"a wrong passphrase made the device reboot: {resets}"
+    wifi.restore()
+    console.expect(contract.WIFI_CONNECTED, timeout=30)
+    back = mqtt.wait_for(contract.status_topic(dut.device_id), state_is("online"), since=mark, timeout=40)
+    assert back[0].json()["boot_count"] == before["boot_count"], "rebooted instead of rejoining"
+
+
+# -- reconnect policy ---------------------------------------------------------------------
+@pytest.mark.requires("network_faults")
+@pytest.mark.guards("no_backoff")
+def test_reconnect_attempts_back_off_exponentially_with_jitter(dut, mqtt, broker, network, console) -> None:
+    first, cap = contract.RECONNECT_BACKOFF_S
+    jitter = contract.RECONNECT_JITTER
+    mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mqtt.mark(), timeout=15)
+    broker.stop()  # connected until now: the backoff starts from its first delay
+    try:
+        lost = [console.expect(contract.MQTT_DISCONNECTED, timeout=45) for _ in range(4)]
+    finally:
+        broker.start()
+    delays = [int(m["retry_ms"]) / 1000 for m in lost]
+    nominal = [min(first * 2**k, cap) for k in range(len(delays))]
+    for delay, base in zip(delays, nominal, strict=True):
+        assert base * (1 - jitter) - 0.001 <= delay <= base * (1 + jitter), f"delays {delays}, contract {nominal} ±{jitter:.0%}"
+    assert any(abs(d - b) > 0.001 for d, b in zip(delays, nominal, strict=True)), f"no jitter: {delays}"
+    # The attempts really are that far apart (device clock, from one line to the next).
+    spacing = [(int(b["ms"]) - int(a["ms"])) / 1000 for a, b in itertools.pairwise(lost)]
+    for gap, delay in zip(spacing, delays, strict=False):
+        assert gap >= delay - 0.05, f"attempts {spacing} s apart, announced {delays}"
+    console.expect(contract.MQTT_CONNECTED, timeout=45)
+    mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mqtt.mark(), timeout=15)  # session up
+    network.reset_all()  # after a successful connect the backoff starts over
+    again = console.expect(contract.MQTT_DISCONNECTED, timeout=30)
+    assert first * (1 - jitter) - 0.001 <= int(again["retry_ms"]) / 1000 <= first * (1 + jitter)
+    console.expect(contract.MQTT_CONNECTED, timeout=30)
+
+
+# -- last will ------------------------------------------------------------------------------
+@pytest.mark.requires("power_control", "network_faults")
+@pytest.mark.guards("will_on_shutdown")
+def test_a_graceful_shutdown_says_offline_itself_and_fires_no_will(dut, mqtt, power, network) -> None:
+    status = contract.status_topic(dut.device_id)
+    mark = mqtt.mark()
+    mqtt.publish(contract.emergency_topic(dut.device_id), contract.EMERGENCY_SHUTDOWN)
+    offline = mqtt.wait_for(status, state_is("offline"), since=mark, timeout=15)[0]
+    assert offline.json() == {"state": "offline"}
+    network.wait_for_connections(0, timeout=45)  # the device hung up (a will would fire now)
+    woken = mqtt.mark()
+    power.cycle()  # deep sleep lasts until the next power-on
+    back = mqtt.wait_for(status, state_is("online"), since=woken, timeout=60)[0]
+    said = [m.json() for m in mqtt.collect(status, since=mark) if m.at < back.at]
+    assert said == [{"state": "offline"}], f"a clean disconnect published the will as well: {said}"
+
+
+# -- persistent session -------------------------------------------------------------------
+@pytest.mark.requires("network_faults")
+@pytest.mark.guards("clean_session")
+def test_a_command_sent_while_the_device_is_offline_arrives_when_it_returns(dut, mqtt, network, console) -> None:
+    did = dut.device_id
+    mark = mqtt.mark()
+    mqtt.wait_for(contract.sensors_topic(did), since=mark, timeout=15)  # the session is up
+    partition(network)
+    console.expect(contract.MQTT_DISCONNECTED, timeout=30)
+    mqtt.wait_for(contract.status_topic(did), state_is("offline"), since=mark, timeout=30)  # the broker knows
+    sent = mqtt.mark()
+    mqtt.publish(contract.command_topic(did), {"cmd": "report"})  # QoS 1, kept for the session
+    network.heal()
+    ack = mqtt.wait_for(contract.command_ack_topic(did), since=sent, timeout=45)[0].json()
+    assert ack == {"cmd": "report", "ok": True}
+    health = mqtt.wait_for(contract.health_topic(did), since=sent, timeout=30)[0].json()
+    assert not contract.validate_payload("health", health)
+
+
+# -- failover -------------------------------------------------------------------------------
+@pytest.mark.requires("network_faults")
+@pytest.mark.guards("no_failover")
+def test_the_device_fails_over_to_the_next_broker(dut, mqtt, broker, restore_firmware, network, console) -> None:
+    # Two addresses of the session's broker: the faulty path first, then the broker itself.
+    primary, secondary = f"mqtt://{network.host}:{network.port}", broker.uri("plain")
+    did = dut.device_id
+    mark = mqtt.mark()
+    mqtt.publish(contract.config_update_topic(did), {"brokers": [primary, secondary]})
+    assert mqtt.wait_for(contract.config_status_topic(did), since=mark, timeout=15)[0].json()["ok"] is True
+    assert console.expect(contract.MQTT_CONNECTED, timeout=60)["uri"] == primary  # after the restart
+    boot = mqtt.wait_for(contract.status_topic(did), state_is("online"), since=mark, timeout=30)[0].json()
+    mqtt.wait_for(contract.sensors_topic(did), lambda m: m.json()["boot_count"] == boot["boot_count"], since=mark, timeout=15)
+    partition(network)
+    for _ in range(1 + contract.BROKER_FAILOVER_ATTEMPTS):  # the loss, then the failed attempts
+        console.expect(contract.MQTT_DISCONNECTED, timeout=45)
+    assert console.expect(contract.MQTT_CONNECTED, timeout=60)["uri"] == secondary
+    moved = mqtt.mark()
+    mqtt.wait_for(contract.sensors_topic(did), since=moved, count=2, timeout=30)
+    network.heal()  # before restore_firmware brings back the provisioned (proxied) broker

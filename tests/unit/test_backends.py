@@ -98,6 +98,19 @@ def test_virtual_backends_speak_the_control_protocol() -> None:
     assert sensor.get() == Environment(1.0, 2.0, 300.0)
 
 
+def test_virtual_wifi_changes_the_passphrase_and_restores_the_rigs_own() -> None:
+    control = FakeControl()
+    wifi = VirtualWifi(control, password="rig-pass")
+    wifi.ap(password="not-the-rig-pass")
+    wifi.ap(up=False)
+    wifi.restore()
+    assert control.sent == [
+        ("ap.set", {"password": "not-the-rig-pass"}),
+        ("ap.set", {"up": False}),
+        ("ap.set", {"up": True, "password": "rig-pass"}),
+    ]
+
+
 def test_reference_sensor_through_smbus() -> None:
     bus = SimulatedSMBus(devices=[BME280(environment=Environment(19.5, 55.0, 990.0))])
     driver = BME280Driver(bus, 0x76)

@@ -14,6 +14,7 @@ import socket
 import ssl
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -81,6 +82,26 @@ class Backoff:
         base = self._next
         self._next = min(self._next * 2, BACKOFF_MAX_S)
         return base * (1 + self._rng.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
+
+
+def fail_fast_before_connack(client: aiomqtt.Client) -> None:
+    """A connection the peer resets or closes before CONNACK fails the attempt at once.
+
+    esp-mqtt reports the transport error and the firmware backs off; aiomqtt ignores a
+    disconnect before CONNACK and waits out its whole timeout (10 s per attempt against a
+    proxy whose broker is down), which would stretch every backoff delay by that much.
+    """
+    paho = client._client
+    inner = paho.on_disconnect
+
+    def on_disconnect(*args: Any) -> None:
+        connecting = client._connected
+        if not connecting.done():
+            connecting.set_exception(aiomqtt.MqttError("connection lost before CONNACK"))
+        if inner is not None:
+            inner(*args)
+
+    paho.on_disconnect = on_disconnect
 
 
 def abort(client: aiomqtt.Client) -> None:

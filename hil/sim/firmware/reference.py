@@ -37,7 +37,14 @@ from hil.settings import (
 )
 from hil.sim.app import AppContext, AppModel, IdleApp
 from hil.sim.firmware.http_client import ssl_context_for_ca
-from hil.sim.firmware.mqtt_link import FAILOVER_AFTER, Backoff, BrokerUri, abort, tls_context
+from hil.sim.firmware.mqtt_link import (
+    FAILOVER_AFTER,
+    Backoff,
+    BrokerUri,
+    abort,
+    fail_fast_before_connack,
+    tls_context,
+)
 from hil.sim.firmware.ota import (
     OtaFailed,
     OtaRejected,
@@ -328,6 +335,9 @@ class ReferenceFirmware:
                 elif not joinable:
                     reason = "no_ap_found" if not ap.up or ap.ssid != self.prov.wifi_ssid else "auth_fail"
                     self.log("W", "wifi", f"connect failed ssid={self.prov.wifi_ssid} reason={reason}")
+                    if D.REBOOTS_ON_WIFI_FAILURE in self.defects:
+                        self._restart("SW")  # the defect: "cannot join, try a reboot"
+                        return
                 # Wait for the AP to change, or retry a failed join after 5 s.
                 timeout = None if self.wifi_up.is_set() else 5.0
                 with contextlib.suppress(TimeoutError):
@@ -338,6 +348,8 @@ class ReferenceFirmware:
     # -- mqtt ---------------------------------------------------------------------
     def _brokers(self) -> list[BrokerUri]:
         uris = list(self.config.brokers) or [self.prov.mqtt_uri or ""]
+        if D.NO_BROKER_FAILOVER in self.defects:
+            uris = uris[:1]
         return [BrokerUri.parse(u) for u in uris]
 
     async def _mqtt_task(self) -> None:
@@ -400,11 +412,12 @@ class ReferenceFirmware:
             username=prov.mqtt_user,
             password=prov.mqtt_pass,
             will=will,
-            clean_session=False,
+            clean_session=D.CLEAN_SESSION in self.defects,
             keepalive=15,
             tls_context=tls,
             timeout=10,
         )
+        fail_fast_before_connack(client)
         ended = "connection_lost"
         try:
             async with client:
@@ -483,7 +496,8 @@ class ReferenceFirmware:
             await asyncio.gather(*workers, return_exceptions=True)
             # Cancelled (a chip reset, power off), `await stop` cancels `stop` too: that is
             # no shutdown, so the link is dropped without DISCONNECT and the will fires.
-            if not (stop.done() and not stop.cancelled() and stop.result() == "shutdown"):
+            shutdown = stop.done() and not stop.cancelled() and stop.result() == "shutdown"
+            if not shutdown or D.SHUTDOWN_WITHOUT_DISCONNECT in self.defects:
                 abort(client)
 
     async def _on_message(self, client: aiomqtt.Client, topic: str, payload: bytes, stop: asyncio.Future[str]) -> None:

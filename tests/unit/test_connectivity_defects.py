@@ -1,0 +1,126 @@
+"""The firmware model's connectivity defects, each against the reference behaviour it breaks
+(DEVICE_CONTRACT.md §3, §5): a persistent session (``clean_session``), a clean DISCONNECT
+on an emergency shutdown (``shutdown_without_disconnect``), failover over ``brokers``
+(``no_broker_failover``), and retrying a failed Wi-Fi join without a reboot
+(``reboots_on_wifi_failure``).
+
+Host level: the ``ReferenceFirmware`` methods the tasks run, with a stand-in MQTT client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import aiomqtt
+import pytest
+
+from hil import contract
+from hil import defects as D
+from hil.images.app import BehaviourRecord
+from hil.settings import DeviceConfig, Provisioning
+from hil.sim.firmware.mqtt_link import BrokerUri
+from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
+from hil.sim.firmware.rig import RigPeripherals
+
+DEVICE_ID = "hil-conn-0001"
+PRIMARY, SECONDARY = "mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:1884"
+
+
+def firmware(defects: Sequence[str] = (), *, rig: RigPeripherals | None = None) -> ReferenceFirmware:
+    """A ReferenceFirmware with the state its ``run()`` sets up that the MQTT and Wi-Fi tasks use."""
+    fw = ReferenceFirmware(BehaviourRecord(MODEL_NAME, tuple(defects)), peripherals=rig)
+    fw.prov = Provisioning(DEVICE_ID, wifi_ssid="hil-lab", wifi_pass="hil-lab-password", mqtt_uri=PRIMARY)
+    fw.device_id = DEVICE_ID
+    fw.config = DeviceConfig(brokers=(PRIMARY, SECONDARY))
+    fw.outbox = Outbox()
+    fw.connected = asyncio.Event()
+    fw.wifi_up = asyncio.Event()
+    fw.wifi_down = asyncio.Event()
+    fw.logged = []  # type: ignore[attr-defined]
+    fw.log = lambda level, tag, message: fw.logged.append(f"{level} {tag}: {message}")  # type: ignore[attr-defined]
+    fw.restarts = []  # type: ignore[attr-defined]
+    fw._restart = fw.restarts.append  # type: ignore[attr-defined,method-assign]
+    return fw
+
+
+class FakeClient:
+    """What the model uses of ``aiomqtt.Client``: records how it was made and what it sent."""
+
+    made: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, *args: Any, incoming: Sequence[tuple[str, bytes]] = (), **kwargs: Any) -> None:
+        FakeClient.made.append(kwargs)
+        self._client = SimpleNamespace(on_disconnect=None, socket=lambda: None)
+        self._disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._incoming = incoming
+        self.published: list[tuple[str, bytes]] = []
+
+    async def __aenter__(self) -> FakeClient:
+        raise aiomqtt.MqttError("[code:5] Connection refused")
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    @property
+    async def messages(self) -> AsyncIterator[SimpleNamespace]:
+        for topic, payload in self._incoming:
+            yield SimpleNamespace(topic=topic, payload=payload)
+        await asyncio.Event().wait()  # nothing more arrives
+
+    async def publish(self, topic: str, payload: bytes, **kwargs: Any) -> None:
+        self.published.append((topic, payload))
+
+
+@pytest.mark.parametrize(("defects", "clean"), [((), False), ((D.CLEAN_SESSION,), True)])
+def test_the_session_is_persistent_unless_the_defect_cleans_it(
+    monkeypatch: pytest.MonkeyPatch, defects: tuple[str, ...], clean: bool
+) -> None:
+    monkeypatch.setattr(aiomqtt, "Client", FakeClient)
+    FakeClient.made.clear()
+    reason = asyncio.run(firmware(defects)._session(BrokerUri.parse(PRIMARY)))
+    assert reason == "connection_refused"
+    assert FakeClient.made[0]["clean_session"] is clean
+
+
+@pytest.mark.parametrize(("defects", "aborted"), [((), False), ((D.SHUTDOWN_WITHOUT_DISCONNECT,), True)])
+def test_an_emergency_shutdown_disconnects_cleanly_unless_the_defect_drops_the_link(
+    defects: tuple[str, ...], aborted: bool
+) -> None:
+    async def shut_down() -> tuple[str, FakeClient]:
+        client = FakeClient(incoming=[(contract.emergency_topic(DEVICE_ID), b"shutdown")])
+        return await firmware(defects)._connected(client), client  # type: ignore[arg-type]
+
+    result, client = asyncio.run(shut_down())
+    assert result == "shutdown"
+    assert client.published == [(contract.status_topic(DEVICE_ID), json.dumps({"state": "offline"}).encode())]
+    # An aborted link (no DISCONNECT) is what makes the broker publish the will.
+    assert client._disconnected.done() is aborted
+
+
+def test_failover_uses_every_broker_unless_the_defect_keeps_to_the_first() -> None:
+    assert [str(b) for b in firmware()._brokers()] == [PRIMARY, SECONDARY]
+    assert [str(b) for b in firmware([D.NO_BROKER_FAILOVER])._brokers()] == [PRIMARY]
+
+
+@pytest.mark.parametrize(("defects", "restarts"), [((), []), ((D.REBOOTS_ON_WIFI_FAILURE,), ["SW"])])
+def test_a_failed_wifi_join_is_retried_unless_the_defect_reboots(
+    defects: tuple[str, ...], restarts: list[str]
+) -> None:
+    async def join_with_a_wrong_passphrase() -> ReferenceFirmware:
+        rig = RigPeripherals()
+        rig.ap.password = "not-the-provisioned-one"
+        fw = firmware(defects, rig=rig)
+        task = asyncio.ensure_future(fw._wifi_task())
+        await asyncio.sleep(0.2)  # the first join fails at once; the next is 5 s away
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return fw
+
+    fw = asyncio.run(join_with_a_wrong_passphrase())
+    assert fw.logged == ["W wifi: connect failed ssid=hil-lab reason=auth_fail"]  # type: ignore[attr-defined]
+    assert fw.restarts == restarts  # type: ignore[attr-defined]
+    assert not fw.wifi_up.is_set()
