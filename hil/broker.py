@@ -36,6 +36,10 @@ OBSERVER_USER = "hil-observer"
 EMBEDDED_BROKERS = ("embedded", "mosquitto", "amqtt")
 """``--broker`` values for a broker the session runs itself (anything else is a URI)."""
 START_TIMEOUT_S = 10.0
+SYS_INTERVAL_S = 1
+"""How often mosquitto publishes its $SYS counters (default 10 s): a load run reads the
+dropped-message count at its end, and should not wait long for a fresh value."""
+RELOAD_TIMEOUT_S = 10.0
 
 
 class BrokerError(Exception):
@@ -145,7 +149,9 @@ class MosquittoBroker:
         subprocess.run(["mosquitto_passwd", "-U", str(passwords)], check=True, capture_output=True)
         acl = work / "acl"
         acl.write_text(
-            f"user {OBSERVER_USER}\ntopic readwrite #\n\n"
+            # '#' does not match $SYS topics: the observer reads the broker's own counters
+            # (messages dropped, for the fleet load gate) by a rule of their own.
+            f"user {OBSERVER_USER}\ntopic readwrite #\ntopic read $SYS/#\n\n"
             "pattern readwrite esp32/%u/#\n"
             "pattern read config/update/%u\n"
             "pattern read ota/update/%u\n"
@@ -165,6 +171,7 @@ class MosquittoBroker:
             "log_dest stderr\n"
             "log_type all\n"
             "max_queued_messages 10000\n"
+            f"sys_interval {SYS_INTERVAL_S}\n"
             f"\nlistener {self.plain_port} 127.0.0.1\n"
             f"\nlistener {self.tls_port} 127.0.0.1\n"
             f"cafile {work / 'ca.pem'}\ncertfile {work / 'server.pem'}\nkeyfile {work / 'server.key'}\n"
@@ -212,6 +219,20 @@ class MosquittoBroker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def reload(self) -> None:
+        """Apply accounts added since start without dropping anyone: mosquitto re-reads
+        its password file and ACL on SIGHUP. Returns once the newest account can log in
+        (the reload is asynchronous), so a client started next is not refused."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            self.start()
+            return
+        self._write_config()
+        os.kill(proc.pid, signal.SIGHUP)
+        if self._devices:
+            newest = list(self._devices.values())[-1]
+            _wait_login(self.plain_port, newest.username, newest.password, RELOAD_TIMEOUT_S)
 
     def _signal(self, sig: signal.Signals) -> None:
         proc = self._proc
@@ -274,6 +295,11 @@ class AmqttBroker(MosquittoBroker):
     def _command(self, config: Path) -> list[str]:
         return [self.executable, "-m", "hil.amqtt_broker", str(config)]
 
+    def reload(self) -> None:
+        """amqtt reads its accounts only at start: a restart (clients reconnect, and
+        without persistence their sessions and retained messages are gone)."""
+        self.restart()
+
     def acl(self) -> dict[str, dict[str, list[str]]]:
         """mosquitto's ACL, per account: the topic filters it may publish to (``publish_acl``)
         and subscribe to (``acl``; amqtt checks reads at SUBSCRIBE time only)."""
@@ -334,3 +360,36 @@ def broker_class(choice: str, *, which: Any = shutil.which) -> type[MosquittoBro
     if choice == "embedded":
         return MosquittoBroker
     raise BrokerError(f"unknown embedded broker {choice!r}: use 'embedded', 'mosquitto' or 'amqtt'")
+
+
+def _wait_login(port: int, username: str, password: str, timeout: float) -> None:
+    """Log in on the plain listener until the broker accepts ``username`` (or raise)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    deadline = time.monotonic() + timeout
+    last = "no CONNACK"
+    while True:
+        answers: list[Any] = []
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hil-login-probe-{os.getpid()}-{time.monotonic_ns()}")
+        client.username_pw_set(username, password)
+        client.user_data_set(answers)
+        client.on_connect = lambda _c, found, _f, reason, _p: found.append(reason)
+        try:
+            client.connect("127.0.0.1", port, keepalive=10)
+            wait_until = min(deadline, time.monotonic() + 2.0)
+            while not answers and time.monotonic() < wait_until:
+                client.loop(timeout=0.1)
+        except OSError as exc:
+            last = str(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+                client.loop(timeout=0.01)  # sends DISCONNECT and closes the socket
+        if answers and not answers[0].is_failure:
+            return
+        if answers:
+            last = str(answers[0])
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"127.0.0.1:{port} still refuses {username!r} {timeout} s after a reload: {last}")
+        time.sleep(0.05)  # the reload has no event to wait on: ask again shortly

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GATES_DIR = ROOT / "gates"
 OUTCOMES = ("passed", "failed", "broken", "skipped")
 SESSION_RECORD_GLOB = "session-*.json"  # written by the plugin into --hil-log-dir
+LOAD_METRICS_FILE = "load-metrics.json"  # written by gate_load tests into --hil-log-dir
+MAX_LOAD_DEVICES = 10_000  # what one `hil sim fleet` runs
 
 
 class GateError(Exception):
@@ -39,6 +41,31 @@ class Thresholds:
     max_failed: int = 0
     max_broken: int = 0
     min_passed: int = 1
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    """The ``[load]`` table: a fleet load run and the thresholds it must hold.
+
+    The defaults are a CI-sized run (20 devices for 15 s, well under a minute with the
+    reconnect storm); a staging gate names its own (gates/load.toml: 200 devices, 60 s).
+    ``rate_hz`` is each device's reading rate: the contract's measurement interval is a
+    whole number of seconds, so 1, 0.5, 0.25 ... (1 / rate_hz must be an integer).
+    ``max_loss`` is the fraction of readings that may go missing (seq gaps), 0 to 1.
+    """
+
+    devices: int = 20
+    rate_hz: float = 1.0
+    duration_s: float = 15.0
+    max_loss: float = 0.0
+    max_p99_latency_s: float = 1.0
+    max_storm_recovery_s: float = 10.0
+    max_broker_dropped: int = 0
+
+    @property
+    def interval_s(self) -> int:
+        """The measurement interval the fleet is provisioned with."""
+        return round(1 / self.rate_hz)
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,7 @@ class GateProfile:
     retries: int = 1
     workers: int = 1
     thresholds: Thresholds = field(default_factory=Thresholds)
+    load: LoadProfile | None = None  # the [load] table, for gate_load tests
 
 
 _PROFILE_KEYS = {
@@ -101,10 +129,49 @@ def load_profile(name_or_path: str, gates_dir: Path = GATES_DIR) -> GateProfile:
             raise GateError(f"{path}: [thresholds] has unknown field {key!r}; fields: {sorted(known_thresholds)}")
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise GateError(f"{path}: [thresholds].{key} must be a non-negative integer, not {value!r}")
-    unknown_tables = set(raw) - {"gate", "thresholds"}
+    unknown_tables = set(raw) - {"gate", "thresholds", "load"}
     if unknown_tables:
-        raise GateError(f"{path}: unknown tables {sorted(unknown_tables)}; a profile has [gate] and [thresholds]")
-    return GateProfile(name=path.stem, path=path, thresholds=Thresholds(**thresholds), **values)
+        raise GateError(
+            f"{path}: unknown tables {sorted(unknown_tables)}; a profile has [gate], [thresholds] and [load]"
+        )
+    load = _load_table(path, raw["load"]) if "load" in raw else None
+    return GateProfile(name=path.stem, path=path, thresholds=Thresholds(**thresholds), load=load, **values)
+
+
+def _load_table(path: Path, table: Any) -> LoadProfile:
+    """``[load]``: every field a number of the right kind and in range, or a GateError."""
+    if not isinstance(table, dict):
+        raise GateError(f"{path}: [load] must be a table")
+    fields = LoadProfile.__dataclass_fields__
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise GateError(f"{path}: [load] has unknown field {key!r}; fields: {sorted(fields)}")
+        integer = key in ("devices", "max_broker_dropped")
+        kinds: tuple[type, ...] = (int,) if integer else (int, float)
+        if not isinstance(value, int | float) or not isinstance(value, kinds) or isinstance(value, bool):
+            kind = "an integer" if integer else "a number"
+            raise GateError(f"{path}: [load].{key} must be {kind}, not {value!r}")
+        values[key] = int(value) if integer else float(value)
+    load = LoadProfile(**values)
+
+    def bad(key: str, why: str) -> GateError:
+        return GateError(f"{path}: [load].{key} = {getattr(load, key)!r}: {why}")
+
+    if not 1 <= load.devices <= MAX_LOAD_DEVICES:
+        raise bad("devices", f"give 1..{MAX_LOAD_DEVICES} devices (one fleet process)")
+    if not 0 < load.rate_hz <= 1 or abs(1 / load.rate_hz - load.interval_s) > 1e-9 or load.interval_s > 86400:
+        raise bad("rate_hz", "a device reads every whole number of seconds: use 1, 0.5, 0.25, 0.2, ... (1 / rate_hz an integer)")
+    if not load.duration_s >= 2 * load.interval_s:
+        raise bad("duration_s", f"too short for two readings per device at {load.rate_hz} Hz (at least {2 * load.interval_s} s)")
+    if not 0 <= load.max_loss <= 1:
+        raise bad("max_loss", "a fraction of the readings, 0 (none may be lost) to 1")
+    for key in ("max_p99_latency_s", "max_storm_recovery_s"):
+        if not getattr(load, key) > 0:
+            raise bad(key, "must be a number of seconds > 0")
+    if load.max_broker_dropped < 0:
+        raise bad("max_broker_dropped", "a count of messages, 0 or more")
+    return load
 
 
 # -- reading results back ---------------------------------------------------------------
@@ -168,6 +235,7 @@ class GateResult:
     retried: tuple[str, ...]
     cases: tuple[CaseResult, ...]
     out_dir: str
+    load: Mapping[str, Any] = field(default_factory=dict)  # gate_load test -> its metrics
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -209,6 +277,8 @@ def pytest_argv(profile: GateProfile, out: Path, attempt: int, tests: Sequence[s
             argv += [option, value]
     if profile.workers > 1:
         argv += ["-n", str(profile.workers)]
+    if profile.load is not None:
+        argv += ["--hil-load-profile", str(profile.path)]
     return argv
 
 
@@ -255,6 +325,7 @@ def run_gate(
         retried=tuple(retried),
         cases=cases,
         out_dir=str(out),
+        load=_load_metrics(out / "logs"),
     )
     (out / "summary.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
@@ -269,6 +340,20 @@ def _session_records(log_dir: Path) -> tuple[dict[str, str], tuple[str, ...]]:
         rigs.add(record.get("rig", record_file.stem))
         firmware.update({k: v for k, v in record.items() if k.startswith("firmware")})
     return firmware, tuple(sorted(rigs))
+
+
+def _load_metrics(log_dir: Path) -> dict[str, Any]:
+    """What the gate_load tests measured, by test (``load-metrics.json`` per session)."""
+    metrics: dict[str, Any] = {}
+    for path in sorted(log_dir.rglob(LOAD_METRICS_FILE)):
+        try:
+            found = json.loads(path.read_text())
+        except ValueError as exc:
+            metrics[str(path)] = {"error": f"unreadable: {exc}"}
+            continue
+        if isinstance(found, dict):
+            metrics.update(found)
+    return metrics
 
 
 def override(profile: GateProfile, **values: Any) -> GateProfile:
@@ -290,5 +375,7 @@ def verdict_table(result: GateResult) -> str:
     lines.append(f"gate {result.profile}: firmware {version} on {', '.join(result.rigs) or 'no rig'}, broker {result.broker}")
     if result.retried:
         lines.append(f"re-run for infrastructure errors: {', '.join(result.retried)}")
+    for test, metrics in result.load.items():
+        lines.append(f"load ({test}): {metrics.get('summary', metrics)}")
     lines.append(f"VERDICT: {result.verdict.upper()}" + (f" ({'; '.join(result.reasons)})" if result.reasons else ""))
     return "\n".join(lines)

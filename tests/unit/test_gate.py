@@ -174,3 +174,90 @@ def test_thresholds_decide_the_verdict() -> None:
 def test_a_run_that_writes_no_junit_is_a_gate_error(tmp_path: Path) -> None:
     with pytest.raises(GateError, match="wrote no"):
         run_gate(GateProfile(name="g", path=Path("g")), tmp_path, runner=lambda argv, env: 4, env={}, root=ROOT)
+
+
+# -- the [load] table (fleet load gate) ----------------------------------------------------
+def test_the_load_profile_has_a_realistic_load_table() -> None:
+    from hil.gate import LoadProfile
+
+    profile = load_profile("load", ROOT / "gates")
+    assert profile.load is not None and profile.markers == "gate_load"
+    assert profile.load.devices >= 200 and profile.load.duration_s >= 60 and profile.load.max_loss == 0
+    assert load_profile("staging", ROOT / "gates").load is None
+    ci = LoadProfile()  # the plugin's default without --hil-load-profile: CI-sized
+    assert ci.devices * ci.duration_s <= 20 * 15 and ci.interval_s == 1
+
+
+def test_a_load_table_is_read_with_numbers_as_floats(tmp_path: Path) -> None:
+    from hil.gate import LoadProfile
+
+    write_profile(
+        tmp_path,
+        "[gate]\n[load]\ndevices = 50\nrate_hz = 0.5\nduration_s = 30\nmax_loss = 0\nmax_p99_latency_s = 2\n",
+    )
+    load = load_profile("staging", tmp_path).load
+    assert load == LoadProfile(devices=50, rate_hz=0.5, duration_s=30.0, max_loss=0.0, max_p99_latency_s=2.0)
+    assert load.interval_s == 2 and isinstance(load.duration_s, float)
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ("devices = 20\ndevises = 3\n", "[load] has unknown field 'devises'"),
+        ('devices = "20"\n', "[load].devices must be an integer"),
+        ("devices = 20.0\n", "[load].devices must be an integer"),
+        ("rate_hz = true\n", "[load].rate_hz must be a number"),
+        ("devices = 0\n", "[load].devices = 0: give 1..10000 devices"),
+        ("devices = 20000\n", "give 1..10000 devices"),
+        ("rate_hz = 2\n", "1 / rate_hz an integer"),
+        ("rate_hz = 0.3\n", "1 / rate_hz an integer"),
+        ("rate_hz = 0\n", "1 / rate_hz an integer"),
+        ("rate_hz = 0.5\nduration_s = 3\n", "too short for two readings per device"),
+        ("max_loss = 1.5\n", "[load].max_loss = 1.5: a fraction"),
+        ("max_p99_latency_s = 0\n", "[load].max_p99_latency_s = 0.0: must be a number of seconds > 0"),
+        ("max_storm_recovery_s = -1\n", "max_storm_recovery_s"),
+        ("max_broker_dropped = -1\n", "a count of messages"),
+    ],
+)
+def test_a_bad_load_table_names_the_file_and_the_field(tmp_path: Path, table: str, says: str) -> None:
+    path = write_profile(tmp_path, f"[gate]\n[load]\n{table}")
+    with pytest.raises(GateError) as info:
+        load_profile("staging", tmp_path)
+    assert says in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_load_table_that_is_not_a_table_is_refused(tmp_path: Path) -> None:
+    write_profile(tmp_path, "load = 3\n[gate]\n")
+    with pytest.raises(GateError, match=r"\[load\] must be a table"):
+        load_profile("staging", tmp_path)
+
+
+def test_the_gate_passes_its_load_profile_and_copies_the_metrics_into_the_summary(tmp_path: Path) -> None:
+    from hil.gate import LOAD_METRICS_FILE, LoadProfile
+
+    path = write_profile(tmp_path, "[gate]\n[load]\ndevices = 5\n", "load")
+    metrics = {"tests/hil/test_load.py": {"devices": 5, "broker_dropped": "unknown", "summary": "5 devices × 1 Hz"}}
+
+    class LoadRuns(ScriptedRuns):
+        def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
+            code = super().__call__(argv, env)
+            logs = Path(argv[argv.index("--hil-log-dir") + 1])
+            (logs / "main").mkdir(parents=True, exist_ok=True)
+            (logs / "main" / LOAD_METRICS_FILE).write_text(json.dumps(metrics))
+            return code
+
+    runs = LoadRuns([[("tests.hil.test_load", "test_no_reading_is_lost", "passed")]])
+    profile = GateProfile(name="load", path=path, load=LoadProfile(devices=5))
+    result = run_gate(profile, tmp_path / "out", runner=runs, env={}, root=ROOT)
+    argv = runs.argvs[0]
+    assert argv[argv.index("--hil-load-profile") + 1] == str(path)
+    assert "--hil-load-profile" not in pytest_argv_without_load(tmp_path)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["load"] == metrics and result.load == metrics
+    assert "load (tests/hil/test_load.py): 5 devices × 1 Hz" in verdict_table(result)
+
+
+def pytest_argv_without_load(tmp_path: Path) -> list[str]:
+    from hil.gate import pytest_argv
+
+    return pytest_argv(GateProfile(name="staging", path=tmp_path / "staging.toml"), tmp_path, 0, ["tests/hil"])

@@ -1,0 +1,185 @@
+"""Benchmark: how many virtual devices one fleet process carries, and what each costs.
+
+One run starts a mosquitto (an account per device), then ``hil sim fleet`` with
+``--devices`` boards in one process, each publishing a reading a second, straight to the
+broker (no fault proxy: nothing else in this process competes for the CPU), for
+``--duration`` seconds, and measures with `hil.load` from outside:
+
+* whether it held: every reading arrived (no seq gap on any device), the broker dropped
+  nothing (mosquitto's ``$SYS/broker/publish/messages/dropped``), and the readings
+  arrived at the rate the devices should publish (≥ 98 % of devices × 1/s);
+* **devices per core**: devices ÷ the CPU the fleet process used over the window (CPU
+  seconds per wall second, all its threads): how many devices one fully used core carries
+  at 1 message/s each;
+* **memory per device**: the fleet process's RSS ÷ devices (and its anonymous part:
+  RSS also counts the pages of the boards' memory-mapped flash files it touched).
+
+With ``--find``, a run that does not hold is followed by smaller ones (bisecting down to
+a multiple of ``--step``) until one holds, and the largest count that held is reported.
+Results are printed; the numbers in bench/RESULTS.md come from this script.
+
+Run: ``/work/venv/bin/python bench/fleet.py [--devices 1000] [--duration 60] [--find]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hil.broker import OBSERVER_USER, MosquittoBroker
+from hil.gate import LoadProfile
+from hil.load import LoadResult, LoadTarget, device_ids, run_load
+
+MIN_RATE = 0.98  # of the expected readings per second, for a run to count as "held"
+
+
+@dataclass(frozen=True)
+class Run:
+    devices: int
+    result: LoadResult
+    broker_cpu_s: float
+    bench_cpu_s: float
+    wall_s: float
+
+    @property
+    def held(self) -> bool:
+        r = self.result
+        return (
+            r.loss.lost == 0
+            and r.broker_dropped == 0
+            and r.throughput_msgs_per_s >= MIN_RATE * r.expected_msgs_per_s
+            and not r.loss.reboots
+        )
+
+    @property
+    def devices_per_core(self) -> float:
+        cores = self.result.fleet_cpu_cores
+        return self.devices / cores if cores > 0 else float("inf")
+
+
+def cpu_of(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_once(devices: int, duration: float, workdir: Path) -> Run:
+    broker = MosquittoBroker(workdir / "broker")
+    ids = device_ids(devices)
+    for device in ids:
+        broker.add_device(device)
+    broker.start()
+    try:
+        pid = broker._proc.pid if broker._proc is not None else 0  # the bench reads its CPU
+        broker_cpu = cpu_of(pid)
+        target = LoadTarget(
+            name="mosquitto",
+            host="127.0.0.1",
+            port=broker.plain_port,
+            credentials={d: (broker.credentials(d).username, broker.credentials(d).password) for d in ids},
+            observer_user=OBSERVER_USER,
+            observer_password=broker.observer_password,
+            via_proxy=False,
+        )
+        profile = LoadProfile(devices=devices, rate_hz=1.0, duration_s=duration)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.monotonic()
+        result = run_load(target, profile, workdir=workdir / f"fleet-{devices}", storm=False, progress=print)
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        return Run(
+            devices=devices,
+            result=result,
+            broker_cpu_s=cpu_of(pid) - broker_cpu,
+            bench_cpu_s=(after.ru_utime + after.ru_stime) - (own.ru_utime + own.ru_stime),
+            wall_s=wall,
+        )
+    finally:
+        broker.kill()
+
+
+def report(run: Run) -> None:
+    r = run.result
+    memory = r.fleet_memory
+    print(f"\n== {run.devices} devices × 1 msg/s for {r.window_s:.1f} s (fleet up after {r.startup_s:.1f} s)")
+    print(
+        f"   readings: {r.readings_in_window} in the window = {r.throughput_msgs_per_s:.1f} msgs/s "
+        f"(expected {r.expected_msgs_per_s:.0f}, {r.throughput_msgs_per_s / r.expected_msgs_per_s:.1%})"
+    )
+    print(
+        f"   loss: {r.loss.lost} of {r.loss.expected} readings (seq gaps), devices' own drop count "
+        f"{r.loss.visible}, duplicates {r.loss.duplicates}, reboots {r.loss.reboots}; broker dropped "
+        f"{'unknown' if r.broker_dropped is None else r.broker_dropped}"
+    )
+    if r.latency.p50_s is not None and r.latency.p99_s is not None:
+        print(f"   latency (device timestamp -> observer): p50 {r.latency.p50_s * 1000:.1f} ms, p99 {r.latency.p99_s * 1000:.1f} ms")
+    print(
+        f"   CPU: fleet {r.fleet_cpu_cores:.2f} cores over the window ({r.fleet_cpu_s:.1f} s in all); "
+        f"mosquitto {run.broker_cpu_s:.1f} s, this process (observer) {run.bench_cpu_s:.1f} s, over {run.wall_s:.0f} s"
+    )
+    print(
+        f"   memory: fleet RSS {memory.get('VmRSS', 0) / 2**20:.0f} MiB (peak {memory.get('VmHWM', 0) / 2**20:.0f}, "
+        f"anonymous {memory.get('RssAnon', 0) / 2**20:.0f}, flash-file pages {memory.get('RssFile', 0) / 2**20:.0f})"
+    )
+    for note in r.notes:
+        print(f"   note: {note}")
+    print(f"   => {'HELD' if run.held else 'DID NOT HOLD'} (zero loss, no broker drops, ≥ {MIN_RATE:.0%} of the rate)")
+
+
+def ratios(run: Run) -> None:
+    r = run.result
+    memory = r.fleet_memory
+    print(f"\nfleet ratios, {run.devices} devices in one process at 1 msg/s each, measured in one run:")
+    print(f"  devices per core:   {run.devices_per_core:.0f}  ({run.devices} devices / {r.fleet_cpu_cores:.2f} cores used)")
+    print(
+        f"  memory per device:  {r.rss_per_device_bytes / 1024:.0f} KiB RSS "
+        f"({memory.get('RssAnon', 0) / run.devices / 1024:.0f} KiB anonymous)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000, help="devices in the fleet process (default 1000)")
+    parser.add_argument("--duration", type=float, default=60.0, help="steady window in seconds (default 60)")
+    parser.add_argument("--find", action="store_true", help="if it does not hold, bisect down to a count that does")
+    parser.add_argument("--step", type=int, default=50, help="--find's resolution in devices (default 50)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.devices <= 10_000 or args.duration < 2:
+        parser.error("--devices 1..10000 and --duration >= 2")
+    print(f"bench fleet: {args.devices} devices, 1 msg/s each, {args.duration:g} s, on {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory(prefix="hil-bench-fleet-") as tmp:
+        first = run_once(args.devices, args.duration, Path(tmp))
+        report(first)
+        best = first if first.held else None
+        if args.find and not first.held:
+            low, high = 0, args.devices  # held at low (0 trivially), not at high
+            while high - low > args.step:
+                middle = max(args.step, (low + high) // 2 // args.step * args.step)
+                if middle in (low, high):
+                    break
+                attempt = run_once(middle, args.duration, Path(tmp))
+                report(attempt)
+                if attempt.held:
+                    low, best = middle, attempt
+                else:
+                    high = middle
+        if best is None:
+            print(f"\nno run held; the {args.devices}-device run's figures:")
+            ratios(first)
+            return 1
+        ratios(best)
+        if best is not first:
+            print(f"  ({args.devices} devices did not hold; {best.devices} is the largest count that did)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

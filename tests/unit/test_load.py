@@ -1,0 +1,196 @@
+"""The fleet load library's arithmetic (no fleet, no broker): latency basis, seq-gap loss
+against the devices' own drop counts, thresholds in words, "unknown" never 0; and the
+plugin's ``--hil-load-profile`` option and ``load_profile`` fixture."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from hil.gate import LoadProfile
+from hil.load import (
+    CREDENTIALS_ENV,
+    LoadError,
+    LoadResult,
+    Reading,
+    Storm,
+    external_credentials,
+    latency,
+    loss,
+    percentile,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def reading(seq: int, *, taken: float = 100.0, delay: float = 0.01, boot: int = 1) -> Reading:
+    return Reading(seq=seq, boot=boot, taken=taken + seq, received=taken + seq + delay, received_mono=10.0 + seq)
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50.0, 99.0, 100.0)
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_latency_is_receive_time_minus_the_device_timestamp_within_the_window() -> None:
+    readings = {"fleet-0000": [reading(s, delay=0.002 * (s + 1)) for s in range(10)]}
+    result = latency(readings, since=10.0, until=14.0)  # seqs 0..4 arrived in the window
+    assert result.samples == 5 and "clocks agree" in result.basis
+    assert result.p50_s == pytest.approx(0.006) and result.p99_s == pytest.approx(0.010)
+
+
+def test_a_device_clock_behind_the_host_gives_latency_relative_to_its_best_reading() -> None:
+    readings = {
+        "fleet-0000": [reading(s, taken=1000.0, delay=-50.0 + 0.01 * s) for s in range(5)],  # clock 50 s ahead
+        "fleet-0001": [reading(s, delay=0.01) for s in range(5)],
+    }
+    result = latency(readings, since=0.0, until=100.0)
+    assert "device clocks differ" in result.basis and result.p99_s == pytest.approx(0.04)
+    assert latency({"fleet-0000": []}, 0.0, 1.0).p99_s is None
+
+
+def test_loss_is_seq_gaps_and_silent_loss_is_what_the_devices_did_not_count() -> None:
+    readings = {
+        "fleet-0000": [reading(s) for s in (0, 1, 2, 4, 5)],  # 3 lost
+        "fleet-0001": [reading(s) for s in (0, 1, 1, 2)],  # a QoS 1 duplicate, no loss
+        "fleet-0002": [reading(0), reading(1), reading(0, boot=2)],  # rebooted
+    }
+    health = {d: (1.0, {"dropped_readings": 0}) for d in readings}
+    health["fleet-0000"] = (1.0, {"dropped_readings": 1})
+    found = loss(readings, health)
+    assert (found.expected, found.received, found.lost, found.duplicates, found.reboots) == (6 + 3 + 3, 11, 1, 1, 1)
+    assert (found.visible, found.silent) == (1, 0)
+    assert dict(found.worst) == {"fleet-0000": [3]}
+    unknown = loss(readings, {})  # no health from anyone: the split is unknown, not 0
+    assert unknown.visible is None and unknown.silent is None
+
+
+def result(**changes: object) -> LoadResult:
+    base = LoadResult(
+        broker="mosquitto",
+        app="baseline",
+        devices=2,
+        rate_hz=1.0,
+        duration_s=15.0,
+        startup_s=1.0,
+        window_s=15.0,
+        readings_in_window=30,
+        throughput_msgs_per_s=2.0,
+        expected_msgs_per_s=2.0,
+        latency=latency({"fleet-0000": [reading(0)]}, 0.0, 100.0),
+        loss=loss({"fleet-0000": [reading(0), reading(1)]}, {"fleet-0000": (1.0, {"dropped_readings": 0})}),
+        storm=Storm(connections_reset=2, reconnected_s=1.1, recovery_s=1.2),
+        broker_dropped=0,
+        fleet_cpu_s=1.0,
+        fleet_cpu_cores=0.05,
+        fleet_memory={"VmRSS": 2 * 4096 * 1024},
+    )
+    return LoadResult(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+
+
+def test_thresholds_are_judged_in_words() -> None:
+    profile = LoadProfile(max_storm_recovery_s=1.0, max_p99_latency_s=0.005)
+    assert result().violations(LoadProfile()) == []
+    problems = result(broker_dropped=7).violations(profile)
+    assert any("storm recovery 1.20 s > max_storm_recovery_s 1.0 s" in p for p in problems)
+    assert any("p99 latency 0.010 s > max_p99_latency_s 0.005 s" in p for p in problems)
+    assert any("broker dropped 7 messages" in p for p in problems)
+    lost = loss({"fleet-0000": [reading(0), reading(2)]}, {})
+    assert "loss 1 of 3 readings" in result(loss=lost).violations(LoadProfile())[0]
+
+
+def test_the_json_says_unknown_rather_than_zero() -> None:
+    data = result(broker_dropped=None, loss=loss({"fleet-0000": [reading(0)]}, {})).to_json()
+    assert data["broker_dropped"] == "unknown" and data["loss"]["visible"] == "unknown"
+    assert data["rss_per_device_bytes"] == 4096 * 1024
+    assert "broker dropped unknown" in data["summary"] and json.loads(json.dumps(data))["broker"] == "mosquitto"
+    assert result(broker_dropped=None).violations(LoadProfile()) == []  # unknown is not judged
+    assert result(storm=None).to_json()["storm"] is None
+
+
+def test_external_brokers_take_a_credentials_file_or_one_shared_account(tmp_path: Path) -> None:
+    ids = ["fleet-0000", "fleet-0001"]
+    assert external_credentials(ids, "staging", "pw", {}) == {d: ("staging", "pw") for d in ids}
+    assert external_credentials(ids, None, None, {}) is None
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"fleet-0000": {"username": "a", "password": "1"}}))
+    with pytest.raises(LoadError, match="no account for fleet-0001"):
+        external_credentials(ids, "staging", "pw", {CREDENTIALS_ENV: str(creds)})
+    creds.write_text(json.dumps({d: {"username": d, "password": "x"} for d in ids}))
+    assert external_credentials(ids, None, None, {CREDENTIALS_ENV: str(creds)}) == {d: (d, "x") for d in ids}
+
+
+# -- the plugin's option and fixture ------------------------------------------------------
+@pytest.fixture
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("HIL_LOCK_DIR", str(tmp_path / "locks"))
+    pytester.makepyfile(
+        """
+        def test_profile(load_profile):
+            print("LOAD", load_profile.devices, load_profile.duration_s, load_profile.max_p99_latency_s)
+        """
+    )
+
+    def go(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess(
+            "-p", "fixtures.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}", "-s", *args
+        )
+
+    return go
+
+
+def test_without_a_load_profile_the_run_is_ci_sized(run) -> None:
+    result = run()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*LOAD 20 15.0 1.0*"])
+
+
+def test_the_load_profile_option_reads_a_gate_profiles_load_table(run, tmp_path: Path) -> None:
+    profile = tmp_path / "mine.toml"
+    profile.write_text("[gate]\n[load]\ndevices = 7\nduration_s = 4\nmax_p99_latency_s = 0.25\n")
+    run(f"--hil-load-profile={profile}").stdout.fnmatch_lines(["*LOAD 7 4.0 0.25*"])
+    run(f"--hil-load-profile={ROOT / 'gates' / 'load.toml'}").stdout.fnmatch_lines(["*LOAD 200 60.0*"])
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("[gate]\n", "has no [load] table"), ("[gate]\n[load]\ndevices = -1\n", "[load].devices = -1")],
+)
+def test_a_bad_load_profile_is_a_usage_error(run, tmp_path: Path, text: str, says: str) -> None:
+    profile = tmp_path / "bad.toml"
+    profile.write_text(text)
+    result = run(f"--hil-load-profile={profile}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert says in result.stderr.str() and str(profile) in result.stderr.str()
+
+
+# -- what the load run needs of the session's mosquitto -------------------------------------
+def test_mosquitto_takes_new_accounts_without_dropping_anyone_and_shows_its_drop_count(tmp_path: Path) -> None:
+    from hil.broker import OBSERVER_USER, MosquittoBroker
+    from hil.load import SYS_DROPPED, SYS_TICK, FleetCollector, LoadTarget
+
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.add_device("hil-virtual-0")
+    broker.start()
+    try:
+        target = LoadTarget(
+            name="mosquitto", host="127.0.0.1", port=broker.plain_port,
+            observer_user=OBSERVER_USER, observer_password=broker.observer_password,
+        )  # fmt: skip
+        with FleetCollector(target, ["fleet-0000"]) as collector:
+            assert collector.wait_sys(SYS_DROPPED, count=1, since=0.0, timeout=5)
+            assert collector.sys_value(SYS_DROPPED) == 0
+            account = broker.add_device("fleet-0000")
+            broker.reload()  # returns once the new account can log in
+            since = time.monotonic()
+            assert collector.wait_sys(SYS_TICK, count=2, since=since, timeout=5)  # sys_interval 1
+            assert collector.client.is_connected()  # the reload dropped nobody
+        assert account.username == "fleet-0000"
+        assert "Reloading config" in broker.log_path.read_text()
+    finally:
+        broker.kill()
