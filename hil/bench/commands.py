@@ -38,6 +38,9 @@ def _guard(name: str, handler: Handler) -> Handler:
         except (BenchError, FlashError) as exc:
             print(f"hil {name}: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:  # a port, bus or socket of the rig that is not there
+            print(f"hil {name}: {exc}", file=sys.stderr)
+            return 1
 
     return run
 

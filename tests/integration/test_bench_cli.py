@@ -358,3 +358,31 @@ def test_monitor_passes_a_panic_through(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Guru Meditation Error: Core  0 panic'ed" in result.stdout, result.stdout[-3000:]
     assert "MEPC    : 0x" in result.stdout and "Rebooting..." in result.stdout
+
+
+def test_a_fleet_on_the_bench_broker(tmp_path: Path) -> None:
+    """hil broker up --fleet-accounts N, then hil sim up --fleet N: the fleet is provisioned
+    with the bench broker's URI and accounts, and its boards come online there."""
+    sd = ["--state-dir", str(tmp_path)]
+    try:
+        broker = hil("broker", "up", "--fleet-accounts", "2", "--json", *sd)
+        assert broker.returncode == 0, broker.stderr
+        info = json.loads(broker.stdout)
+        watcher = observer(info)
+        try:
+            up = hil("sim", "up", "--fleet", "2", *sd)
+            assert up.returncode == 0, up.stderr
+            assert "fleet of 2" in up.stdout and "--device fleet-0000" in up.stdout
+            for device in ("fleet-0000", "fleet-0001"):
+                watcher.wait_for(f"esp32/{device}/status", lambda m: m.json().get("state") == "online", timeout=60)
+        finally:
+            watcher.close()
+        got = hil("sensor", "get", "--device", "fleet-0001", "--json", *sd)
+        assert got.returncode == 0 and json.loads(got.stdout)["faults"] == [], got.stderr
+        off = hil("power", "off", "--device", "fleet-0001", "--json", *sd)
+        assert off.returncode == 0 and json.loads(off.stdout)["powered"] is False
+        one_line_error(hil("sensor", "get", *sd), "--device")
+        one_line_error(hil("monitor", "--device", "fleet-0000", *sd), "no serial port")
+    finally:
+        hil("sim", "down", "--purge", *sd)
+        hil("broker", "down", *sd)
