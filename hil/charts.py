@@ -129,6 +129,7 @@ def timeline_chart(spans: Sequence[Span], instants: Sequence[Instant], *, title:
         return MARGIN + lanes.index(lane) * lane_h
 
     body = []
+    narrow: list[str] = []  # spans too short to hold their label: named in order below the axis
     for lane in lanes:
         body.append(f'<text x="{label_w - 8}" y="{top(lane) + lane_h / 2 + 4:.1f}" text-anchor="end">{escape(lane)}</text>')
         body.append(
@@ -142,14 +143,13 @@ def timeline_chart(spans: Sequence[Span], instants: Sequence[Instant], *, title:
             f'<rect x="{left:.1f}" y="{top(span.lane) + 8:.1f}" width="{right - left:.1f}" height="{lane_h - 16}" '
             f'fill="{colour}" opacity="0.75"><title>{escape(span.label)} {span.end - span.start:.2f} s</title></rect>'
         )
-        if span.label:
-            # Inside the bar when it fits (about 6 px a character), else just after it.
-            fits = right - left > 6 * len(span.label) + 6
-            where, fill = (left + 3, "white") if fits else (right + 3, "#222")
+        if span.label and right - left > 6 * len(span.label) + 6:  # fits inside (about 6 px a character)
             body.append(
-                f'<text x="{where:.1f}" y="{top(span.lane) + lane_h / 2 + 4:.1f}" fill="{fill}">'
+                f'<text x="{left + 3:.1f}" y="{top(span.lane) + lane_h / 2 + 4:.1f}" fill="white">'
                 f"{escape(span.label)}</text>"
             )
+        elif span.label:
+            narrow.append(f"{span.label} {span.end - span.start:.2f} s" if span.end > span.start else span.label)
     for instant in instants:
         at = x(instant.at)
         body.append(
@@ -161,4 +161,18 @@ def timeline_chart(spans: Sequence[Span], instants: Sequence[Instant], *, title:
     axis_y = MARGIN + lane_h * len(lanes) + 16
     for tick in _ticks(0, duration):
         body.append(f'<text x="{x(start + tick):.1f}" y="{axis_y}" text-anchor="middle">{tick:g} s</text>')
+    if narrow:
+        height += 20
+        body.append(f'<text x="{label_w}" y="{axis_y + 20}">{escape(" · ".join(narrow))}</text>')
     return _svg(body, WIDTH, height, title)
+
+
+def phases(lane: str, events: Sequence[tuple[float, str]]) -> list[Span]:
+    """Consecutive events as spans on one lane, each from its time to the next event's and
+    named by it; the last event is an instant's worth (a verdict, not a phase)."""
+    ordered = sorted(events)
+    spans = [Span(lane, at, ordered[i + 1][0], label) for i, (at, label) in enumerate(ordered[:-1])]
+    if ordered:
+        at, label = ordered[-1]
+        spans.append(Span(lane, at, at, label))
+    return spans

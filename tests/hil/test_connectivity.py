@@ -8,10 +8,13 @@ queued while offline and sent in order (`seq` without gaps).
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
 from hil import contract
+from hil.charts import Instant, Span, timeline_chart
+from hil.report import attach_svg
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
@@ -32,15 +35,34 @@ def state_is(state: str):
 @pytest.mark.guards("offline_drop")
 def test_a_broker_restart_loses_no_reading(dut, mqtt, broker) -> None:
     topic = contract.sensors_topic(dut.device_id)
-    mark = mqtt.mark()
+    mark, serial = mqtt.mark(), dut.console.mark()
     mqtt.wait_for(topic, since=mark, timeout=15)
-    broker.stop()
-    dut.console.expect(contract.MQTT_DISCONNECTED, timeout=30)
-    dut.console.expect(contract.MQTT_DISCONNECTED, timeout=30)  # a failed retry: time offline
-    broker.start()
-    after = mqtt.mark()
-    mqtt.wait_for(topic, since=after, count=3, timeout=60)
-    gapless(mqtt, topic, mark)
+    outage = [time.monotonic()]
+    try:
+        broker.stop()
+        dut.console.expect(contract.MQTT_DISCONNECTED, timeout=30)
+        dut.console.expect(contract.MQTT_DISCONNECTED, timeout=30)  # a failed retry: time offline
+        broker.start()
+        outage.append(time.monotonic())
+        after = mqtt.mark()
+        mqtt.wait_for(topic, since=after, count=3, timeout=60)
+        gapless(mqtt, topic, mark)
+    finally:
+        attach_reconnect_timeline(dut, mqtt, topic, mark, serial, outage)
+
+
+def attach_reconnect_timeline(dut, mqtt, topic: str, mark: int, serial, outage: list[float]) -> None:
+    """The outage, the device's attempts and recovery, and every reading by arrival time
+    (a queue delivered on reconnect shows as a burst), on the report."""
+    spans = [Span("broker", outage[0], outage[-1] if len(outage) > 1 else time.monotonic(), "down")]
+    instants = [
+        Instant("device", line.monotonic, label)
+        for line in dut.console.records(serial)
+        for label, pattern in (("disconnected", contract.MQTT_DISCONNECTED), ("connected", contract.MQTT_CONNECTED))
+        if pattern.search(line.text)
+    ]
+    instants += [Instant("readings", m.at) for m in mqtt.collect(topic, since=mark)]
+    attach_svg("reconnect timeline", timeline_chart(spans, instants, title="broker restart: outage, attempts, readings"))
 
 
 @pytest.mark.requires("wifi_control")

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from hil import contract
+from hil.charts import Instant, phases, timeline_chart
 from hil.firmware import cached_build, update_image
 from hil.images.partitions import TWO_OTA_TABLE
+from hil.report import attach_svg
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e, pytest.mark.destructive]
 
@@ -85,11 +87,33 @@ def offer(mqtt, ota_server, ota_signer, device: str, image: bytes, version: str,
 def test_a_newer_signed_image_is_installed_and_confirmed(restore_firmware, mqtt, ota_server, ota_signer, images) -> None:
     dut = restore_firmware
     image = (images / "v1_1_0.bin").read_bytes()
-    mark = mqtt.mark()
-    mqtt.publish(contract.ota_update_topic(dut.device_id), ota_signer.request(image, ota_server.add("new.bin", image), "1.1.0"))
-    wait_state(mqtt, dut.device_id, "success", mark)
-    assert states(mqtt, dut.device_id, mark) == ["downloading", "verifying", "rebooting", "success"]
-    dut.console.expect(contract.OTA_MARKED_VALID, timeout=5, since=None)
+    mark, serial = mqtt.mark(), dut.console.mark()
+    try:
+        mqtt.publish(contract.ota_update_topic(dut.device_id), ota_signer.request(image, ota_server.add("new.bin", image), "1.1.0"))
+        wait_state(mqtt, dut.device_id, "success", mark)
+        assert states(mqtt, dut.device_id, mark) == ["downloading", "verifying", "rebooting", "success"]
+        dut.console.expect(contract.OTA_MARKED_VALID, timeout=5, since=None)
+    finally:
+        attach_ota_timeline(dut, mqtt, mark, serial)
+
+
+def attach_ota_timeline(dut, mqtt, mark: int, serial) -> None:
+    """The OTA's phases as the device reported them, and what its serial port said when
+    (boot of the new app, marked valid, rollback), on the report."""
+    statuses = [(m.at, m.json()["state"]) for m in mqtt.collect(contract.ota_status_topic(dut.device_id), since=mark)]
+    if not statuses:
+        return
+    lines = [
+        Instant("serial", line.monotonic, label)
+        for line in dut.console.records(serial)
+        for label, pattern in (
+            ("boot", contract.APP_VERSION),
+            ("marked valid", contract.OTA_MARKED_VALID),
+            ("rollback", contract.OTA_ROLLBACK),
+        )
+        if pattern.search(line.text)
+    ]
+    attach_svg("OTA timeline", timeline_chart(phases("ota status", statuses), lines, title="OTA: download, reboot, self-test, verdict"))
 
 
 @pytest.mark.requires("ota")

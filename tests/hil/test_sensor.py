@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from hil import contract
 from hil.bme280 import Environment, Fault
+from hil.charts import accuracy_chart
+from hil.report import attach_svg
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
@@ -67,6 +69,18 @@ def environment(sensor):
         sensor.set(before)
 
 
+@pytest.fixture
+def sweep_chart():
+    """(true, reported) per quantity over a sweep's examples; on the report as pictures of
+    the error against the accuracy band, failed or not (Hypothesis runs every example
+    against this one fixture instance)."""
+    points: dict[str, list[tuple[float, float]]] = {"temperature_c": [], "humidity_pct": [], "pressure_hpa": []}
+    yield points
+    for key, band, unit in (("temperature_c", ACC_T, "°C"), ("humidity_pct", ACC_H, "%RH"), ("pressure_hpa", ACC_P, "hPa")):
+        if points[key]:
+            attach_svg(f"sweep: {key}", accuracy_chart(points[key], band, title=f"{key}: reported - true", unit=unit))
+
+
 def reading_of(mqtt, device_id: str, env: Environment, sensor, interval_s: float) -> dict:
     """Expose the sensor to ``env`` and return the first reading converted after that."""
     sensor.set(env)
@@ -93,8 +107,11 @@ def accuracy_problems(reading: dict, env: Environment) -> list[str]:
 @pytest.mark.guards("temp_high_2c")
 @settings(settings.get_profile("rig"))
 @given(env=inside_the_range)
-def test_readings_match_the_environment_across_the_range(dut, mqtt, environment, hil_session, env) -> None:
+def test_readings_match_the_environment_across_the_range(dut, mqtt, environment, hil_session, sweep_chart, env) -> None:
     reading = reading_of(mqtt, dut.device_id, env, environment, setting(hil_session, "measurement_interval_s"))
+    for key, true in (("temperature_c", env.temperature_c), ("humidity_pct", env.humidity_pct), ("pressure_hpa", env.pressure_hpa)):
+        if isinstance(reading.get(key), (int, float)):
+            sweep_chart[key].append((true, reading[key]))
     assert not contract.validate_payload("sensors", reading, device_id=dut.device_id)
     assert not accuracy_problems(reading, env), f"{env}: {reading}"
 

@@ -38,3 +38,15 @@ def test_empty_data_is_refused() -> None:
         accuracy_chart([], 1.0, title="t", unit="u")
     with pytest.raises(ValueError):
         timeline_chart([], [], title="t")
+
+
+def test_phases_run_from_each_event_to_the_next() -> None:
+    from hil.charts import phases
+
+    spans = phases("ota", [(3.0, "verifying"), (1.0, "downloading"), (4.5, "success")])
+    assert [(s.label, s.start, s.end) for s in spans] == [
+        ("downloading", 1.0, 3.0),
+        ("verifying", 3.0, 4.5),
+        ("success", 4.5, 4.5),
+    ]
+    assert phases("ota", []) == []
