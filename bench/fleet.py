@@ -48,6 +48,7 @@ class Run:
     broker_cpu_s: float
     bench_cpu_s: float
     wall_s: float
+    load_average: float  # the machine's 1-minute load average when the run ended
 
     @property
     def held(self) -> bool:
@@ -101,6 +102,7 @@ def run_once(devices: int, duration: float, workdir: Path) -> Run:
             broker_cpu_s=cpu_of(pid) - broker_cpu,
             bench_cpu_s=(after.ru_utime + after.ru_stime) - (own.ru_utime + own.ru_stime),
             wall_s=wall,
+            load_average=os.getloadavg()[0],
         )
     finally:
         broker.kill()
@@ -119,11 +121,18 @@ def report(run: Run) -> None:
         f"{r.loss.visible}, duplicates {r.loss.duplicates}, reboots {r.loss.reboots}; broker dropped "
         f"{'unknown' if r.broker_dropped is None else r.broker_dropped}"
     )
+    if r.device_rate_hz is not None:
+        median, slowest = r.device_rate_hz
+        print(f"   the devices' own reading rate (their timestamps): median {median:.3f}/s, slowest {slowest:.3f}/s")
     if r.latency.p50_s is not None and r.latency.p99_s is not None:
         print(f"   latency (device timestamp -> observer): p50 {r.latency.p50_s * 1000:.1f} ms, p99 {r.latency.p99_s * 1000:.1f} ms")
     print(
         f"   CPU: fleet {r.fleet_cpu_cores:.2f} cores over the window ({r.fleet_cpu_s:.1f} s in all); "
         f"mosquitto {run.broker_cpu_s:.1f} s, this process (observer) {run.bench_cpu_s:.1f} s, over {run.wall_s:.0f} s"
+    )
+    print(
+        f"   contention: the fleet's threads waited {r.fleet_cpu_wait_s:.1f} s for a CPU in the window; "
+        f"load average at the end {run.load_average:.2f} on {os.cpu_count()} cores"
     )
     print(
         f"   memory: fleet RSS {memory.get('VmRSS', 0) / 2**20:.0f} MiB (peak {memory.get('VmHWM', 0) / 2**20:.0f}, "

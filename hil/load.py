@@ -12,7 +12,9 @@ What is measured, and how:
 
 * **throughput**: readings (``esp32/+/sensors``) the collector received per second over
   the steady window (``duration_s``), next to what the fleet should publish
-  (devices × rate).
+  (devices × rate), and the rate the devices themselves took readings at (from their
+  timestamps: a fleet process that cannot keep up slows its devices down, it does not
+  lose their readings).
 * **end-to-end latency**: host wall-clock time when the collector received a reading,
   minus the reading's ``timestamp`` (the device's wall clock when it took the reading;
   DEVICE_CONTRACT.md §4). That spans the device's outbox, its TCP path (the proxy), the
@@ -251,6 +253,15 @@ class FleetProcess:
         stat = Path(f"/proc/{self.pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; fields from #3 on
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+    def cpu_wait_seconds(self) -> float:
+        """Time the fleet's threads were ready to run but waited for a CPU (all threads,
+        /proc/PID/task/*/schedstat): CPU taken by other processes (or its own other threads)."""
+        total = 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int((task / "schedstat").read_text().split()[1])
+        return total / 1e9
 
     def memory(self) -> dict[str, int]:
         """VmRSS, VmHWM (peak), RssAnon and RssFile in bytes, from /proc/PID/status."""
@@ -499,6 +510,8 @@ class LoadResult:
     fleet_cpu_s: float
     fleet_cpu_cores: float  # CPU seconds per wall second over the steady window
     fleet_memory: Mapping[str, int]
+    fleet_cpu_wait_s: float = 0.0  # in the window: its threads ready to run, the CPUs busy
+    device_rate_hz: tuple[float, float] | None = None  # (median, slowest) device's own reading rate
     malformed: int = 0
     notes: tuple[str, ...] = ()
     timeline: tuple[tuple[float, str], ...] = ()
@@ -585,6 +598,23 @@ def latency(readings: Mapping[str, Sequence[Reading]], since: float, until: floa
             "relative to each device's fastest reading"
         )
     return Latency(basis, len(samples), percentile(samples, 50), percentile(samples, 99), max(samples))
+
+
+def device_rates(
+    readings: Mapping[str, Sequence[Reading]], since: float, until: float
+) -> tuple[float, float] | None:
+    """The rate the devices took readings at (by their own timestamps) in the window: the
+    median device's and the slowest one's. Below the configured rate, the devices
+    themselves fell behind (a loaded fleet process); at it, any shortfall in throughput
+    is on the way to the collector."""
+    rates = []
+    for rs in readings.values():
+        taken = sorted(r.taken for r in rs if since <= r.received_mono <= until)
+        if len(taken) >= 2 and taken[-1] > taken[0]:
+            rates.append((len(taken) - 1) / (taken[-1] - taken[0]))
+    if not rates:
+        return None
+    return statistics.median(rates), min(rates)
 
 
 def loss(readings: Mapping[str, Sequence[Reading]], health: Mapping[str, tuple[float, dict[str, Any]]]) -> Loss:
@@ -715,7 +745,7 @@ def run_load(
         per_device = max(1, round(profile.duration_s / interval))
         progress(f"steady window: {per_device} readings per device")
         before = {d: collector.count(d) for d in ids}
-        cpu_before = fleet.cpu_seconds()
+        cpu_before, wait_before = fleet.cpu_seconds(), fleet.cpu_wait_seconds()
         window_start = clock.mark("steady window starts")
         behind = collector.wait_each(
             lambda d: collector.count(d) >= before[d] + per_device, profile.duration_s * 1.5 + 2 * interval + 5
@@ -723,10 +753,12 @@ def run_load(
         window_end = clock.mark("steady window ends" + (f" ({len(behind)} devices behind)" if behind else ""))
         window = window_end - window_start
         cpu_window = fleet.cpu_seconds() - cpu_before
+        cpu_wait = fleet.cpu_wait_seconds() - wait_before
         memory = fleet.memory()
         snapshot = collector.snapshot()
         in_window = sum(1 for rs in snapshot.values() for r in rs if window_start <= r.received_mono <= window_end)
         lat = latency(snapshot, window_start, window_end)
+        rates = device_rates(snapshot, window_start, window_end)
         if behind:
             notes.append(f"{len(behind)} devices had not published {per_device} readings by the window's deadline")
 
@@ -807,6 +839,8 @@ def run_load(
         fleet_cpu_s=fleet_cpu,
         fleet_cpu_cores=cpu_window / window if window > 0 else 0.0,
         fleet_memory=memory,
+        fleet_cpu_wait_s=cpu_wait,
+        device_rate_hz=rates,
         malformed=malformed,
         notes=tuple(notes),
         timeline=tuple(clock.events),

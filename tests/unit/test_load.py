@@ -17,6 +17,7 @@ from hil.load import (
     LoadResult,
     Reading,
     Storm,
+    device_rates,
     external_credentials,
     latency,
     loss,
@@ -51,6 +52,13 @@ def test_a_device_clock_behind_the_host_gives_latency_relative_to_its_best_readi
     result = latency(readings, since=0.0, until=100.0)
     assert "device clocks differ" in result.basis and result.p99_s == pytest.approx(0.04)
     assert latency({"fleet-0000": []}, 0.0, 1.0).p99_s is None
+
+
+def test_the_devices_own_rate_comes_from_their_timestamps() -> None:
+    slow = [Reading(s, 1, 100.0 + 1.25 * s, 100.0 + 1.25 * s, 10.0 + s) for s in range(9)]
+    readings = {"fleet-0000": [reading(s) for s in range(9)], "fleet-0001": slow}
+    assert device_rates(readings, 10.0, 18.0) == (pytest.approx(0.9), pytest.approx(0.8))
+    assert device_rates({"fleet-0000": [reading(0)]}, 0.0, 100.0) is None
 
 
 def test_loss_is_seq_gaps_and_silent_loss_is_what_the_devices_did_not_count() -> None:
