@@ -60,6 +60,7 @@ INFRASTRUCTURE_ERRORS = (
     "Ser2netError",
     "FaultProxyError",
     "NoRigAvailable",
+    "LabgridError",  # the labgrid coordinator is unreachable, or a place cannot be a rig
 )
 
 

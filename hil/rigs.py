@@ -93,6 +93,9 @@ POLL_INTERVAL_S = 0.1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _HUB_RE = re.compile(r"^\d+(-\d+(\.\d+)*)?$")
+_LG_TAG_KEY_RE = re.compile(r"[a-z][a-z0-9_]+")  # labgrid's TAG_KEY
+_LG_TAG_VALUE_RE = re.compile(r"[A-Za-z0-9_.:-]+")
+_COORDINATOR_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?")
 _TOP_KEYS = (
     "name",
     "kind",
@@ -106,6 +109,7 @@ _TOP_KEYS = (
     "tags",
     "count",
     "description",
+    "labgrid",
 )
 
 
@@ -168,6 +172,16 @@ class ReferenceBme280Spec:
 
 
 PowerSpec: TypeAlias = NoPowerSpec | VirtualPowerSpec | GpioExpanderSpec | UhubctlSpec
+
+
+@dataclass(frozen=True)
+class LabgridSpec:
+    """How a ``kind = "labgrid"`` rig finds its board: a place with these tags (what
+    ``labgrid-client reserve k=v ...`` filters on), through this coordinator (None:
+    ``$LG_COORDINATOR``, else labgrid's default). The port and power come from the place."""
+
+    tags: tuple[tuple[str, str], ...]
+    coordinator: str | None = None
 SensorSpec: TypeAlias = NoSensorSpec | VirtualSensorSpec | ReferenceBme280Spec
 
 
@@ -196,6 +210,7 @@ class Rig:
     pool: str | None = None
     description: str = ""
     source: Path | None = field(default=None, compare=False)
+    labgrid: LabgridSpec | None = None
 
     @property
     def is_virtual(self) -> bool:
@@ -482,11 +497,7 @@ class _FileReader:
         sensor = self._sensor(data, kind)
         network = self._network(data, kind)
         tags = self.string_list(data, "tags", pattern=_TAG_RE) or ()
-        if kind == "labgrid" and not tags:
-            self.problem(
-                'a labgrid rig is found by its place tags; add tags = ["..."] matching the place',
-                key="tags",
-            )
+        labgrid = self._labgrid(data, kind)
         capabilities = self._capabilities(data, virtual, power, sensor)
         count = self._count(data, kind)
         description = data.get("description", "")
@@ -521,6 +532,7 @@ class _FileReader:
                 pool=pool,
                 description=description,
                 source=self.path,
+                labgrid=labgrid,
             )
 
         if count is None:
@@ -846,7 +858,8 @@ class _FileReader:
         if "power_control" in declared and isinstance(power, NoPowerSpec):
             self.problem(
                 '"power_control" needs a power backend; add a [power] table '
-                "(gpio-expander or uhubctl) or drop the capability",
+                "(gpio-expander or uhubctl) or drop the capability (a labgrid rig has it "
+                "when its place has a NetworkPowerPort)",
                 key="capabilities",
             )
             ok = False
@@ -862,6 +875,67 @@ class _FileReader:
             )
             ok = False
         return frozenset(declared) if ok else None
+
+    def _labgrid(self, data: Mapping[str, Any], kind: RigKind | None) -> LabgridSpec | None:
+        value = data.get("labgrid", _MISSING)
+        if kind != "labgrid":
+            if value is not _MISSING and kind is not None:
+                self.problem(
+                    'only a kind = "labgrid" rig has a [labgrid] table; remove it', key="labgrid"
+                )
+            return None
+        example = 'tags = { board = "esp32c3" }'
+        if value is _MISSING:
+            self.problem(
+                "a labgrid rig is found by its place tags; add a [labgrid] table with "
+                f"{example} (the place's labgrid-client set-tags)",
+                key="labgrid",
+            )
+            return None
+        if not isinstance(value, dict):
+            self.problem(f"must be a [labgrid] table with {example}", key="labgrid")
+            return None
+        self.unknown_keys(value, ("tags", "coordinator"), table="labgrid")
+        tags = value.get("tags", _MISSING)
+        pairs: list[tuple[str, str]] = []
+        if tags is _MISSING:
+            self.problem(f"missing; add {example} to [labgrid]", table="labgrid", key="tags")
+        elif not isinstance(tags, dict) or not tags:
+            self.problem(
+                f"must be a table of the place's tags, like {example}", table="labgrid", key="tags"
+            )
+        else:
+            for tag_key, tag_value in tags.items():
+                if not _LG_TAG_KEY_RE.fullmatch(tag_key):
+                    self.problem(
+                        f"{tag_key!r} is not a labgrid tag name: lower-case letters, digits "
+                        "and '_', starting with a letter, at least 2 characters",
+                        table="labgrid",
+                        key="tags",
+                    )
+                elif not isinstance(tag_value, str) or not _LG_TAG_VALUE_RE.fullmatch(tag_value):
+                    self.problem(
+                        f"{tag_key} = {_toml(tag_value)}: a tag's value is a string of letters, "
+                        "digits, '.', '_', ':', '-'",
+                        table="labgrid",
+                        key="tags",
+                    )
+                else:
+                    pairs.append((tag_key, tag_value))
+        coordinator = value.get("coordinator")
+        if coordinator is not None and (
+            not isinstance(coordinator, str) or not _COORDINATOR_RE.fullmatch(coordinator)
+        ):
+            self.problem(
+                f"{_toml(coordinator)} is not a coordinator address; write host:port, like "
+                'coordinator = "lab-coordinator:20408" (or leave it out for $LG_COORDINATOR)',
+                table="labgrid",
+                key="coordinator",
+            )
+            return None
+        if not isinstance(tags, dict) or not tags or len(pairs) != len(tags):
+            return None
+        return LabgridSpec(tags=tuple(pairs), coordinator=coordinator)
 
     def _count(self, data: Mapping[str, Any], kind: RigKind | None) -> int | None:
         if "count" not in data:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hil import contract
 from hil.backends import (
@@ -37,9 +37,12 @@ from hil.mqtt import MqttObserver, ObserverTimeout
 from hil.netfault import FaultProxy
 from hil.ota import OtaServer, OtaSigner
 from hil.report import Redactor
-from hil.rigs import ReservedRig, Rig, load_rigs, reserve
+from hil.rigs import ReservedRig, Rig, load_rigs, reserve, select_rigs
 from hil.settings import Provisioning, provisioning_image
 from hil.virtual_board import ControlClient, VirtualBoardProcess
+
+if TYPE_CHECKING:  # labgrid is an optional extra: its module is imported only when used
+    from hil.labgrid_places import HeldPlace
 
 NVS_OFFSET = 0x9000
 APP_OFFSET = 0x10000
@@ -188,7 +191,7 @@ class RigSession:
         self.options = options
         self.redactor = Redactor()
         self._cleanups: list[Callable[[], None]] = []
-        self.reserved: ReservedRig | None = None
+        self.reserved: ReservedRig | HeldPlace | None = None
         self.board: VirtualBoardProcess | None = None
         self.broker: MosquittoBroker | None = None
         self.observer: MqttObserver | None = None
@@ -203,9 +206,19 @@ class RigSession:
     def rig(self) -> Rig:
         if self.reserved is None:
             rigs = load_rigs(self.options.rigs_dir)
-            self.reserved = reserve(
-                rigs, name=self.options.rig_name, tag=self.options.rig_tag, timeout=self.options.rig_wait_s
-            )
+            wanted = select_rigs(rigs, name=self.options.rig_name, tag=self.options.rig_tag)
+            if all(rig.kind == "labgrid" for rig in wanted):
+                # A shared lab: labgrid's coordinator hands out the place (no local lock).
+                from hil.labgrid_places import reserve_place
+
+                self.reserved = reserve_place(wanted[0], timeout=self.options.rig_wait_s)
+            else:  # local rigs (a selection that also matches labgrid rigs takes these)
+                self.reserved = reserve(
+                    [rig for rig in rigs if rig.kind != "labgrid"],
+                    name=self.options.rig_name,
+                    tag=self.options.rig_tag,
+                    timeout=self.options.rig_wait_s,
+                )
             self._cleanups.append(self.reserved.release)
         return self.reserved.rig
 
@@ -419,6 +432,10 @@ class RigSession:
 
     # -- rig interfaces -----------------------------------------------------------------
     def power(self) -> Power:
+        if self.reserved is not None and not isinstance(self.reserved, ReservedRig):
+            if self.reserved.power is None:  # a labgrid place without a NetworkPowerPort
+                raise SessionError(f"rig {self.rig.name!r}: labgrid place {self.reserved.place} has no power resource")
+            return self.reserved.power
         control = self.control
         if control is None:
             raise SessionError(f"rig {self.rig.name!r}: no power backend configured")

@@ -17,6 +17,7 @@ from hil.rigs import (
     KNOWN_CAPABILITIES,
     GpioExpanderSpec,
     Holder,
+    LabgridSpec,
     Network,
     NoPowerSpec,
     NoRigAvailable,
@@ -135,11 +136,14 @@ def test_an_rfc2217_rig_with_uhubctl_power_and_a_labgrid_rig(tmp_path: Path) -> 
     write(
         tmp_path,
         "b-grid.toml",
-        'name = "grid"\nkind = "labgrid"\nchip = "esp32c3"\ntags = ["c3-uart"]\n' + NETWORK,
+        'name = "grid"\nkind = "labgrid"\nchip = "esp32c3"\ntags = ["c3-uart"]\n'
+        + NETWORK
+        + '[labgrid]\ntags = { board = "c3-uart" }\ncoordinator = "lab-coord:20408"\n',
     )
     lab, grid = load_rigs(tmp_path)
     assert lab.power == UhubctlSpec(hub="1-1.4", port=2) and lab.sensor == NoSensorSpec()
     assert grid.port is None and grid.power == NoPowerSpec() and grid.capabilities == frozenset()
+    assert grid.labgrid == LabgridSpec(tags=(("board", "c3-uart"),), coordinator="lab-coord:20408")
 
 
 # -- validation errors: each names the file, the line when known, the field and the fix -------
@@ -219,7 +223,7 @@ BAD_FILES = {
     ),
     "labgrid-with-port-and-no-tags": Bad(
         'name = "x"\nkind = "labgrid"\nchip = "esp32c3"\n' + NETWORK,
-        "tags",
+        "labgrid",
         None,
         ("found by its place tags",),
     ),
