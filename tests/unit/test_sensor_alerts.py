@@ -90,3 +90,22 @@ def test_the_out_of_range_defect_publishes_them_without_an_alert() -> None:
     fw._on_reading(90.0, 45.0, 1013.25)
     assert [r["temperature_c"] for r in readings(fw)] == [90.0]
     assert alert_codes(fw) == []
+
+
+def test_the_measurement_period_waits_for_its_tick_not_a_whole_interval() -> None:
+    """A fixed rate (the firmware's ticker): with the next tick 0.6 s away (a read took
+    0.4 s of a 1 s interval) it waits 0.6 s, so slow reads and late wake-ups on a loaded
+    host do not stretch the period."""
+    fw = firmware()
+    fw.config = DeviceConfig(measurement_interval_s=1)
+    fw.hang = set()
+    fw.program_task = None
+    waits: list[float] = []
+
+    async def record(task: str, seconds: float) -> None:
+        waits.append(seconds)
+
+    fw._wait = record  # type: ignore[method-assign]
+    asyncio.run(fw._sensor_wait(time.monotonic() + 0.6))
+    asyncio.run(fw._sensor_wait())  # no read to account for (the init retries): a whole interval
+    assert 0.5 < waits[0] <= 0.6 and waits[1] == 1.0

@@ -601,8 +601,15 @@ class ReferenceFirmware:
                 self.log_mirrored("E", "sensor", f"i2c error: {exc}")
                 self._sensor_failed()
             await self._sensor_wait()
+        due = time.monotonic()
         while True:
             started = time.monotonic()
+            # A fixed rate, as the firmware's ticker keeps it: each period is due one
+            # interval after the last was, however long the read or the wake-up took;
+            # fallen behind by more than an interval (a stall), it starts afresh rather
+            # than bursting catch-up readings.
+            interval = float(self.config.measurement_interval_s)
+            due = due + interval if started - due <= interval else started + interval
             try:
                 reading = await asyncio.to_thread(driver.read)
             except (SensorError, OSError) as exc:
@@ -612,10 +619,12 @@ class ReferenceFirmware:
             else:
                 self.read_time_ms = (time.monotonic() - started) * 1000
                 self._on_reading(reading.temperature_c, reading.humidity_pct, reading.pressure_hpa)
-            await self._sensor_wait()
+            await self._sensor_wait(due)
 
-    async def _sensor_wait(self) -> None:
-        await self._wait("sensor", float(self.config.measurement_interval_s))
+    async def _sensor_wait(self, due: float | None = None) -> None:
+        """Wait until ``due`` (the next tick of the measurement period), or one interval."""
+        interval = float(self.config.measurement_interval_s)
+        await self._wait("sensor", interval if due is None else due - time.monotonic())
         if D.PROGRAMS_BLOCK_SENSOR in self.defects and self.program_task is not None:
             await asyncio.wait({self.program_task})  # the defect: programs run on this task
         while "sensor" in self.hang:
