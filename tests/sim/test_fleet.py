@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,82 +24,31 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hil import contract
+from hil import contract, load
 from hil.broker import OBSERVER_USER, MosquittoBroker
 from hil.mqtt import MqttObserver, Received
 from hil.virtual_board import ControlClient
 
-START_TIMEOUT_S = 120.0  # 200 boards: their flash files are programmed before the first line
 FLEET_CONFIG = {"measurement_interval_s": 1}
 
 
-class FleetProcess:
-    """``python -m hil sim fleet ...`` in its own process group; always stopped on exit."""
+class FleetProcess(load.FleetProcess):
+    """``hil.load``'s fleet process (its own process group, always stopped), with a client
+    of the fleet's control endpoint."""
 
     def __init__(self, args: Sequence[str], log: Path) -> None:
-        self.args = [sys.executable, "-m", "hil", "sim", "fleet", *args]
-        self.log = log
-        self.proc: subprocess.Popen[str] | None = None
-        self.hello: dict[str, Any] = {}
+        super().__init__(args, log, count=int(args[list(args).index("--count") + 1]))
         self.control: ControlClient | None = None
 
     def __enter__(self) -> FleetProcess:
-        with self.log.open("w") as stderr:
-            self.proc = subprocess.Popen(
-                self.args, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
-            )
-        try:
-            line = self._first_line()
-            assert line, f"hil sim fleet exited ({self.proc.poll()}) before its first line:\n{self.log.read_text()}"
-            self.hello = json.loads(line)
-            self.control = ControlClient(self.hello["control"])
-        except BaseException:
-            self.stop()
-            raise
+        self.start()
+        self.control = ControlClient(self.hello["control"])
         return self
 
-    def _first_line(self) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        stdout = self.proc.stdout
-        got: list[str] = []
-        reader = threading.Thread(target=lambda: got.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(START_TIMEOUT_S)
-        assert not reader.is_alive(), f"hil sim fleet printed nothing in {START_TIMEOUT_S} s:\n{self.log.read_text()}"
-        return got[0].strip() if got else ""
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the fleet process, from /proc/PID/stat."""
-        assert self.proc is not None
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; fields from #3 on
-        utime, stime = int(fields[11]), int(fields[12])  # fields #14 and #15
-        return (utime + stime) / os.sysconf("SC_CLK_TCK")
-
     def stop(self) -> int | None:
-        """SIGTERM the group, then SIGKILL if it lingers; return the fleet's exit code."""
         if self.control is not None:
             self.control.close()
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the fleet left in its group
-        if proc.stdout is not None:
-            proc.stdout.close()
-        return proc.returncode
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return super().stop()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
