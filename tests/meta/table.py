@@ -1,4 +1,8 @@
-"""The meta-suite's table: which defect images the HIL suites caught, printed at the end."""
+"""The meta-suite's table: which defect images the HIL suites caught, printed at the end.
+
+A plugin loaded by the root conftest, not a ``tests/meta/conftest.py`` hook: under
+pytest-xdist the controller, which prints the summary, collects nothing and so never
+loads a sub-directory's conftest."""
 
 from __future__ import annotations
 
