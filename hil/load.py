@@ -49,7 +49,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import ssl
 import statistics
 import subprocess
@@ -71,7 +70,7 @@ from hil.broker import OBSERVER_USER, BrokerError
 from hil.gate import LOAD_METRICS_FILE, LoadProfile
 from hil.mqtt import _load_client_identity
 from hil.netfault import FaultProxy
-from hil.processes import die_with_parent
+from hil.processes import die_with_parent, stop_group
 
 DEVICE_PREFIX = "fleet-"  # hil sim fleet names its boards fleet-0000, fleet-0001, ...
 SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
@@ -274,23 +273,7 @@ class FleetProcess:
 
     def stop(self) -> int | None:
         """SIGTERM the group, then SIGKILL if it lingers; the fleet's exit code."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the fleet left in its group
-        if proc.stdout is not None:
-            proc.stdout.close()
-        return proc.returncode
+        return None if self.proc is None else stop_group(self.proc, grace_s=30)
 
     def __enter__(self) -> FleetProcess:
         return self.start()

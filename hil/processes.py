@@ -8,9 +8,11 @@ the kernel SIGTERM them the moment their parent dies, so the next run finds noth
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 
 _PR_SET_PDEATHSIG = 1
@@ -22,3 +24,23 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def stop_group(proc: subprocess.Popen[str], *, grace_s: float) -> int | None:
+    """Stop a child started with ``die_with_parent`` (its own process group): SIGTERM the
+    group, SIGKILL it if the child lingers past ``grace_s``, then SIGKILL whatever of the
+    group is left (grandchildren). Returns the child's exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
 
-from hil.processes import die_with_parent
+from hil.processes import die_with_parent, stop_group
 
 START_TIMEOUT_S = 20.0
 
@@ -165,19 +165,8 @@ class VirtualBoardProcess:
     def stop(self) -> None:
         if self.control is not None:
             self.control.close()
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        if self._proc is not None:
+            stop_group(self._proc, grace_s=10)
 
     def kill(self) -> None:
         """SIGKILL the board: its sockets close without a word, as when a board loses power
