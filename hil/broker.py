@@ -46,6 +46,10 @@ class BrokerError(Exception):
     """The broker could not be set up or started (an infrastructure error)."""
 
 
+class BrokerStartCrashed(BrokerError):
+    """The broker process died by a signal before it listened, having logged nothing."""
+
+
 class BrokerUnsupported(BrokerError):
     """The broker in use cannot do what was asked (amqtt has no mutual-TLS listener)."""
 
@@ -183,10 +187,22 @@ class MosquittoBroker:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
+        try:
+            self._start_once()
+        except BrokerStartCrashed as exc:
+            # Killed by a signal before it listened, with nothing in its log: the fork
+            # child died before exec (seen with gRPC's fork handlers loaded, in labgrid
+            # sessions). Not the broker's doing; one more start, said in the log.
+            with contextlib.suppress(OSError), self.log_path.open("a") as log:
+                log.write(f"hil: {exc}; starting it once more\n")
+            self._start_once()
+
+    def _start_once(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
         config = self._write_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             self._command(config),
@@ -200,7 +216,10 @@ class MosquittoBroker:
             while True:
                 if self._proc.poll() is not None:
                     tail = self.log_path.read_text(errors="replace")[-2000:]
-                    raise BrokerError(f"{self.name} exited with {self._proc.returncode}:\n{tail}")
+                    said = self.log_path.read_bytes()[log_start:].strip()
+                    crashed = self._proc.returncode < 0 and not said
+                    error = BrokerStartCrashed if crashed else BrokerError
+                    raise error(f"{self.name} exited with {self._proc.returncode}:\n{tail}")
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     break
                 if time.monotonic() > deadline:
