@@ -16,14 +16,16 @@ import subprocess
 import sys
 
 _PR_SET_PDEATHSIG = 1
+# Resolved here, in the parent: the child between fork and exec of a multi-threaded
+# process (pytest with gRPC, paho, board threads) must not dlopen or allocate, only call.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def die_with_parent() -> None:
     """``preexec_fn`` for Popen: SIGTERM this child when its parent process dies."""
     os.setsid()
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def stop_group(proc: subprocess.Popen[str], *, grace_s: float) -> int | None:
