@@ -18,32 +18,16 @@ import pytest
 
 from hil import contract
 from hil import defects as D
-from hil.images.app import BehaviourRecord
 from hil.settings import DeviceConfig
-from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
+from hil.sim.firmware.reference import ReferenceFirmware
+from tests.unit.firmware_harness import sensor_firmware
 
 DEVICE_ID = "hil-alerts-0001"
 TIMEOUT_S = 5
 
 
 def firmware(defects: Sequence[str] = ()) -> ReferenceFirmware:
-    """A ReferenceFirmware with the state its ``run()`` sets up that the sensor path uses."""
-    fw = ReferenceFirmware(BehaviourRecord(MODEL_NAME, tuple(defects)), peripherals=None)
-    fw.config = DeviceConfig(sensor_timeout_s=TIMEOUT_S)
-    fw.device_id = DEVICE_ID
-    fw.boot_count = 1
-    fw.seq = 0
-    fw.outbox = Outbox()
-    fw.connected = asyncio.Event()
-    fw.connected.set()
-    fw.sensor_ok = asyncio.Event()
-    fw.last_reading = None
-    fw.last_reading_at = None
-    fw.boot_time = time.monotonic()
-    fw.sensor_failure_raised = False
-    fw.log = lambda level, tag, message: None
-    return fw
-
+    return sensor_firmware(DEVICE_ID, DeviceConfig(sensor_timeout_s=TIMEOUT_S), defects)
 
 def alert_codes(fw: ReferenceFirmware) -> list[str]:
     return [json.loads(data)["code"] for topic, data, _ in fw.outbox.other if topic == contract.alerts_topic(DEVICE_ID)]

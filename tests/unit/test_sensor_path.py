@@ -23,7 +23,6 @@ Humidity is clamped to 0…100 %RH by Bosch's compensation, so it never decides 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import statistics
@@ -38,9 +37,8 @@ from hil import contract
 from hil import defects as D
 from hil.bme280 import BME280, CALIBRATIONS, Environment, NoiseModel, Reading, SimulatedSMBus
 from hil.bme280_driver import BME280Driver, Settings
-from hil.images.app import BehaviourRecord
 from hil.settings import DeviceConfig
-from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
+from tests.unit.firmware_harness import sensor_firmware
 
 ACC_T = contract.TEMPERATURE_ACCURACY_C
 ACC_H = contract.HUMIDITY_ACCURACY_PCT
@@ -93,7 +91,7 @@ class SensorPath:
         )
         self.driver.initialise()
         self.offset = offset
-        self.fw = _publishing_firmware(offset, defects)
+        self.fw = sensor_firmware(DEVICE_ID, DeviceConfig(calibration_offset_temp=offset), defects)
         self.interval_s = float(self.fw.config.measurement_interval_s)
 
     def read(self, env: Environment) -> Reading:
@@ -121,25 +119,6 @@ class SensorPath:
         ]
         assert [a["code"] for a in alerts] == ["sensor_out_of_range"], alerts
         return None
-
-
-def _publishing_firmware(offset: float, defects: Sequence[str]) -> ReferenceFirmware:
-    """A ReferenceFirmware with the state its ``run()`` sets up that ``_on_reading`` uses
-    (online, so nothing is held back for being offline)."""
-    fw = ReferenceFirmware(BehaviourRecord(MODEL_NAME, tuple(defects)), peripherals=None)
-    fw.config = DeviceConfig(calibration_offset_temp=offset)
-    fw.device_id = DEVICE_ID
-    fw.boot_count = 1
-    fw.seq = 0
-    fw.outbox = Outbox()
-    fw.connected = asyncio.Event()
-    fw.connected.set()
-    fw.sensor_ok = asyncio.Event()
-    fw.last_reading = None
-    fw.last_reading_at = None
-    fw.sensor_failure_raised = False
-    fw.log = lambda level, tag, message: None
-    return fw
 
 
 @dataclass(frozen=True)

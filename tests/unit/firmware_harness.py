@@ -1,0 +1,31 @@
+"""The reference firmware model at host level, for tests of its sensor path: the state
+``run()`` sets up that ``_on_reading`` and ``_sensor_failed`` use, online (nothing held
+back for being offline), its output in ``fw.outbox``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from hil.images.app import BehaviourRecord
+from hil.settings import DeviceConfig
+from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
+
+
+def sensor_firmware(device_id: str, config: DeviceConfig, defects: Sequence[str] = ()) -> ReferenceFirmware:
+    fw = ReferenceFirmware(BehaviourRecord(MODEL_NAME, tuple(defects)), peripherals=None)
+    fw.config = config
+    fw.device_id = device_id
+    fw.boot_count = 1
+    fw.seq = 0
+    fw.outbox = Outbox()
+    fw.connected = asyncio.Event()
+    fw.connected.set()
+    fw.sensor_ok = asyncio.Event()
+    fw.last_reading = None
+    fw.last_reading_at = None
+    fw.boot_time = time.monotonic()
+    fw.sensor_failure_raised = False
+    fw.log = lambda level, tag, message: None
+    return fw
