@@ -20,6 +20,7 @@ from hil import contract
 from hil.bme280 import Environment, Fault
 from hil.charts import accuracy_chart
 from hil.report import attach_svg
+from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
@@ -48,11 +49,6 @@ inside_the_range = st.builds(
     humidity_pct=span(H_LO, H_HI),
     pressure_hpa=span(P_LO + ACC_P, P_HI - ACC_P),
 )
-
-
-def setting(hil_session, key: str) -> float:
-    """A §5 setting as the session provisions it (else the contract's default)."""
-    return float(hil_session.options.config.get(key, contract.CONFIG_INT_SETTINGS[key].default))
 
 
 def alert(code: str):
