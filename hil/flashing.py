@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import socket
 import struct
 import threading
 import time
@@ -58,6 +59,7 @@ from esptool.cmds import (
     write_flash,
 )
 from esptool.loader import DEFAULT_CONNECT_ATTEMPTS, ESPLoader
+from esptool.reset import ClassicReset
 from esptool.targets import CHIP_DEFS, ROM_LIST
 from esptool.util import FatalError, flash_size_bytes
 from rich.errors import MarkupError
@@ -506,7 +508,8 @@ def _capture_esptool_log() -> Iterator[_EsptoolCapture]:
 
 # -- the port ---------------------------------------------------------------------------------
 class _Rfc2217Port(serial.rfc2217.Serial):  # type: ignore[misc]
-    """pyserial's RFC 2217 client, with the read timeout kept on this side.
+    """pyserial's RFC 2217 client, with the read timeout kept on this side and the server's
+    acknowledgements awaited as they arrive.
 
     pyserial's client treats a new ``timeout`` like a new line setting: it re-sends baud
     rate, data bits, parity, stop bits and flow control and waits for the server to
@@ -515,6 +518,14 @@ class _Rfc2217Port(serial.rfc2217.Serial):  # type: ignore[misc]
     every command, so each command cost ≥0.2 s over RFC 2217, and connecting, uploading the
     stub and attaching the flash ~16 s on the virtual rig (~1.2 s with this class). Here
     only that local value changes; baud rate and the modem lines are negotiated as before.
+
+    The acknowledgements themselves (a modem line, a purge, the line settings) pyserial
+    awaits by sleeping 50 ms before each look, though on a LAN an answer takes a
+    millisecond: a classic reset (seven modem-line changes), an open and two purges cost
+    ~0.8 s of such naps per flash. Here the reader thread says when an answer came. And a
+    close does not end in pyserial's fixed 0.3 s pause "in case of quick reconnects": the
+    next opener (ser2net, esptool's server and the virtual rig take one at once) waits
+    for nothing that the closer could know of.
     """
 
     @property
@@ -539,6 +550,105 @@ class _Rfc2217Port(serial.rfc2217.Serial):  # type: ignore[misc]
         if timeout is not None:
             raise NotImplementedError("write_timeout is currently not supported")
         self._write_timeout = None
+
+    # -- acknowledgements, awaited ---------------------------------------------------------
+    def _answers(self) -> threading.Condition:
+        # Created on first use: a lent port becomes this class without __init__ running.
+        # dict.setdefault is atomic, so the reader thread and a waiter share one condition.
+        answers: threading.Condition = self.__dict__.setdefault("_hil_answers", threading.Condition())
+        return answers
+
+    def _telnet_process_subnegotiation(self, suboption: bytes) -> None:
+        super()._telnet_process_subnegotiation(suboption)  # on the reader thread
+        answers = self._answers()
+        with answers:
+            answers.notify_all()
+
+    def _await_acknowledged(self, items: Sequence[Any], what: str) -> None:
+        """Until the server has acknowledged every item (pyserial's ``is_ready`` raises
+        ValueError when it refused one), or the network timeout passes."""
+        answers = self._answers()
+        with answers:
+            if not answers.wait_for(lambda: all(item.is_ready() for item in items), self._network_timeout):
+                raise serial.SerialException(
+                    f"the RFC 2217 server did not acknowledge {what} within {self._network_timeout} s"
+                )
+
+    def rfc2217_set_control(self, value: bytes) -> None:
+        if self._ignore_set_control_answer:  # the URL asked to expect no answer: pyserial's way
+            super().rfc2217_set_control(value)
+            return
+        item = self._rfc2217_options["control"]
+        item.set(value)
+        self._await_acknowledged([item], "a modem-line or flow-control change")
+
+    def rfc2217_send_purge(self, value: bytes) -> None:
+        item = self._rfc2217_options["purge"]
+        item.set(value)
+        self._await_acknowledged([item], "a buffer purge")
+
+    def _reconfigure_port(self) -> None:
+        """Send the line settings together, await the server's acknowledgements, then set
+        the flow control (RFC 2217 SET-BAUDRATE, -DATASIZE, -PARITY, -STOPSIZE, -CONTROL)."""
+        if self._socket is None:
+            raise serial.SerialException("Can only operate on open ports")
+        if not 0 < self._baudrate < 2**32:
+            raise ValueError(f"invalid baudrate: {self._baudrate!r}")
+        rfc = serial.rfc2217
+        settings = self._rfc2217_port_settings
+        settings["baudrate"].set(struct.pack("!I", self._baudrate))
+        settings["datasize"].set(struct.pack("!B", self._bytesize))
+        settings["parity"].set(struct.pack("!B", rfc.RFC2217_PARITY_MAP[self._parity]))
+        settings["stopsize"].set(struct.pack("!B", rfc.RFC2217_STOPBIT_MAP[self._stopbits]))
+        self._await_acknowledged(list(settings.values()), f"the line settings ({self._baudrate} Bd)")
+        if self._rtscts and self._xonxoff:
+            raise ValueError("xonxoff and rtscts together are not supported")
+        if self._rtscts:
+            self.rfc2217_set_control(rfc.SET_CONTROL_USE_HW_FLOW_CONTROL)
+        elif self._xonxoff:
+            self.rfc2217_set_control(rfc.SET_CONTROL_USE_SW_FLOW_CONTROL)
+        else:
+            self.rfc2217_set_control(rfc.SET_CONTROL_USE_NO_FLOW_CONTROL)
+
+    def close(self) -> None:
+        self.is_open = False
+        sock: socket.socket | None = getattr(self, "_socket", None)
+        reader: threading.Thread | None = getattr(self, "_thread", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+        if reader is not None:
+            reader.join(7)  # the reader ends with its socket
+            self._thread = None
+        self._socket = None
+
+
+STRAP_HOLD_S: Final = 0.15
+"""How long the first reset attempt over RFC 2217 holds GPIO9 low after EN rises.
+
+esptool's ClassicReset holds it 0.05 s (0.55 s on its second attempt). Over a network
+port the chip latches its strapping pins wherever the acknowledgements put EN's rise: a
+devkit within milliseconds of it, the virtual board 0.12 s after it (sized for pyserial's
+stock client, whose 50 ms polls come between EN's rise and GPIO9's fall). With this
+client's acknowledgements as fast as the link, 0.05 s misses the latter and every flash
+paid a failed attempt and the long one (~0.6 s); 0.15 s covers both on the first.
+"""
+
+
+def _hold_strap_longer(esp: Any) -> None:
+    """Make the first of esptool's reset strategies hold GPIO9 low ``STRAP_HOLD_S``."""
+    construct = esp._construct_reset_strategy_sequence
+
+    def sequence(mode: str) -> tuple[Any, ...]:
+        strategies = tuple(construct(mode))
+        first = strategies[0] if strategies else None
+        if isinstance(first, ClassicReset) and first.reset_delay < STRAP_HOLD_S:
+            first.reset_delay = STRAP_HOLD_S
+        return strategies
+
+    esp._construct_reset_strategy_sequence = sequence
 
 
 def _port_name(port: str | serial.SerialBase) -> str:
@@ -872,13 +982,19 @@ class Flasher:
         started = time.monotonic()
         port_name = _port_name(port)
         with _capture_esptool_log() as capture:
-            link, esp, attempts = self._connect(port, capture)
+            # With skipping on, the ROM loader compares first (it has SPI_FLASH_MD5 on the
+            # C3) and the stub is uploaded only if something is to be written: an unchanged
+            # re-flash does not pay for it.
+            link, esp, attempts = self._connect(port, capture, stub=not skip_unchanged)
             connected = time.monotonic()
             try:
-                results = [
-                    self._flash_one(esp, region, capture, progress, skip_unchanged)
-                    for region in regions
-                ]
+                compared = [self._compare(esp, region, capture) for region in regions] if skip_unchanged else []
+                if not all(skipped for skipped, _ in compared):
+                    esp = self._run_stub(esp)
+                results: list[FileReport] = []
+                for i, region in enumerate(regions):
+                    skipped, compare_seconds = compared[i] if compared else (None, 0.0)
+                    results.append(skipped or self._write_one(esp, region, capture, progress, compare_seconds))
                 verify_started = time.monotonic()
                 if verify and any(not result.skipped for result in results):
                     self._verify(esp, regions, capture)
@@ -915,9 +1031,9 @@ class Flasher:
         return report
 
     def _connect(
-        self, port: str | serial.SerialBase, capture: _EsptoolCapture
+        self, port: str | serial.SerialBase, capture: _EsptoolCapture, *, stub: bool = True
     ) -> tuple[_Link, Any, int]:
-        """Reset into download mode, sync, run the stub, attach the flash; one retry."""
+        """Reset into download mode, sync, run the stub (or not yet), attach the flash; one retry."""
         causes: list[str] = []
         link: _Link | None = None
         for attempt in range(1, _CONNECT_TRIES + 1):
@@ -926,7 +1042,7 @@ class Flasher:
                     link = _Link.open(port, fast_rfc2217=self.fast_rfc2217)
                 else:
                     link.refresh()
-                esp = self._start(link)
+                esp = self._start(link, stub=stub)
                 return link, esp, attempt
             except (FatalError, serial.SerialException, OSError) as exc:
                 cause = f"attempt {attempt}: {type(exc).__name__}: {str(exc).strip()}"
@@ -946,45 +1062,59 @@ class Flasher:
             causes=causes,
         )
 
-    def _start(self, link: _Link) -> Any:
+    def _start(self, link: _Link, *, stub: bool) -> Any:
         esp = CHIP_DEFS[CHIP](link.port, self.baud)
         if link.is_rfc2217:
             esp.USES_RFC2217 = True  # as esptool's own detect_chip does for rfc2217 URLs
+        if isinstance(link.port, _Rfc2217Port):
+            _hold_strap_longer(esp)
         esp.connect(self.before, self.connect_attempts)
         # The ESP32-C3's ROM loader takes CHANGE_BAUDRATE too: switching before the stub
         # upload sends its ~10 KB at the fast rate (0.8 s at 115200 Bd, a large part of an
         # unchanged re-flash).
         if self.flash_baud and self.flash_baud != self.baud:
             esp.change_baud(self.flash_baud)
-        esp = run_stub(esp)
+        if stub or esp.sync_stub_detected:  # a stub left running (after="no-reset") is free
+            esp = run_stub(esp)
         attach_flash(esp)
         detected = detect_flash_size(esp)
-        esp.flash_set_parameters(flash_size_bytes(detected) if detected else self.flash_size)
+        esp._hil_flash_size = flash_size_bytes(detected) if detected else self.flash_size
+        esp.flash_set_parameters(esp._hil_flash_size)
         return esp
 
-    def _flash_one(
+    @staticmethod
+    def _run_stub(esp: Any) -> Any:
+        """Upload the stub to a ROM loader whose flash is attached (the stub keeps that
+        attachment; esptool attaches only for the ROM) and give it the flash size."""
+        if esp.IS_STUB:
+            return esp
+        size = esp._hil_flash_size
+        esp = run_stub(esp)
+        esp.flash_set_parameters(size)
+        esp._hil_flash_size = size
+        return esp
+
+    @staticmethod
+    def _compare(esp: Any, region: FlashRegion, capture: _EsptoolCapture) -> tuple[FileReport | None, float]:
+        """The region's MD5 in flash against the file's: a skipped FileReport when they
+        match, and how long the comparison took."""
+        started = time.monotonic()
+        in_flash = str(esp.flash_md5sum(region.offset, region.size))
+        seconds = time.monotonic() - started
+        if in_flash != region.md5:
+            return None, seconds
+        capture.note_line(f"[hil.flashing] {region.where()}: unchanged (MD5 {in_flash}), skipped")
+        return FileReport(region.name, region.offset, region.size, region.md5, True, seconds), seconds
+
+    def _write_one(
         self,
         esp: Any,
         region: FlashRegion,
         capture: _EsptoolCapture,
         progress: ProgressCallback | None,
-        skip_unchanged: bool,
+        compared_seconds: float,
     ) -> FileReport:
         started = time.monotonic()
-        if skip_unchanged:
-            in_flash = str(esp.flash_md5sum(region.offset, region.size))
-            if in_flash == region.md5:
-                capture.note_line(
-                    f"[hil.flashing] {region.where()}: unchanged (MD5 {in_flash}), skipped"
-                )
-                return FileReport(
-                    region.name,
-                    region.offset,
-                    region.size,
-                    region.md5,
-                    True,
-                    time.monotonic() - started,
-                )
 
         def forward(done: int, total: int) -> None:
             if progress is not None and total > 0:
@@ -1011,9 +1141,8 @@ class Flasher:
             raise
         finally:
             capture.on_progress = None
-        return FileReport(
-            region.name, region.offset, region.size, region.md5, False, time.monotonic() - started
-        )
+        seconds = compared_seconds + time.monotonic() - started
+        return FileReport(region.name, region.offset, region.size, region.md5, False, seconds)
 
     def _verify(self, esp: Any, regions: Sequence[FlashRegion], capture: _EsptoolCapture) -> None:
         """Every region once more, after all writes: a later write may clobber an earlier one."""

@@ -25,6 +25,7 @@ from hil.flashing import (
     FlashInfrastructureError,
     FlashReport,
     FlashVerifyError,
+    _Rfc2217Port,
 )
 from hil.images.nvs import read_nvs
 from hil.settings import Provisioning, provisioning_image
@@ -132,6 +133,12 @@ def test_flash_baseline_boots_and_an_unchanged_reflash_writes_nothing(
     assert names(again, skipped=True) == {p.name for _, p in files}
     assert not again.written and again.bytes_written == 0
     assert again.verified and any("all unchanged" in line for line in again.log)  # one MD5 pass, not two
+    # Compared by the ROM loader: with nothing to write, no stub upload.
+    assert any("Uploading stub flasher" in line for line in full.log)
+    assert not any("stub" in line.lower() for line in again.log), again.log
+    # Over RFC 2217 the first reset lands in download mode (esptool prints a dot per failed one).
+    connecting = next(line for line in again.log if line.startswith("Connecting..."))
+    assert not connecting.removeprefix("Connecting...").startswith((".", "_")), connecting
     assert again.seconds < full.seconds
     # The per-file work is where skipping shows: MD5 compares instead of writes.
     assert sum(f.seconds for f in again.files) < 0.5 * sum(f.seconds for f in full.files)
@@ -314,3 +321,28 @@ def test_a_fast_flash_baud_is_taken_in_the_rom_before_the_stub_upload(
     assert "Changed." in log and log.index("Changing baud rate to 921600") < log.index("Uploading stub flasher")
     control(board).request("wait_mode", mode="app", timeout=15)
     assert control(board).state()["app"]["version"] == "1.0.0"
+
+
+def test_the_rfc2217_port_awaits_acknowledgements_without_napping(
+    board: VirtualBoardProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyserial's client sleeps 50 ms before each look for an answer (and 0.3 s after a
+    close); the flasher's port is told by its reader thread when the answer came."""
+    port = _Rfc2217Port()
+    port.port = url(board)
+    port.open()
+
+    def no_nap(seconds: float) -> None:
+        raise AssertionError(f"slept {seconds} s waiting for the server")
+
+    monkeypatch.setattr(serial.rfc2217.time, "sleep", no_nap)
+    try:
+        for level in (True, False, True, False):
+            port.dtr = level
+            port.rts = not level
+        port.baudrate = 460800
+        port.reset_input_buffer()
+        assert port.baudrate == 460800
+    finally:
+        port.close()
+    assert not port.is_open
