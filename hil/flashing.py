@@ -523,9 +523,8 @@ class _Rfc2217Port(serial.rfc2217.Serial):  # type: ignore[misc]
     awaits by sleeping 50 ms before each look, though on a LAN an answer takes a
     millisecond: a classic reset (seven modem-line changes), an open and two purges cost
     ~0.8 s of such naps per flash. Here the reader thread says when an answer came. And a
-    close does not end in pyserial's fixed 0.3 s pause "in case of quick reconnects": the
-    next opener (ser2net, esptool's server and the virtual rig take one at once) waits
-    for nothing that the closer could know of.
+    close does not end in pyserial's fixed 0.3 s pause "in case of quick reconnects": it
+    waits for the server to hang up its side, which is when the next client may connect.
     """
 
     @property
@@ -611,19 +610,38 @@ class _Rfc2217Port(serial.rfc2217.Serial):  # type: ignore[misc]
             self.rfc2217_set_control(rfc.SET_CONTROL_USE_NO_FLOW_CONTROL)
 
     def close(self) -> None:
+        """Hang up, and return once the server has let go of the port: it closes its side
+        when it has released the line, so a client that connects next is not refused
+        (ser2net and the virtual board serve one client at a time)."""
         self.is_open = False
         sock: socket.socket | None = getattr(self, "_socket", None)
         reader: threading.Thread | None = getattr(self, "_thread", None)
+        deadline = time.monotonic() + _SERVER_LET_GO_S
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_WR)
+        if reader is not None:
+            reader.join(_SERVER_LET_GO_S)  # it stops at the next data or at the server's EOF
+            if not reader.is_alive():
+                self._thread = None
+        if sock is not None:
+            if self._thread is None:  # the reader is gone: read on here until that EOF
+                with contextlib.suppress(OSError):
+                    while (left := deadline - time.monotonic()) > 0:
+                        sock.settimeout(left)
+                        if not sock.recv(4096):
+                            break
             with contextlib.suppress(OSError):
                 sock.close()
-        if reader is not None:
-            reader.join(7)  # the reader ends with its socket
+        if self._thread is not None:  # still in recv after the deadline: the close ends it
+            self._thread.join(7)
             self._thread = None
         self._socket = None
 
+
+_SERVER_LET_GO_S: Final = 1.0
+"""How long a close waits for the RFC 2217 server to hang up its side (pyserial instead
+sleeps 0.3 s after every close, "in case of quick reconnects")."""
 
 STRAP_HOLD_S: Final = 0.15
 """How long the first reset attempt over RFC 2217 holds GPIO9 low after EN rises.

@@ -346,3 +346,12 @@ def test_the_rfc2217_port_awaits_acknowledgements_without_napping(
     finally:
         port.close()
     assert not port.is_open
+    # The close returned once the server had let go: the next client is served at once
+    # (the board, like ser2net, refuses a second client while it still holds the first).
+    monkeypatch.undo()
+    again = serial.serial_for_url(url(board), timeout=1)
+    try:
+        again.dtr = False
+        assert again.is_open
+    finally:
+        again.close()
