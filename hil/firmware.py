@@ -28,11 +28,14 @@ import hashlib
 import itertools
 import json
 import os
+import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from hil.defects import ALL as KNOWN_DEFECTS
 from hil.images.app import (
@@ -222,8 +225,14 @@ def cached_build(book: RecipeBook | None = None, names: Iterable[str] | None = N
         ).encode()
     ).hexdigest()[:16]
     out = cache_dir() / key
-    if not (out / "flash_args").exists():
-        build_images(book, chosen, out)
+    if (out / "flash_args").exists():
+        return out
+    # Concurrent sessions (xdist workers, CI jobs) on a cold cache: one builds, the others
+    # wait for it, so no one reads a half-written image.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / f"{key}.lock")):
+        if not (out / "flash_args").exists():
+            build_images(book, chosen, out)
     return out
 
 
@@ -259,9 +268,13 @@ def _code_fingerprint() -> str:
 def _write_if_changed(path: Path, data: bytes) -> None:
     if path.exists() and path.read_bytes() == data:
         return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    # A temporary name of its own, so two writers of the same file never rename each
+    # other's half-written file away.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 is for secrets; images are for any tool
+    os.replace(tmp, path)
 
 
 # -- manifests ----------------------------------------------------------------------

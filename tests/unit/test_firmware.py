@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from hil.firmware import FirmwareError, build_images, load_manifest, load_recipes, update_image
+from hil.firmware import (
+    FirmwareError,
+    build_images,
+    cached_build,
+    load_manifest,
+    load_recipes,
+    update_image,
+)
 from hil.images.app import find_behaviour, parse_image
 from hil.images.otadata import initial_otadata
 from hil.images.partitions import TWO_OTA_TABLE, PartitionTable
@@ -164,3 +172,24 @@ def test_update_image_is_the_recipe_rebuilt_at_another_version_with_extra_params
     assert parse_image(update_image(None, "1.0.0")) == parse_image(load_recipes().get("baseline").build())
     with pytest.raises(FirmwareError, match="manifest"):
         update_image("firmware/app.toml", "2.0.0")
+
+
+def test_sessions_sharing_a_cold_cache_all_get_complete_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xdist workers and parallel CI jobs start on one cold cache at the same moment (the
+    first CI run on a new machine errored every test of one worker: two builders renamed
+    the same temporary file). Threads here, so that they really collide."""
+    monkeypatch.setenv("HIL_CACHE_DIR", str(tmp_path / "cache"))
+    with ThreadPoolExecutor(8) as pool:
+        built = set(pool.map(lambda _: cached_build(), range(8)))
+    assert len(built) == 1
+    out = built.pop()
+    assert not list(out.glob("*.tmp")), "a temporary file was left behind"
+    for name in load_recipes().recipes:
+        parse_image((out / f"{name}.bin").read_bytes())
+    # and the writer itself: many at once into one directory, every file complete
+    with ThreadPoolExecutor(8) as pool:
+        for _ in pool.map(lambda _: build_images(load_recipes(), ["baseline"], tmp_path / "d"), range(8)):
+            pass
+    assert (tmp_path / "d" / "baseline.bin").read_bytes() == (out / "baseline.bin").read_bytes()
