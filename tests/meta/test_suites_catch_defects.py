@@ -1,11 +1,12 @@
-"""Proof of teeth: every defect recipe is guarded by at least one HIL test, and each
-guard fails (or errors) on the image that carries its defect.
+"""Proof of teeth: every defect recipe is guarded by at least one HIL test, each guard
+fails (or errors, by the device's fault) on the image that carries its defect, and all
+the guards pass on the baseline.
 
 The guards are declared where they live, with ``@pytest.mark.guards("recipe")`` on the
-HIL test. That they pass on the baseline is shown by the same CI run, which runs
-``tests/hil`` on the baseline image; here only the guards of one defect run per case, in
-their own pytest process with their own rig, broker and cache, so cases run in parallel
-under xdist.
+HIL test. Each case runs in its own pytest process with its own rig, broker and cache, so
+cases run in parallel under xdist: per defect only its guards; for the baseline the union
+of all guards, in one process. A guard stopped by infrastructure (a rig taken out, a
+broker that did not start) is *broken*, never caught: see ``tests/meta/outcomes.py``.
 """
 
 from __future__ import annotations
@@ -14,17 +15,26 @@ import json
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from hil.firmware import load_recipes
+from tests.meta.outcomes import junit_outcomes, skip_reasons, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 DEFECT_RECIPES = sorted(name for name, recipe in load_recipes().recipes.items() if recipe.defects)
+BASELINE = load_recipes().baseline
+LIST_TIMEOUT_S = 120
+DEFECT_TIMEOUT_S = 600
+BASELINE_TIMEOUT_S = 1200
+# pytest-timeout (pytest.ini: 300 s, thread method) would kill the xdist worker mid-case;
+# each case's own limit is its subprocess's plus the guard listing (the first case of a
+# worker sets that fixture up) plus a margin, so a slow case ends in the clear
+# TimeoutExpired failure below instead.
+MARGIN_S = 60
 
 
 @pytest.fixture(scope="session")
@@ -33,24 +43,38 @@ def guards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     listed = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/hil", "--collect-only", "-q", "-p", "no:cacheprovider",
          "-p", "tests.meta.guard_lister"],
-        cwd=ROOT, env={**os.environ, "HIL_GUARDS_OUT": str(out)}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env={**os.environ, "HIL_GUARDS_OUT": str(out)}, capture_output=True, text=True,
+        timeout=LIST_TIMEOUT_S,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-3000:]
     return dict(json.loads(out.read_text()))
 
 
-def junit_outcomes(path: Path) -> dict[str, str]:
-    """nodeid-ish name -> passed/failed/error/skipped, from pytest's JUnit XML."""
-    outcomes: dict[str, str] = {}
-    for case in ET.parse(path).iter("testcase"):
-        name = f"{case.get('classname')}::{case.get('name')}"
-        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
-        outcomes[name] = {"failure": "failed", "error": "error", "skipped": "skipped"}.get(
-            kinds[0] if kinds else "", "passed"
+def run_guards(tests: list[str], firmware: str, tmp_path: Path, timeout: float) -> tuple[Path, str]:
+    """The guards in a pytest process of their own on ``firmware``: its JUnit file and the
+    tail of its output. A run that outlives ``timeout`` fails here, saying so."""
+    junit = tmp_path / "junit.xml"
+    env = {**os.environ, "HIL_CACHE_DIR": str(tmp_path / "cache"), "HIL_LOCK_DIR": str(tmp_path / "locks")}
+    command = [sys.executable, "-m", "pytest", *tests, "-p", "no:cacheprovider", "-q", "-rs", "--firmware", firmware,
+               "--hil-log-dir", str(tmp_path / "logs"), "--junitxml", str(junit)]  # fmt: skip
+    try:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        tail = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
+        pytest.fail(
+            f"the guards on {firmware} did not finish within {timeout:.0f} s (logs: {tmp_path / 'logs'}):\n"
+            f"{tail[-3000:]}"
         )
-    return outcomes
+    output = result.stdout[-3000:] + result.stderr[-2000:]
+    assert junit.exists(), f"pytest did not run ({result.returncode}):\n{output}"
+    return junit, output
 
 
+def summary(outcomes: dict[str, str]) -> str:
+    return ", ".join(sorted(outcomes.values()))
+
+
+@pytest.mark.timeout(LIST_TIMEOUT_S + DEFECT_TIMEOUT_S + MARGIN_S)
 @pytest.mark.parametrize("defect", DEFECT_RECIPES)
 def test_the_guards_fail_on_the_defect_image(
     defect: str, guards: dict[str, list[str]], tmp_path: Path, record_property: pytest.RecordProperty
@@ -58,17 +82,40 @@ def test_the_guards_fail_on_the_defect_image(
     tests = guards.get(defect, [])
     record_property("defect", defect)
     record_property("guard_outcomes", "no guard")
+    record_property("verdict", "missed")
     assert tests, f"no HIL test is marked @pytest.mark.guards({defect!r})"
-    junit = tmp_path / "junit.xml"
-    env = {**os.environ, "HIL_CACHE_DIR": str(tmp_path / "cache"), "HIL_LOCK_DIR": str(tmp_path / "locks")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", *tests, "-p", "no:cacheprovider", "-q", "--firmware", defect,
-         "--hil-log-dir", str(tmp_path / "logs"), "--junitxml", str(junit)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert junit.exists(), f"pytest did not run ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
+    junit, output = run_guards(tests, defect, tmp_path, DEFECT_TIMEOUT_S)
     outcomes = junit_outcomes(junit)
-    record_property("guard_outcomes", ", ".join(f"{o}" for o in sorted(outcomes.values())))
+    record_property("guard_outcomes", summary(outcomes))
+    record_property("verdict", verdict(outcomes))
+    assert len(outcomes) == len(tests), f"ran {len(outcomes)} of {len(tests)} guards:\n{output}"
+    broken = {name: o for name, o in outcomes.items() if o == "broken"}
+    assert not broken, (
+        f"the run on {defect} was broken by infrastructure, not caught (the defect was never judged): "
+        f"{sorted(broken)}\n{output}"
+    )
     missed = {name: o for name, o in outcomes.items() if o not in ("failed", "error")}
-    assert len(outcomes) == len(tests), f"ran {len(outcomes)} of {len(tests)} guards:\n{result.stdout[-3000:]}"
-    assert not missed, f"these guards did not fail on {defect}: {missed}\n{result.stdout[-3000:]}"
+    assert not missed, f"these guards did not fail on {defect}: {missed}\n{output}"
+
+
+@pytest.mark.timeout(LIST_TIMEOUT_S + BASELINE_TIMEOUT_S + MARGIN_S)
+def test_the_guards_pass_on_the_baseline(
+    guards: dict[str, list[str]], tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    """A guard that fails on the baseline proves nothing by failing on a defect image."""
+    tests = sorted({test for names in guards.values() for test in names})
+    record_property("baseline", BASELINE)
+    record_property("guard_outcomes", "no guard")
+    assert tests, "no HIL test is marked @pytest.mark.guards(...)"
+    junit, output = run_guards(tests, BASELINE, tmp_path, BASELINE_TIMEOUT_S)
+    outcomes = junit_outcomes(junit)
+    record_property("guard_outcomes", summary(outcomes))
+    reasons = skip_reasons(junit)
+    record_property("skips", json.dumps(sorted(reasons.items())))
+    for name, reason in sorted(reasons.items()):
+        print(f"skipped on {BASELINE}: {name}: {reason}")
+    assert len(outcomes) == len(tests), f"ran {len(outcomes)} of {len(tests)} guards:\n{output}"
+    unreasoned = sorted(name for name, reason in reasons.items() if not reason.strip())
+    assert not unreasoned, f"guards skipped on {BASELINE} without a reason: {unreasoned}"
+    bad = {name: o for name, o in outcomes.items() if o not in ("passed", "skipped")}
+    assert not bad, f"these guards did not pass on {BASELINE}: {bad}\n{output}"

@@ -1,0 +1,105 @@
+"""The meta-suite's reading of a guard run's JUnit: a device's failure or error catches
+its defect, an infrastructure failure is *broken* and catches nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.meta.outcomes import junit_outcomes, skip_reasons, verdict
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="4" failures="2" skipped="1" tests="8">
+<testcase classname="tests.hil.test_ota" name="test_passes" time="1"/>
+<testcase classname="tests.hil.test_ota" name="test_fails_on_the_device" time="1">
+  <failure message="AssertionError: the device rebooted on a lower version update">...</failure>
+</testcase>
+<testcase classname="tests.hil.test_smoke" name="test_never_online" time="1">
+  <error message="failed on setup with &quot;hil.session.SessionError: device never came online within 60 s; last serial lines: Guru Meditation Error&quot;">
+    E   hil.session.SessionError: device never came online (the console had a ConsoleError handler)
+  </error>
+</testcase>
+<testcase classname="tests.hil.test_smoke" name="test_rig_taken_out" time="0">
+  <error message="failed on setup with &quot;fixtures.plugin.RigTakenOut: rig virtual-0 taken out of this run: ConsoleError: port lost (logs: x)&quot;">...</error>
+</testcase>
+<testcase classname="tests.hil.test_smoke" name="test_rig_taken_out_property" time="0">
+  <properties><property name="hil_rig_taken_out" value="rig virtual-0 taken out of this run: ..."/></properties>
+  <error message="failed on setup with &quot;something&quot;">...</error>
+</testcase>
+<testcase classname="tests.hil.test_connectivity" name="test_broker_did_not_start" time="0">
+  <failure message="hil.broker.BrokerError: mosquitto exited before listening">...</failure>
+</testcase>
+<testcase classname="tests.hil.test_connectivity" name="test_flash_sync" time="0">
+  <error message="failed on setup with &quot;hil.flashing.FlashInfrastructureError: could not sync&quot;">...</error>
+</testcase>
+<testcase classname="tests.hil.test_ota" name="test_skipped" time="0">
+  <skipped type="pytest.skip" message="rig 'virtual-0' lacks capabilities ['power_control']">...</skipped>
+</testcase>
+</testsuite></testsuites>
+"""
+
+
+@pytest.fixture
+def junit(tmp_path: Path) -> Path:
+    path = tmp_path / "junit.xml"
+    path.write_text(JUNIT)
+    return path
+
+
+def test_each_testcase_is_classified(junit: Path) -> None:
+    assert junit_outcomes(junit) == {
+        "tests.hil.test_ota::test_passes": "passed",
+        "tests.hil.test_ota::test_fails_on_the_device": "failed",
+        # the device's fault (crash_on_boot): still an error, so it catches; words in the
+        # traceback text do not count, only the last exception's type and message
+        "tests.hil.test_smoke::test_never_online": "error",
+        "tests.hil.test_smoke::test_rig_taken_out": "broken",
+        "tests.hil.test_smoke::test_rig_taken_out_property": "broken",
+        "tests.hil.test_connectivity::test_broker_did_not_start": "broken",
+        "tests.hil.test_connectivity::test_flash_sync": "broken",
+        "tests.hil.test_ota::test_skipped": "skipped",
+    }
+    assert skip_reasons(junit) == {"tests.hil.test_ota::test_skipped": "rig 'virtual-0' lacks capabilities ['power_control']"}
+
+
+def test_a_broken_run_is_not_caught() -> None:
+    assert verdict({"a": "failed", "b": "error"}) == "caught"
+    assert verdict({"a": "failed", "b": "broken"}) == "broken"
+    assert verdict({"a": "error", "b": "passed"}) == "missed"
+    assert verdict({"a": "skipped"}) == "missed"
+    assert verdict({}) == "missed"
+
+
+def test_the_table_says_broken_and_shows_the_baseline(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["tests.meta.table"]')
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("defect, verdict, outcomes", [
+            ("accepts_downgrade", "caught", "failed, failed"),
+            ("ota_no_resume", "broken", "broken"),
+        ])
+        def test_case(defect, verdict, outcomes, record_property):
+            record_property("defect", defect)
+            record_property("guard_outcomes", outcomes)
+            record_property("verdict", verdict)
+            assert verdict == "caught"
+
+        def test_baseline(record_property):
+            record_property("baseline", "baseline")
+            record_property("guard_outcomes", "passed, passed, skipped")
+            record_property("skips", '[["t::x", "rig lacks power_control"]]')
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.re_match_lines(
+        [
+            r"baseline +passed +passed, passed, skipped",
+            r" +skipped t::x: rig lacks power_control",
+            r"accepts_downgrade +caught +failed, failed",
+            r"ota_no_resume +BROKEN +broken",
+            r"caught 1 of 2 defect images run \(50 %\); 1 broken by infrastructure \(not counted as caught\)",
+        ]
+    )
