@@ -34,9 +34,11 @@ keeps the timeout local to the client (see `_Rfc2217Port`); nothing on the wire 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import logging
+import os
 import socket
 import struct
 import threading
@@ -88,6 +90,7 @@ __all__ = [
     "FlashError",
     "FlashInfrastructureError",
     "FlashInputError",
+    "FlashPortBusyError",
     "FlashRegion",
     "FlashReport",
     "FlashSource",
@@ -142,6 +145,11 @@ class FlashInfrastructureError(FlashError):
         super().__init__(message)
         self.attempts = attempts
         self.causes = tuple(causes)
+
+
+class FlashPortBusyError(FlashInfrastructureError):
+    """The port is held by another program (a serial monitor, another session): no board
+    was touched, and a retry would only find it held again, so it is not retried."""
 
 
 class FlashVerifyError(FlashInfrastructureError):
@@ -669,6 +677,49 @@ def _hold_strap_longer(esp: Any) -> None:
     esp._construct_reset_strategy_sequence = sequence
 
 
+def _is_busy(exc: BaseException) -> bool:
+    """pyserial's ``exclusive=True`` lock (flock) or the kernel (TIOCEXCL) refused the port."""
+    return getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) or (
+        "exclusively lock" in str(exc)
+    )
+
+
+def _busy_error(port: str, exc: BaseException) -> FlashPortBusyError:
+    holders = _port_holders(port)
+    held_by = f" by {', '.join(holders)}" if holders else " by another program"
+    return FlashPortBusyError(
+        f"port {port} is busy: it is held open{held_by} ({exc}). Nothing was flashed. "
+        "Close the program holding it (a serial monitor such as `hil monitor`, "
+        f"`idf.py monitor`, screen or minicom, or another hil session; `fuser -v {port}` "
+        "names it), or pick another rig, then run again.",
+        attempts=1,
+        causes=[f"attempt 1: {type(exc).__name__}: {str(exc).strip()}"],
+    )
+
+
+def _port_holders(port: str) -> list[str]:
+    """``pid N (command)`` of the processes holding the local device ``port`` open, as far
+    as /proc lets this user see (Linux; empty elsewhere or for a URL)."""
+    if "://" in port:
+        return []
+    try:
+        target = os.path.realpath(port)
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    holders: list[str] = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if not any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                continue
+            with open(f"/proc/{pid}/comm") as comm:
+                holders.append(f"pid {pid} ({comm.read().strip()})")
+        except OSError:
+            continue
+    return holders
+
+
 def _port_name(port: str | serial.SerialBase) -> str:
     return port if isinstance(port, str) else str(getattr(port, "port", None) or port)
 
@@ -1063,6 +1114,8 @@ class Flasher:
                 esp = self._start(link, stub=stub)
                 return link, esp, attempt
             except (FatalError, serial.SerialException, OSError) as exc:
+                if link is None and _is_busy(exc):
+                    raise _busy_error(_port_name(port), exc) from exc
                 cause = f"attempt {attempt}: {type(exc).__name__}: {str(exc).strip()}"
                 causes.append(cause)
                 capture.note_line(f"[hil.flashing] connection {cause}")
