@@ -3,7 +3,8 @@
 What is pinned here: the baseline flashes and boots; an unchanged re-flash writes nothing;
 a changed app (or flash changed behind the flasher's back) is written; verification
 catches flash that does not hold what was written; a board that never syncs is an
-infrastructure error after exactly two connections; a port lent open comes back open.
+infrastructure error after exactly two connections, one whose first sync fails is flashed
+on the retry; a port lent open comes back open.
 """
 
 from __future__ import annotations
@@ -251,6 +252,38 @@ def test_nothing_behind_the_port_is_an_infrastructure_error_after_two_attempts(
     assert len(opened) == 2 and info.value.attempts == 2 and len(info.value.causes) == 2
     assert f"could not connect to an ESP32-C3 on {port} after 2 attempts" in str(info.value)
     assert "Connection refused" in str(info.value)
+
+
+def test_a_sync_that_fails_once_is_retried_once_and_the_flash_succeeds(
+    monkeypatch: pytest.MonkeyPatch, board: VirtualBoardProcess, firmware_dir: Path
+) -> None:
+    """Rule 4's 'retried once' on its good side: the board is held in reset for the first
+    connection (esptool's sync fails for real) and let go before the second."""
+    ctl = control(board)
+    ctl.request("hold_reset", hold=True)
+    original = Flasher._start
+    attempts: list[str] = []
+
+    def start_then_release(self: Flasher, link: object, *, stub: bool) -> object:
+        try:
+            return original(self, link, stub=stub)  # type: ignore[arg-type]
+        except Exception as exc:
+            attempts.append(f"failed: {exc}")
+            ctl.request("hold_reset", hold=False)  # a person pressing nothing: the rig recovers
+            raise
+        finally:
+            attempts.append("started")
+
+    monkeypatch.setattr(Flasher, "_start", start_then_release)
+    report = Flasher(connect_attempts=1).flash(url(board), baseline_files(firmware_dir))
+    assert report.attempts == 2, report.summary()
+    assert attempts.count("started") == 2 and len([a for a in attempts if a.startswith("failed")]) == 1
+    assert "Failed to connect to ESP32-C3" in attempts[0]
+    assert any("connection attempt 1: FatalError" in line for line in report.log), report.log[-10:]
+    # The retry's connection was a whole one: the files were written and verified on it.
+    assert report.verified and "baseline.bin" in names(report, skipped=False)
+    again = Flasher().flash(url(board), baseline_files(firmware_dir))
+    assert again.attempts == 1 and not again.written  # the flash holds what was written
 
 
 def test_a_board_held_in_reset_fails_twice_and_the_lent_port_comes_back_open(
