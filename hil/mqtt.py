@@ -2,18 +2,21 @@
 
 paho-mqtt v2 with a background network thread. Every message is kept with its receive
 time; ``wait_for`` blocks on a condition variable (no polling) until a matching message
-arrives or the deadline passes, and then says what it saw instead.
+arrives or the deadline passes, and then says what it saw instead. ``seq_gaps`` and
+``assert_gapless`` check a counter the device numbers its messages with (``seq`` of the
+sensor readings, which starts at 0 each boot and has no gaps: DEVICE_CONTRACT.md §4).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +39,86 @@ class Received:
 
 class ObserverTimeout(AssertionError):
     """A wait ran out; the message lists what did arrive on the topic."""
+
+
+@dataclass(frozen=True)
+class SeqGap:
+    """Messages a device numbered but that never arrived: ``missing`` on ``topic`` in boot
+    ``boot_count``, between the message numbered ``after`` and the one numbered ``before``
+    (``after`` is None when the boot's first numbers are missing, with ``from_zero``)."""
+
+    topic: str
+    boot_count: int | None
+    missing: tuple[int, ...]
+    after: Received | None
+    before: Received
+    after_seq: int | None
+    before_seq: int
+
+    def __str__(self) -> str:
+        first, last = self.missing[0], self.missing[-1]
+        lost = f"seq {first}" if first == last else f"seq {first}..{last} ({len(self.missing)} messages)"
+        boot = "" if self.boot_count is None else f" boot {self.boot_count}:"
+        before = f"seq {self.before_seq} received at {self.before.at:.3f}"
+        if self.after is None:
+            return f"{self.topic}{boot} {lost} missing: the first received was {before}"
+        gap_s = self.before.at - self.after.at
+        return (
+            f"{self.topic}{boot} {lost} missing, between seq {self.after_seq} received at "
+            f"{self.after.at:.3f} and {before} ({gap_s:.3f} s later)"
+        )
+
+
+class SeqGapError(AssertionError):
+    """Numbered messages are missing; ``gaps`` says which, where, and around what."""
+
+    def __init__(self, message: str, gaps: Sequence[SeqGap]) -> None:
+        super().__init__(message)
+        self.gaps = tuple(gaps)
+
+
+def find_seq_gaps(
+    messages: Iterable[Received],
+    *,
+    seq_key: str = "seq",
+    boot_key: str | None = "boot_count",
+    from_zero: bool = False,
+) -> list[SeqGap]:
+    """The gaps in the ``seq_key`` numbering of ``messages`` (JSON payloads), per topic and
+    per ``boot_key`` (the numbering starts again each boot; None: one numbering).
+
+    A number received twice (a QoS 1 redelivery, the offline queue) and numbers out of
+    order are not gaps. Only numbers between the lowest and highest received are known to
+    be missing, unless ``from_zero`` says the record covers the boot from its start (seq 0).
+    A message without the key, or not JSON, raises ValueError naming it: a gap check over
+    messages that carry no numbering would otherwise pass on nothing.
+    """
+    runs: dict[tuple[str, int | None], dict[int, Received]] = {}
+    for message in messages:
+        try:
+            body = message.json()
+            seq = body[seq_key]
+            boot = body[boot_key] if boot_key is not None else None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(
+                f"{message.topic}: message without {seq_key!r}"
+                f"{'' if boot_key is None else f' and {boot_key!r}'} ({type(exc).__name__}: {exc}): "
+                f"{message.payload[:200]!r}; narrow the topic to numbered messages"
+            ) from None
+        if isinstance(seq, bool) or not isinstance(seq, int) or (boot is not None and not isinstance(boot, int)):
+            raise ValueError(f"{message.topic}: {seq_key}={seq!r} / {boot_key}={boot!r} are not integers")
+        runs.setdefault((message.topic, boot), {}).setdefault(seq, message)
+    gaps: list[SeqGap] = []
+    for (topic, boot), by_seq in runs.items():  # in the order each run was first heard
+        seqs = sorted(by_seq)
+        if from_zero and seqs[0] > 0:
+            gaps.append(SeqGap(topic, boot, tuple(range(seqs[0])), None, by_seq[seqs[0]], None, seqs[0]))
+        for low, high in itertools.pairwise(seqs):
+            if high - low > 1:
+                gaps.append(
+                    SeqGap(topic, boot, tuple(range(low + 1, high)), by_seq[low], by_seq[high], low, high)
+                )
+    return gaps
 
 
 class MqttObserver:
@@ -129,6 +212,53 @@ class MqttObserver:
                         f"got {len(found)}. Last messages on that topic:\n{shown}"
                     )
                 self._cond.wait(left)
+
+    def seq_gaps(
+        self,
+        topic: str,
+        *,
+        since: int = 0,
+        seq_key: str = "seq",
+        boot_key: str | None = "boot_count",
+        from_zero: bool = False,
+    ) -> list[SeqGap]:
+        """Gaps in the numbering of what arrived on ``topic`` (a filter) since ``since``;
+        see `find_seq_gaps`."""
+        return find_seq_gaps(self.collect(topic, since=since), seq_key=seq_key, boot_key=boot_key, from_zero=from_zero)
+
+    def assert_gapless(
+        self,
+        topic: str,
+        *,
+        since: int = 0,
+        seq_key: str = "seq",
+        boot_key: str | None = "boot_count",
+        from_zero: bool = False,
+        single_boot: bool = False,
+    ) -> dict[int | None, list[int]]:
+        """Raise SeqGapError unless the numbering on ``topic`` since ``since`` has no gaps
+        (and, with ``single_boot``, belongs to one boot: a reboot restarts ``seq``, which a
+        gap check per boot would not call a loss). Returns the seqs received, per boot."""
+        received = self.collect(topic, since=since)
+        gaps = find_seq_gaps(received, seq_key=seq_key, boot_key=boot_key, from_zero=from_zero)
+        per_boot: dict[int | None, set[int]] = {}
+        for message in received:
+            body = message.json()
+            per_boot.setdefault(body[boot_key] if boot_key else None, set()).add(body[seq_key])
+        if not received:
+            raise SeqGapError(f"no messages on {topic!r} since mark {since}: nothing to check for gaps", [])
+        problems = [str(gap) for gap in gaps]
+        if single_boot and len(per_boot) > 1:
+            problems.append(f"the device rebooted ({boot_key} {sorted(per_boot, key=str)}): {seq_key} started again")
+        if problems:
+            tail = "\n".join(f"  {m.at:.3f} {m.topic}: {m.payload[:200]!r}" for m in received[-5:])
+            raise SeqGapError(
+                f"{seq_key} on {topic!r} has {len(gaps)} gap(s) in {len(received)} message(s) since mark {since}:\n  "
+                + "\n  ".join(problems)
+                + f"\nLast messages:\n{tail}",
+                gaps,
+            )
+        return {boot: sorted(seqs) for boot, seqs in per_boot.items()}
 
     def publish(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False) -> None:
         data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
