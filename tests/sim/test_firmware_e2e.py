@@ -8,7 +8,7 @@ import json
 import pytest
 
 from hil import contract
-from hil.broker import MosquittoBroker
+from hil.broker import OBSERVER_USER, MosquittoBroker
 from hil.mqtt import MqttObserver, Received
 from tests.sim.conftest import BoardMaker
 
@@ -53,13 +53,46 @@ def test_baseline_telemetry_is_contract_valid_and_the_will_announces_a_dead_boar
     assert valid("status_offline", will) == {"state": "offline"}
 
 
-def test_mutual_tls_and_acl(make_board: BoardMaker, observer: MqttObserver) -> None:
-    board = make_board(listener="mtls")
+@pytest.mark.parametrize("listener", ["tls", "mtls"])
+def test_tls_and_mutual_tls_with_the_acl(
+    make_board: BoardMaker, observer: MqttObserver, broker: MosquittoBroker, listener: str
+) -> None:
+    """Over TLS (password) and mutual TLS (client certificate, CN = device id): the same
+    contract-valid telemetry, a retained online status, the will on a dead board; the
+    broker's ACL keeps a device's account under its own topics."""
+    board = make_board(listener=listener)
     online(observer, "dev1")
-    valid("sensors", observer.wait_for(contract.sensors_topic("dev1"), timeout=20)[0])
     board.control.wait_tx(r"I \(\d+\) mqtt: connected uri=mqtts://127\.0\.0\.1:\d+")
+    valid("sensors", observer.wait_for(contract.sensors_topic("dev1"), timeout=20)[0])
+    valid("health", observer.wait_for(contract.health_topic("dev1"), timeout=10)[0])
+    valid("metrics", observer.wait_for(contract.metrics_topic("dev1"), timeout=10)[0])
+
+    # Retained: a client that subscribes after the fact gets the status at once, flagged so.
+    with MqttObserver(
+        "127.0.0.1", broker.plain_port, username=OBSERVER_USER, password=broker.observer_password,
+        subscribe=contract.status_topic("dev1"),
+    ) as late:  # fmt: skip
+        status = late.wait_for(contract.status_topic("dev1"), timeout=10)[0]
+        assert status.retain and payload(status)["state"] == "online"
+
+    # The ACL (pattern esp32/%u/#): dev1's own account may publish under esp32/dev1/, not
+    # under esp32/dev2/ (mosquitto drops what the ACL refuses without telling the client).
+    creds = broker.credentials("dev1")
+    with MqttObserver("127.0.0.1", broker.plain_port, username=creds.username, password=creds.password,
+                      subscribe="esp32/dev1/acl-probe") as as_dev1:  # fmt: skip
+        mark = observer.mark()
+        as_dev1.publish(contract.sensors_topic("dev2"), {"forged": True})
+        as_dev1.publish("esp32/dev1/acl-probe", {"own": True})
+        observer.wait_for("esp32/dev1/acl-probe", since=mark, timeout=10)
+        assert observer.collect(contract.sensors_topic("dev2"), since=mark) == []
+
     log, _ = board.control.tx_log()
     assert b"password" not in log.lower()
+
+    mark = observer.mark()
+    board.process.kill()
+    will = observer.wait_for(contract.status_topic("dev1"), since=mark, timeout=40)[0]
+    assert valid("status_offline", will) == {"state": "offline"}
 
 
 def test_device_refuses_a_broker_with_the_wrong_ca(make_board: BoardMaker, observer: MqttObserver) -> None:
