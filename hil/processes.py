@@ -4,6 +4,10 @@ Boards, brokers and proxies run in their own process groups (so a Ctrl-C in the
 terminal does not hit them before teardown does, and teardown can kill a whole group).
 That alone would orphan them when pytest is SIGKILLed; Linux's parent-death signal makes
 the kernel SIGTERM them the moment their parent dies, so the next run finds nothing left.
+
+What a killed run cannot remove itself, its private files, lives in directories named
+after their owner process (``owned_dir``); the next run removes those whose owner is dead
+(``clear_stale``), as a stale rig lock is cleared.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 # Resolved here, in the parent: the child between fork and exec of a multi-threaded
@@ -46,3 +55,76 @@ def stop_group(proc: subprocess.Popen[str], *, grace_s: float) -> int | None:
     if proc.stdout is not None:
         proc.stdout.close()
     return proc.returncode
+
+
+# -- private run directories a killed run leaves behind ------------------------------------
+# A session's private files (broker keys and password file, NVS images with secrets) live
+# in a directory named after the process that owns it: ``<prefix><pid>.<start>.<random>``,
+# where ``start`` is the process's start time (Linux: /proc/<pid>/stat, in clock ticks
+# since boot), so a pid reused by another process does not keep a dead owner's dir alive.
+# The name is set atomically by mkdtemp, so there is no moment when a dir exists without
+# its owner. Roots are per host (pids mean nothing on another host sharing the cache).
+_OWNED_RE = re.compile(r"^(?P<prefix>.*?)(?P<pid>\d+)\.(?P<start>\d+)\.[A-Za-z0-9_]+$")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields from the state on (field 3), or None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
+
+
+def process_start(pid: int) -> int:
+    """``pid``'s start time in clock ticks since boot (0 where /proc does not say)."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else 0  # field 22
+
+
+def _alive(pid: int, start: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        pass
+    fields = _stat(pid)
+    if fields is None:  # no /proc: take the pid's word
+        return True
+    return fields[0] != "Z" and (start == 0 or int(fields[19]) == start)
+
+
+def host_root(root: Path) -> Path:
+    """``root/<hostname>``: where this host's owned dirs go."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    return root / host
+
+
+def owned_dir(root: Path, prefix: str) -> Path:
+    """A new private (0700) dir under ``host_root(root)`` owned by this process: removed by
+    ``clear_stale`` once this process is dead, whoever calls it (the next run)."""
+    parent = host_root(root)
+    parent.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{pid}.{process_start(pid)}.", dir=parent))
+
+
+def owner_of(path: Path) -> tuple[int, int] | None:
+    """(pid, start time) of an owned dir's process, or None for a name not made by ``owned_dir``."""
+    found = _OWNED_RE.match(path.name)
+    return None if found is None else (int(found["pid"]), int(found["start"]))
+
+
+def clear_stale(root: Path) -> list[Path]:
+    """Remove this host's owned dirs under ``root`` whose process is dead (a SIGKILLed
+    run's); return them. Dirs of live processes (other sessions) are left alone."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in host_root(root).iterdir():
+            owner = owner_of(entry)
+            if owner is None or not entry.is_dir() or _alive(*owner):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

@@ -36,6 +36,7 @@ from hil.flashing import Flasher
 from hil.mqtt import MqttObserver, ObserverTimeout
 from hil.netfault import FaultProxy
 from hil.ota import OtaServer, OtaSigner
+from hil.processes import clear_stale, owned_dir
 from hil.report import Redactor
 from hil.rigs import ReservedRig, Rig, load_rigs, reserve, select_rigs
 from hil.settings import Provisioning, provisioning_image
@@ -200,8 +201,22 @@ class RigSession:
         self._ota_server: OtaServer | None = None
         self._proxy: FaultProxy | None = None
         self._dut: Dut | None = None
+        self._run_dir: Path | None = None
 
-    # -- setup steps ------------------------------------------------------------------
+    # -- setup steps
+    @property
+    def run_dir(self) -> Path:
+        """This session's private files (broker keys, password file, ACL, NVS images with
+        secrets): a 0700 dir under ``<cache>/run/<host>/`` named after this process, so a
+        session that finds one whose process is dead (a SIGKILLed run's) removes it."""
+        if self._run_dir is None:
+            root = cache_root() / "run"
+            clear_stale(root)
+            self._run_dir = owned_dir(root, "session-")
+            path = self._run_dir
+            self._cleanups.append(lambda: shutil.rmtree(path, ignore_errors=True))
+        return self._run_dir
+
     @property
     def rig(self) -> Rig:
         if self.reserved is None:
@@ -254,8 +269,8 @@ class RigSession:
         if self.broker is None:
             if self.external_broker:
                 raise SessionError(f"the broker is external ({self.options.broker!r}): the session runs none")
-            private = Path(tempfile.mkdtemp(prefix="hil-broker-"))
-            self._cleanups.append(lambda: shutil.rmtree(private, ignore_errors=True))
+            private = self.run_dir / "broker"
+            private.mkdir(exist_ok=True)
             try:
                 # embedded: mosquitto when it is on PATH, else amqtt (same interface).
                 kind = broker_class(self.options.broker)
@@ -394,7 +409,7 @@ class RigSession:
             image = provisioning_image(prov, self.options.config)
         console = self.open_console()
         mark = console.mark()
-        with tempfile.TemporaryDirectory(prefix="hil-nvs-") as private:
+        with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.run_dir) as private:
             nvs = Path(private) / "nvs.bin"
             nvs.write_bytes(image)
             with console.borrow() as port:
@@ -416,7 +431,7 @@ class RigSession:
         console = self.open_console()
         mark = observer.mark()
         # The NVS image holds the device's secrets: a private temp file, gone after use.
-        with tempfile.TemporaryDirectory(prefix="hil-nvs-") as private:
+        with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.run_dir) as private:
             nvs = Path(private) / "nvs.bin"
             nvs.write_bytes(self.provisioning())
             with console.borrow() as port:
