@@ -52,6 +52,9 @@ class LoadProfile:
     ``rate_hz`` is each device's reading rate: the contract's measurement interval is a
     whole number of seconds, so 1, 0.5, 0.25 ... (1 / rate_hz must be an integer).
     ``max_loss`` is the fraction of readings that may go missing (seq gaps), 0 to 1.
+    ``min_throughput_ratio`` is the share of the nominal rate (devices × rate_hz) that
+    must arrive in the steady window: a fleet or broker that slows down loses nothing
+    by seq and would pass on loss alone.
     """
 
     devices: int = 20
@@ -61,6 +64,7 @@ class LoadProfile:
     max_p99_latency_s: float = 1.0
     max_storm_recovery_s: float = 10.0
     max_broker_dropped: int = 0
+    min_throughput_ratio: float = 0.95
 
     @property
     def interval_s(self) -> int:
@@ -166,6 +170,8 @@ def _load_table(path: Path, table: Any) -> LoadProfile:
         raise bad("duration_s", f"too short for two readings per device at {load.rate_hz} Hz (at least {2 * load.interval_s} s)")
     if not 0 <= load.max_loss <= 1:
         raise bad("max_loss", "a fraction of the readings, 0 (none may be lost) to 1")
+    if not 0 <= load.min_throughput_ratio <= 1:
+        raise bad("min_throughput_ratio", "a fraction of the nominal rate, 0 to 1 (0.95: 95 % must arrive)")
     for key in ("max_p99_latency_s", "max_storm_recovery_s"):
         if not getattr(load, key) > 0:
             raise bad(key, "must be a number of seconds > 0")

@@ -512,6 +512,12 @@ class LoadResult:
                 f"{profile.max_loss:.2%} (silent: {self.loss.silent}, counted by the devices: {self.loss.visible}; "
                 f"e.g. {dict(list(self.loss.worst.items())[:3])})"
             )
+        ratio = self.throughput_msgs_per_s / self.expected_msgs_per_s if self.expected_msgs_per_s else 0.0
+        if ratio < profile.min_throughput_ratio:
+            found.append(
+                f"throughput {self.throughput_msgs_per_s:.1f} msgs/s is {ratio:.1%} of the nominal "
+                f"{self.expected_msgs_per_s:.1f} < min_throughput_ratio {profile.min_throughput_ratio:.0%}"
+            )
         if self.latency.p99_s is None:
             found.append(f"no latency measured ({self.latency.basis})")
         elif self.latency.p99_s > profile.max_p99_latency_s:

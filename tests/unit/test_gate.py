@@ -217,6 +217,7 @@ def test_a_load_table_is_read_with_numbers_as_floats(tmp_path: Path) -> None:
         ("max_p99_latency_s = 0\n", "[load].max_p99_latency_s = 0.0: must be a number of seconds > 0"),
         ("max_storm_recovery_s = -1\n", "max_storm_recovery_s"),
         ("max_broker_dropped = -1\n", "a count of messages"),
+        ("min_throughput_ratio = 1.2\n", "[load].min_throughput_ratio = 1.2: a fraction of the nominal rate"),
     ],
 )
 def test_a_bad_load_table_names_the_file_and_the_field(tmp_path: Path, table: str, says: str) -> None:

@@ -109,6 +109,10 @@ def test_thresholds_are_judged_in_words() -> None:
     assert any("broker dropped 7 messages" in p for p in problems)
     lost = loss({"fleet-0000": [reading(0), reading(2)]}, {})
     assert "loss 1 of 3 readings" in result(loss=lost).violations(LoadProfile())[0]
+    # no reading lost, but a tenth of the rate missing: slowed down, not held
+    slow = result(throughput_msgs_per_s=1.8).violations(LoadProfile())
+    assert slow == ["throughput 1.8 msgs/s is 90.0% of the nominal 2.0 < min_throughput_ratio 95%"]
+    assert result(throughput_msgs_per_s=1.8).violations(LoadProfile(min_throughput_ratio=0.9)) == []
 
 
 def test_the_json_says_unknown_rather_than_zero() -> None:
