@@ -70,6 +70,15 @@ def test_no_reading_is_lost_through_the_load_and_the_storm(load_run: LoadResult,
     assert load_run.malformed == 0, f"{load_run.malformed} malformed messages\n{load_run.summary()}"
 
 
+def test_the_fleet_keeps_its_rate_in_the_steady_window(load_run: LoadResult, load_profile: Any) -> None:
+    ratio = load_run.throughput_msgs_per_s / load_run.expected_msgs_per_s
+    assert ratio >= load_profile.min_throughput_ratio, (
+        f"{load_run.throughput_msgs_per_s:.1f} readings/s arrived, {ratio:.1%} of the nominal "
+        f"{load_run.expected_msgs_per_s:.1f} (< min_throughput_ratio {load_profile.min_throughput_ratio:.0%}); "
+        f"the devices' own rate (median, slowest): {load_run.device_rate_hz}\n{load_run.summary()}"
+    )
+
+
 def test_latency_p99_holds_in_the_steady_window(load_run: LoadResult, load_profile: Any) -> None:
     latency = load_run.latency
     assert latency.p99_s is not None, f"no latency measured: {latency.basis}"
