@@ -36,7 +36,7 @@ esptool. Each figure is the median of ``--repeat`` runs, from the start of the s
 Also shown: the start-up of an empty pytest run in each environment (and in the project's
 venv without our plugin: its other plugins, labgrid's among them, cost most of it), which
 the pytest variants pay once per session. pytest-embedded runs in a venv of its own (bench/peers.py;
-installed from PyPI on first use). Run: ``/work/venv/bin/python bench/attach_boot.py``.
+installed from PyPI on first use). Run: ``.venv/bin/python bench/attach_boot.py``.
 """
 
 from __future__ import annotations

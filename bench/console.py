@@ -33,7 +33,7 @@ never acknowledges the client's modem-line requests.) Measured in one run:
 
 pytest-embedded runs as its users run it: ``pytest --embedded-services serial --port
 /dev/pts/N`` in a venv of its own (bench/peers.py), the timestamps taken in the test.
-Run: ``/work/venv/bin/python bench/console.py``.
+Run: ``.venv/bin/python bench/console.py``.
 """
 
 from __future__ import annotations

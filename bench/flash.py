@@ -15,7 +15,7 @@ One run measures, on one board per transport (medians of ``--repeat`` runs):
   Wi-Fi + TLS + MQTT app weighs; see ``REAL_APP_BYTES``), where the data, not the fixed
   costs, dominates. Its full flash is also set beside that real C3's, scaled to the size.
 
-Then prints the ratios. Run: ``/work/venv/bin/python bench/flash.py [--repeat N]``.
+Then prints the ratios. Run: ``.venv/bin/python bench/flash.py [--repeat N]``.
 
 The boards run with ``hil sim board --realistic-timing`` (`hil.sim.timing`): the UART
 is paced at the chip's baud rate (10 bits per byte, both ways) and SPI flash erase,

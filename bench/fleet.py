@@ -18,7 +18,7 @@ With ``--find``, a run that does not hold is followed by smaller ones (bisecting
 a multiple of ``--step``) until one holds, and the largest count that held is reported.
 Results are printed; the numbers in bench/RESULTS.md come from this script.
 
-Run: ``/work/venv/bin/python bench/fleet.py [--devices 1000] [--duration 60] [--find]``
+Run: ``.venv/bin/python bench/fleet.py [--devices 1000] [--duration 60] [--find]``
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ millisecond for the console, a loopback MQTT hop for messages): the device's sha
 slightly overstated, the framework's understated. Waits that end in a timeout are the
 tests' negative checks ("no reading for 6 s"): device time too, shown apart.
 
-Prints the breakdown and the ratios. Run: ``/work/venv/bin/python bench/suite.py``
+Prints the breakdown and the ratios. Run: ``.venv/bin/python bench/suite.py``
 (``--out DIR`` keeps the JUnit XML, the probe's records and the HIL logs; ``--from DIR``
 analyses them again without running; extra arguments after ``--`` go to pytest).
 """
