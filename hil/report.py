@@ -1,18 +1,26 @@
 """Reporting: what a 3 a.m. failure needs to be understood from the report alone.
 
 * Every attachment and log goes through a ``Redactor`` first: provisioned passwords,
-  private keys and tokens never reach Allure results or log files.
-* ``environment.properties`` names the rig, firmware, broker and tool versions.
+  private keys and tokens never reach Allure results or log files. Known secrets are cut
+  out by value (a bare password or token has no shape a pattern could catch): the ones the
+  session registers, the values of secret-named environment variables (``*_TOKEN``,
+  ``*_PASSWORD``, ``AWS_SECRET_ACCESS_KEY`` ...) and, for a PEM key, its base64 body too.
+* ``environment.properties`` names the rig, firmware (version and `firmware_sha256`),
+  broker and tool versions.
+* `attach_fault_timeline` puts the fault proxy's timeline on a test's report entry.
 * ``categories.json`` separates product defects (the device misbehaved: assertion
   failures) from infrastructure (a port vanished, a broker did not start: *broken*).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 REDACTED = "[REDACTED]"
 
@@ -23,19 +31,51 @@ _PATTERNS = (
 )
 
 
-class Redactor:
-    """Removes known secrets (exact strings) and anything shaped like one (patterns)."""
+# Environment variables whose values are secrets: a name part (between underscores) like
+# these, or one of these pairs; not a name that points at a secret (…_FILE, …_PATH).
+_SECRET_NAME_PARTS = frozenset({"PASSWORD", "PASSWD", "PASS", "SECRET", "TOKEN", "APIKEY", "CREDENTIALS"})
+_SECRET_NAME_PAIRS = ("API_KEY", "ACCESS_KEY", "PRIVATE_KEY", "SECRET_KEY", "AUTH_KEY", "SESSION_KEY")
+_NOT_SECRET_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_URL", "_USER", "_USERNAME", "_NAME", "_ID")
+_ENV_SECRET_MIN_LEN = 8  # "1", "true", "yes": flags, not secrets
+_PEM_BODY_LINE_MIN_LEN = 16  # a PEM's last base64 line may be a few characters only
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable named ``name`` holds a secret by its name."""
+    upper = name.upper()
+    if upper.endswith(_NOT_SECRET_SUFFIXES):
+        return False
+    return bool(_SECRET_NAME_PARTS & set(upper.split("_"))) or any(pair in upper for pair in _SECRET_NAME_PAIRS)
+
+
+def environment_secrets(environ: Mapping[str, str]) -> list[str]:
+    """The values of ``environ``'s secret-named variables (CI hands tokens over this way)."""
+    return [
+        value
+        for name, value in environ.items()
+        if is_secret_name(name) and len(value.strip()) >= _ENV_SECRET_MIN_LEN
+    ]
+
+
+class Redactor:
+    """Removes known secrets (exact strings) and anything shaped like one (patterns).
+
+    ``environ`` (default: this process's environment) contributes the values of its
+    secret-named variables; pass ``{}`` for a redactor that knows only what it is given.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), *, environ: Mapping[str, str] | None = None) -> None:
         self._secrets: set[str] = set()
+        self.add(*environment_secrets(os.environ if environ is None else environ))
         self.add(*secrets)
 
     def add(self, *secrets: str | None) -> None:
         for secret in secrets:
             if secret and len(secret) >= 4:  # shorter strings would redact ordinary text
-                self._secrets.add(secret)
-                # A PEM also appears with its line breaks escaped inside JSON.
-                self._secrets.add(secret.replace("\n", "\\n"))
+                for form in _forms(secret):
+                    self._secrets.add(form)
+                    # A PEM also appears with its line breaks escaped inside JSON.
+                    self._secrets.add(form.replace("\n", "\\n"))
 
     def __call__(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):
@@ -46,6 +86,18 @@ class Redactor:
 
     def bytes(self, data: bytes) -> bytes:
         return self(data.decode("utf-8", "replace")).encode()
+
+
+def _forms(secret: str) -> list[str]:
+    """A secret and the parts of it that are secret on their own: for a PEM, its base64
+    body joined into one line and each of its lines (a key printed without its header
+    lines, or cut short in a log, is still the key)."""
+    forms = [secret, secret.strip()]
+    if "-----BEGIN" in secret:
+        body = [line.strip() for line in secret.splitlines() if line.strip() and not line.startswith("-----")]
+        forms.append("".join(body))
+        forms.extend(line for line in body if len(line) >= _PEM_BODY_LINE_MIN_LEN)
+    return [form for form in forms if len(form) >= 4]
 
 
 # Errors that say the rig, its port, the broker or the flasher failed, not the device.
@@ -105,6 +157,65 @@ def attach_svg(name: str, svg: str) -> None:
     allure.attach(svg, name=name, attachment_type=allure.attachment_type.SVG)
 
 
+class _FlashFileLike(Protocol):
+    offset: int
+    path: Path
+
+
+def firmware_sha256(files: Iterable[_FlashFileLike | tuple[int, Path | bytes]]) -> str:
+    """One SHA-256 over a firmware's flash files (manifest `FlashFile`s or ``(offset, path
+    or bytes)``): each file's offset, length and bytes, in flash order. The same files at
+    the same offsets give the same hash on any host, whatever their names; the NVS
+    provisioning (per session, and secret) is not firmware and is left out by the caller."""
+    regions: list[tuple[int, bytes]] = []
+    for item in files:
+        offset, source = (item.offset, item.path) if not isinstance(item, tuple) else item
+        regions.append((offset, source if isinstance(source, bytes) else Path(source).read_bytes()))
+    digest = hashlib.sha256()
+    for offset, data in sorted(regions, key=lambda region: region[0]):
+        digest.update(f"{offset:#x} {len(data)}\n".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+class _Timeline(Protocol):
+    @property
+    def timeline(self) -> list[tuple[float, str]]: ...
+
+    name: str
+
+
+def fault_timeline_text(
+    proxy: _Timeline, *, since: int = 0, redact: Callable[[str], str] | None = None
+) -> str:
+    """The fault proxy's events from position ``since`` (``len(proxy.timeline)`` taken
+    when a test began), one per line with seconds from the first of them."""
+    events: Sequence[tuple[float, str]] = proxy.timeline[since:]
+    if not events:
+        return f"fault proxy {proxy.name}: no events"
+    start = events[0][0]
+    lines = [f"fault proxy {proxy.name}: {len(events)} event(s), seconds from the first"]
+    lines += [f"{at - start:+9.3f} s  {event}" for at, event in events]
+    text = "\n".join(lines) + "\n"
+    return redact(text) if redact is not None else text
+
+
+def attach_fault_timeline(
+    proxy: _Timeline,
+    *,
+    since: int = 0,
+    redact: Callable[[str], str] | None = None,
+    name: str = "fault timeline",
+) -> str:
+    """Attach `fault_timeline_text` to the current test's report entry and return it.
+    Outside an Allure run allure-pytest drops the attachment, which costs nothing."""
+    import allure
+
+    text = fault_timeline_text(proxy, since=since, redact=redact)
+    allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
+    return text
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
 
@@ -119,11 +230,13 @@ def redact_tree(root: Path, redactor: Redactor) -> int:
         if not path.is_file() or path.suffix in (".png", ".bin", ".db"):
             continue
         try:
-            text = path.read_text()
-        except (UnicodeDecodeError, OSError):
+            # surrogateescape: a file with stray non-UTF-8 bytes is still swept (and its
+            # other bytes kept as they were), not skipped with its secrets in it.
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError:
             continue
         clean = redactor(text)
         if clean != text:
-            path.write_text(clean)
+            path.write_text(clean, encoding="utf-8", errors="surrogateescape")
             changed += 1
     return changed

@@ -1,8 +1,20 @@
-"""A planted password, key and token appear in no file under the Allure results or logs."""
+"""A planted password, key and token appear in no file under the Allure results or logs.
+
+The three secrets are the session's own: the device's MQTT password and private key (from
+the session's broker), and a bare token (an AWS-style secret access key, 40 random
+characters, in the environment as CI would hand it over). The planted test prints each of
+them bare, in no ``name=value`` shape a pattern could catch, logs them and puts them in its
+assertion message; every file under the Allure results and the log dir is then searched
+for each whole secret, for the key's base64 body (joined, and line by line) and for the
+key as JSON writes it (line breaks escaped).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -13,26 +25,47 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 PLANTED_TEST = '''
+import json
 import logging
+import os
+from pathlib import Path
 
 def test_that_leaks_everything(dut, hil_session, console):
-    key = hil_session.broker.credentials(dut.device_id).client_key_pem
+    creds = hil_session.broker.credentials(dut.device_id)
+    key, password = creds.client_key_pem, creds.password
+    token = os.environ["AWS_SECRET_ACCESS_KEY"]
+    body = "".join(line for line in key.splitlines() if not line.startswith("-----"))
+    # Tell the outer test what to look for (outside the results and log dirs).
+    Path(os.environ["PLANTED_SECRETS"]).write_text(json.dumps({"password": password, "key": key}))
     print("device key:", key)
+    print("its body alone:", body)
+    print("as JSON:", json.dumps({"k": key}))
     print("wifi password:", "hil-lab-password")
-    print("token=tok_9f8e7d6c5b4a")
-    logging.getLogger("leak").error("mqtt_pass=%s", hil_session.broker.credentials(dut.device_id).password)
-    assert False, "fail on purpose, so that every capture lands in the report"
+    print(password)
+    print(token)
+    logging.getLogger("leak").error("mqtt_pass=%s", password)
+    logging.getLogger("leak").error("bare: %s %s", password, token)
+    assert False, f"fail on purpose, so that every capture lands in the report: {password} {token}"
 '''
+
+
+def key_body(pem: str) -> tuple[str, list[str]]:
+    lines = [line for line in pem.splitlines() if line and not line.startswith("-----")]
+    return "".join(lines), [line for line in lines if len(line) >= 16]
 
 
 def test_planted_secrets_reach_no_report_or_log_file(tmp_path: Path) -> None:
     (tmp_path / "test_leak.py").write_text(PLANTED_TEST)
     allure, logs = tmp_path / "allure", tmp_path / "logs"
+    planted = tmp_path / "planted.json"
+    token = "".join(secrets.choice(string.ascii_letters + string.digits + "/+") for _ in range(40))
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "HIL_CACHE_DIR": str(tmp_path / "cache"),
         "HIL_LOCK_DIR": str(tmp_path / "locks"),
+        "AWS_SECRET_ACCESS_KEY": token,
+        "PLANTED_SECRETS": str(planted),
     }
     result = subprocess.run(
         [
@@ -47,12 +80,28 @@ def test_planted_secrets_reach_no_report_or_log_file(tmp_path: Path) -> None:
     console_log = next(logs.rglob("console.log")).read_text()
     assert "credentials ssid=hil-lab password=[REDACTED]" in console_log  # the device did print it
 
-    secrets = ["hil-lab-password", "tok_9f8e7d6c5b4a", "PRIVATE KEY-----\nMI", "BEGIN EC PRIVATE KEY"]
+    known = json.loads(planted.read_text())
+    password, key = known["password"], known["key"]
+    body, body_lines = key_body(key)
+    assert len(password) >= 8 and "PRIVATE KEY" in key and len(body) > 100 and body_lines
+    searched = {
+        "wifi password": "hil-lab-password",
+        "mqtt password": password,
+        "token": token,
+        "private key": key,
+        "private key as JSON": json.dumps(key)[1:-1],
+        "key body": body,
+        **{f"key body line {i}": line for i, line in enumerate(body_lines)},
+        "PEM header": "BEGIN EC PRIVATE KEY",
+    }
     files = [p for p in [*allure.rglob("*"), *logs.rglob("*")] if p.is_file()]
     # The secrets did reach the report (captured output), and were cut out there.
     assert any("[REDACTED]" in p.read_text(errors="replace") for p in allure.rglob("*") if p.is_file())
     assert len(files) > 5
-    for path in files:
-        text = path.read_text(errors="replace")
-        for secret in secrets:
-            assert secret not in text, f"{secret!r} leaked into {path}"
+    leaks = [
+        f"{what} in {path.relative_to(tmp_path)}"
+        for path in files
+        for what, secret in searched.items()
+        if secret in path.read_bytes().decode("utf-8", "replace")
+    ]
+    assert not leaks, "\n".join(leaks)
