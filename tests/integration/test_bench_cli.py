@@ -53,6 +53,8 @@ HELP = {
     ("sensor", "set"): "hil sensor set --temperature",
     ("sensor", "fault"): "bus_held_low",
     ("power",): "hil power cycle",
+    ("power", "on"): "Power the board.",
+    ("power", "off"): "Cut the board's supply.",
     ("power", "cycle"): "--off-s",
     ("broker",): "mutual",
     ("broker", "up"): "credentials file",
@@ -68,6 +70,47 @@ def test_help_teaches_with_an_example(command: tuple[str, ...]) -> None:
     text = " ".join(result.stdout.split())
     assert "example:" in text and f"hil {' '.join(command)}" in text, text
     assert HELP[command] in text, text
+
+
+# Every command of ``hil --help``, with what its summary line there says.
+TOP_LEVEL = {
+    "sim": "the virtual ESP32-C3 rig",
+    "firmware": "firmware images for the virtual rig",
+    "rigs": "who holds each reservation",
+    "gate": "go / no-go",
+    "report": "HTML report",
+    "flash": "skip- unchanged",  # wrapped by argparse; whitespace is folded below
+    "provision": "NVS provisioning image",
+    "monitor": "esp-idf-monitor",
+    "sensor": "BME280",
+    "power": "on, off, cycle",
+    "broker": "mutual TLS",
+}
+
+
+def test_top_level_help_lists_every_command_and_each_has_its_own_help() -> None:
+    result = hil("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: hil "), result.stdout
+    text = " ".join(result.stdout.split())
+    assert "Hardware-in-the-loop testing for ESP32-C3 firmware" in text, text
+    listed = result.stdout.split("positional arguments:", 1)[1].split("options:", 1)[0]
+    # A command starts at column 4; its wrapped summary lines are indented deeper.
+    commands = {line.split()[0] for line in listed.splitlines() if line[:4] == "    " and line[4:5].isalpha()}
+    commands.discard("COMMAND")
+    assert commands == set(TOP_LEVEL), f"hil --help lists {sorted(commands)}"
+    for command, summary in TOP_LEVEL.items():
+        assert f"{command} " in text and summary in text, (command, summary, text)
+    # The bench groups' --help is pinned in HELP above; gate and rigs in test_gate_and_rigs_cli.
+    for command in ("firmware", "report"):
+        sub = hil(command, "--help")
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: hil {command}"), sub.stderr
+
+
+def test_no_command_is_a_usage_error_naming_what_is_missing() -> None:
+    result = hil()
+    assert result.returncode == 2 and result.stdout == ""
+    assert "usage: hil" in result.stderr and "required: COMMAND" in result.stderr, result.stderr
 
 
 # -- bad input: one line, exit 2, nothing started ----------------------------------------------
