@@ -256,3 +256,30 @@ def test_the_unprovisioned_reboot_defect_boot_loops_a_blank_board(images, virtua
     _, end = board.control.wait_tx(r"E \(\d+\) app: not provisioned", timeout=15)
     board.control.wait_tx(r"Guru Meditation Error(?s:.*)E \(\d+\) app: not provisioned", since=end, timeout=15)
     assert board.control.state()["boots"] >= 2
+
+
+def test_rig_controls_ramp_noise_and_rssi_reach_the_readings(make_board: BoardMaker, observer: MqttObserver) -> None:
+    """The control endpoint's sensor ramp and noise and the AP's RSSI, as the firmware
+    reports them (docs/virtual-rig.md)."""
+    board = make_board()
+    online(observer, "dev1")
+    topic = contract.sensors_topic("dev1")
+    still = [valid("sensors", m)["temperature_c"] for m in observer.wait_for(topic, count=3, timeout=20)]
+    assert len(set(still)) == 1, f"no noise configured, yet the readings vary: {still}"
+
+    board.control.request("sensor.ramp", temperature_c=32.0, humidity_pct=45.0, pressure_hpa=1013.25, duration_s=5)
+    mark = observer.mark()
+    ramp = [valid("sensors", m)["temperature_c"] for m in observer.wait_for(topic, since=mark, count=8, timeout=30)]
+    assert ramp == sorted(ramp), f"a ramp up went down: {ramp}"
+    assert any(still[0] + 1 < t < 32.0 - 1 for t in ramp), f"no reading on the way: {ramp}"
+    assert abs(ramp[-1] - 32.0) <= contract.TEMPERATURE_ACCURACY_C, ramp
+
+    board.control.request("sensor.noise", temperature_sigma_c=1.0)
+    mark = observer.mark()
+    noisy = [valid("sensors", m)["temperature_c"] for m in observer.wait_for(topic, since=mark, count=6, timeout=20)][1:]
+    assert len(set(noisy)) > 1, f"noise configured, yet the readings are constant: {noisy}"
+
+    board.control.request("ap.set", rssi=-71)
+    mark = observer.mark()
+    health = observer.wait_for(contract.health_topic("dev1"), since=mark, count=2, timeout=20)[1]
+    assert valid("health", health)["wifi_rssi"] == -71
