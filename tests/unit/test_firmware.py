@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -193,3 +194,52 @@ def test_sessions_sharing_a_cold_cache_all_get_complete_images(
         for _ in pool.map(lambda _: build_images(load_recipes(), ["baseline"], tmp_path / "d"), range(8)):
             pass
     assert (tmp_path / "d" / "baseline.bin").read_bytes() == (out / "baseline.bin").read_bytes()
+
+
+def riscv_elf(path: Path, sections: list[tuple[str, int, bytes, int]], entry: int) -> Path:
+    """A minimal ELF32 RISC-V executable: one PT_LOAD segment and one section per
+    (name, address, data, sh_flags), plus .shstrtab; enough for esptool's elf2image."""
+    names = b"\0" + b"".join(name.encode() + b"\0" for name, *_ in sections) + b".shstrtab\0"
+    phoff = 52
+    offset = phoff + 32 * len(sections)
+    offsets = []
+    for _, _, data, _ in sections:
+        offsets.append(offset)
+        offset += len(data)
+    shstr_offset, shoff = offset, (offset + len(names) + 3) & ~3
+    out = bytearray(b"\x7fELF" + bytes([1, 1, 1, 0]) + bytes(8))
+    out += struct.pack("<HHIIIIIHHHHHH", 2, 0xF3, 1, entry, phoff, shoff, 0, 52, 32, len(sections), 40,
+                       len(sections) + 2, len(sections) + 1)  # fmt: skip
+    for (_, addr, data, flags), at in zip(sections, offsets, strict=True):
+        out += struct.pack("<8I", 1, at, addr, addr, len(data), len(data), 5 if flags & 4 else 4, 4)
+    for _, _, data, _ in sections:
+        out += data
+    out += names + bytes(shoff - len(out) - len(names)) + bytes(40)
+    name_at = 1
+    for (name, addr, data, flags), at in zip(sections, offsets, strict=True):
+        out += struct.pack("<10I", name_at, 1, flags, addr, at, len(data), 0, 0, 4, 0)
+        name_at += len(name) + 1
+    out += struct.pack("<10I", name_at, 3, 0, 0, shstr_offset, len(names), 0, 0, 1, 0)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_a_manifest_elf_is_converted_with_elf2image_once(tmp_path: Path) -> None:
+    riscv_elf(tmp_path / "app.elf", [
+        (".flash.rodata", 0x3C000020, bytes(range(256)) * 4, 0x2),  # SHF_ALLOC
+        (".iram0.text", 0x40380000, b"\x13\x00\x00\x00" * 64, 0x6),  # SHF_ALLOC | SHF_EXECINSTR: nop
+    ], entry=0x40380000)  # fmt: skip
+    manifest = write(tmp_path / "fw.toml", (
+        'name = "env-monitor"\nchip = "esp32c3"\nversion = "1.4.2"\ncontract = "env-monitor/1"\n'
+        '[[flash]]\noffset = "0x10000"\nelf = "app.elf"\n'
+    ))  # fmt: skip
+    first = load_manifest(manifest, convert_dir=tmp_path / "converted").flash[0]
+    assert first.offset == 0x10000 and first.path.parent == tmp_path / "converted"
+    image = first.path.read_bytes()
+    assert image[0] == 0xE9 and image[12] == 5  # magic, extended header's chip id: ESP32-C3
+    info = subprocess.run([sys.executable, "-m", "esptool", "image-info", str(first.path)],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "ESP32-C3" in info and "0x40380000" in info
+    made = first.path.stat().st_mtime_ns
+    again = load_manifest(manifest, convert_dir=tmp_path / "converted").flash[0]
+    assert again.path == first.path and again.path.stat().st_mtime_ns == made  # not converted twice
