@@ -21,14 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hil import contract
-from hil.backends import (
-    Power,
-    SensorEmulator,
-    VirtualPower,
-    VirtualSensor,
-    VirtualWifi,
-    WifiControl,
-)
+from hil.backends import Power, ReferenceSensor, SensorEmulator, VirtualWifi, WifiControl
 from hil.broker import EMBEDDED_BROKERS, OBSERVER_USER, BrokerError, MosquittoBroker, broker_class
 from hil.console import Console, Mark
 from hil.firmware import FlashFile, cache_root, cached_build, load_manifest, load_recipes
@@ -38,6 +31,7 @@ from hil.netfault import FaultProxy
 from hil.ota import OtaServer, OtaSigner
 from hil.processes import clear_stale, owned_dir
 from hil.report import Redactor
+from hil.rig_backends import BackendUnavailable, RigBackends
 from hil.rigs import ReservedRig, Rig, load_rigs, reserve, select_rigs
 from hil.settings import Provisioning, provisioning_image
 from hil.virtual_board import ControlClient, VirtualBoardProcess
@@ -202,6 +196,7 @@ class RigSession:
         self._proxy: FaultProxy | None = None
         self._dut: Dut | None = None
         self._run_dir: Path | None = None
+        self._backends: RigBackends | None = None
 
     # -- setup steps
     @property
@@ -446,21 +441,31 @@ class RigSession:
         return version
 
     # -- rig interfaces -----------------------------------------------------------------
+    def backends(self) -> RigBackends:
+        """The rig's power and sensor backends, as its rig file names them (the virtual
+        board's control endpoint, a GPIO expander or reference BME280 over smbus2, uhubctl)."""
+        if self._backends is None:
+            self._backends = RigBackends(self.rig, control=self.control)
+            self._cleanups.append(self._backends.close)
+        return self._backends
+
     def power(self) -> Power:
         if self.reserved is not None and not isinstance(self.reserved, ReservedRig):
             if self.reserved.power is None:  # a labgrid place without a NetworkPowerPort
                 raise SessionError(f"rig {self.rig.name!r}: labgrid place {self.reserved.place} has no power resource")
             return self.reserved.power
-        control = self.control
-        if control is None:
-            raise SessionError(f"rig {self.rig.name!r}: no power backend configured")
-        return VirtualPower(control)
+        try:
+            return self.backends().power()
+        except BackendUnavailable as exc:
+            raise SessionError(str(exc)) from None
 
-    def sensor(self) -> SensorEmulator:
-        control = self.control
-        if control is None:
-            raise SessionError(f"rig {self.rig.name!r}: no sensor emulator")
-        return VirtualSensor(control)
+    def sensor(self) -> SensorEmulator | ReferenceSensor:
+        """The sensor emulator (virtual rigs: set the environment, inject faults), or a
+        real rig's reference BME280 (``get`` only: the truth beside the board)."""
+        try:
+            return self.backends().sensor()
+        except BackendUnavailable as exc:
+            raise SessionError(str(exc)) from None
 
     def wifi(self) -> WifiControl:
         control = self.control

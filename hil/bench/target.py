@@ -10,36 +10,19 @@ mid-run); else the board ``hil sim up`` runs in the bench state dir (``--board N
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from hil.backends import (
-    MCP23017,
-    PCF8574,
-    GpioExpanderPower,
-    Power,
-    ReferenceSensor,
-    SensorEmulator,
-    SmbusReferenceSensor,
-    UhubctlPower,
-    VirtualPower,
-    VirtualSensor,
-)
+from hil.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, VirtualSensor
 from hil.bench.sim import find_board
 from hil.bench.state import BenchError, BenchInputError
-from hil.rigs import (
-    GpioExpanderSpec,
-    ReferenceBme280Spec,
-    Rig,
-    RigError,
-    UhubctlSpec,
-    load_rigs,
-    reserve,
-)
+from hil.rig_backends import BackendUnavailable, NoBackend, RigBackends
+from hil.rigs import Rig, RigError, load_rigs, reserve
 from hil.virtual_board import ControlClient, VirtualBoardError
 
+T = TypeVar("T")
 DEFAULT_RIGS_DIR = Path(__file__).resolve().parents[2] / "rigs"
 
 
@@ -136,26 +119,22 @@ def control(target: Target) -> DeviceControl:
 def power(target: Target, rig: Rig | None) -> Power:
     if rig is None:
         return VirtualPower(control(target))
-    spec = rig.power
-    if isinstance(spec, UhubctlSpec):
-        return UhubctlPower(spec.hub, spec.port)
-    if isinstance(spec, GpioExpanderSpec):
-        from smbus2 import SMBus
-
-        chip = PCF8574() if spec.chip == "pcf8574" else MCP23017()
-        return GpioExpanderPower(SMBus(spec.bus), spec.address, spec.pin, chip)
-    raise BenchInputError(f"--rig {rig.name}: no power backend (power = {spec.kind!r} in {rig.source})")
+    return _backend(rig, lambda backends: backends.power())
 
 
 def sensor(target: Target, rig: Rig | None) -> SensorEmulator | ReferenceSensor:
     """The virtual board's sensor emulator, or a real rig's reference BME280 (read-only)."""
     if rig is None:
         return VirtualSensor(control(target))
-    spec = rig.sensor
-    if isinstance(spec, ReferenceBme280Spec):
-        from smbus2 import SMBus
+    return _backend(rig, lambda backends: backends.sensor())
 
-        from hil.bme280_driver import BME280Driver
 
-        return SmbusReferenceSensor(BME280Driver(SMBus(spec.bus), spec.address))
-    raise BenchInputError(f"--rig {rig.name}: no sensor backend (sensor = {spec.kind!r} in {rig.source})")
+def _backend(rig: Rig, build: Callable[[RigBackends], T]) -> T:
+    """A backend of ``rig`` from the library's factory (the one the test session uses);
+    its buses stay open for the command's life."""
+    try:
+        return build(RigBackends(rig))
+    except NoBackend as exc:
+        raise BenchInputError(f"--rig {rig.name}: {exc}") from None
+    except BackendUnavailable as exc:
+        raise BenchError(f"--rig {rig.name}: {exc}") from None

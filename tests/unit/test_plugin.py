@@ -131,3 +131,44 @@ def test_a_rig_whose_port_is_dead_is_taken_out_with_one_clear_report(run, pytest
     assert text.count("rigs taken out of this run (infrastructure)") == 1
     assert "rig lab-0 taken out of this run: ConsoleError: cannot open console port" in text
     assert seconds < 60
+
+
+def test_power_and_sensor_fixtures_on_a_real_rig_use_its_rig_files_backends(run, pytester: pytest.Pytester) -> None:
+    rigs = pytester.mkdir("benchrigs")
+    (rigs / "bench.toml").write_text(
+        'name = "bench-1"\nkind = "serial"\nchip = "esp32c3"\nport = "/dev/ttyUSB7"\nreset = "classic"\n'
+        'network = { ssid = "lab", broker_host = "10.0.0.2" }\ncapabilities = ["power_control"]\n'
+        'power = { kind = "gpio-expander", bus = 1, address = 0x20, pin = 3, chip = "pcf8574" }\n'
+        'sensor = { kind = "reference-bme280", bus = 1, address = 0x76 }\n'
+    )
+    # The host's I2C bus, faked at smbus2's boundary: a reference BME280 and a PCF8574.
+    pytester.makeconftest(
+        """
+        import hil.rig_backends
+        from hil.bme280 import BME280, Environment, SimulatedSMBus
+
+        class Bus(SimulatedSMBus):
+            writes = []
+            def write_byte(self, addr, value, force=None):
+                self.writes.append((addr, value))
+
+        BUS = Bus(devices=[BME280(environment=Environment(21.0, 45.0, 1005.0))])
+        hil.rig_backends.open_smbus = lambda number: BUS
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+        from conftest import BUS
+
+        @pytest.mark.requires("power_control")
+        def test_power_cycles_the_expander_pin(power):
+            power.cycle(0.0)
+            assert BUS.writes == [(0x20, 0xF7), (0x20, 0xFF)]
+
+        def test_the_reference_sensor_reads_the_room(sensor):
+            assert abs(sensor.get().temperature_c - 21.0) < 0.05
+        """
+    )
+    result, _ = run(f"--rigs-dir={rigs}", "--rig", "bench-1")
+    result.assert_outcomes(passed=2)
