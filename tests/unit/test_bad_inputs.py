@@ -271,3 +271,20 @@ def test_the_watch_sees_a_port_a_process_and_a_lock(
 def test_there_are_at_least_fifteen_cases() -> None:
     assert len(CASES) >= 15
     assert "busy port" in CASES
+
+
+def test_a_busy_port_is_one_attempt_an_infrastructure_error_naming_its_holder(fw: Path) -> None:
+    """Not retried (a retry would find it held again), and reported as the rig's problem."""
+    from hil import flashing
+    from hil.report import is_infrastructure
+
+    with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as patch:
+        action = busy_port(stack, fw)
+        opened: list[int] = []
+        original = flashing._Link.open
+        patch.setattr(flashing._Link, "open", lambda *a, **k: (opened.append(1), original(*a, **k))[1])
+        with pytest.raises(FlashPortBusyError) as info:
+            action()
+    assert len(opened) == 1 and info.value.attempts == 1
+    assert is_infrastructure(info.value)
+    assert f"is held open by pid {os.getpid()} (" in str(info.value)
