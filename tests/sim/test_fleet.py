@@ -253,7 +253,9 @@ def cpu_line(label: str, cpu: float, seconds: float) -> str:
 
 
 @pytest.mark.slow
-def test_200_boards_in_one_process_publish_for_60_s_without_a_gap(tmp_path: Path) -> None:
+def test_200_boards_in_one_process_publish_for_60_s_without_a_gap(
+    tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
     ids = [f"fleet-{index:04d}" for index in range(FLEET_SIZE)]
     with fleet_broker(tmp_path / "broker", FLEET_SIZE) as (broker, credentials):
         tracker = ReadingTracker(broker)
@@ -292,8 +294,8 @@ def test_200_boards_in_one_process_publish_for_60_s_without_a_gap(tmp_path: Path
 
     counts = [after[d] - before[d] for d in ids]
     total = sum(after.values())
-    print(
-        f"\nfleet: {FLEET_SIZE} boards in one process (pid {fleet.hello['pid']}): first line after "
+    record_property("measured", (
+        f"fleet: {FLEET_SIZE} boards in one process (pid {fleet.hello['pid']}): first line after "
         f"{first_line:.1f} s, every board publishing after {all_up:.1f} s\n"
         + cpu_line("start-up (programming 200 flash files, boot, connect)", cpu_up, all_up)
         + "\n"
@@ -303,7 +305,7 @@ def test_200_boards_in_one_process_publish_for_60_s_without_a_gap(tmp_path: Path
         f"readings per board in the window: min {min(counts)}, median {statistics.median(counts):g}, "
         f"max {max(counts)}; distribution {dict(sorted(Counter(counts).items()))}\n"
         f"all {total} readings: seq contiguous from 0 on every board, no reboot"
-    )
+    ))  # fmt: skip
     # A reading per second per board: the window is as long as its readings say.
     assert window <= WINDOW_READINGS + 5
     assert max(counts) <= window + 2
