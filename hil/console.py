@@ -37,6 +37,8 @@ from typing import Any, TextIO
 import serial
 from serial import rfc2217
 
+from hil.port_busy import busy_message, is_busy
+
 BAUDRATE = 115200
 READ_TIMEOUT_S = 0.05
 """How long one ``read`` blocks. Data returns at once; this only bounds how quickly the
@@ -159,6 +161,8 @@ class Console:
             self._port = self._open_port()
         except (serial.SerialException, OSError, ValueError) as exc:
             self._log.close()
+            if is_busy(exc):
+                raise ConsoleError(busy_message(url, exc, "No console was opened.")) from exc
             raise ConsoleError(f"cannot open console port {url}: {exc}") from exc
         opened = datetime.now().astimezone().isoformat(timespec="milliseconds")
         with self._cond:

@@ -34,11 +34,9 @@ keeps the timeout local to the client (see `_Rfc2217Port`); nothing on the wire 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import itertools
 import logging
-import os
 import socket
 import struct
 import threading
@@ -78,6 +76,7 @@ from hil.images.partitions import (
     PartitionTable,
     PartitionTableError,
 )
+from hil.port_busy import busy_message, is_busy
 
 if TYPE_CHECKING:
     from hil.settings import Provisioning
@@ -677,47 +676,12 @@ def _hold_strap_longer(esp: Any) -> None:
     esp._construct_reset_strategy_sequence = sequence
 
 
-def _is_busy(exc: BaseException) -> bool:
-    """pyserial's ``exclusive=True`` lock (flock) or the kernel (TIOCEXCL) refused the port."""
-    return getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) or (
-        "exclusively lock" in str(exc)
-    )
-
-
 def _busy_error(port: str, exc: BaseException) -> FlashPortBusyError:
-    holders = _port_holders(port)
-    held_by = f" by {', '.join(holders)}" if holders else " by another program"
     return FlashPortBusyError(
-        f"port {port} is busy: it is held open{held_by} ({exc}). Nothing was flashed. "
-        "Close the program holding it (a serial monitor such as `hil monitor`, "
-        f"`idf.py monitor`, screen or minicom, or another hil session; `fuser -v {port}` "
-        "names it), or pick another rig, then run again.",
+        busy_message(port, exc, "Nothing was flashed."),
         attempts=1,
         causes=[f"attempt 1: {type(exc).__name__}: {str(exc).strip()}"],
     )
-
-
-def _port_holders(port: str) -> list[str]:
-    """``pid N (command)`` of the processes holding the local device ``port`` open, as far
-    as /proc lets this user see (Linux; empty elsewhere or for a URL)."""
-    if "://" in port:
-        return []
-    try:
-        target = os.path.realpath(port)
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
-    holders: list[str] = []
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if not any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
-                continue
-            with open(f"/proc/{pid}/comm") as comm:
-                holders.append(f"pid {pid} ({comm.read().strip()})")
-        except OSError:
-            continue
-    return holders
 
 
 def _port_name(port: str | serial.SerialBase) -> str:
@@ -1114,7 +1078,7 @@ class Flasher:
                 esp = self._start(link, stub=stub)
                 return link, esp, attempt
             except (FatalError, serial.SerialException, OSError) as exc:
-                if link is None and _is_busy(exc):
+                if link is None and is_busy(exc):
                     raise _busy_error(_port_name(port), exc) from exc
                 cause = f"attempt {attempt}: {type(exc).__name__}: {str(exc).strip()}"
                 causes.append(cause)

@@ -351,6 +351,24 @@ def test_open_failure_is_a_clear_console_error(tmp_path: Path) -> None:
         Console(url, tmp_path / "board.log")
 
 
+def test_a_port_another_program_holds_names_the_holder_and_the_fix(tmp_path: Path) -> None:
+    import pty
+
+    import serial
+
+    controller, device = pty.openpty()
+    name = os.ttyname(device)
+    try:
+        with serial.Serial(name, exclusive=True), pytest.raises(ConsoleError) as info:  # a monitor has it
+            Console(name, tmp_path / "board.log")
+    finally:
+        os.close(controller)
+        os.close(device)
+    message = str(info.value)
+    assert f"port {name} is busy" in message and f"held open by pid {os.getpid()}" in message
+    assert "No console was opened." in message and f"fuser -v {name}" in message
+
+
 def test_close_stops_the_reader_and_closes_the_port(fake_port: FakePort, tmp_path: Path) -> None:
     console = Console(fake_port.url, tmp_path / "board.log")
     fake_port.wait_connections(1)
