@@ -27,6 +27,22 @@ ACCEPTS_DOWNGRADE = "accepts_downgrade"
 """Accepts an OTA image whose version is not greater than the running one."""
 SKIPS_SIGNATURE_CHECK = "skips_signature_check"
 """Installs OTA images without verifying their signature."""
+OTA_SIGNATURE_OPTIONAL = "ota_signature_optional"
+"""Checks a signature when the request has one, and installs an image offered without one
+("unsigned means a development build"): anyone who can publish to ota/update can update."""
+OTA_HASH_UNCHECKED = "ota_hash_unchecked"
+"""Never compares the downloaded image's SHA-256 with the signed one of the request (the
+digest is computed for the log, the comparison was lost in a refactor): an image changed
+after signing installs as long as it is self-consistent (its own checksum and appended
+hash redone), which esp_image_verify alone cannot tell."""
+OTA_DOWNLOAD_RESTARTS = "ota_download_restarts"
+"""After a dropped connection starts the download over from byte 0 (a new
+esp_https_ota_begin, slot erased again) instead of resuming with a Range request: on a
+flaky link a large image may never finish."""
+OTA_FIXED_SLOT = "ota_fixed_slot"
+"""Writes every update to ota_0 (a hard-coded esp_partition_find_first) instead of
+esp_ota_get_next_update_partition: the update after one that booted from ota_0 would
+overwrite the running app, so esp_ota_begin refuses it (partition conflict)."""
 VALID_WITHOUT_SELFTEST = "valid_without_selftest"
 """Marks a new image valid at boot, before its self-test."""
 NEVER_MARKS_VALID = "never_marks_valid"

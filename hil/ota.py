@@ -4,6 +4,10 @@ The server speaks HTTP or HTTPS (certificate from the broker's trustme CA, so a 
 provisioned with that CA trusts it) and honours ``Range: bytes=N-`` so downloads can
 resume. ``drop_after`` cuts a response after N bytes, to test resume. Signatures are
 what the device contract asks for: base64 DER ECDSA P-256 over the image's SHA-256.
+
+``bad_update`` builds the AWS IoT Device Tester's bad updates (LAB_NOTES.md): what is
+signed, what is served and how the request is changed, one named variant each, so a lab
+suite and a bench script offer the same bad images.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -22,6 +27,8 @@ from typing import Any
 import trustme
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from hil.images.app import parse_image
 
 _RANGE = re.compile(r"bytes=(\d+)-$")
 
@@ -54,6 +61,135 @@ class OtaSigner:
             "sha256": hashlib.sha256(image).hexdigest(),
             "signature": self.sign(image),
         }
+
+
+# -- the IDT bad updates ---------------------------------------------------------------------
+
+REJECTED_AT_ONCE = ("corrupt signature", "untrusted signer", "unsigned", "same version", "lower version", "oversize")
+"""Bad requests: the device must refuse them before downloading anything."""
+FAILS_ITS_CHECKS = (
+    "corrupt before signing",
+    "corrupt after signing",
+    "wrong chip id",
+    "one byte",
+    "truncated",
+    "size mismatch",
+)
+"""Good-looking requests for bad images: downloaded, then refused by the image checks."""
+LOWER_VERSION = "0.1.0"
+SIZE_SHORTFALL = 4096  # "size mismatch": the request announces this many bytes too few
+
+Edit = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class BadUpdate:
+    """One bad update: the signer signs ``signed``, the server serves ``served``, and
+    ``edit`` changes the request after signing (a stripped or forged signature, another
+    version or size)."""
+
+    variant: str
+    signed: bytes
+    served: bytes
+    edit: Edit
+
+    def request(self, signer: OtaSigner, url: str, version: str) -> dict[str, Any]:
+        """The ``ota/update`` payload for this bad update, ``served`` being at ``url``."""
+        return self.edit(signer.request(self.signed, url, version))
+
+
+def bad_update(variant: str, image: bytes, *, running_version: str, partition_size: int) -> BadUpdate:
+    """The IDT case ``variant`` (one of REJECTED_AT_ONCE or FAILS_ITS_CHECKS) made from a
+    good, newer ``image``; ``partition_size`` is the OTA slot's (for "oversize")."""
+    def both(data: bytes, edit: Edit = _unchanged) -> tuple[bytes, bytes, Edit]:
+        return data, data, edit
+
+    builders: dict[str, Callable[[], tuple[bytes, bytes, Edit]]] = {
+        "corrupt signature": lambda: both(image, corrupt_signature),
+        "untrusted signer": lambda: both(image, _signed_by(OtaSigner(), image)),
+        "unsigned": lambda: both(image, unsigned),
+        "same version": lambda: both(image, _with_field("version", running_version)),
+        "lower version": lambda: both(image, _with_field("version", LOWER_VERSION)),
+        "oversize": lambda: both(oversize(image, partition_size)),
+        "corrupt before signing": lambda: both(flipped(image)),
+        "corrupt after signing": lambda: (image, tampered(image), _unchanged),
+        "wrong chip id": lambda: both(with_chip_id(image, 2)),  # an ESP32-S2 build
+        "one byte": lambda: both(image[:1]),
+        "truncated": lambda: both(image[: len(image) // 2]),
+        "size mismatch": lambda: both(image, _with_field("size", len(image) - SIZE_SHORTFALL)),
+    }
+    if variant not in builders:
+        raise ValueError(f"unknown bad update {variant!r}; known: {sorted(builders)}")
+    signed, served, edit = builders[variant]()
+    return BadUpdate(variant, signed, served, edit)
+
+
+def flipped(image: bytes, at: int | None = None) -> bytes:
+    """``image`` with the byte at ``at`` (default: the middle) inverted: its checksum and
+    appended hash no longer match."""
+    out = bytearray(image)
+    out[len(image) // 2 if at is None else at] ^= 0xFF
+    return bytes(out)
+
+
+def tampered(image: bytes) -> bytes:
+    """``image`` changed the way an attacker who cannot sign would change it: one byte in
+    the middle of its largest segment inverted, and the checksum and appended SHA-256
+    redone, so the image checks itself as good (esp_image_verify passes) and only the
+    signed digest of the request tells it apart."""
+    parsed = parse_image(image)
+    segment = max(parsed.segments, key=lambda s: len(s.data))
+    at = segment.data_offset + len(segment.data) // 2
+    out = bytearray(image)
+    out[at] ^= 0xFF
+    hash_len = 32 if parsed.hash_appended else 0
+    out[parsed.length - hash_len - 1] ^= 0xFF  # the checksum is the XOR of segment data
+    if parsed.hash_appended:
+        out[parsed.length - 32 : parsed.length] = hashlib.sha256(out[: parsed.length - 32]).digest()
+    return bytes(out)
+
+
+def with_chip_id(image: bytes, chip_id: int) -> bytes:
+    """The image built for another chip: header chip id patched, appended SHA-256 redone
+    (the checksum covers segment data only)."""
+    parsed = parse_image(image)
+    out = bytearray(image)
+    out[12:14] = chip_id.to_bytes(2, "little")
+    if parsed.hash_appended:
+        out[parsed.length - 32 : parsed.length] = hashlib.sha256(out[: parsed.length - 32]).digest()
+    return bytes(out)
+
+
+def oversize(image: bytes, partition_size: int) -> bytes:
+    """``image`` padded with zeros to one byte more than the OTA partition holds."""
+    if len(image) > partition_size:
+        return image
+    return image + bytes(partition_size + 1 - len(image))
+
+
+def unsigned(request: dict[str, Any]) -> dict[str, Any]:
+    """The request without its signature."""
+    return {key: value for key, value in request.items() if key != "signature"}
+
+
+def corrupt_signature(request: dict[str, Any]) -> dict[str, Any]:
+    """The request with one byte of its DER signature changed (inside the r integer)."""
+    raw = bytearray(base64.b64decode(request["signature"]))
+    raw[8] ^= 0x55
+    return {**request, "signature": base64.b64encode(raw).decode()}
+
+
+def _signed_by(signer: OtaSigner, image: bytes) -> Edit:
+    """The request signed by another key (one the device was not provisioned with)."""
+    return lambda request: {**request, "signature": signer.sign(image)}
+
+
+def _with_field(name: str, value: object) -> Edit:
+    return lambda request: {**request, name: value}
+
+
+def _unchanged(request: dict[str, Any]) -> dict[str, Any]:
+    return request
 
 
 @dataclass

@@ -16,7 +16,8 @@ does it on flash. The pieces, in the order the firmware's OTA task uses them:
    would see on a chip.
 
 The injected defects of the contract's negative tests are parameters
-(``allow_downgrade``, ``check_signature=False``), not forks of this code.
+(``allow_downgrade``, ``check_signature=False``, ``signature_optional``, ``check_sha256=False``,
+``resume=False``, ``fixed_slot``), not forks of this code.
 """
 
 from __future__ import annotations
@@ -112,13 +113,15 @@ class OtaRejected:
     version: str | None = None
 
 
-def parse_ota_request(payload: bytes) -> OtaRequest | OtaRejected:
+def parse_ota_request(payload: bytes, *, require_signature: bool = True) -> OtaRequest | OtaRejected:
     """Decode and type-check an ``ota/update`` payload.
 
     Checks JSON, that all five fields are there with the right types, a non-empty version
     that fits esp_app_desc_t (≤ 31 bytes) and an http(s) URL. Values (version order,
     size, digest format, signature) are ``precheck``'s job. Unknown extra keys are
     ignored, so a server may add fields without bricking the fleet's OTA.
+    ``require_signature=False`` is the "signature optional" defect: a request without
+    one parses, with an empty ``signature``.
     """
     try:
         doc = json.loads(payload)
@@ -128,6 +131,8 @@ def parse_ota_request(payload: bytes) -> OtaRequest | OtaRejected:
         return OtaRejected("payload is not a JSON object")
     raw_version = doc.get("version")
     version = raw_version if isinstance(raw_version, str) and raw_version else None
+    if not require_signature and "signature" not in doc:
+        doc = {**doc, "signature": ""}
     missing = [name for name in _FIELDS if name not in doc]
     if missing:
         return OtaRejected(f"missing field(s): {', '.join(missing)}", version)
@@ -192,6 +197,7 @@ def precheck(
     pubkey_pem: str | None,
     allow_downgrade: bool = False,
     check_signature: bool = True,
+    signature_optional: bool = False,
 ) -> str | None:
     """Why the request must be rejected before any download, or None if it may proceed.
 
@@ -200,7 +206,8 @@ def precheck(
     digits, and ``signature`` (base64 DER ECDSA P-256) verifies over the digest bytes of
     the request with ``ota_pubkey``; the image itself is hashed and compared after the
     download. A missing or unusable key rejects. ``check_signature=False`` is the
-    "skips the signature check" defect.
+    "skips the signature check" defect; ``signature_optional`` the "an unsigned image is
+    a development build, install it" one (a signature, when there is one, is checked).
     """
     if not allow_downgrade and compare_versions(req.version, running_version) <= 0:
         return f"version {req.version} is not newer than running {running_version}"
@@ -212,7 +219,7 @@ def precheck(
         digest = req.digest
     except ValueError:
         return "sha256 is not 64 hex digits"
-    if not check_signature:
+    if not check_signature or (signature_optional and not req.signature):
         return None
     return _signature_problem(digest, req.signature, pubkey_pem)
 
@@ -242,15 +249,23 @@ def _signature_problem(digest: bytes, signature_b64: str, pubkey_pem: str | None
 # -- writing the slot (esp_ota_begin / write / end) -------------------------------------------
 
 
-def next_update_partition(table: PartitionTable, running: Partition) -> Partition:
+def next_update_partition(
+    table: PartitionTable, running: Partition, *, fixed_slot: bool = False
+) -> Partition:
     """esp_ota_get_next_update_partition: the OTA slot after the running one, wrapping.
 
     factory (or test) → ota_0; ota_N → ota_N+1, or ota_0 after the last. Raises OtaFailed
-    when there is no OTA slot other than the running app's.
+    when there is no OTA slot other than the running app's. ``fixed_slot`` is the
+    "always ota_0" defect: the first OTA slot whatever runs, refused as esp_ota_begin
+    refuses the running partition (ESP_ERR_OTA_PARTITION_CONFLICT).
     """
     apps = table.ota_apps()
     if not apps:
         raise OtaFailed("the partition table has no OTA app partition")
+    if fixed_slot:
+        if apps[0] == running:
+            raise OtaFailed(f"partition conflict: {running.label} is the running app")
+        return apps[0]
     index = running.ota_index
     target = apps[0]
     if index is not None:
@@ -270,12 +285,16 @@ class OtaWriter:
     boot, and raises OtaFailed.
     """
 
-    def __init__(self, flash: FlashIO, partition: Partition, request: OtaRequest) -> None:
+    def __init__(
+        self, flash: FlashIO, partition: Partition, request: OtaRequest, *, check_sha256: bool = True
+    ) -> None:
+        """``check_sha256=False`` is the "never compares the signed digest" defect."""
         if not partition.is_app:
             raise ValueError(f"partition {partition.label} is not an app partition")
         self.flash = flash
         self.partition = partition
         self.request = request
+        self.check_sha256 = check_sha256
         self.written = 0
         self.begun = False
 
@@ -314,7 +333,7 @@ class OtaWriter:
             raise self.fail(f"size mismatch: received {self.written} of {size} bytes")
         data = self.flash.read(self.partition.offset, size)
         actual = hashlib.sha256(data).hexdigest()
-        if actual != self.request.sha256.lower():
+        if self.check_sha256 and actual != self.request.sha256.lower():
             raise self.fail(
                 f"sha256 mismatch: image is {actual}, expected {self.request.sha256.lower()}"
             )
@@ -363,6 +382,7 @@ async def download_to(
     timeout_s: float = 30.0,
     retry_delay_s: float = 1.0,
     chunk_size: int = 4096,
+    resume: bool = True,
 ) -> int:
     """Download ``req.url`` into ``writer`` (begun here if it is not yet); returns the size.
 
@@ -372,7 +392,8 @@ async def download_to(
     ``max_attempts`` requests in all, ``retry_delay_s`` apart. Fatal at once: 4xx, a TLS
     failure, a malformed response, a server whose resource size differs from
     ``req.size``. Any failure aborts the writer (slot left unbootable) and raises
-    OtaFailed. ``end()`` is left to the caller.
+    OtaFailed. ``end()`` is left to the caller. ``resume=False`` is the "starts over"
+    defect: every retry begins the writer again (slot erased) and asks from byte 0.
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
@@ -393,6 +414,8 @@ async def download_to(
             raise writer.fail(f"download failed: {exc}") from exc
         if attempt < max_attempts:
             await asyncio.sleep(retry_delay_s)
+            if not resume:
+                writer.begin()  # the defect: esp_https_ota_begin again, from byte 0
     raise writer.fail(f"download failed after {max_attempts} attempts: {last_error}")
 
 

@@ -762,13 +762,13 @@ class ReferenceFirmware:
     async def _on_ota(self, payload: bytes) -> None:
         ctx = self.ctx
         status = contract.ota_status_topic(self.device_id)
-        request = parse_ota_request(payload)
+        request = parse_ota_request(payload, require_signature=D.OTA_SIGNATURE_OPTIONAL not in self.defects)
         if isinstance(request, OtaRejected):
             self.log_mirrored("E", "ota", f"rejected: {request.reason}")
             self.publish(status, {"state": "rejected", "version": request.version, "reason": request.reason})
             return
         try:
-            target = next_update_partition(ctx.table, ctx.running)
+            target = next_update_partition(ctx.table, ctx.running, fixed_slot=D.OTA_FIXED_SLOT in self.defects)
         except OtaFailed as exc:
             self.publish(status, {"state": "rejected", "version": request.version, "reason": exc.reason})
             return
@@ -779,6 +779,7 @@ class ReferenceFirmware:
             pubkey_pem=self.prov.ota_pubkey,
             allow_downgrade=D.ACCEPTS_DOWNGRADE in self.defects,
             check_signature=D.SKIPS_SIGNATURE_CHECK not in self.defects,
+            signature_optional=D.OTA_SIGNATURE_OPTIONAL in self.defects,
         )
         if reason is None and self.pending_verify:
             reason = "the running image is still pending verification"
@@ -797,8 +798,10 @@ class ReferenceFirmware:
                     ssl_context = ssl_context_for_ca(self.prov.ca_cert)
                 except ValueError as exc:
                     raise OtaFailed(f"provisioned CA unusable: {exc}") from None
-            writer = OtaWriter(ctx.flash, target, request)
-            await download_to(writer, request, ssl_context=ssl_context)
+            writer = OtaWriter(ctx.flash, target, request, check_sha256=D.OTA_HASH_UNCHECKED not in self.defects)
+            await download_to(
+                writer, request, ssl_context=ssl_context, resume=D.OTA_DOWNLOAD_RESTARTS not in self.defects
+            )
             self.publish(status, {"state": "verifying", "version": request.version})
             writer.end()
             set_boot_partition(ctx.flash, ctx.table, target)
