@@ -11,6 +11,7 @@ until the device says it is online over MQTT. Everything started is stopped by
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -18,14 +19,22 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hil import contract
 from hil.backends import Power, ReferenceSensor, SensorEmulator, VirtualWifi, WifiControl
 from hil.broker import EMBEDDED_BROKERS, OBSERVER_USER, BrokerError, MosquittoBroker, broker_class
 from hil.console import Console, Mark
-from hil.firmware import FlashFile, cache_root, cached_build, load_manifest, load_recipes
+from hil.firmware import (
+    FirmwareError,
+    FlashFile,
+    cache_root,
+    cached_build,
+    load_manifest,
+    load_recipes,
+)
 from hil.flashing import Flasher
+from hil.images.image import parse_image
 from hil.mqtt import MqttObserver, ObserverTimeout
 from hil.netfault import FaultProxy
 from hil.ota import OtaServer, OtaSigner
@@ -157,13 +166,62 @@ def external_access(uri: str, env: Mapping[str, str]) -> BrokerAccess:
     )
 
 
+FirmwareKind = Literal["recipe", "manifest", "image"]
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """What is under test: what ``--firmware`` named, resolved to the files flashed."""
+
+    name: str  # the recipe's, the manifest's, or the image's project name (app descriptor)
+    version: str  # what the app prints as ``App version:`` once booted
+    kind: FirmwareKind
+    files: tuple[FlashFile, ...]  # offset and path of every file flashed (provisioning aside)
+    app: Path  # the app image, at the factory offset
+    sha256: str  # of the app image file
+    source: Path | None = None  # the manifest or image given (None for a recipe)
+
+
+def firmware_kind(choice: str | None) -> FirmwareKind:
+    """What ``--firmware`` names: an app image (``.bin``), a manifest (``.toml`` or a
+    path), else a recipe of the virtual rig (default: the baseline)."""
+    if choice is None:
+        return "recipe"
+    if choice.endswith(".bin"):
+        return "image"
+    if choice.endswith(".toml") or os.sep in choice:
+        return "manifest"
+    return "recipe"
+
+
+def check_app_image(path: Path) -> tuple[str, str]:
+    """An app image for ``--firmware``, checked as the flasher checks before it connects
+    (file there, ESP32-C3 image, not corrupt, fits the app partition at the factory offset),
+    and with an app descriptor (the booted version is checked against it). Returns its
+    project name and version; FirmwareError / FlashInputError say what is wrong."""
+    if not path.is_file():
+        raise FirmwareError(f"--firmware {path}: no such file; build the app first or fix the path")
+    Flasher().check([FlashFile(APP_OFFSET, path)])
+    descriptor = parse_image(path.read_bytes(), flash_offset=APP_OFFSET).descriptor
+    if descriptor is None:
+        raise FirmwareError(
+            f"--firmware {path}: the image has no app descriptor (esp_app_desc_t), so which version "
+            "booted cannot be checked; build it with ESP-IDF (it adds one), or give a manifest with its version"
+        )
+    return descriptor.project_name, descriptor.version
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @dataclass(frozen=True)
 class SessionOptions:
     rigs_dir: Path
     log_dir: Path
     rig_name: str | None = None
     rig_tag: str | None = None
-    firmware: str | None = None  # a recipe name (virtual rig), or a manifest path
+    firmware: str | None = None  # a recipe name (virtual rig), a manifest path, or an app image (.bin)
     broker: str = "embedded"  # embedded | mosquitto | amqtt | mqtt(s)://host:port
     config: dict[str, Any] = field(default_factory=lambda: dict(FAST_INTERVALS))
     keep_on_failure: bool = False
@@ -197,6 +255,7 @@ class RigSession:
         self._dut: Dut | None = None
         self._run_dir: Path | None = None
         self._backends: RigBackends | None = None
+        self._firmware: Firmware | None = None
 
     # -- setup steps
     @property
@@ -328,22 +387,43 @@ class RigSession:
             self._cleanups.append(self.console.close)
         return self.console
 
+    def firmware(self) -> Firmware:
+        """What ``--firmware`` names, resolved and checked before any rig is touched (the
+        flasher's pre-connect checks: chip, corrupt, size, overlaps). An app image goes at
+        the factory offset with the framework's bootloader, partition table and otadata."""
+        if self._firmware is None:
+            choice = self.options.firmware
+            kind = firmware_kind(choice)
+            if kind == "manifest":
+                assert choice is not None
+                manifest = load_manifest(Path(choice))
+                files = list(manifest.flash)
+                app = next((f.path for f in files if f.offset == APP_OFFSET), files[-1].path)
+                name, version, source = manifest.name, manifest.version, manifest.path
+            else:
+                book = load_recipes()
+                images = cached_build(book, sorted(book.recipes))
+                if kind == "image":
+                    assert choice is not None
+                    source = app = Path(choice)
+                    name, version = check_app_image(app)
+                else:
+                    recipe = book.get(choice or book.baseline)
+                    app, name, version, source = images / f"{recipe.name}.bin", recipe.name, recipe.version, None
+                files = [
+                    FlashFile(0x0, images / "bootloader.bin"),
+                    FlashFile(0x8000, images / "partition-table.bin"),
+                    FlashFile(0xD000, images / "ota_data_initial.bin"),
+                    FlashFile(APP_OFFSET, app),
+                ]
+            Flasher().check(files)
+            self._firmware = Firmware(name, version, kind, tuple(files), app, _sha256(app), source)
+        return self._firmware
+
     def firmware_files(self) -> tuple[list[FlashFile], str]:
         """The firmware's flash files and its version."""
-        choice = self.options.firmware
-        if choice is not None and (choice.endswith(".toml") or os.sep in choice):
-            manifest = load_manifest(Path(choice))
-            return list(manifest.flash), manifest.version
-        book = load_recipes()
-        recipe = book.get(choice or book.baseline)
-        images = cached_build(book, sorted(book.recipes))
-        files = [
-            FlashFile(0x0, images / "bootloader.bin"),
-            FlashFile(0x8000, images / "partition-table.bin"),
-            FlashFile(0xD000, images / "ota_data_initial.bin"),
-            FlashFile(APP_OFFSET, images / f"{recipe.name}.bin"),
-        ]
-        return files, recipe.version
+        firmware = self.firmware()
+        return list(firmware.files), firmware.version
 
     def network_path(self) -> FaultProxy:
         """The fault proxy the device reaches the broker through (its provisioned URI)."""
@@ -431,14 +511,39 @@ class RigSession:
             nvs.write_bytes(self.provisioning())
             with console.borrow() as port:
                 Flasher().flash(port, [*files, FlashFile(NVS_OFFSET, nvs)], after="hard-reset")
-        # Booted (the serial port says which app started), then online (MQTT says so).
-        booted = console.expect(contract.APP_VERSION, timeout=ONLINE_TIMEOUT_S)
+        self._await_online(observer, console, version, since=mark, what="flashed")
+        return version
+
+    def _await_online(
+        self, observer: MqttObserver, console: Console, version: str, *, since: int, what: str, boot: Mark | None = None
+    ) -> None:
+        """Booted (the serial port says which app started, after ``boot``), then online
+        (MQTT says so, after the observer's mark ``since``)."""
+        booted = console.expect(contract.APP_VERSION, timeout=ONLINE_TIMEOUT_S, since=boot)
         if booted.group("version") != version:
             raise SessionError(
-                f"flashed {version} but the device booted {booted.group('version')}; see {console.log_path}"
+                f"{what} {version} but the device booted {booted.group('version')}; see {console.log_path}"
             )
-        wait_online(observer, console, self.device_id, since=mark, booted=console.mark(), timeout=ONLINE_TIMEOUT_S)
-        return version
+        wait_online(observer, console, self.device_id, since=since, booted=console.mark(), timeout=ONLINE_TIMEOUT_S)
+
+    def fresh_boot(self, how: Literal["auto", "reset", "power"] = "auto") -> Dut:
+        """Boot the device afresh, nothing flashed: a reset (EN pulse through RTS) or a power
+        cycle, then wait until it booted the session's firmware and is online again.
+        ``auto`` resets where the port has the modem lines for it (classic, USB-JTAG) and
+        power-cycles a rig reset by GPIO or reached over a raw TCP port."""
+        dut = self.dut()
+        observer, console = self.mqtt(), self.open_console()
+        if how == "auto":
+            how = "power" if self.rig.reset == "gpio" or console.url.startswith("socket://") else "reset"
+        mark = observer.mark()
+        if how == "power":
+            power = self.power()
+            boot = console.mark()
+            power.cycle()
+        else:
+            boot = console.hard_reset()
+        self._await_online(observer, console, dut.version, since=mark, what="after a fresh boot expected", boot=boot)
+        return dut
 
     # -- rig interfaces -----------------------------------------------------------------
     def backends(self) -> RigBackends:
@@ -493,6 +598,8 @@ class RigSession:
         if self._dut is not None:
             env.update({"firmware_version": self._dut.version, "device_id": self._dut.device_id})
             env["firmware"] = self.options.firmware or "baseline"
+        if self._firmware is not None:
+            env["firmware_sha256"] = self._firmware.sha256
         return env
 
     def close(self) -> None:

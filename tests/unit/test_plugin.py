@@ -172,3 +172,67 @@ def test_power_and_sensor_fixtures_on_a_real_rig_use_its_rig_files_backends(run,
     )
     result, _ = run(f"--rigs-dir={rigs}", "--rig", "bench-1")
     result.assert_outcomes(passed=2)
+
+
+def test_firmware_option_checks_an_app_image_before_any_rig_is_touched(run, pytester: pytest.Pytester) -> None:
+    from hil.images.app import AppDescriptor, build_app_image
+
+    pytester.makepyfile("def test_x(dut): pass")
+    missing, seconds = run(f"--rigs-dir={ROOT / 'rigs'}", "--firmware", "build/nothing.bin")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR and seconds < 10
+    assert "--firmware: build/nothing.bin: no such file" in missing.stderr.str()
+    wrong = pytester.path / "s3.bin"
+    wrong.write_bytes(build_app_image(AppDescriptor(version="9.9.9", project_name="x"), chip_id=9))
+    chip, _ = run(f"--rigs-dir={ROOT / 'rigs'}", "--firmware", str(wrong))
+    assert chip.ret == pytest.ExitCode.USAGE_ERROR and "not the ESP32-C3" in chip.stderr.str()
+    corrupt = pytester.path / "corrupt.bin"
+    data = bytearray(build_app_image(AppDescriptor(version="9.9.9", project_name="x")))
+    data[40] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    bad, _ = run(f"--rigs-dir={ROOT / 'rigs'}", "--firmware", str(corrupt))
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR and "corrupt image" in bad.stderr.str()
+    big = pytester.path / "big.bin"
+    big.write_bytes(bytes([0xE9]) + bytes(0x300000))  # on the flash, not in the app partition
+    size, _ = run(f"--rigs-dir={ROOT / 'rigs'}", "--firmware", str(big))
+    assert size.ret == pytest.ExitCode.USAGE_ERROR and "do not fit" in size.stderr.str()
+    recipe, _ = run(f"--rigs-dir={ROOT / 'rigs'}", "--firmware", "baselin")
+    assert recipe.ret == pytest.ExitCode.USAGE_ERROR and "no recipe 'baselin'" in recipe.stderr.str()
+
+
+def test_an_app_image_is_flashed_with_the_frameworks_bootloader_and_fresh_dut_boots_it_again(
+    run, pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from hil.firmware import build_images, load_recipes
+
+    build_images(load_recipes(), ["baseline"], tmp_path / "app")
+    app = tmp_path / "app" / "baseline.bin"
+    pytester.makepyfile(
+        f"""
+        from hil import contract
+
+        def versions(console):
+            return [m["version"] for line in console.lines() if (m := contract.APP_VERSION.search(line))]
+
+        def test_firmware_says_what_is_under_test(firmware):
+            assert (firmware.kind, firmware.name, firmware.version) == ("image", "env-monitor", "1.0.0")
+            assert [f.offset for f in firmware.files] == [0x0, 0x8000, 0xD000, 0x10000]
+            assert str(firmware.files[-1].path) == {str(app)!r} and firmware.sha256 == {hashlib.sha256(app.read_bytes()).hexdigest()!r}
+
+        def test_the_image_is_what_booted(dut, firmware, console):
+            assert dut.version == firmware.version and versions(console)[-1] == firmware.version
+
+        def test_fresh_dut(fresh_dut, console, firmware):
+            assert fresh_dut.version == firmware.version
+            assert len(versions(console)) >= 2  # the boot after flashing, then the fresh one
+
+        def test_a_fresh_boot_by_power_cycle(hil_session, console):
+            seen = len(versions(console))
+            hil_session.fresh_boot("power")
+            assert len(versions(console)) == seen + 1
+        """
+    )
+    result, seconds = run(f"--rigs-dir={ROOT / 'rigs'}", "--firmware", str(app))
+    result.assert_outcomes(passed=4)
+    assert seconds < 90
