@@ -20,15 +20,6 @@ from tests.hil.provisioned import setting
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
 
-def gapless(mqtt, topic: str, since: int) -> list[int]:
-    readings = [m.json() for m in mqtt.collect(topic, since=since)]
-    assert len({r["boot_count"] for r in readings}) == 1, "the device rebooted (seq starts again)"
-    seqs = sorted({r["seq"] for r in readings})
-    missing = sorted(set(range(seqs[0], seqs[-1] + 1)) - set(seqs))
-    assert not missing, f"readings lost: seq {missing}"
-    return seqs
-
-
 def stay_offline(console, seconds: float) -> int:
     """Wait for the device's reconnect attempts until it has been offline ``seconds`` at least.
 
@@ -69,7 +60,7 @@ def test_a_broker_restart_loses_no_reading(dut, mqtt, broker, hil_session) -> No
         outage.append(time.monotonic())
         after = mqtt.mark()
         mqtt.wait_for(topic, since=after, count=3, timeout=60)
-        gapless(mqtt, topic, mark)
+        mqtt.assert_gapless(topic, since=mark, single_boot=True)
     finally:
         attach_reconnect_timeline(dut, mqtt, topic, mark, serial, outage)
 
@@ -142,7 +133,7 @@ def test_a_network_fault_ends_in_a_reconnect_with_no_reading_lost(
     console.expect(contract.MQTT_CONNECTED, timeout=45)
     after = mqtt.mark()
     mqtt.wait_for(topic, since=after, count=3, timeout=60)  # the queue, then live readings
-    gapless(mqtt, topic, mark)
+    mqtt.assert_gapless(topic, since=mark, single_boot=True)
 
 
 @pytest.mark.requires("network_faults")
@@ -156,7 +147,7 @@ def test_readings_and_commands_still_flow_over_a_slow_path(dut, mqtt, network, c
     ack = mqtt.wait_for(contract.command_ack_topic(dut.device_id), since=mark, timeout=20)[0].json()
     assert ack == {"cmd": "report", "ok": True}
     mqtt.wait_for(topic, since=mark, count=4, timeout=30)
-    gapless(mqtt, topic, mark)
+    mqtt.assert_gapless(topic, since=mark, single_boot=True)
     dropped = [line for line in console.lines(since=quiet) if contract.MQTT_DISCONNECTED.search(line)]
     assert not dropped, f"the connection dropped under latency: {dropped}"
 
@@ -176,7 +167,7 @@ def test_the_device_rejoins_a_returning_ap_with_no_reading_lost(dut, mqtt, wifi,
     back = mqtt.wait_for(contract.status_topic(dut.device_id), state_is("online"), since=mark, timeout=40)
     assert back[0].json()["boot_count"] == before["boot_count"], "rebooted instead of rejoining"
     mqtt.wait_for(topic, since=mqtt.mark(), count=3, timeout=40)
-    gapless(mqtt, topic, mark)
+    mqtt.assert_gapless(topic, since=mark, single_boot=True)
 
 
 @pytest.mark.requires("wifi_control")
