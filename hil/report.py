@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -155,27 +154,6 @@ def attach_svg(name: str, svg: str) -> None:
     import allure
 
     allure.attach(svg, name=name, attachment_type=allure.attachment_type.SVG)
-
-
-class _FlashFileLike(Protocol):
-    offset: int
-    path: Path
-
-
-def firmware_sha256(files: Iterable[_FlashFileLike | tuple[int, Path | bytes]]) -> str:
-    """One SHA-256 over a firmware's flash files (manifest `FlashFile`s or ``(offset, path
-    or bytes)``): each file's offset, length and bytes, in flash order. The same files at
-    the same offsets give the same hash on any host, whatever their names; the NVS
-    provisioning (per session, and secret) is not firmware and is left out by the caller."""
-    regions: list[tuple[int, bytes]] = []
-    for item in files:
-        offset, source = (item.offset, item.path) if not isinstance(item, tuple) else item
-        regions.append((offset, source if isinstance(source, bytes) else Path(source).read_bytes()))
-    digest = hashlib.sha256()
-    for offset, data in sorted(regions, key=lambda region: region[0]):
-        digest.update(f"{offset:#x} {len(data)}\n".encode())
-        digest.update(data)
-    return digest.hexdigest()
 
 
 class _Timeline(Protocol):

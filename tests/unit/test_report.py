@@ -15,7 +15,6 @@ from hil.report import (
     Redactor,
     attach_fault_timeline,
     fault_timeline_text,
-    firmware_sha256,
     is_secret_name,
     redact_tree,
     write_results_metadata,
@@ -112,20 +111,6 @@ def test_redact_tree_sweeps_a_file_with_stray_bytes_and_keeps_them(tmp_path: Pat
 
 
 # -- firmware hash -----------------------------------------------------------------------------
-def test_firmware_sha256_is_over_offsets_and_bytes_in_flash_order(tmp_path: Path) -> None:
-    from hil.firmware import FlashFile
-
-    (tmp_path / "a.bin").write_bytes(b"boot")
-    (tmp_path / "b.bin").write_bytes(b"app!")
-    files = [FlashFile(0x10000, tmp_path / "b.bin"), FlashFile(0x0, tmp_path / "a.bin")]
-    digest = firmware_sha256(files)
-    assert len(digest) == 64 and int(digest, 16) >= 0
-    assert digest == firmware_sha256([(0x0, b"boot"), (0x10000, b"app!")])  # names, order do not matter
-    assert digest != firmware_sha256([(0x0, b"boot"), (0x20000, b"app!")])  # the offset does
-    assert digest != firmware_sha256([(0x0, b"boot"), (0x10000, b"app?")])  # a byte does
-    assert firmware_sha256([(0x0, b"ab"), (0x1000, b"c")]) != firmware_sha256([(0x0, b"a"), (0x1000, b"bc")])
-
-
 # -- fault timeline ----------------------------------------------------------------------------
 def test_the_fault_timeline_is_attached_from_a_tests_mark(monkeypatch: pytest.MonkeyPatch) -> None:
     import allure
