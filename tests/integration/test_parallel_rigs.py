@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -33,9 +34,11 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def run_workers(tmp_path: Path, cache: Path, pool: str, count: int, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
-    rigs = tmp_path / "rigs"
-    rigs.mkdir()
+def run_workers(
+    tmp_path: Path, cache: Path, pool: str, count: int, *args: str, rigs: Path | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    rigs = rigs or tmp_path / "rigs"
+    rigs.mkdir(exist_ok=True)
     (rigs / "pool.toml").write_text(f'name = "{pool}"\nkind = "virtual"\ncount = {count}\ntags = ["virtual"]\n')
     logs = tmp_path / "logs"
     env = {**os.environ, "HIL_CACHE_DIR": str(cache), "HIL_LOCK_DIR": str(tmp_path / "locks")}
@@ -101,3 +104,31 @@ def test_one_rig_two_workers_the_second_skips_saying_no_rig_is_available(tmp_pat
     assert "rig" not in held[other], held  # the skipping worker reserved nothing
     # One board was started and flashed (only the holder's console log exists).
     assert [p.parent.parent.name for p in logs.rglob("console.log")] == [holder], list(logs.rglob("console.log"))
+
+
+def test_a_rig_whose_port_is_dead_is_taken_out_and_the_other_rig_goes_on(tmp_path: Path, cache_dir: Path) -> None:
+    """Issue 7: a rig whose infrastructure fails leaves the run with one clear report;
+    the other worker's rig runs its tests to the end."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    dead_port = probe.getsockname()[1]
+    probe.close()  # nothing listens there: a lab host whose ser2net is down
+    rigs = tmp_path / "rigs"
+    rigs.mkdir()
+    (rigs / "dead.toml").write_text(
+        f'name = "dead"\nkind = "rfc2217"\nchip = "esp32c3"\nport = "rfc2217://127.0.0.1:{dead_port}"\n'
+        'reset = "classic"\nnetwork = { ssid = "lab-iot", broker_host = "127.0.0.1" }\ntags = ["virtual"]\n'
+    )
+    result, logs = run_workers(tmp_path, cache_dir, "good", 1, "--dist", "each", "--rig-tag", "virtual", ONLINE,
+                               rigs=rigs)  # fmt: skip
+    output = result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 1, output  # errors: the run is not green, and says why
+    ran = outcomes(result.stdout)
+    assert sorted(outcome for tests in ran.values() for outcome, _ in tests) == ["ERROR", "PASSED"], output
+    held = records(logs)
+    passed = next(worker for worker, tests in ran.items() if tests[0][0] == "PASSED")
+    assert held[passed]["rig"] == "good-0", held
+    section = result.stdout.split("rigs taken out of this run (infrastructure)", 1)
+    assert len(section) == 2, output
+    assert re.search(r"rig dead taken out of this run: \w+", section[1]), section[1][:2000]
+    assert f"127.0.0.1:{dead_port}" in section[1], section[1][:2000]
