@@ -196,11 +196,15 @@ def test_reconnect_attempts_back_off_exponentially_with_jitter(dut, mqtt, broker
     first, cap = contract.RECONNECT_BACKOFF_S
     jitter = contract.RECONNECT_JITTER
     mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mqtt.mark(), timeout=15)
+    since = len(network.timeline)
     broker.stop()  # connected until now: the backoff starts from its first delay
     try:
         lost = [console.expect(contract.MQTT_DISCONNECTED, timeout=45) for _ in range(4)]
     finally:
         broker.start()
+    # On the wire, by the host's clock: the attempts that reached the proxy while the broker
+    # was down are as far apart as the device said they would be (a log is not a proof).
+    attempts = [at for at, event in network.timeline[since:] if event.startswith("conn ") and ": accepted" in event]
     delays = [int(m["retry_ms"]) / 1000 for m in lost]
     nominal = [min(first * 2**k, cap) for k in range(len(delays))]
     for delay, base in zip(delays, nominal, strict=True):
@@ -210,6 +214,10 @@ def test_reconnect_attempts_back_off_exponentially_with_jitter(dut, mqtt, broker
     spacing = [(int(b["ms"]) - int(a["ms"])) / 1000 for a, b in itertools.pairwise(lost)]
     for gap, delay in zip(spacing, delays, strict=False):
         assert gap >= delay - 0.05, f"attempts {spacing} s apart, announced {delays}"
+    assert len(attempts) >= 3, f"{len(attempts)} connection attempts reached the broker's path: {network.timeline[since:]}"
+    wire = [b - a for a, b in itertools.pairwise(attempts[:3])]
+    for gap, delay in zip(wire, delays[1:3], strict=True):
+        assert delay - 0.1 <= gap <= delay + 2.0, f"attempts {wire} s apart on the wire, announced {delays}"
     console.expect(contract.MQTT_CONNECTED, timeout=45)
     mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mqtt.mark(), timeout=15)  # session up
     network.reset_all()  # after a successful connect the backoff starts over
