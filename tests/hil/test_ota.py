@@ -72,10 +72,18 @@ def states(mqtt, device: str, since: int) -> list[str]:
     return [m.json()["state"] for m in mqtt.collect(contract.ota_status_topic(device), since=since)]
 
 
+OTA_VERDICTS = ("success", "rejected", "failed", "rolled_back")
+
+
 def wait_state(mqtt, device: str, state: str, since: int, timeout: float = 60) -> dict:
-    return mqtt.wait_for(
-        contract.ota_status_topic(device), lambda m: m.json()["state"] == state, since=since, timeout=timeout
+    """The first ``state`` on ota/status since ``since``; for a verdict, the first verdict,
+    which must be ``state``: a device that already said no is not waited on for a yes."""
+    wanted = OTA_VERDICTS if state in OTA_VERDICTS else (state,)
+    status = mqtt.wait_for(
+        contract.ota_status_topic(device), lambda m: m.json()["state"] in wanted, since=since, timeout=timeout
     )[0].json()
+    assert status["state"] == state, f"OTA ended in {status['state']!r}, not {state!r}: {status}"
+    return status
 
 
 def online(mqtt, device: str, since: int, timeout: float = 60, version: str | None = None) -> dict:
