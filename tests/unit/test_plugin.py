@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -125,12 +126,19 @@ def test_a_rig_whose_port_is_dead_is_taken_out_with_one_clear_report(run, pytest
         'tags = ["lab"]\n'
     )
     pytester.makepyfile("def test_one(dut): pass\ndef test_two(dut): pass\ndef test_no_rig_needed(): pass")
-    result, seconds = run(f"--rigs-dir={rigs}", "--rig-tag", "lab")
+    junit = pytester.path / "junit.xml"
+    result, seconds = run(f"--rigs-dir={rigs}", "--rig-tag", "lab", f"--junitxml={junit}")
     result.assert_outcomes(passed=1, errors=2)
     text = result.stdout.str()
     assert text.count("rigs taken out of this run (infrastructure)") == 1
     assert "rig lab-0 taken out of this run: ConsoleError: cannot open console port" in text
     assert seconds < 60
+    # JUnit readers (the meta-suite, CI dashboards) see it too: a property on each case.
+    cases = {case.get("name"): case for case in ET.parse(junit).iter("testcase")}
+    for name in ("test_one", "test_two"):
+        props = {p.get("name"): p.get("value") for p in cases[name].iter("property")}
+        assert "rig lab-0 taken out of this run" in props.get("hil_rig_taken_out", ""), props
+    assert not list(cases["test_no_rig_needed"].iter("property"))
 
 
 def test_power_and_sensor_fixtures_on_a_real_rig_use_its_rig_files_backends(run, pytester: pytest.Pytester) -> None:
