@@ -187,6 +187,7 @@ def interval_s(readings: list[dict]) -> float:
 
 
 @pytest.mark.requires("sensor_emulation", "power_control")
+@pytest.mark.guards("config_not_persisted")
 def test_a_valid_config_is_applied_from_the_next_boot_and_survives_a_power_cycle(
     restore_firmware, mqtt, sensor, power
 ) -> None:

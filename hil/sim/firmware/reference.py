@@ -165,6 +165,8 @@ class ReferenceFirmware:
             prov = replace(prov, wifi_pass=str(self.behaviour.params["wifi_pass"]))
         self.prov = prov
         self.device_id = prov.device_id
+        if D.CONFIG_NOT_PERSISTED in self.defects and "config_nvs" in ctx.rtc_memory:
+            namespaces = read_nvs(ctx.rtc_memory["config_nvs"])  # survives a SW reset only
         config = DeviceConfig.from_nvs(namespaces)
         # Stored garbage (the no-validation defect) reaches the timers as it would on the
         # chip; the floor in _wait only keeps a zero interval from spinning the host.
@@ -567,7 +569,11 @@ class ReferenceFirmware:
             self.publish(status, {"ok": False, "error": update.reason})
             self.alert("warning", "config_rejected", update.reason)
             return
-        self._write_nvs(store_config(self._nvs_image(), self.config, update))
+        stored = store_config(self._nvs_image(), self.config, update)
+        if D.CONFIG_NOT_PERSISTED in self.defects:
+            self.ctx.rtc_memory["config_nvs"] = stored
+        else:
+            self._write_nvs(stored)
         applied = sorted(update.values)
         self.log("I", "config", f"saved {', '.join(applied)}; restarting")
         self.publish(status, {"ok": True, "applied": applied})
