@@ -53,6 +53,10 @@ PRINTS_SECRETS = "prints_secrets"
 """Prints the Wi-Fi password on the serial port at boot."""
 CONFIG_WITHOUT_VALIDATION = "config_without_validation"
 """Stores any config update it can parse, without range or type checks."""
+MEASUREMENT_INTERVAL_IGNORED = "measurement_interval_ignored"
+"""Measures at the built-in default period (10 s) whatever ``measurement_interval_s`` says:
+the ticker is set up before the config is read (an init-order bug); the key is still
+accepted and acknowledged."""
 CONFIG_NOT_PERSISTED = "config_not_persisted"
 """Keeps an accepted config update in RTC memory (RTC_NOINIT_ATTR: "NVS writes were too
 slow") instead of NVS: applied after its own restart, gone after a power cycle."""

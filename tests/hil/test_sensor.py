@@ -165,6 +165,7 @@ def test_out_of_range_values_are_withheld_with_an_alert(dut, mqtt, environment, 
     assert not accuracy_problems(back, ROOM), back
 
 
+@pytest.mark.guards("interval_ignored")
 def test_readings_come_every_measurement_interval(dut, mqtt, hil_session) -> None:
     interval = setting(hil_session, "measurement_interval_s")
     count = 7

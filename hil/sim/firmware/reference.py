@@ -614,7 +614,7 @@ class ReferenceFirmware:
             # interval after the last was, however long the read or the wake-up took;
             # fallen behind by more than an interval (a stall), it starts afresh rather
             # than bursting catch-up readings.
-            interval = float(self.config.measurement_interval_s)
+            interval = self._measurement_interval_s()
             due = due + interval if started - due <= interval else started + interval
             try:
                 reading = await asyncio.to_thread(driver.read)
@@ -627,9 +627,14 @@ class ReferenceFirmware:
                 self._on_reading(reading.temperature_c, reading.humidity_pct, reading.pressure_hpa)
             await self._sensor_wait(due)
 
+    def _measurement_interval_s(self) -> float:
+        if D.MEASUREMENT_INTERVAL_IGNORED in self.defects:
+            return float(DeviceConfig().measurement_interval_s)  # the built-in default
+        return float(self.config.measurement_interval_s)
+
     async def _sensor_wait(self, due: float | None = None) -> None:
         """Wait until ``due`` (the next tick of the measurement period), or one interval."""
-        interval = float(self.config.measurement_interval_s)
+        interval = self._measurement_interval_s()
         await self._wait("sensor", interval if due is None else due - time.monotonic())
         if D.PROGRAMS_BLOCK_SENSOR in self.defects and self.program_task is not None:
             await asyncio.wait({self.program_task})  # the defect: programs run on this task
