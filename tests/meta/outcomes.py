@@ -8,9 +8,7 @@ judged, so a broken run proves nothing and must not count as caught.
 
 Which words say "infrastructure" is read from the testcase's message, the last
 exception's ``Type: message`` (what Allure's categories match too), and from the
-``hil_rig_taken_out`` property when the JUnit carries it. (pytest copies a test's
-properties into each phase's report, so a property added to the *setup* report, where a
-rig is taken out, does not reach the JUnit file today: the message is what is reliable.)
+``hil_rig_taken_out`` property the plugin puts on each test of a rig taken out.
 """
 
 from __future__ import annotations
