@@ -13,13 +13,45 @@ judged, so it is not counted as caught).
 from __future__ import annotations
 
 import json
+from collections import Counter
+from typing import Any
 
 import pytest
+
+GUARDS_PROPERTY = "hil_guards"
+RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Mark the reports of HIL guards, so the controller can tell them apart."""
+    report = yield
+    marker = item.get_closest_marker("guards")
+    if marker is not None and item.nodeid.startswith("tests/hil/"):
+        report.user_properties.append((GUARDS_PROPERTY, ",".join(map(str, marker.args))))
+    return report
+
+
+def guards_in_session(terminalreporter: pytest.TerminalReporter) -> dict[str, str]:
+    """nodeid -> outcome of every HIL guard this session ran (its worst phase)."""
+    outcomes: dict[str, str] = {}
+    for kind in RANK:
+        for report in terminalreporter.stats.get(kind, []):
+            if not any(key == GUARDS_PROPERTY for key, _ in getattr(report, "user_properties", ())):
+                continue
+            outcome = "error" if kind == "failed" and report.when != "call" else kind
+            if outcome == "passed" and report.when != "call":
+                continue
+            if RANK[outcome] >= RANK[outcomes.get(report.nodeid, "passed")]:
+                outcomes[report.nodeid] = outcome
+    return outcomes
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     rows: list[tuple[str, str, str]] = []
     baseline: list[tuple[str, str, str, list[list[str]]]] = []
+    firmware = terminalreporter.config.getoption("--firmware", None)
+    in_session = guards_in_session(terminalreporter) if firmware in (None, "baseline") else {}
     for outcome in ("passed", "failed"):
         for report in terminalreporter.stats.get(outcome, []):
             props = dict(getattr(report, "user_properties", ()))
@@ -31,6 +63,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             elif "baseline" in props:
                 skips = json.loads(str(props.get("skips", "[]")))
                 baseline.append((str(props["baseline"]), outcome, str(props["guard_outcomes"]), skips))
+    if in_session and not baseline:
+        # The guards ran on the baseline in this very session (tests/hil): judged from that.
+        bad = sorted(node for node, outcome in in_session.items() if outcome in ("failed", "error"))
+        tally = ", ".join(f"{n} {o}" for o, n in sorted(Counter(in_session.values()).items()))
+        skips = [[node, "skipped in this session"] for node, o in sorted(in_session.items()) if o == "skipped"]
+        baseline.append(("baseline", "FAILED" if bad else "passed", f"{tally} (this session's tests/hil)", skips))
+        baseline.extend(("", "", f"did not pass: {node}", []) for node in bad)
     if not rows and not baseline:
         return
     write = terminalreporter.write_line

@@ -103,3 +103,34 @@ def test_the_table_says_broken_and_shows_the_baseline(pytester: pytest.Pytester)
             r"caught 1 of 2 defect images run \(50 %\); 1 broken by infrastructure \(not counted as caught\)",
         ]
     )
+
+
+def test_the_baseline_row_comes_from_this_sessions_guards_when_it_ran_them(pytester: pytest.Pytester) -> None:
+    """`pytest tests` (CI) runs the guards on the baseline in tests/hil already: the table's
+    baseline row is made from those results, a failing guard named."""
+    pytester.makeconftest(
+        'pytest_plugins = ["tests.meta.table"]\n'
+        "def pytest_configure(config):\n"
+        '    config.addinivalue_line("markers", "guards(*recipes): the defects a test guards")\n'
+    )
+    hil = pytester.mkdir("tests") / "hil"
+    hil.mkdir()
+    (hil / "test_guarded.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.guards('temp_high_2c')\n"
+        "def test_good(): pass\n"
+        "@pytest.mark.guards('no_lwt')\n"
+        "def test_bad(): assert False\n"
+        "@pytest.mark.guards('no_lwt')\n"
+        "def test_skipped(): pytest.skip('rig lacks power_control')\n"
+        "def test_not_a_guard(): assert False\n"
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--import-mode=importlib", "tests")
+    result.stdout.re_match_lines(
+        [
+            r"baseline +FAILED +1 failed, 1 passed, 1 skipped \(this session's tests/hil\)",
+            r" +skipped tests/hil/test_guarded.py::test_skipped: skipped in this session",
+            r" +did not pass: tests/hil/test_guarded.py::test_bad",
+        ]
+    )
+    assert "test_not_a_guard" not in result.stdout.str().split("defects caught by the HIL suites")[1].split("short test summary")[0]
