@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from hil.images.partitions import PARTITION_TABLE_OFFSET
 from hil.ota import tampered
 from hil.sim.firmware.ota import OtaFailed, OtaWriter, download_to, next_update_partition
 from hil.sim.flash import SpiFlash
 from tests.unit.test_fw_ota import FACTORY, OTA_0, OTA_1, TABLE, ImageServer, image, request_for
-
-
-@pytest.fixture
-def flash(tmp_path: Path) -> Iterator[SpiFlash]:
-    with SpiFlash(tmp_path / "flash.bin") as chip:
-        chip.write(PARTITION_TABLE_OFFSET, TABLE.to_bytes())
-        chip.write(FACTORY.offset, image("1.0.0"))
-        yield chip
+from tests.unit.test_fw_ota import (
+    flash as flash,  # the fixture: a chip with the table and a factory app
+)
 
 
 def write_all(writer: OtaWriter, data: bytes) -> None:
