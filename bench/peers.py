@@ -6,7 +6,8 @@ fixture of its own), so it must not land in the project's environment. The bench
 it as its users do: ``pytest`` in a subprocess, in an environment that has it, against a
 test file of its own outside this project (so our conftest and plugin stay out of it).
 
-The versions are the ``bench`` extra of pyproject.toml; esptool and pytest are pinned
+The versions are locks/bench.txt (the ``bench`` extra of pyproject.toml, locked by
+``bash .ci/lock``); esptool and pytest are pinned
 to the ones this project runs, so both sides flash with the same esptool.
 
 Also here: an ESP-IDF-style build directory (``flasher_args.json``) for our images,
@@ -21,7 +22,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -30,15 +30,31 @@ sys.path.insert(0, str(ROOT))
 
 from hil.firmware import cache_root  # noqa: E402
 
+LOCKS = ROOT / "locks"
+
+
+def locked(lock: Path, name: str) -> str:
+    """One pin of a lock with its hashes (the lines from ``name==`` to the next pin)."""
+    lines = lock.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{name}=="))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith(" "):
+            break
+        block.append(line)
+    return "\n".join(block) + "\n"
+
 
 def requirements(*, our_pyserial: bool = False) -> list[str]:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    wanted = list(data["project"]["optional-dependencies"]["bench"])
-    # The same esptool and pytest on both sides: the comparison is of the frameworks.
-    wanted += [f"esptool=={metadata.version('esptool')}", f"pytest=={metadata.version('pytest')}"]
+    """The peers' venv as requirements texts installed one after the other, each pinned
+    with hashes: locks/bench.txt (the bench extra with the project's own esptool and
+    pytest, so the comparison is of the frameworks), and for the second venv this
+    environment's pyserial-labgrid pin from locks/dev.txt, installed over pyserial's
+    ``serial`` (both install it: the last one wins)."""
+    steps = [(LOCKS / "bench.txt").read_text()]
     if our_pyserial:
-        wanted += [f"pyserial-labgrid=={metadata.version('pyserial-labgrid')}"]
-    return wanted
+        steps.append(locked(LOCKS / "dev.txt", "pyserial-labgrid"))
+    return steps
 
 
 def has_our_pyserial() -> bool:
@@ -53,36 +69,30 @@ def has_our_pyserial() -> bool:
 
 
 def peers_python(*, quiet: bool = False, our_pyserial: bool = False) -> Path:
-    """The interpreter of the peers' venv, created and installed (from PyPI) if needed.
+    """The interpreter of the peers' venv, created and installed from the locks if needed.
     ``our_pyserial``: a second venv whose ``serial`` is this environment's pyserial-labgrid."""
-    wanted = requirements(our_pyserial=our_pyserial)
-    digest = hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16]
+    steps = requirements(our_pyserial=our_pyserial)
+    digest = hashlib.sha256("\n".join(steps).encode()).hexdigest()[:16]
     venv = cache_root() / "bench" / ("peers-venv-our-pyserial" if our_pyserial else "peers-venv")
     python = venv / "bin" / "python"
     stamp = venv / "installed.txt"
     if python.exists() and stamp.exists() and stamp.read_text().strip() == digest:
         return python
     if not quiet:
-        print(f"installing the peers into {venv}: {' '.join(wanted)} (once)", flush=True)
+        print(f"installing the peers into {venv} from locks/bench.txt (once)", flush=True)
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    result = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *wanted],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode == 0 and our_pyserial:
-        # pyserial and pyserial-labgrid both install `serial`: the last one wins.
+    for number, text in enumerate(steps):
+        lock = venv / f"requirements-{number}.txt"
+        lock.write_text(text)
+        later = ["--force-reinstall", "--no-deps"] if number else []
         result = subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--force-reinstall", "--no-deps", wanted[-1]],
+             "--require-hashes", *later, "-r", str(lock)],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
-    if result.returncode != 0:
-        raise SystemExit(
-            f"cannot install the peers ({' '.join(wanted)}):\n{result.stdout}{result.stderr}"
-        )
+        if result.returncode != 0:
+            raise SystemExit(f"cannot install the peers from {lock}:\n{result.stdout}{result.stderr}")
     stamp.write_text(digest + "\n")
     return python
 

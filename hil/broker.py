@@ -30,6 +30,7 @@ from typing import Any
 
 import trustme
 
+from hil.device_certs import issue_device_certificate
 from hil.processes import die_with_parent
 
 OBSERVER_USER = "hil-observer"
@@ -114,13 +115,13 @@ class MosquittoBroker:
 
     def add_device(self, device_id: str) -> DeviceCredentials:
         """Create a device account (password and client certificate); restart to apply."""
-        cert = self.ca.issue_cert(common_name=device_id)
+        cert = issue_device_certificate(self.ca, device_id)
         creds = DeviceCredentials(
             device_id=device_id,
             username=device_id,
             password=os.urandom(8).hex(),
-            client_cert_pem=b"".join(blob.bytes() for blob in cert.cert_chain_pems).decode(),
-            client_key_pem=cert.private_key_pem.bytes().decode(),
+            client_cert_pem=cert.chain_pem,
+            client_key_pem=cert.key_pem,
         )
         self._devices[device_id] = creds
         return creds
