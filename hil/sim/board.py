@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -393,12 +392,13 @@ class Board:
         else:
             self._tx(data)
 
-    async def wait_tx(self, pattern: re.Pattern[bytes], since: int, *, timeout: float) -> tuple[re.Match[bytes], int]:
-        """Wait until TX after ``since`` matches ``pattern``; return the match and its end."""
+    async def wait_tx(self, search: Callable[[bytes], Any], since: int, *, timeout: float) -> tuple[Any, int]:
+        """Wait until ``search`` (a compiled pattern's search, or a time-boxed one) finds a
+        match in TX after ``since``; return the match and its end."""
         async with asyncio.timeout(timeout):
             while True:
                 data, end = self.tx_since(since)
-                match = pattern.search(data)
+                match = search(data)
                 if match:
                     return match, end - len(data) + match.end()
                 await self._tx_event.wait()

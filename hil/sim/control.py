@@ -21,9 +21,11 @@ import base64
 import contextlib
 import json
 import logging
-import re
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import regex
 
 from hil.sim.board import Board, Mode
 
@@ -31,9 +33,30 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
+MAX_LINE_BYTES = 64 * 1024
+"""The longest request line the endpoint reads; a longer one gets an error reply (and is
+skipped up to its newline), so a runaway client cannot grow the board's memory."""
+MAX_WAIT_S = 600.0
+"""The longest a request may ask the board to wait (a wait, a power-off)."""
+PATTERN_BUDGET_S = 0.25
+"""How long one search of a ``wait_tx`` pattern may take. The board's serial port and
+this endpoint share one event loop: a pattern with catastrophic backtracking would freeze
+both, so it is matched with a time budget and refused when it runs over."""
+
 
 class ControlError(Exception):
     """A request the endpoint refuses; the message goes back to the client."""
+
+
+def number(request: dict[str, Any], key: str, *, default: float, low: float, high: float) -> float:
+    """``request[key]`` as a finite number within [low, high] (``default`` when absent);
+    ControlError naming the key and the range otherwise. JSON ``true`` is not a number."""
+    value = request.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ControlError(f"{key} must be a finite number of seconds in [{low:g}, {high:g}], not {value!r}")
+    if not low <= value <= high:
+        raise ControlError(f"{key} must be in [{low:g}, {high:g}], not {value!r}")
+    return float(value)
 
 
 class JsonLinesServer:
@@ -50,7 +73,7 @@ class JsonLinesServer:
         return f"tcp://127.0.0.1:{self.port}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE_BYTES)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -60,10 +83,24 @@ class JsonLinesServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while line := await reader.readline():
-                reply = await self.handle_line(line)
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as exc:  # the client closed
+                    if not exc.partial.strip():
+                        break
+                    line = exc.partial
+                except asyncio.LimitOverrunError:
+                    await _skip_line(reader)
+                    reply: dict[str, Any] = {
+                        "ok": False, "error": f"request line over {MAX_LINE_BYTES} bytes: refused",
+                    }  # fmt: skip
+                else:
+                    reply = await self.answer(line)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
+                if reader.at_eof():
+                    break
         except (ConnectionError, OSError):
             pass
         finally:
@@ -71,8 +108,31 @@ class JsonLinesServer:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
+    async def answer(self, line: bytes) -> dict[str, Any]:
+        """``handle_line``'s reply, or an error reply for anything it raises: a bad request
+        must never drop the connection or reach the loop's exception handler."""
+        try:
+            return await self.handle_line(line)
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("control request %r failed", line[:200])
+            return {"ok": False, "error": f"bad request ({type(exc).__name__}: {exc})"}
+
     async def handle_line(self, line: bytes) -> dict[str, Any]:
         raise NotImplementedError
+
+
+async def _skip_line(reader: asyncio.StreamReader) -> None:
+    """Drop an over-long line: what the buffer holds, then chunks up to the newline."""
+    while True:
+        try:
+            await reader.readuntil(b"\n")
+            return
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)
+        except asyncio.IncompleteReadError:
+            return
 
 
 class ControlServer(JsonLinesServer):
@@ -93,7 +153,7 @@ class ControlServer(JsonLinesServer):
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
         try:
-            request = json.loads(line)
+            request = json.loads(line.decode("utf-8"))
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ControlError('a request is a JSON object with a string "cmd"')
             handler = self.handlers.get(request["cmd"])
@@ -101,6 +161,8 @@ class ControlServer(JsonLinesServer):
                 known = ", ".join(sorted(self.handlers))
                 raise ControlError(f"unknown command {request['cmd']!r}; known: {known}")
             result = await handler(request)
+        except UnicodeDecodeError as exc:
+            return {"ok": False, "error": f"not UTF-8: {exc}"}
         except json.JSONDecodeError as exc:
             return {"ok": False, "error": f"not JSON: {exc}"}
         except ControlError as exc:
@@ -120,9 +182,12 @@ class ControlServer(JsonLinesServer):
         elif action == "off":
             self._board.power(False)
         elif action == "cycle":
+            off_s = number(request, "off_s", default=0.1, low=0.0, high=MAX_WAIT_S)  # checked before the switch
             self._board.power(False)
-            await asyncio.sleep(float(request.get("off_s", 0.1)))  # how long power stays off
-            self._board.power(True)
+            try:
+                await asyncio.sleep(off_s)  # how long power stays off
+            finally:  # a cycle always ends powered, even when the request is abandoned
+                self._board.power(True)
         else:
             raise ControlError('power needs "action": "on", "off" or "cycle"')
         return {"state": self._board.state()}
@@ -151,7 +216,7 @@ class ControlServer(JsonLinesServer):
             wanted = Mode(str(request.get("mode")))
         except ValueError:
             raise ControlError(f"mode must be one of {[m.value for m in Mode]}") from None
-        timeout = float(request.get("timeout", 10.0))
+        timeout = number(request, "timeout", default=10.0, low=0.0, high=MAX_WAIT_S)
         await self._board.wait_for(lambda: self._board.mode is wanted, timeout=timeout)
         return {"state": self._board.state()}
 
@@ -166,13 +231,25 @@ class ControlServer(JsonLinesServer):
         pattern, since = request.get("pattern"), request.get("since", 0)
         if not isinstance(pattern, str) or not isinstance(since, int):
             raise ControlError('wait_tx needs "pattern" (a regex) and "since" (a byte position)')
+        if since < 0:
+            raise ControlError('wait_tx needs "since" >= 0 (a byte position)')
         try:
-            regex = re.compile(pattern.encode())
-        except re.error as exc:
+            compiled = regex.compile(pattern.encode())
+        except (regex.error, ValueError) as exc:
             raise ControlError(f"bad pattern {pattern!r}: {exc}") from None
-        timeout = float(request.get("timeout", 10.0))
+        timeout = number(request, "timeout", default=10.0, low=0.0, high=MAX_WAIT_S)
+
+        def search(data: bytes) -> Any:
+            try:
+                return compiled.search(data, timeout=PATTERN_BUDGET_S)
+            except TimeoutError:
+                raise ControlError(
+                    f"pattern {pattern!r} took over {PATTERN_BUDGET_S} s on {len(data)} bytes "
+                    "(catastrophic backtracking?): refused; simplify it"
+                ) from None
+
         try:
-            match, end = await self._board.wait_tx(regex, since, timeout=timeout)
+            match, end = await self._board.wait_tx(search, since, timeout=timeout)
         except TimeoutError:
             data, _ = self._board.tx_since(since)
             tail = data[-2000:].decode("utf-8", "replace")

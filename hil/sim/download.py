@@ -129,6 +129,15 @@ _BAD_RAM_ADDRESS = _Failure(0x0F, 0xC000)
 _INVALID_COMMAND = _Failure(0x05, 0xC300)
 
 
+MAX_FRAME_BYTES = 8 + 16 + 0x4000 + 0x400
+"""The longest request frame the loaders take: a command header, a data header and the
+stub's 16 KiB write block (esptool's FLASH_WRITE_SIZE for the stub; the ROM's is 1 KiB),
+with a margin. Neither the ROM nor the stub has room for more; a longer frame is refused
+with the ROM's "invalid message" error and its bytes are not kept."""
+BAUD_RANGE = (300, 5_000_000)
+"""Rates the C3's UART can be set to: its 80 MHz clock divided by at least 16."""
+
+
 class _CommandError(Exception):
     def __init__(self, failure: _Failure, reason: str) -> None:
         super().__init__(reason)
@@ -220,6 +229,10 @@ class _Loader(ABC):
         if len(frame) < _HEADER.size:
             return  # not a request; the chip ignores it too
         direction, op, length, checksum = _HEADER.unpack_from(frame)
+        if len(frame) > MAX_FRAME_BYTES:
+            _log.debug("frame of over %d bytes (command %#04x) refused", MAX_FRAME_BYTES, op)
+            self._chip.send_frame(self._response(op, _Reply(), _BAD_FORMAT))
+            return
         payload = frame[_HEADER.size :]
         handler = self._handlers.get(op)
         if direction != 0 or handler is None:
@@ -312,8 +325,8 @@ class _Loader(ABC):
 
     def _change_baudrate(self, payload: bytes, checksum: int) -> _Reply:
         new_baud, _old_baud = _unpack("<II", payload)
-        if new_baud == 0:
-            raise _CommandError(_BAD_FORMAT, "baud rate 0")
+        if not BAUD_RANGE[0] <= new_baud <= BAUD_RANGE[1]:
+            raise _CommandError(_BAD_FORMAT, f"baud rate {new_baud} outside {BAUD_RANGE}")
         self._after_reply.append(lambda: self._chip.on_event(BaudRateChanged(new_baud)))
         return _Reply()
 
@@ -735,7 +748,7 @@ class DownloadSession:
         on_event: Callable[[DownloadEvent], None],
     ) -> None:
         self._chip = _Chip(flash, registers, send, on_event)
-        self._decoder = SlipDecoder()
+        self._decoder = SlipDecoder(max_frame=MAX_FRAME_BYTES)
         self._loader: _Loader = _RomLoader(self._chip, self._start_stub)
 
     @property

@@ -24,9 +24,14 @@ def slip_encode(payload: bytes) -> bytes:
 
 
 class SlipDecoder:
-    """Incremental SLIP decoder: feed it raw bytes in any chunking, get whole frames."""
+    """Incremental SLIP decoder: feed it raw bytes in any chunking, get whole frames.
 
-    def __init__(self) -> None:
+    ``max_frame`` bounds what one frame may hold: past it the decoder keeps no more bytes
+    (a host that never closes its frame cannot grow memory) and reports the frame cut to
+    ``max_frame + 1`` bytes when it does close, so the receiver sees it was too long."""
+
+    def __init__(self, max_frame: int | None = None) -> None:
+        self._max = max_frame
         self._frame = bytearray()
         self._in_frame = False
         self._in_escape = False
@@ -48,15 +53,14 @@ class SlipDecoder:
                 continue
             elif self._in_escape:
                 self._in_escape = False
-                if byte == ESC_END:
-                    self._frame.append(END)
-                elif byte == ESC_ESC:
-                    self._frame.append(ESC)
+                if byte in (ESC_END, ESC_ESC):
+                    if self._max is None or len(self._frame) <= self._max:
+                        self._frame.append(END if byte == ESC_END else ESC)
                 else:
                     self._drop_frame()
             elif byte == ESC:
                 self._in_escape = True
-            else:
+            elif self._max is None or len(self._frame) <= self._max:
                 self._frame.append(byte)
         return frames
 

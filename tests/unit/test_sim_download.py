@@ -480,3 +480,31 @@ def test_esptool_watchdog_reset(board: PtyBoard, tmp_path: Path) -> None:
     result = board.esptool("--after", "watchdog-reset", "read-mac", cwd=tmp_path, stub=False)
     assert result.returncode == 0, str(result)
     assert board.watchdog_resets == 1
+
+
+# -- hostile input --------------------------------------------------------------------
+
+
+def test_an_over_long_frame_is_refused_as_invalid_and_not_kept(host: LoopbackHost) -> None:
+    from hil.sim.download import MAX_FRAME_BYTES
+
+    frames = host.request(0x07, b"\x55" * (MAX_FRAME_BYTES + 100))  # MEM_DATA far past any block
+    assert [parse_reply(frame).data for frame in frames] == [b"\x01\x05\x00\x00"]  # failed: invalid message
+    assert [parse_reply(frame).data for frame in host.request(0x08, SYNC)] == [OK_ROM] * 8  # the loader goes on
+
+
+def test_a_frame_that_never_closes_grows_nothing(host: LoopbackHost) -> None:
+    from hil.sim.download import MAX_FRAME_BYTES
+
+    host.feed(b"\xc0" + b"\x11" * (4 * MAX_FRAME_BYTES))  # 60 MB in the field; the bound is what matters
+    decoder = host.session._decoder
+    assert len(decoder._frame) <= MAX_FRAME_BYTES + 1
+    host.feed(b"\xc0")  # the host gives up: the frame is refused, not acted on
+    assert [parse_reply(frame).data for frame in host.request(0x08, SYNC)] == [OK_ROM] * 8
+
+
+@pytest.mark.parametrize("baud", [0, 299, 5_000_001, 0xFFFFFFFF])
+def test_rom_change_baudrate_refuses_rates_the_uart_cannot_take(host: LoopbackHost, baud: int) -> None:
+    reply = host.command(0x0F, struct.pack("<II", baud, 0))
+    assert reply.data == b"\x01\x05\x00\x00"
+    assert host.events() == []  # the UART stays at its rate

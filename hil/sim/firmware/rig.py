@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hil.bme280 import BME280, Environment, Fault, NoiseModel, SimulatedSMBus
-from hil.sim.control import ControlError, ControlServer
+from hil.sim.control import ControlError, ControlServer, number
 
 SENSOR_ADDRESS = 0x76
+MAX_RAMP_S = 24 * 3600.0
+"""The longest sensor ramp a request may ask for (a day)."""
 
 
 @dataclass
@@ -98,11 +100,13 @@ class RigPeripherals:
     async def _sensor_ramp(self, request: dict[str, Any]) -> dict[str, Any]:
         """Move linearly to a target environment over ``duration_s``, in 20 steps."""
         target = self._env_from(request)
-        duration = request.get("duration_s")
-        if not isinstance(duration, int | float) or duration <= 0:
-            raise ControlError("sensor.ramp needs duration_s > 0")
+        if "duration_s" not in request:
+            raise ControlError("sensor.ramp needs duration_s: seconds > 0")
+        duration = number(request, "duration_s", default=0.0, low=0.0, high=MAX_RAMP_S)
+        if duration <= 0:
+            raise ControlError(f"sensor.ramp needs duration_s > 0, not {duration!r}")
         self._cancel_ramp()
-        self._ramp = asyncio.get_running_loop().create_task(self._run_ramp(target, float(duration)))
+        self._ramp = asyncio.get_running_loop().create_task(self._run_ramp(target, duration))
         return {"sensor": self._env_json()}
 
     async def _run_ramp(self, target: Environment, duration: float) -> None:
@@ -125,8 +129,12 @@ class RigPeripherals:
             self._ramp = None
 
     async def _sensor_noise(self, request: dict[str, Any]) -> dict[str, Any]:
+        values = {k: v for k, v in request.items() if k != "cmd"}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ControlError(f"sensor.noise: {key} must be a finite number, not {value!r}")
         try:
-            noise = NoiseModel(**{k: float(v) for k, v in request.items() if k != "cmd"})
+            noise = NoiseModel(**{k: float(v) for k, v in values.items()})
         except (TypeError, ValueError) as exc:
             raise ControlError(f"sensor.noise: {exc}") from None
         self.sensor.set_noise(noise)
