@@ -1037,6 +1037,12 @@ class Flasher:
                     capture.note_line(f"[hil.flashing] verified {len(regions)} region(s) by MD5 (all unchanged)")
                 verify_seconds = time.monotonic() - verify_started
                 reset_chip(esp, after)
+            except KeyboardInterrupt:
+                # Ctrl-C mid-write: the board must not stay in download mode with the stub
+                # running (the app would never start); reset it with the lines, then stop.
+                with contextlib.suppress(Exception):
+                    reset_chip(esp, "hard-reset")
+                raise
             except (serial.SerialException, OSError) as exc:
                 raise FlashInfrastructureError(
                     f"lost the board on {port_name} while flashing: {exc}\n{_tail(capture.lines)}",

@@ -126,6 +126,8 @@ def load_profile(name_or_path: str, gates_dir: Path = GATES_DIR) -> GateProfile:
     for key in ("retries", "workers"):
         if key in values and values[key] < (0 if key == "retries" else 1):
             raise GateError(f"{path}: [gate].{key} = {values[key]} is out of range")
+    if "tests" in values:
+        _check_tests(path, values["tests"])
     thresholds = raw.get("thresholds", {})
     known_thresholds = set(Thresholds.__dataclass_fields__)
     for key, value in thresholds.items():
@@ -140,6 +142,17 @@ def load_profile(name_or_path: str, gates_dir: Path = GATES_DIR) -> GateProfile:
         )
     load = _load_table(path, raw["load"]) if "load" in raw else None
     return GateProfile(name=path.stem, path=path, thresholds=Thresholds(**thresholds), load=load, **values)
+
+
+def _check_tests(path: Path, tests: tuple[str, ...]) -> None:
+    """[gate].tests names what the gate runs: an empty list would run pytest's whole
+    default tree, a missing file would end in "NO-GO: 0 passed"; both are profile errors."""
+    if not tests:
+        raise GateError(f"{path}: [gate].tests is empty; name the suites, e.g. tests = [\"tests/hil\"]")
+    for test in tests:
+        file = test.split("::", 1)[0]
+        if not (ROOT / file).exists():
+            raise GateError(f"{path}: [gate].tests names {test!r}, but {ROOT / file} does not exist")
 
 
 def _load_table(path: Path, table: Any) -> LoadProfile:

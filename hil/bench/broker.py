@@ -66,12 +66,22 @@ def accounts(devices: Sequence[str], fleet_accounts: int) -> list[str]:
         raise BenchInputError(f"--fleet-accounts {fleet_accounts}: give 0..{MAX_FLEET_ACCOUNTS}")
     names = list(dict.fromkeys([*devices, *(f"fleet-{n:04d}" for n in range(fleet_accounts))]))
     for name in names:
-        if not name or any(c in name for c in "/#+ \t\n") or name == OBSERVER_USER:
-            raise BenchInputError(
-                f"--device {name!r}: a device id is a non-empty MQTT topic level (no '/', '#', '+', "
-                f"spaces) and not {OBSERVER_USER!r}"
-            )
+        problem = device_id_problem(name)
+        if problem:
+            raise BenchInputError(f"--device {name!r}: {problem}")
     return names
+
+
+def device_id_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a device id, or None. A device id is one MQTT topic level
+    (§4: esp32/{id}/...), a broker account and a line of mosquitto's password and ACL
+    files, which separate fields by spaces: so no '/', '#', '+', whitespace or control
+    characters, and not the observer's account."""
+    if not name or any(c in name for c in "/#+") or any(c.isspace() or not c.isprintable() for c in name):
+        return "a device id is a non-empty MQTT topic level (no '/', '#', '+', spaces or control characters)"
+    if name == OBSERVER_USER:
+        return f"{OBSERVER_USER!r} is the test observer's account, not a device id"
+    return None
 
 
 def up(

@@ -41,6 +41,9 @@ def _guard(name: str, handler: Handler) -> Handler:
         except OSError as exc:  # a port, bus or socket of the rig that is not there
             print(f"hil {name}: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT
+            print(f"hil {name}: interrupted", file=sys.stderr)
+            return 130
 
     return run
 
@@ -396,9 +399,11 @@ def _provision(args: argparse.Namespace) -> int:
         device_id=args.device_id,
         broker=args.broker,
         wifi_ssid=args.wifi_ssid,
-        wifi_password=flash.SecretSource(args.wifi_password_env, Path(args.wifi_password_file) if args.wifi_password_file else None),
+        wifi_password=flash.SecretSource(args.wifi_password_env, Path(args.wifi_password_file) if args.wifi_password_file else None,
+                                         explicit=args.wifi_password_env != "HIL_WIFI_PASSWORD"),
         mqtt_user=args.mqtt_user,
-        mqtt_password=flash.SecretSource(args.mqtt_password_env, Path(args.mqtt_password_file) if args.mqtt_password_file else None),
+        mqtt_password=flash.SecretSource(args.mqtt_password_env, Path(args.mqtt_password_file) if args.mqtt_password_file else None,
+                                         explicit=args.mqtt_password_env != "HIL_MQTT_PASSWORD"),
         ca_file=args.ca_file,
         client_cert_file=args.client_cert_file,
         client_key_file=args.client_key_file,
@@ -513,6 +518,7 @@ def _monitor(args: argparse.Namespace) -> int:
             timestamps=args.timestamps,
         )
         monitor.command(request)  # bad input refused before anything runs
+        monitor.check_port(request)
         print(f"hil monitor: {request.port} (quit: Ctrl+])", file=sys.stderr, flush=True)
         return monitor.run(request)
 

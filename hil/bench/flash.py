@@ -124,9 +124,13 @@ class SecretSource:
 
     env: str | None = None
     file: Path | None = None
+    explicit: bool = False
+    """The variable was named by the user (not the default)."""
 
-    def read(self, what: str, environ: Mapping[str, str]) -> tuple[str | None, str]:
-        """The secret (None if not given) and a description of its source, for the output."""
+    def read(self, what: str, environ: Mapping[str, str], *, required: bool = False) -> tuple[str | None, str]:
+        """The secret (None if not given) and a description of its source, for the output.
+        An empty or unset variable is refused when ``required``, and always when it was
+        named on the command line (``explicit``): a typo must not flash a device without it."""
         if self.file is not None:
             try:
                 return self.file.read_text().rstrip("\r\n"), f"from {self.file}"
@@ -134,6 +138,11 @@ class SecretSource:
                 raise BenchInputError(f"{what} file {self.file}: {exc.strerror}") from None
         if self.env and environ.get(self.env):
             return environ[self.env], f"from ${self.env}"
+        if self.env and (required or self.explicit):
+            raise BenchInputError(
+                f"{what}: ${self.env} is not set; export it, or give {what}-file FILE "
+                "(an empty file for an open network)"
+            )
         return None, "not set"
 
 
@@ -199,6 +208,11 @@ def provisioning(
 ) -> tuple[Provisioning, dict[str, Any], list[str]]:
     """The Provisioning, its config, and lines describing it with every secret left out."""
     env = os.environ if environ is None else environ
+    from hil.bench.broker import device_id_problem
+
+    problem = device_id_problem(request.device_id)
+    if problem:
+        raise BenchInputError(f"--device-id {request.device_id!r}: {problem}")
     uri, user = request.broker, request.mqtt_user
     password, password_from = request.mqtt_password.read("--mqtt-password", env)
     ca_path, cert_path, key_path = request.ca_file, request.client_cert_file, request.client_key_file
@@ -219,7 +233,7 @@ def provisioning(
         raise BenchInputError(f"--broker {uri}: TLS needs the broker's CA; give --ca-file")
     if (cert_path is None) != (key_path is None):
         raise BenchInputError("--client-cert-file and --client-key-file go together (mutual TLS)")
-    wifi_pass, wifi_from = request.wifi_password.read("--wifi-password", env)
+    wifi_pass, wifi_from = request.wifi_password.read("--wifi-password", env, required=request.wifi_ssid is not None)
     config: dict[str, Any] = {}
     if request.config:
         try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from hil.bench.state import BenchInputError
+from hil.bench.state import BenchError, BenchInputError
 
 QUIT_GRACE_S = 2.0
 QUIT_ATTEMPTS = 3
@@ -64,8 +64,16 @@ def command(request: MonitorRequest) -> list[str]:
     return args
 
 
+def check_port(request: MonitorRequest) -> None:
+    """A local port that is not there is a failure of ours: esp-idf-monitor says so and
+    exits 0, which a script would take for a clean session."""
+    if "://" not in request.port and not Path(request.port).exists():
+        raise BenchError(f"--port {request.port}: no such serial port (is the board plugged in? ls /dev/serial/by-id)")
+
+
 def run(request: MonitorRequest, *, interactive: bool | None = None) -> int:
     """Run the monitor until it quits (Ctrl+], EOF, 'exit', SIGTERM/SIGINT, or ``timeout``)."""
+    check_port(request)
     args = command(request)
     if interactive is None:
         interactive = sys.stdin.isatty() and request.timeout is None

@@ -41,6 +41,11 @@ class StateDirBusy(Exception):
     pass
 
 
+class BoardSetupError(Exception):
+    """The board cannot start with these options (state dir, MAC, flash file): one line
+    naming the input and the fix, before anything is served."""
+
+
 @dataclass(frozen=True)
 class BoardOptions:
     state_dir: Path
@@ -91,11 +96,45 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return handle
 
 
+def _prepare(options: BoardOptions) -> tuple[IO[str], SpiFlash, ChipIdentity]:
+    """The state dir held, its flash file open and the chip's identity; BoardSetupError
+    (and nothing left held) for a bad MAC, a state dir that cannot be one, a flash file of
+    the wrong size or a state file that is a symlink (it would write through the link)."""
+    state = options.state_dir
+    if state.exists() and not state.is_dir():
+        raise BoardSetupError(f"--state-dir {state}: is a file, not a directory; give a directory")
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BoardSetupError(f"--state-dir {state}: cannot create it ({exc.strerror}); give a writable directory") from None
+    for name in (FLASH_FILE, IDENTITY_FILE, LOCK_FILE):
+        if (state / name).is_symlink():
+            raise BoardSetupError(f"--state-dir {state}: {name} is a symlink; the board writes its state only to plain files")
+    if options.mac is not None:
+        try:
+            ChipIdentity(mac=parse_mac(options.mac))  # unicast, six bytes
+        except ValueError as exc:
+            raise BoardSetupError(f"--mac {options.mac}: {exc}") from None
+    try:
+        lock = lock_state_dir(state)
+    except OSError as exc:
+        raise BoardSetupError(f"--state-dir {state}: cannot write its lock file ({exc.strerror})") from None
+    try:
+        flash = SpiFlash(state / FLASH_FILE)
+    except (ValueError, OSError) as exc:
+        lock.close()
+        raise BoardSetupError(str(exc)) from None
+    try:
+        identity = _identity(options)
+    except (ValueError, OSError) as exc:
+        flash.close()
+        lock.close()
+        raise BoardSetupError(f"{state / IDENTITY_FILE}: {exc}; delete it to start from the default MAC") from None
+    return lock, flash, identity
+
+
 async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> None:
-    options.state_dir.mkdir(parents=True, exist_ok=True)
-    lock = lock_state_dir(options.state_dir)
-    flash = SpiFlash(options.state_dir / FLASH_FILE)
-    identity = _identity(options)
+    lock, flash, identity = _prepare(options)
     rig = RigPeripherals()
     board = Board(
         flash=flash,
@@ -150,7 +189,7 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
 def run_board(options: BoardOptions) -> int:
     try:
         asyncio.run(serve_board(options))
-    except StateDirBusy as exc:
+    except (StateDirBusy, BoardSetupError) as exc:
         print(f"hil sim board: {exc}", file=sys.stderr)
         return 2
     return 0
