@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from hil.processes import die_with_parent, stop_group
 
@@ -54,14 +54,28 @@ class BoardEndpoints:
         )
 
 
+def _read_token(url: str, token_file: str | None) -> str | None:
+    """The board's control token from the file its URL names (None: an endpoint without one)."""
+    if token_file is None:
+        return None
+    try:
+        return Path(token_file).read_text().strip()
+    except OSError as exc:
+        raise VirtualBoardError(
+            f"control endpoint {url}: cannot read its token file {token_file} ({exc.strerror}); "
+            "the board's owner must share it with you"
+        ) from None
+
+
 class ControlClient:
     """A JSON-lines client for a board's control endpoint (``tcp://127.0.0.1:PORT``)."""
 
     def __init__(self, url: str, *, timeout: float = 30.0) -> None:
         parsed = urlparse(url)
         if parsed.scheme != "tcp" or parsed.hostname is None or parsed.port is None:
-            raise VirtualBoardError(f"control endpoint {url!r} is not tcp://HOST:PORT")
+            raise VirtualBoardError(f"control endpoint {url!r} is not tcp://HOST:PORT[?token_file=PATH]")
         self.url = url
+        self._token = _read_token(url, parse_qs(parsed.query).get("token_file", [None])[0])
         self._address = (parsed.hostname, parsed.port)
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -75,7 +89,8 @@ class ControlClient:
                 self._sock = socket.create_connection(self._address, timeout=self._timeout)
             # A request that waits on the board gets that long on top of the usual timeout.
             self._sock.settimeout(self._timeout + float(fields.get("timeout", 0)))
-            self._sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+            request = {"cmd": cmd, **fields} if self._token is None else {"cmd": cmd, "token": self._token, **fields}
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
             while b"\n" not in self._buffer:
                 chunk = self._sock.recv(65536)
                 if not chunk:

@@ -19,10 +19,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import json
 import logging
 import math
+import os
+import secrets
+import urllib.parse
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import regex
@@ -44,8 +49,37 @@ this endpoint share one event loop: a pattern with catastrophic backtracking wou
 both, so it is matched with a time budget and refused when it runs over."""
 
 
+TOKEN_FILE = "control.token"
+"""The per-board credential in the state dir, mode 0600: every control request carries
+it as ``"token"``. Who can read the file can drive the board (power, reset, download
+mode, sensor faults, the AP's password); on a shared lab host, share the file."""
+
+
 class ControlError(Exception):
     """A request the endpoint refuses; the message goes back to the client."""
+
+
+def write_token(directory: Path) -> tuple[str, Path]:
+    """A fresh random token in ``directory/control.token``, created 0600 (never chmod-ed
+    after the fact: no moment where another user could read it), refusing a symlink."""
+    path = directory / TOKEN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a stale token of an earlier run; O_EXCL below refuses any race
+    token = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token, path
+
+
+def control_url(port: int, token_file: Path | None) -> str:
+    """``tcp://127.0.0.1:PORT``, with ``?token_file=PATH`` naming the board's credential so
+    that every client handed the URL (bench commands, the session, printed attach lines)
+    can authenticate; the token itself never appears in a URL or in output."""
+    url = f"tcp://127.0.0.1:{port}"
+    if token_file is not None:
+        url += "?" + urllib.parse.urlencode({"token_file": str(token_file)})
+    return url
 
 
 def number(request: dict[str, Any], key: str, *, default: float, low: float, high: float) -> float:
@@ -67,10 +101,17 @@ class JsonLinesServer:
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self.port = 0
+        self.token: str | None = None
+        """When set, a request without this ``"token"`` is refused (``require_token``)."""
+        self.token_file: Path | None = None
+
+    def require_token(self, directory: Path) -> None:
+        """Write a fresh token file in ``directory`` and refuse requests without it."""
+        self.token, self.token_file = write_token(directory)
 
     @property
     def url(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
+        return control_url(self.port, self.token_file)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE_BYTES)
@@ -112,6 +153,8 @@ class JsonLinesServer:
         """``handle_line``'s reply, or an error reply for anything it raises: a bad request
         must never drop the connection or reach the loop's exception handler."""
         try:
+            if self.token is not None:
+                line = self._authenticated(line)
             return await self.handle_line(line)
         except ControlError as exc:
             return {"ok": False, "error": str(exc)}
@@ -121,6 +164,21 @@ class JsonLinesServer:
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _authenticated(self, line: bytes) -> bytes:
+        """The request without its token, or ControlError when the token is not this board's."""
+        assert self.token is not None
+        try:
+            request = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            request = None
+        given = request.pop("token", None) if isinstance(request, dict) else None
+        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise ControlError(
+                'unauthorized: every request needs the board\'s "token" (its control URL names the '
+                f"token file, {TOKEN_FILE} in the board's state dir)"
+            )
+        return json.dumps(request).encode()
 
 
 async def _skip_line(reader: asyncio.StreamReader) -> None:

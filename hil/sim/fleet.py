@@ -319,6 +319,7 @@ async def serve_fleet(options: FleetOptions, *, out: IO[str] = sys.stdout) -> No
             rig.register(board_control)
             boards.append(FleetBoard(device, board, flash, board_control))
         control = FleetControl(boards)
+        control.require_token(options.state_dir)
         await control.start()
         hello = {
             "pid": os.getpid(),

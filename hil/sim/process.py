@@ -144,6 +144,7 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
         timing=ChipTiming() if options.realistic_timing else None,
     )
     control = ControlServer(board)
+    control.require_token(options.state_dir)
     rig.register(control)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

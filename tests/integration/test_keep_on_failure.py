@@ -49,7 +49,7 @@ def test_a_failed_test_keeps_the_rig_and_prints_how_to_attach(tmp_path: Path) ->
         assert "test_fails.py F" in text, text[-3000:]  # the failure, then the rig kept (the report follows on Ctrl-C)
         assert "stays reserved and powered" in text, text[-3000:]
         assert re.search(r"hil monitor --port rfc2217://127\.0\.0\.1:\d+ --no-reset", text)
-        control = re.search(r"control:\s+(tcp://127\.0\.0\.1:\d+)", text)
+        control = re.search(r"control:\s+(tcp://127\.0\.0\.1:\d+\S*)", text)  # with its token file
         assert control and "esp32/hil-virtual-0/#" in text
         board = ControlClient(control.group(1), timeout=5)
         assert board.state()["powered"] is True  # powered, and still running the app

@@ -156,3 +156,60 @@ def test_a_power_cycle_ends_powered_and_a_good_pattern_still_matches(tmp_path: P
         assert reply["ok"] is True and reply["match"] == "hello 42", reply
 
     serve(tmp_path, scenario)
+
+
+# -- the per-board token ------------------------------------------------------------------
+def test_without_the_boards_token_nothing_is_done(tmp_path: Path) -> None:
+    import stat
+
+    from hil.virtual_board import ControlClient, VirtualBoardError
+
+    async def main() -> None:
+        board = Board(flash=SpiFlash(tmp_path / "flash.bin"), identity=ChipIdentity(mac=parse_mac("58:cf:79:01:02:03")),
+                      app_factory=lambda behaviour: _Idle())  # fmt: skip
+        board.attach_uart(lambda data: None)
+        board.power(True)
+        control = ControlServer(board)
+        control.require_token(tmp_path)
+        await control.start()
+        try:
+            assert control.token_file is not None
+            assert stat.S_IMODE(control.token_file.stat().st_mode) == 0o600
+            assert control.url.startswith(f"tcp://127.0.0.1:{control.port}?token_file=")
+            assert control.token is not None and control.token not in control.url
+            bare = f"tcp://127.0.0.1:{control.port}"
+            for request in ({"cmd": "power", "action": "off"}, {"cmd": "power", "action": "off", "token": "0" * 32},
+                            {"cmd": "power", "action": "off", "token": 5}):  # fmt: skip
+                reply = await control.answer(json.dumps(request).encode())
+                assert reply["ok"] is False and reply["error"].startswith("unauthorized"), reply
+            assert board.state()["powered"] is True
+            with pytest.raises(VirtualBoardError, match="unauthorized"):
+                await asyncio.to_thread(ControlClient(bare, timeout=5).request, "power", action="off")
+            assert board.state()["powered"] is True
+            # The URL as the board prints it carries the way to the token: clients just work.
+            state = await asyncio.to_thread(ControlClient(control.url, timeout=5).state)
+            assert state["powered"] is True
+            reply = await control.answer(json.dumps({"cmd": "sensor.noise", "token": control.token}).encode())
+            assert "unknown command" in reply["error"]  # the token is not passed on as a field
+        finally:
+            await control.close()
+            await board.close()
+
+    asyncio.run(main())
+
+
+def test_a_token_file_that_is_a_symlink_is_not_written_through(tmp_path: Path) -> None:
+    from hil.sim.control import TOKEN_FILE, write_token
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / TOKEN_FILE).symlink_to(victim)
+    token, path = write_token(tmp_path)  # the stale link is removed, a plain file made
+    assert victim.read_text() == "keep" and not path.is_symlink() and path.read_text().strip() == token
+
+
+def test_a_client_without_access_to_the_token_file_says_so(tmp_path: Path) -> None:
+    from hil.virtual_board import ControlClient, VirtualBoardError
+
+    with pytest.raises(VirtualBoardError, match="cannot read its token file .* share it"):
+        ControlClient(f"tcp://127.0.0.1:9?token_file={tmp_path / 'nope'}")
