@@ -55,7 +55,7 @@ CLAUSES: Final[tuple[Clause, ...]] = (
     _C("C1.4", "Secrets (passwords, private keys) never appear on the serial port, in MQTT payloads or in logs."),
     # §2 serial port
     _C("C2.1", "Each boot starts with the ROM banner `rst:0x.. (REASON)` naming the cause of the reset."),
-    _C("C2.2", "The 2nd-stage bootloader lines, then `app_init:` lines with the project name and the app version."),
+    _C("C2.2", "After the ROM banner, the 2nd-stage bootloader's lines, then `app_init:` lines with the project name and the app version."),
     _C("C2.3", "Application lines are `L (ms) tag: text`, with the milliseconds since boot, never decreasing within a boot."),
     _C("C2.4", "`I (t) sensor: bme280 id=0x60 addr=0x76` when the sensor is found."),
     _C("C2.5", "`E (t) sensor: ...` on a sensor error (NACK, bad chip id, bad calibration)."),
@@ -136,7 +136,7 @@ CLAUSES: Final[tuple[Clause, ...]] = (
     _C("C9.2", "A program whose `sha256` does not match its source is rejected."),
     _C("C9.3", "A program that does not parse is rejected."),
     _C("C9.4", "A program is `accepted`, then `completed` with the value of its last expression."),
-    _C("C9.5", "A program that exceeds its step budget (100000) or memory budget, or raises an error, `failed` with the error."),
+    _C("C9.5", "A program that exceeds its step budget (100000) or memory budget, or raises an error, reports `failed` with the error."),
     _C("C9.6", "A running program never stops telemetry or the watchdog."),
     _C("C9.7", "The subset behaves as Scheme: numbers, strings, booleans, define, lambda, let, if, begin, arithmetic and comparison, `(sensor 'temperature|humidity|pressure)`, `(led 'on|'off)`, `(publish \"suffix\" value)` under `esp32/{id}/programs/`, `(sleep ms)`."),
 )

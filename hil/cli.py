@@ -114,15 +114,28 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from hil.html_report import ReportError, generate
+    from hil.html_report import ReportError, generate, write_clause_page
 
+    results = [Path(r) for r in args.results]
     try:
-        index = generate([Path(r) for r in args.results], Path(args.out), name=args.name)
+        index = generate(results, Path(args.out), name=args.name)
     except ReportError as exc:
         print(f"hil report: {exc}", file=sys.stderr)
         return 2
     print(f"report: {index}")
+    clauses = write_clause_page(results, Path(args.out))
+    if clauses is not None:
+        print(f"clauses: {clauses}")
     return 0
+
+
+def _clauses(args: argparse.Namespace) -> int:
+    """``pytest PATHS --clauses`` in a process of its own: the plugin collects (``hil``
+    never imports the plugin or the tests), ``hil.clause_matrix`` prints."""
+    import subprocess
+
+    command = [sys.executable, "-m", "pytest", *args.paths, "--clauses", "-q", "-p", "no:cacheprovider"]
+    return subprocess.run(command, check=False).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="hil-report", help="output directory (default: hil-report)")
     report.add_argument("--name", default="HIL report", help="the report's title")
     report.set_defaults(func=_report)
+
+    clauses = sub.add_parser(
+        "clauses",
+        help="the device-contract clause matrix: clause -> the tests that assert it",
+        description="Collect the tests (nothing runs) and print, section by section, each "
+        "clause of docs/device-contract.md with the tests that name it in "
+        "@pytest.mark.clause(...); a normative clause with none is marked NO TEST. The same as "
+        "`pytest PATHS --clauses`. Example: hil clauses tests/hil",
+    )
+    clauses.add_argument("paths", nargs="*", default=["tests/hil"], help="test paths (default: tests/hil)")
+    clauses.set_defaults(func=_clauses)
 
     add_bench_commands(sub)  # flash, provision, monitor, sensor, power, broker (hil.bench)
     return parser

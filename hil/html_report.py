@@ -56,3 +56,20 @@ def generate(results: Sequence[Path], out: Path, *, name: str = "HIL report", ti
     if done.returncode != 0 or not index.is_file():
         raise ReportError(f"allure generate failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
     return index
+
+
+def write_clause_page(results: Sequence[Path], out: Path) -> Path | None:
+    """``out/clauses.html``: the device-contract clause matrix of the run (clause -> the
+    tests that assert it, the clauses no test asserts), from the ``clause-matrix.json``
+    the plugin writes into each results dir. A page beside Allure's ``index.html``, as
+    Allure 3 has no place for a page of our own; ``None`` when the results carry no
+    matrix (a run without the project's plugin)."""
+    from hil.clause_matrix import read, render_html
+
+    matrix = read(results)
+    if matrix is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)  # called after `generate`, which makes it; alone too
+    page = out / "clauses.html"
+    page.write_text(render_html(matrix), encoding="utf-8")
+    return page

@@ -79,6 +79,7 @@ TOP_LEVEL = {
     "rigs": "who holds each reservation",
     "gate": "go / no-go",
     "report": "HTML report",
+    "clauses": "clause matrix",
     "flash": "skip- unchanged",  # wrapped by argparse; whitespace is folded below
     "provision": "NVS provisioning image",
     "monitor": "esp-idf-monitor",

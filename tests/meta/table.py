@@ -8,6 +8,11 @@ loads a sub-directory's conftest.
 Verdicts: ``caught`` (every guard failed on the device), ``MISSED`` (some guard passed or
 skipped), ``BROKEN`` (some guard was stopped by infrastructure: the defect was not
 judged, so it is not counted as caught).
+
+Each row starts with the firmware its guards ran on: a defect recipe, the baseline recipe
+(the meta-suite's own baseline case), or, for the guards this session ran in
+``tests/hil``, the session's ``--firmware`` (the baseline recipe when none is given). A run
+with ``--firmware X`` judged X, and its row says so instead of passing for the baseline.
 """
 
 from __future__ import annotations
@@ -47,11 +52,21 @@ def guards_in_session(terminalreporter: pytest.TerminalReporter) -> dict[str, st
     return outcomes
 
 
+def session_firmware(option: str | None) -> str:
+    """What this session's tests/hil ran on: ``--firmware`` as given (a recipe name, or a
+    manifest or image path), else the recipe book's baseline."""
+    if option is not None:
+        return option
+    from hil.firmware import load_recipes
+
+    return load_recipes().baseline
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     rows: list[tuple[str, str, str]] = []
     baseline: list[tuple[str, str, str, list[list[str]]]] = []
     firmware = terminalreporter.config.getoption("--firmware", None)
-    in_session = guards_in_session(terminalreporter) if firmware in (None, "baseline") else {}
+    in_session = guards_in_session(terminalreporter)
     for outcome in ("passed", "failed"):
         for report in terminalreporter.stats.get(outcome, []):
             props = dict(getattr(report, "user_properties", ()))
@@ -63,18 +78,22 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             elif "baseline" in props:
                 skips = json.loads(str(props.get("skips", "[]")))
                 baseline.append((str(props["baseline"]), outcome, str(props["guard_outcomes"]), skips))
-    if in_session and not baseline:
-        # The guards ran on the baseline in this very session (tests/hil): judged from that.
+    judged = session_firmware(firmware) if in_session else ""
+    if in_session and judged not in {name for name, *_ in baseline}:
+        # The guards ran in this very session (tests/hil), on the session's firmware: a
+        # row of their own, named after that firmware. On the baseline it stands in for
+        # the baseline case, which then skips (test_suites_catch_defects).
         bad = sorted(node for node, outcome in in_session.items() if outcome in ("failed", "error"))
         tally = ", ".join(f"{n} {o}" for o, n in sorted(Counter(in_session.values()).items()))
         skips = [[node, "skipped in this session"] for node, o in sorted(in_session.items()) if o == "skipped"]
-        baseline.append(("baseline", "FAILED" if bad else "passed", f"{tally} (this session's tests/hil)", skips))
+        baseline.append((judged, "FAILED" if bad else "passed", f"{tally} (this session's tests/hil)", skips))
         baseline.extend(("", "", f"did not pass: {node}", []) for node in bad)
     if not rows and not baseline:
         return
     write = terminalreporter.write_line
     terminalreporter.section("defects caught by the HIL suites")
-    width = max(len(name) for name, *_ in [*rows, *baseline])
+    width = max(len(name) for name, *_ in [*rows, *baseline, ("firmware", "", "", [])])
+    write(f"{'firmware':<{width}}  {'verdict':<7} guards")
     for name, outcome, outcomes, skips in baseline:
         write(f"{name:<{width}}  {outcome:<7} {outcomes}")
         for test, reason in skips:

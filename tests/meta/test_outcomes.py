@@ -134,3 +134,43 @@ def test_the_baseline_row_comes_from_this_sessions_guards_when_it_ran_them(pytes
         ]
     )
     assert "test_not_a_guard" not in result.stdout.str().split("defects caught by the HIL suites")[1].split("short test summary")[0]
+
+
+def test_the_session_row_names_the_firmware_it_judged(pytester: pytest.Pytester) -> None:
+    """`pytest tests --firmware X` ran the guards on X: the row says X, never "baseline"
+    (the meta-suite's own baseline case, which judged the baseline recipe, keeps its row)."""
+    pytester.makeconftest(
+        'pytest_plugins = ["tests.meta.table"]\n'
+        "def pytest_addoption(parser):\n"
+        '    parser.addoption("--firmware")\n'
+        "def pytest_configure(config):\n"
+        '    config.addinivalue_line("markers", "guards(*recipes): the defects a test guards")\n'
+    )
+    hil = pytester.mkdir("tests") / "hil"
+    hil.mkdir()
+    (hil / "test_guarded.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.guards('no_lwt')\n"
+        "def test_will(): assert False\n"
+        "@pytest.mark.guards('temp_high_2c')\n"
+        "def test_reading(): pass\n"
+    )
+    (pytester.path / "tests" / "test_meta.py").write_text(
+        "def test_baseline(record_property):\n"
+        '    record_property("baseline", "baseline")\n'
+        '    record_property("guard_outcomes", "2 passed")\n'
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--import-mode=importlib", "tests", "--firmware", "no_lwt")
+    table = result.stdout.str().split("defects caught by the HIL suites")[1]
+    result.stdout.re_match_lines(
+        [
+            r"firmware +verdict +guards",
+            r"baseline +passed +2 passed$",
+            r"no_lwt +FAILED +1 failed, 1 passed \(this session's tests/hil\)",
+            r" +did not pass: tests/hil/test_guarded.py::test_will",
+        ]
+    )
+    assert "baseline" not in table.split("no_lwt")[1]
+    alone = pytester.runpytest("-p", "no:cacheprovider", "--import-mode=importlib", "tests/hil", "--firmware", "fw.bin")
+    alone.stdout.re_match_lines([r"fw.bin +FAILED +1 failed, 1 passed \(this session's tests/hil\)"])
+    assert not any(line.startswith("baseline") for line in alone.stdout.lines)
