@@ -84,6 +84,7 @@ __all__ = [
     "TEMPERATURE_ACCURACY_C",
     "TEMPERATURE_RANGE_C",
     "TEST_HOOK_COMMANDS",
+    "TEST_HOOK_HANG",
     "WATCHED_TASKS",
     "WIFI_CONNECTED",
     "WIFI_WARNING",
@@ -461,6 +462,9 @@ OTA_ERROR: Final = _log("E", "ota", rf"(?P<message>{_TEXT})")
 OTA_MARKED_VALID: Final = _log("I", "ota", "app marked valid")
 OTA_ROLLBACK: Final = _log("W", "ota", rf"rollback(?: (?P<detail>{_TEXT}))?")
 TASK_WDT: Final = _log("E", "task_wdt", "Task watchdog got triggered")
+# Test builds: the `hang` command says which task it hangs, as a warning (so mirrored to
+# `logs` too), the moment it takes effect: the device-clock start of a watchdog measurement.
+TEST_HOOK_HANG: Final = _log("W", "app", r"test hook: hang task=(?P<task>\w+)")
 NOT_PROVISIONED: Final = _log("E", "app", "not provisioned")
 # IDF ≥ 5.3 prints the app information under `app_init`, earlier versions under `cpu_start`.
 APP_VERSION: Final = _log(

@@ -86,6 +86,89 @@ PROGRAM_HASH_UNCHECKED = "program_hash_unchecked"
 PROGRAMS_BLOCK_SENSOR = "programs_block_sensor"
 """Runs deployed programs on the sensor task: no readings while one runs, and a long one
 starves the task watchdog."""
+VERSIONS_COMPARED_AS_STRINGS = "versions_compared_as_strings"
+"""Compares OTA versions as strings (strcmp): 1.10.0 is refused under 1.9.0, and 1.9.0 is
+taken over 1.10.0."""
+OTA_SIZE_CHECKED_LATE = "ota_size_checked_late"
+"""Never compares an offer's size with the OTA partition before downloading: an oversize
+image is only refused by esp_ota_begin, after `downloading` was reported."""
+OTA_SELFTEST_TIMEOUT_IGNORED = "ota_selftest_timeout_ignored"
+"""Runs the OTA self-test against the built-in 60 s, whatever ``ota_selftest_timeout_s`` says
+(the timer is armed before the config is read)."""
+TLS_NO_HOSTNAME_CHECK = "tls_no_hostname_check"
+"""Verifies the broker's certificate chain against the CA but not the host name
+(esp-mqtt's skip_cert_common_name_check): any certificate of that CA is accepted."""
+PROGRAM_SIZE_OFF_BY_ONE = "program_size_off_by_one"
+"""Refuses a program of exactly 8 KiB (``>=`` where ``>`` was meant)."""
+PROGRAM_INTEGER_DIVISION = "program_integer_division"
+"""``/`` truncates like C's integer division: ``(/ 7 2)`` is 3, not 3.5."""
+RESET_REPORTS_POWERON = "reset_reports_poweron"
+"""After a `reset` command the next boot says POWERON (the cold-boot flag in RTC memory is
+cleared by the command's restart path), though the ROM saw a software reset."""
+LOG_TICKS_AS_MS = "log_ticks_as_ms"
+"""The MQTT component's own log macro prints FreeRTOS ticks (100 Hz) where ESP-IDF prints
+milliseconds since boot: its lines lag the others' and go backwards within a boot."""
+PUBLISHES_OUTSIDE_PREFIX = "publishes_outside_prefix"
+"""Announces itself on every connect on the fleet-wide `esp32/announce` (a discovery
+feature), outside its own `esp32/{id}/`: the broker's ACL drops it without a word."""
+CREDENTIALS_IN_URI_LOG = "credentials_in_uri_log"
+"""Logs the broker URI with the credentials in it (``mqtt://user:pass@host:port``), on the
+serial port."""
+
+HEARTBEAT_DOUBLED = "heartbeat_doubled"
+"""The health task waits the heartbeat interval twice per loop (a second delay left behind
+when the watchdog feeding was reworked): health every 2 × ``heartbeat_interval_s``."""
+METRICS_AT_HEARTBEAT = "metrics_at_heartbeat"
+"""The metrics task is timed by ``heartbeat_interval_s`` (copied from the health task), not
+by ``status_report_interval_s``."""
+WARNINGS_NOT_MIRRORED = "warnings_not_mirrored"
+"""Mirrors only error lines to ``logs``; warnings stay on the serial port."""
+RANGE_CHECK_TRUNCATES = "range_check_truncates"
+"""Checks the temperature range on the whole degrees (C integer division of the centi-degree
+value), so 85.5 °C and -40.5 °C pass as 85 and -40 and are published."""
+CONFIG_MAX_EXCLUSIVE = "config_max_exclusive"
+"""Checks the integer settings with ``value < maximum``: the maximum of every range (86400,
+3600, 600) is rejected as out of range."""
+REJECTED_CONFIG_APPLIED = "rejected_config_applied"
+"""Applies ``calibration_offset_temp`` at once as it walks an update, before a later key
+makes the update rejected: a rejected update still changes the readings."""
+WATCHDOG_TIMEOUT_DOUBLED = "watchdog_timeout_doubled"
+"""Arms the task watchdog with twice ``watchdog_timeout_s`` (seconds × 2000 into a field in
+ms): a hung task is caught late."""
+WATCHDOG_TIMEOUT_HALVED = "watchdog_timeout_halved"
+"""Arms the task watchdog with half ``watchdog_timeout_s`` (the feeding period taken for the
+timeout): it fires before a task has been silent for the timeout."""
+RECOVERED_AS_WARNING = "recovered_as_warning"
+"""Raises ``sensor_recovered`` at level warning, not info."""
+READING_AGE_FROM_BOOT = "reading_age_from_boot"
+"""Health's ``last_sensor_reading_age_s`` counts from boot, not from the last good reading."""
+# -- §3 MQTT session: CONNECT, SUBSCRIBE, retained status, backlog order, backoff, failover
+KEEPALIVE_DEFAULT = "keepalive_default"
+"""Leaves the keepalive at esp-mqtt's default (120 s) instead of 15 s: a dead link is noticed
+(and the will fired) minutes late."""
+DEFAULT_CLIENT_ID = "default_client_id"
+"""Leaves the client id unset, so esp-mqtt makes one (``ESP32_<last 3 MAC bytes>``): the
+broker keeps the persistent session under a name nobody configured."""
+ONLINE_NOT_RETAINED = "online_not_retained"
+"""Publishes the ``online`` status without the retain flag: a newcomer sees the last will
+(or nothing) while the device is up."""
+WILL_NOT_RETAINED = "will_not_retained"
+"""Sets the last will without the retain flag: a newcomer keeps seeing ``online`` after the
+device is gone."""
+WILL_QOS0 = "will_qos0"
+"""Sets the last will at QoS 0 (the esp-mqtt struct's default): it may be lost on the way."""
+WILDCARD_COMMAND_SUBSCRIPTION = "wildcard_command_subscription"
+"""Subscribes to ``esp32/+/command`` (a fleet-wide command channel left over from a prototype)
+instead of its own command topic: only the broker's ACL keeps other devices' commands away."""
+TELEMETRY_QOS0 = "telemetry_qos0"
+"""Publishes readings at QoS 0 ("to save air time"): nothing acknowledges them."""
+BACKLOG_NEWEST_FIRST = "backlog_newest_first"
+"""Keeps the offline readings in a stack: after a reconnect the backlog is sent newest first."""
+BACKOFF_CAP_60S = "backoff_cap_60s"
+"""Caps the reconnect backoff at 60 s instead of 30 s (a cap in ms compared with seconds × 2000)."""
+FAILOVER_NO_WRAP = "failover_no_wrap"
+"""Moves to the next of ``brokers`` but never wraps around: from the last URI it retries the
+last URI for ever, never the first again."""
 
 ALL = frozenset(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)

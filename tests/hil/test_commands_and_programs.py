@@ -4,12 +4,16 @@ through MQTT only."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import pytest
 
 from hil import contract
 from hil.bme280 import Environment
 from hil.mqtt import ObserverTimeout
+from hil.session import check_app_image
+from tests.hil.boot_log import ExpectedBoot, boot_problems
+from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
@@ -42,6 +46,7 @@ def reading_after(mqtt, device: str, mark: int, boot: int | None = None) -> dict
 # -- commands (§5) -------------------------------------------------------------------------
 
 
+@pytest.mark.clause("C4.6", "C4.10")
 def test_report_publishes_health_at_once(dut, mqtt) -> None:
     device = dut.device_id
     mqtt.wait_for(contract.health_topic(device), since=mqtt.mark(), timeout=30)  # a heartbeat: the next is far
@@ -53,19 +58,36 @@ def test_report_publishes_health_at_once(dut, mqtt) -> None:
     assert restarts_since(mqtt, device, mark) == []
 
 
-def test_reset_restarts_the_device_with_reason_sw(dut, mqtt) -> None:
+@pytest.mark.guards("reset_says_poweron", "log_ms_backwards", "uri_with_credentials")
+@pytest.mark.clause("C5.1", "C4.10", "C4.3", "C2.1", "C2.2", "C2.3", "C2.4", "C2.6", "C2.7", "C1.2")
+def test_reset_restarts_the_device_with_reason_sw(dut, mqtt, console, hil_session, firmware) -> None:
+    """The `reset` command: acked, one boot whose serial port says what §2 says (the ROM
+    banner of a software reset, the image's project and version, times that never go back,
+    the sensor, Wi-Fi on the provisioned SSID, then the provisioned broker URI), online with
+    reason SW and `boot_count` + 1 in status and health, `seq` from 0."""
     device = dut.device_id
+    prov = hil_session.device_provisioning()
+    project, version = check_app_image(firmware.app)
     before = reading_after(mqtt, device, mqtt.mark())
-    mark = mqtt.mark()
+    mark, since = mqtt.mark(), console.mark()
     mqtt.publish(contract.command_topic(device), {"cmd": "reset"})
     assert ack_of(mqtt, device, "reset", mark) == {"cmd": "reset", "ok": True}
     status = online_after(mqtt, device, mark)
-    assert status["reset_reason"] == "SW" and status["boot_count"] == before["boot_count"] + 1
+    assert status["reset_reason"] == "SW" and status["boot_count"] == before["boot_count"] + 1, status
+    health = mqtt.wait_for(
+        contract.health_topic(device), lambda m: m.json()["boot_count"] == status["boot_count"], since=mark,
+        timeout=setting(hil_session, "heartbeat_interval_s") * 2,
+    )[0].json()
+    assert (health["reset_reason"], health["version"]) == ("SW", version), health
     first = reading_after(mqtt, device, mark, boot=status["boot_count"])
     assert first["seq"] == 0, "seq starts at 0 each boot"
+    console.expect(contract.MQTT_CONNECTED, timeout=10, since=since)
+    expected = ExpectedBoot("SW", project, version, ssid=prov.wifi_ssid, uri=prov.mqtt_uri)
+    assert boot_problems(console.lines(since), expected) == []
 
 
 @pytest.mark.requires("sensor_emulation")
+@pytest.mark.clause("C5.2", "C4.10", "C5.1")
 def test_factory_reset_erases_the_config_and_returns_to_the_provisioned_settings(restore_firmware, mqtt, sensor) -> None:
     dut = restore_firmware  # a failure half way must not leave the offset behind
     device = dut.device_id
@@ -93,18 +115,20 @@ def test_factory_reset_erases_the_config_and_returns_to_the_provisioned_settings
         pytest.param({"cmd": ["reset"]}, None, id="cmd-not-a-string"),
     ],
 )
+@pytest.mark.clause("C4.10")
 def test_an_unknown_or_malformed_command_is_refused_and_changes_nothing(dut, mqtt, payload, cmd) -> None:
     device = dut.device_id
     mark = mqtt.mark()
     mqtt.publish(contract.command_topic(device), payload)
     ack = ack_of(mqtt, device, cmd, mark)
-    assert ack["ok"] is False and ack["error"], ack
+    assert set(ack) == {"cmd", "ok", "error"} and ack["ok"] is False and ack["error"], ack
     reading_after(mqtt, device, mqtt.mark())
     assert restarts_since(mqtt, device, mark) == []
 
 
 @pytest.mark.requires("power_control")
 @pytest.mark.guards("shutdown_no_sleep")
+@pytest.mark.clause("C5.4")
 def test_emergency_shutdown_disconnects_cleanly_and_stops_until_the_next_power_on(dut, mqtt, power) -> None:
     device = dut.device_id
     status = contract.status_topic(device)
@@ -134,14 +158,21 @@ def deploy(mqtt, device: str, name: str, source: str, sha256: str | None = None)
 
 
 def program_statuses(mqtt, device: str, mark: int, final: str, timeout: float = 30) -> list[dict]:
-    """Every programs/status since ``mark`` up to the first ``final`` state, each checked."""
+    """Every programs/status since ``mark`` up to the first verdict (completed, failed,
+    rejected), each checked; the verdict must be ``final`` (a device that already said
+    no is not waited on for a yes)."""
     topic = contract.programs_status_topic(device)
-    mqtt.wait_for(topic, lambda m: m.json()["state"] == final, since=mark, timeout=timeout)
+    mqtt.wait_for(topic, lambda m: m.json()["state"] in PROGRAM_VERDICTS, since=mark, timeout=timeout)
     statuses = [m.json() for m in mqtt.collect(topic, since=mark)]
     for status in statuses:
         assert not contract.validate_payload("programs_status", status), status
     states = [s["state"] for s in statuses]
-    return statuses[: states.index(final) + 1]
+    end = next(i for i, state in enumerate(states) if state in PROGRAM_VERDICTS)
+    assert states[end] == final, f"the program ended {states[end]!r}, not {final!r}: {statuses[: end + 1]}"
+    return statuses[: end + 1]
+
+
+PROGRAM_VERDICTS = ("completed", "failed", "rejected")
 
 
 def ran(statuses: list[dict], final: str) -> bool:
@@ -149,6 +180,7 @@ def ran(statuses: list[dict], final: str) -> bool:
     return states[0] == "accepted" and states[-1] == final and set(states[1:-1]) <= {"running"}
 
 
+@pytest.mark.clause("C9.4", "C4.13")
 def test_a_program_runs_and_reports_the_value_of_its_last_expression(dut, mqtt) -> None:
     source = "(define (square x) (* x x))\n(let ((a 12)) (if (> a 10) (square a) 0))"
     mark = deploy(mqtt, dut.device_id, "square", source)
@@ -157,7 +189,46 @@ def test_a_program_runs_and_reports_the_value_of_its_last_expression(dut, mqtt) 
     assert statuses[-1] == {"name": "square", "state": "completed", "result": 144}
 
 
+# Scheme's answers (R7RS), as JSON: each pins one rule a runtime could get subtly wrong.
+SCHEME_VALUES = [
+    ("(/ 7 2)", 3.5),  # division is exact, not C's truncation
+    ("(/ 8 2)", 4),
+    ("(- 10 4 3)", 3),  # left to right
+    ("(- 5)", -5),
+    ("(* 2 3 4)", 24),
+    ("(+ 1 2.5)", 3.5),
+    ("(< 2 2)", False),  # < and <= differ at equality
+    ("(<= 2 2)", True),
+    ("(>= 2 3)", False),
+    ("(= 2 2)", True),
+    ("(if #f 1 2)", 2),
+    ("(if 0 1 2)", 1),  # only #f is false
+    ("(begin 1 2 3)", 3),
+    ("(let ((x 2) (y 3)) (* x y))", 6),
+    ("((lambda (x y) (- x y)) 10 3)", 7),  # arguments in order
+    ("(define x 5) (define (f y) (+ x y)) (f 10)", 15),
+    ("(define (adder n) (lambda (x) (+ x n))) ((adder 3) 4)", 7),  # closures keep their scope
+    ("(define (fact n) (if (<= n 1) 1 (* n (fact (- n 1))))) (fact 10)", 3628800),
+    ('"hello"', "hello"),
+    ("#t", True),
+]
+
+
+@pytest.mark.guards("program_int_division")
+@pytest.mark.clause("C9.4", "C9.7")
+def test_programs_compute_what_scheme_computes(dut, mqtt) -> None:
+    wrong = []
+    for n, (source, expected) in enumerate(SCHEME_VALUES):
+        mark = deploy(mqtt, dut.device_id, f"value-{n}", source)
+        status = program_statuses(mqtt, dut.device_id, mark, "completed", timeout=15)[-1]
+        result = status.get("result")
+        if result != expected or type(result) is not type(expected):
+            wrong.append(f"{source} gave {result!r}, not {expected!r}")
+    assert wrong == []
+
+
 @pytest.mark.requires("sensor_emulation")
+@pytest.mark.clause("C9.7", "C8.5")
 def test_a_program_reads_the_sensor_and_publishes_under_its_own_topic(dut, mqtt, sensor) -> None:
     env = Environment(24.0, 50.0, 990.0)
     sensor.set(env)
@@ -172,6 +243,7 @@ def test_a_program_reads_the_sensor_and_publishes_under_its_own_topic(dut, mqtt,
     assert abs(value - env.temperature_c) <= contract.TEMPERATURE_ACCURACY_C, published
 
 
+@pytest.mark.clause("C9.5", "C4.13")
 def test_a_program_over_its_step_budget_fails_and_the_device_carries_on(dut, mqtt) -> None:
     mark = deploy(mqtt, dut.device_id, "forever", "(define (loop n) (loop (+ n 1)))\n(loop 0)")
     statuses = program_statuses(mqtt, dut.device_id, mark, "failed")
@@ -181,7 +253,42 @@ def test_a_program_over_its_step_budget_fails_and_the_device_carries_on(dut, mqt
     assert restarts_since(mqtt, dut.device_id, mark) == []
 
 
-_TOO_LARGE = "(+ 1 2)" + " " * contract.PROGRAM_MAX_BYTES
+def countdown(n: int) -> str:
+    return f"(define (loop n) (if (= n 0) 'done (loop (- n 1))))\n(loop {n})"
+
+
+@pytest.mark.clause("C9.5", "C9.4")
+def test_the_step_budget_is_the_contracts(dut, mqtt) -> None:
+    """The contract does not define a step, so the edge is held with a margin any sane
+    counting keeps: a loop of one iteration per 100 steps of the budget completes (no
+    runtime spends 100 steps on one compare-subtract-call), a loop of as many iterations
+    as the budget has steps fails (each iteration is at least one step)."""
+    budget = contract.PROGRAM_STEP_BUDGET
+    mark = deploy(mqtt, dut.device_id, "within", countdown(budget // 100))
+    within = program_statuses(mqtt, dut.device_id, mark, "completed", timeout=30)
+    assert ran(within, "completed") and within[-1]["result"] == "done", within
+    mark = deploy(mqtt, dut.device_id, "beyond", countdown(budget))
+    beyond = program_statuses(mqtt, dut.device_id, mark, "failed", timeout=30)
+    assert ran(beyond, "failed") and "budget" in beyond[-1]["error"], beyond
+
+
+@pytest.mark.clause("C9.5")
+@pytest.mark.parametrize("source", ["(+ 1 \"a\")", "(undefined-procedure 1)", "(1 2)"])
+def test_a_program_that_raises_an_error_fails_with_it(dut, mqtt, source) -> None:
+    mark = deploy(mqtt, dut.device_id, "raises", source)
+    statuses = program_statuses(mqtt, dut.device_id, mark, "failed", timeout=15)
+    assert ran(statuses, "failed") and statuses[-1]["error"], statuses
+    assert "result" not in statuses[-1], statuses[-1]
+
+
+def padded(source: str, size: int) -> str:
+    """``source`` padded with spaces to exactly ``size`` UTF-8 bytes."""
+    return source + " " * (size - len(source.encode()))
+
+
+_TOO_LARGE = padded("(+ 1 2)", contract.PROGRAM_MAX_BYTES + 1)  # one byte over 8 KiB
+# Under 8 KiB in characters, over it in bytes: the limit counts bytes.
+_TOO_LARGE_IN_BYTES = '"' + "\u00e9" * (contract.PROGRAM_MAX_BYTES // 2) + '"'  # 4098 characters, 8194 bytes
 
 
 @pytest.mark.parametrize(
@@ -193,8 +300,10 @@ _TOO_LARGE = "(+ 1 2)" + " " * contract.PROGRAM_MAX_BYTES
             marks=pytest.mark.guards("program_no_hash"),
         ),
         pytest.param(_TOO_LARGE, None, "large", id="too-large"),
+        pytest.param(_TOO_LARGE_IN_BYTES, None, "large", id="too-large-in-utf8-bytes"),
     ],
 )
+@pytest.mark.clause("C9.1", "C9.2", "C9.3", "C4.13")
 def test_a_bad_program_is_rejected_without_running(dut, mqtt, source, sha256, why) -> None:
     mark = deploy(mqtt, dut.device_id, "bad", source, sha256)
     statuses = program_statuses(mqtt, dut.device_id, mark, "rejected", timeout=15)
@@ -203,6 +312,16 @@ def test_a_bad_program_is_rejected_without_running(dut, mqtt, source, sha256, wh
     assert restarts_since(mqtt, dut.device_id, mark) == []
 
 
+@pytest.mark.guards("program_size_edge")
+@pytest.mark.clause("C9.1", "C9.4")
+def test_a_program_of_exactly_8_kib_is_accepted_and_runs(dut, mqtt) -> None:
+    source = padded("(+ 1 2)", contract.PROGRAM_MAX_BYTES)
+    mark = deploy(mqtt, dut.device_id, "edge", source)
+    statuses = program_statuses(mqtt, dut.device_id, mark, "completed", timeout=15)
+    assert ran(statuses, "completed") and statuses[-1]["result"] == 3, statuses
+
+
+@pytest.mark.clause("C9.3", "C4.13")
 def test_a_malformed_deployment_is_rejected(dut, mqtt) -> None:
     mark = mqtt.mark()
     mqtt.publish(contract.programs_deploy_topic(dut.device_id), b'{"name": "x", "source": ')
@@ -211,16 +330,29 @@ def test_a_malformed_deployment_is_rejected(dut, mqtt) -> None:
 
 
 @pytest.mark.guards("program_blocks_sensor")
-def test_telemetry_and_the_watchdog_carry_on_while_a_program_runs(dut, mqtt) -> None:
+@pytest.mark.clause("C9.6", "C9.7")
+def test_telemetry_and_the_watchdog_carry_on_while_a_program_runs(dut, mqtt, hil_session) -> None:
+    """While an 8 s program runs: readings every measurement interval (gapless `seq`, each
+    gap on the device clock and on arrival at most twice the interval, as many as the
+    interval allows), a heartbeat, no restart."""
     device = dut.device_id
+    interval = setting(hil_session, "measurement_interval_s")
     # About 8 s of (sleep ...), longer than the session's 5 s watchdog and one heartbeat.
     source = "(define (tick n) (if (= n 0) 'done (begin (sleep 250) (tick (- n 1)))))\n(tick 32)"
     mark = deploy(mqtt, device, "ticker", source)
     statuses = program_statuses(mqtt, device, mark, "completed", timeout=40)
     assert ran(statuses, "completed") and statuses[-1]["result"] == "done", statuses
-    readings = [m.json() for m in mqtt.collect(contract.sensors_topic(device), since=mark)]
+    topic = contract.programs_status_topic(device)
+    window = [m.at for m in mqtt.collect(topic, since=mark) if m.json()["state"] in ("running", "completed")]
+    ran_s = window[-1] - window[0]
+    received = [m for m in mqtt.collect(contract.sensors_topic(device), since=mark) if window[0] <= m.at <= window[-1]]
+    readings = [m.json() for m in received]
     seqs = [r["seq"] for r in readings]
-    assert len(readings) >= 5, f"{len(readings)} readings while the program ran"
+    assert len(readings) >= ran_s / interval * 0.75 - 1, f"{len(readings)} readings in the {ran_s:.1f} s the program ran"
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gaps in seq: {seqs}"
+    device_gaps = [b["timestamp"] - a["timestamp"] for a, b in itertools.pairwise(readings)]
+    arrival_gaps = [b.at - a.at for a, b in itertools.pairwise(received)]
+    assert max(device_gaps) <= 2 * interval, f"readings {device_gaps} s apart on the device clock"
+    assert max(arrival_gaps) <= 2 * interval, f"readings {arrival_gaps} s apart on arrival"
     assert mqtt.collect(contract.health_topic(device), since=mark), "no heartbeat while the program ran"
     assert restarts_since(mqtt, device, mark) == []

@@ -12,13 +12,30 @@ import pytest
 
 from hil import contract
 from hil.console import ConsoleTimeout
+from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e, pytest.mark.destructive]
 
 # What the ROM prints when the flash holds no bootloader (an erased chip), as on a real C3.
 BLANK_FLASH = re.compile(r"invalid header: 0xffffffff")
-# How long a waiting device must stay up: a boot loop restarts well within it.
-NO_REBOOT_WINDOW_S = 8
+# The two-OTA layout of the contract (§1): label, offset, size; on 4 MB of flash.
+LAYOUT = [
+    ("nvs", 0x9000, 0x4000),
+    ("otadata", 0xD000, 0x2000),
+    ("phy_init", 0xF000, 0x1000),
+    ("factory", 0x10000, 0x100000),
+    ("ota_0", 0x110000, 0x100000),
+    ("ota_1", 0x210000, 0x100000),
+]
+# The 2nd-stage bootloader's partition table lines (ESP-IDF): "  0 nvs  WiFi data  01 02 00009000 00004000".
+PARTITION_LINE = re.compile(r"I \(\d+\) boot:\s+\d+ (?P<label>\S+)\s+.*\s(?P<offset>[0-9a-f]{8}) (?P<size>[0-9a-f]{8})\s*$")
+FLASH_SIZE = re.compile(r"SPI Flash Size\s*:\s*(?P<size>\S+)")
+
+
+def no_reboot_window_s(hil_session) -> float:
+    """How long a waiting device must stay up: twice the session's task watchdog timeout,
+    so a wait that starves the watchdog, as well as a boot loop (seconds), shows."""
+    return 2 * setting(hil_session, "watchdog_timeout_s")
 
 
 def online(mqtt, device: str, since: int, timeout: float = 60) -> dict:
@@ -53,12 +70,13 @@ def another_identity(dut, hil_session, broker, mqtt):
 
 
 @pytest.mark.guards("unprovisioned_reboot")
-def test_a_blank_device_says_it_is_not_provisioned_and_waits(provision, dut, mqtt, console) -> None:
+@pytest.mark.clause("C1.3")
+def test_a_blank_device_says_it_is_not_provisioned_and_waits(provision, hil_session, dut, mqtt, console) -> None:
     mark = mqtt.mark()
     since = provision(None)
     console.expect(contract.NOT_PROVISIONED, timeout=30, since=since)
     try:  # a reboot prints the ROM banner
-        reboot = console.expect(contract.ROM_RESET, timeout=NO_REBOOT_WINDOW_S)
+        reboot = console.expect(contract.ROM_RESET, timeout=no_reboot_window_s(hil_session))
     except ConsoleTimeout:
         pass
     else:
@@ -68,16 +86,23 @@ def test_a_blank_device_says_it_is_not_provisioned_and_waits(provision, dut, mqt
     assert [m for m in mqtt.collect(contract.status_topic(dut.device_id), since=mark) if m.json()["state"] == "online"] == []
 
 
+@pytest.mark.clause("C1.2", "C2.6", "C2.7")
 def test_provisioning_a_blank_device_brings_it_online(provision, hil_session, dut, mqtt, console) -> None:
+    """It uses exactly what was provisioned: the SSID, the broker URI, the device id."""
+    prov = hil_session.device_provisioning()
     console.expect(contract.NOT_PROVISIONED, timeout=30, since=provision(None))
     mark = mqtt.mark()
-    since = provision(hil_session.device_provisioning())
-    console.expect(contract.MQTT_CONNECTED, timeout=60, since=since)
+    since = provision(prov)
+    wifi = console.expect(contract.WIFI_CONNECTED, timeout=60, since=since)
+    assert wifi["ssid"] == prov.wifi_ssid, wifi[0]
+    connected = console.expect(contract.MQTT_CONNECTED, timeout=60, since=since)
+    assert connected["uri"] == prov.mqtt_uri, f"connected to {connected['uri']}, provisioned {prov.mqtt_uri}"
     assert online(mqtt, dut.device_id, mark)["version"] == dut.version
     reading = mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mark, timeout=30)[0].json()
-    assert reading["device_id"] == dut.device_id
+    assert reading["device_id"] == prov.device_id
 
 
+@pytest.mark.clause("C1.2", "C4.10")
 def test_reprovisioning_with_another_device_id_changes_its_identity(another_identity, hil_session, dut, mqtt) -> None:
     other = another_identity.device_id
     mark = mqtt.mark()
@@ -95,13 +120,22 @@ def test_reprovisioning_with_another_device_id_changes_its_identity(another_iden
     assert mqtt.collect(contract.sensors_topic(dut.device_id), since=later) == []
 
 
+@pytest.mark.clause("C1.1", "C1.2")
 def test_after_an_erase_and_reflash_the_device_is_back_with_the_same_identity(
     restore_firmware, hil_session, mqtt, console
 ) -> None:
+    """Erased, then flashed as the session flashes: the bootloader reads the contract's
+    two-OTA partition table on 4 MB of flash, and the device is back as itself."""
     dut = restore_firmware
     console.expect(BLANK_FLASH, timeout=30, since=hil_session.erase_flash())
-    mark = mqtt.mark()
+    mark, flashed = mqtt.mark(), console.mark()
     hil_session.restore()  # the session's flashing: firmware and provisioning, all written again
+    console.expect(contract.APP_VERSION, timeout=30, since=flashed)
+    boot = console.lines(flashed)
+    table = [(m["label"], int(m["offset"], 16), int(m["size"], 16)) for line in boot if (m := PARTITION_LINE.search(line))]
+    assert table == LAYOUT, f"the bootloader read the partition table {table}"
+    sizes = {m["size"] for line in boot if (m := FLASH_SIZE.search(line))}
+    assert sizes == {"4MB"}, f"flash size {sizes}"
     assert online(mqtt, dut.device_id, mark)["version"] == dut.version
     reading = mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mark, timeout=30)[0].json()
     assert reading["device_id"] == dut.device_id

@@ -5,6 +5,7 @@ topics; the device talks TLS only to a broker its provisioned CA vouches for."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import ssl
 import threading
@@ -18,22 +19,79 @@ import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hil import contract
+from hil.tls_front import TlsFront
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_security]
 
 
-@pytest.mark.guards("prints_secrets")
-def test_no_secret_on_the_serial_port_or_in_mqtt(dut, mqtt, hil_session) -> None:
-    access = hil_session.broker_access()
-    secrets = [s for s in (access.password, access.client_key, "hil-lab-password") if s]
-    mqtt.wait_for(contract.health_topic(dut.device_id), timeout=15)
-    serial_text = "\n".join(dut.console.lines())
-    payloads = "\n".join(m.payload.decode(errors="replace") for m in mqtt.collect("#"))
-    for secret in secrets:
-        assert secret not in serial_text, "a secret was printed on the serial port"
-        assert secret not in payloads, "a secret was published over MQTT"
+def secret_texts(*provisionings: Any, access: Any = None) -> dict[str, str]:
+    """Every secret (§1: wifi_pass, mqtt_pass, client_key) of these provisionings and of
+    the broker access, as the texts a leak would show (text -> what it is): a password
+    whole, a private key whole and each line of its PEM body (a log line may carry one)."""
+    values: list[tuple[str, str | None]] = []
+    for prov in provisionings:
+        values += [("wifi_pass", prov.wifi_pass), ("mqtt_pass", prov.mqtt_pass), ("client_key", prov.client_key)]
+    if access is not None:
+        values += [("mqtt_pass", access.password), ("client_key", access.client_key)]
+    texts: dict[str, str] = {}
+    for name, value in values:
+        if not value:
+            continue
+        texts.setdefault(value, name)
+        if "-----BEGIN" in value:
+            for n, line in enumerate(value.splitlines()):
+                if line.strip() and not line.startswith("-----"):
+                    texts.setdefault(line.strip(), f"{name} (PEM line {n})")
+    return texts
 
 
+def leaked(secrets: dict[str, str], serial: list[str], payloads: list[Any]) -> list[str]:
+    """Where each secret shows (the secret itself masked): on the serial port, or on
+    which topic."""
+    found = []
+    for secret, name in secrets.items():
+        found += [f"{name} on the serial port: {line.replace(secret, '<' + name + '>')[:160]!r}" for line in serial if secret in line][:1]
+        found += [f"{name} in a message on {m.topic}" for m in payloads if secret.encode() in m.payload][:1]
+    return found
+
+
+def ota_offer_under(version: str) -> dict[str, Any]:
+    """An ``ota/update`` that any device must reject at once (its version is older than
+    any it could run): the OTA path's error, mirrored to `logs`, without an OTA server."""
+    return {"version": "0.0.1", "url": "http://127.0.0.1:9/never.bin", "size": 1024, "sha256": "0" * 64, "signature": "AA=="}
+
+
+@pytest.mark.guards("prints_secrets", "uri_with_credentials")
+@pytest.mark.clause("C1.4", "C8.5", "C4.9")
+def test_no_secret_on_the_serial_port_or_in_mqtt(dut, mqtt, console, hil_session) -> None:
+    """Through a command, a rejected config update and a rejected OTA offer (each mirrors a
+    warning or an error to `logs`), and a `reset` (a boot, a new broker session): no
+    password and no line of the private key on the serial port, in any MQTT payload or in
+    the mirrored logs, over the whole session. Meanwhile everything on the broker outside
+    the device's own `esp32/{id}/` is what this test published itself."""
+    device = dut.device_id
+    mark = mqtt.mark()
+    mqtt.publish(contract.command_topic(device), {"cmd": "report"})
+    mqtt.wait_for(contract.command_ack_topic(device), since=mark, timeout=15)
+    mqtt.publish(contract.config_update_topic(device), {"measurement_interval_s": 0})
+    mqtt.wait_for(contract.config_status_topic(device), since=mark, timeout=15)
+    mqtt.publish(contract.ota_update_topic(device), ota_offer_under(dut.version))
+    mqtt.wait_for(contract.ota_status_topic(device), since=mark, timeout=15)
+    rebooted, booted = mqtt.mark(), console.mark()
+    mqtt.publish(contract.command_topic(device), {"cmd": "reset"})
+    mqtt.wait_for(contract.status_topic(device), lambda m: m.json()["state"] == "online", since=rebooted, timeout=60)
+    mqtt.wait_for(contract.sensors_topic(device), since=rebooted, timeout=30)
+    console.expect(contract.MQTT_CONNECTED, timeout=10, since=booted)
+    mirrored = mqtt.collect(contract.logs_topic(device), since=mark)
+    assert mirrored, "nothing was mirrored to logs: the rejected config and OTA offer say nothing there"
+    secrets = secret_texts(hil_session.device_provisioning(), access=hil_session.broker_access())
+    assert leaked(secrets, dut.console.lines(), mqtt.collect("#")) == []
+    ours = {contract.config_update_topic(device), contract.ota_update_topic(device)}
+    foreign = {m.topic for m in mqtt.collect("#", since=mark)} - ours
+    assert {t for t in foreign if not t.startswith(contract.device_publish_prefix(device))} == set()
+
+
+# The rig's broker, not the device: no device clause.
 @pytest.mark.parametrize("who", ["anonymous", "wrong password"])
 def test_the_broker_refuses_strangers(broker, who) -> None:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"stranger-{who.replace(' ', '-')}")
@@ -96,6 +154,7 @@ def connect_outcome(port: int, *, who: str, ca_pem: str | None = None, identity:
 
 
 @pytest.mark.requires("broker_mtls")
+@pytest.mark.clause("C8.2")
 @pytest.mark.parametrize("certificate", ["none", "the device's"])
 def test_the_mutual_tls_listener_requires_a_client_certificate(broker, dut, tmp_path, certificate) -> None:
     identity = None
@@ -112,6 +171,7 @@ def test_the_mutual_tls_listener_requires_a_client_certificate(broker, dut, tmp_
 
 
 @pytest.mark.requires("broker_acl")
+@pytest.mark.clause("C8.5")  # "the broker's ACL enforces this too"
 @pytest.mark.parametrize("target", ["sensors", "status", "command"])
 def test_a_device_cannot_publish_under_another_devices_topics(broker, dut, mqtt, target) -> None:
     creds = broker.credentials(dut.device_id)
@@ -132,6 +192,53 @@ def test_a_device_cannot_publish_under_another_devices_topics(broker, dut, mqtt,
         client.disconnect()
         client.loop_stop()
     assert mqtt.collect(forbidden, since=mark) == [], f"{dut.device_id}'s credentials published to {forbidden}"
+
+
+DENIED_OR_RECEIVED_PUBLISH = re.compile(r"(?:Received|Denied) PUBLISH from (?P<id>.*) \(d[01], q[0-2], r[01], m\d+, '(?P<topic>.*)', \.\.\.")
+
+
+@pytest.mark.requires("broker_protocol_log")
+@pytest.mark.guards("announces_outside_prefix")
+@pytest.mark.clause("C8.5", "C9.7")
+def test_the_device_publishes_only_under_its_own_topics(broker, dut, mqtt) -> None:
+    """Read from the broker (the ACL drops a publish outside the device's subtree before any
+    subscriber could see it): through a command, a rejected config, a rejected OTA offer, a
+    program that publishes, and a reset (a new session), every PUBLISH the device's account
+    sent is under `esp32/{id}/`, and each of those provoked topics is among them."""
+    device = dut.device_id
+    log = broker.protocol_log()
+    since, mark = log.mark(), mqtt.mark()
+    mqtt.publish(contract.command_topic(device), {"cmd": "report"})
+    mqtt.publish(contract.config_update_topic(device), {"measurement_interval_s": 0})
+    mqtt.publish(contract.ota_update_topic(device), ota_offer_under(dut.version))
+    source = '(publish "probe" 1)'
+    mqtt.publish(contract.programs_deploy_topic(device), {"name": "probe", "source": source, "sha256": hashlib.sha256(source.encode()).hexdigest()})
+    mqtt.wait_for(contract.program_publish_topic(device, "probe"), since=mark, timeout=15)
+    for topic in (contract.command_ack_topic(device), contract.config_status_topic(device), contract.ota_status_topic(device)):
+        mqtt.wait_for(topic, since=mark, timeout=15)
+    rebooted = mqtt.mark()
+    mqtt.publish(contract.command_topic(device), {"cmd": "reset"})
+    mqtt.wait_for(contract.sensors_topic(device), since=rebooted, timeout=60)
+    user = broker.credentials(device).username
+
+    def reading_after_reconnect(seen) -> bool:
+        connects = seen.connects_of(username=user)
+        return bool(connects) and any(
+            p.topic == contract.sensors_topic(device) and p.line > connects[-1].line
+            for c in {c.client_id for c in connects} for p in seen.publishes_of(c)
+        )
+
+    seen = log.wait_for(reading_after_reconnect, timeout=15, since=since, what="a reading after the device's reconnect")
+    clients = {c.client_id for c in seen.connects_of(username=user)}
+    # mosquitto logs a PUBLISH its ACL refuses as "Denied PUBLISH from ...", not "Received".
+    published = [
+        m["topic"] for line in log.lines(since) if (m := DENIED_OR_RECEIVED_PUBLISH.search(line)) and m["id"] in clients
+    ]
+    outside = sorted({t for t in published if not t.startswith(contract.device_publish_prefix(device))})
+    assert outside == [], f"{device} published outside esp32/{device}/: {outside}"
+    provoked = {contract.command_ack_topic(device), contract.config_status_topic(device), contract.ota_status_topic(device),
+                contract.program_publish_topic(device, "probe"), contract.status_topic(device)}  # fmt: skip
+    assert provoked <= set(published), f"the broker log misses {provoked - set(published)}"
 
 
 @pytest.fixture
@@ -160,25 +267,64 @@ def tls_provisioning(restore_firmware, hil_session, broker):
         pytest.param("mtls", marks=pytest.mark.requires("broker_mtls")),
     ],
 )
+@pytest.mark.clause("C8.1", "C8.2", "C2.7", "C1.2", "C1.4")
 def test_over_tls_with_the_provisioned_ca_the_device_comes_online(tls_provisioning, hil_session, dut, mqtt, console, listener) -> None:
+    """Connected on exactly the provisioned `mqtts://` URI, online, readings; and the
+    mutual-TLS device's private key shows nowhere (serial, MQTT)."""
     device = dut.device_id
+    prov = tls_provisioning(listener)
     mark = mqtt.mark()
-    since = hil_session.reprovision(tls_provisioning(listener))
+    since = hil_session.reprovision(prov)
     connected = console.expect(contract.MQTT_CONNECTED, timeout=60, since=since)
-    assert connected["uri"].startswith("mqtts://")
+    assert connected["uri"] == prov.mqtt_uri, f"connected to {connected['uri']}, provisioned {prov.mqtt_uri}"
     mqtt.wait_for(contract.status_topic(device), lambda m: m.json()["state"] == "online", since=mark, timeout=30)
     mqtt.wait_for(contract.sensors_topic(device), since=mark, count=2, timeout=30)
+    assert leaked(secret_texts(prov), console.lines(since), mqtt.collect("#", since=mark)) == []
 
 
 @pytest.mark.destructive
 @pytest.mark.requires("broker_tls")
 @pytest.mark.guards("tls_no_verify")
+@pytest.mark.clause("C8.1", "C8.3", "C2.8")
 def test_the_device_refuses_a_broker_whose_certificate_is_from_another_ca(tls_provisioning, hil_session, dut, mqtt, console) -> None:
-    device = dut.device_id
     stranger_ca = trustme.CA().cert_pem.bytes().decode()
     mark = mqtt.mark()
     since = hil_session.reprovision(tls_provisioning("tls", ca_pem=stranger_ca))
-    # Each connection attempt ends refused, saying why (two of them: not a one-off).
+    assert_refused_over_tls(console, mqtt, dut.device_id, since, mark)
+
+
+@pytest.fixture
+def other_host_front(broker):
+    """A TLS front on loopback whose certificate the broker's own CA issued for another
+    host name, forwarding to the broker's plain listener."""
+    ca = getattr(broker, "ca", None)
+    if ca is None:
+        pytest.skip("the broker under test issues no certificates (an external broker)")
+    with TlsFront(ca, ("mqtt.other-host.invalid",), ("127.0.0.1", broker.plain_port)) as front:
+        yield front
+
+
+@pytest.mark.destructive
+@pytest.mark.requires("broker_tls")
+@pytest.mark.guards("tls_no_hostname", "tls_no_verify")
+@pytest.mark.clause("C8.1", "C8.4", "C2.8")
+def test_the_device_refuses_a_broker_whose_certificate_names_another_host(
+    tls_provisioning, other_host_front, hil_session, dut, mqtt, console
+) -> None:
+    """The certificate is from the provisioned CA, for `mqtt.other-host.invalid`; the
+    device dials 127.0.0.1. Host-name verification must refuse it: no TLS session is
+    completed, each attempt ends `disconnected` naming TLS, never online."""
+    prov = dataclasses.replace(tls_provisioning("tls"), mqtt_uri=other_host_front.uri())
+    mark = mqtt.mark()
+    since = hil_session.reprovision(prov)
+    assert_refused_over_tls(console, mqtt, dut.device_id, since, mark)
+    handshakes = other_host_front.handshakes
+    assert handshakes and all(h.startswith("failed") for h in handshakes), f"TLS sessions: {handshakes}"
+
+
+def assert_refused_over_tls(console, mqtt, device: str, since, mark: int) -> None:
+    """Each connection attempt ends refused, saying why on the serial port (two of them:
+    not a one-off); never connected, never online."""
     for attempt in (1, 2):
         ended = console.expect(ATTEMPT_ENDED, timeout=60, since=since if attempt == 1 else None)
         refused = contract.MQTT_DISCONNECTED.search(ended.string)

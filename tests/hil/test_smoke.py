@@ -12,6 +12,7 @@ from hil.bme280 import Environment
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
 
+@pytest.mark.clause("C3.5", "C2.2")
 @pytest.mark.guards("crash_on_boot")
 def test_the_device_is_online_and_says_which_firmware_it_runs(dut, mqtt, console) -> None:
     status = [m.json() for m in mqtt.collect(contract.status_topic(dut.device_id)) if m.json()["state"] == "online"]
@@ -21,6 +22,7 @@ def test_the_device_is_online_and_says_which_firmware_it_runs(dut, mqtt, console
     assert versions and versions[-1] == dut.version
 
 
+@pytest.mark.clause("C7.3", "C4.1")
 @pytest.mark.requires("sensor_emulation")
 @pytest.mark.guards("temp_high_2c")
 def test_a_reading_matches_the_sensor_environment(dut, mqtt, sensor) -> None:
@@ -35,6 +37,7 @@ def test_a_reading_matches_the_sensor_environment(dut, mqtt, sensor) -> None:
     assert abs(reading["pressure_hpa"] - env.pressure_hpa) <= contract.PRESSURE_ACCURACY_HPA
 
 
+@pytest.mark.clause("C3.10", "C4.3")
 @pytest.mark.requires("network_faults")
 @pytest.mark.guards("offline_drop")
 def test_readings_taken_during_a_network_partition_arrive_without_gaps(dut, mqtt, network) -> None:

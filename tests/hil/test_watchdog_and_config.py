@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from hil import contract
 from hil.bme280 import Environment
 from hil.mqtt import ObserverTimeout
+from hil.periodic import spacing_problems, wait_timeout
+from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
@@ -67,21 +69,64 @@ def forget_crashes(dut, mqtt, rig, request) -> Iterator[None]:
 # -- watchdog and resets (§7) --------------------------------------------------------------
 
 
+# ESP-IDF's task watchdog (esp_task_wdt) is a timer of `watchdog_timeout_s`, restarted once
+# every subscribed task has reset it; at expiry its ISR prints the `task_wdt:` lines and
+# aborts at once. So from a task's last check-in it fires at the timeout, late only by the
+# time the other tasks take to complete their round: a fifth of the timeout is "soon after"
+# (C7.8) with room for a loaded rig, and still fails a watchdog armed at 1.5× or 2× the timeout.
+WATCHDOG_LATE = 0.2  # of the timeout
+# A task checks in once per loop: the sensor task's last check-in is no earlier than its
+# last reading less one BME280 forced-mode read (a conversion of at most 10 ms, datasheet
+# 9.3 ms at oversampling ×1, and a few ms of I2C at 100 kHz), with room for the host.
+CHECKIN_BEFORE_READING_S = 0.25
+
+
 @pytest.mark.requires("test_hooks")
-@pytest.mark.guards("no_watchdog")
-def test_a_hung_task_ends_in_a_task_watchdog_reset(dut, mqtt, console, forget_crashes) -> None:
-    # The session provisions a watchdog timeout of a few seconds (see SessionOptions).
-    mark = mqtt.mark()
-    mqtt.publish(contract.command_topic(dut.device_id), {"cmd": "hang", "task": "sensor"})
-    console.expect(contract.TASK_WDT, timeout=20)  # four watchdog periods
-    status = online_after(mqtt, dut.device_id, mark)
-    assert status["reset_reason"] == "TASK_WDT"
-    health = mqtt.wait_for(
-        contract.health_topic(dut.device_id), lambda m: m.json()["reset_reason"] == "TASK_WDT", since=mark, timeout=30
+@pytest.mark.clause("C5.3", "C7.8", "C7.9", "C2.10", "C4.8", "C4.9", "C4.14")
+@pytest.mark.guards("no_watchdog", "watchdog_late", "watchdog_early", "restart_count_stuck")
+def test_a_hung_task_trips_the_task_watchdog_at_its_timeout(dut, mqtt, console, hil_session, forget_crashes) -> None:
+    did = dut.device_id
+    timeout_s = setting(hil_session, "watchdog_timeout_s")
+    interval = setting(hil_session, "measurement_interval_s")
+    start = mqtt.mark()
+    before = health_now(mqtt, did)
+    mqtt.wait_for(contract.sensors_topic(did), since=start, timeout=10 * interval + 10)  # the task runs
+    serial, mark = console.mark(), mqtt.mark()
+    mqtt.publish(contract.command_topic(did), {"cmd": "hang", "task": "sensor"})
+    hang = console.expect(contract.TEST_HOOK_HANG, since=serial, timeout=15)
+    assert hang["task"] == "sensor", hang[0]
+    # Waited for generously; judged on the device's clock below.
+    fired = console.expect(contract.TASK_WDT, since=serial, timeout=3 * timeout_s + 10)
+    latency = (int(fired["ms"]) - int(hang["ms"])) / 1000
+    assert latency <= timeout_s * (1 + WATCHDOG_LATE), (
+        f"task_wdt {latency:.3f} s after the hang (device clock), timeout {timeout_s:g} s"
+    )
+    # Not before the timeout: the task's last check-in was at its last reading at the
+    # earliest. The hang's mirrored warning ties the serial clock to the payloads' clock.
+    hung = mqtt.wait_for(
+        contract.logs_topic(did), lambda m: "hang task=sensor" in m.json()["message"], since=mark, timeout=10
     )[0].json()
-    assert not contract.validate_payload("health", health)
+    last = max(
+        (r for m in mqtt.collect(contract.sensors_topic(did), since=start) if (r := m.json())["timestamp"] <= hung["timestamp"]),
+        key=lambda r: r["timestamp"],
+    )
+    silent = latency + (hung["timestamp"] - last["timestamp"])
+    assert silent >= timeout_s - CHECKIN_BEFORE_READING_S, (
+        f"task_wdt {silent:.3f} s after the task's last reading, timeout {timeout_s:g} s"
+    )
+    serial_text = "\n".join(console.lines(serial))
+    assert not contract.PANIC.search(serial_text), "a panic, not the task watchdog"
+    # C7.9: the next boot says why, counts it, and raises watchdog_reset at its level.
+    status = online_after(mqtt, did, mark)
+    assert status["reset_reason"] == "TASK_WDT"
+    after = health_after(mqtt, did, mark, lambda h: h["boot_count"] == status["boot_count"])
+    assert after["reset_reason"] == "TASK_WDT" and after["boot_count"] == before["boot_count"] + 1, after
+    assert after["restart_count"] == before["restart_count"] + 1, (before, after)
+    alert = alert_after(mqtt, did, "watchdog_reset", mark)
+    assert alert["level"] == contract.ALERT_LEVEL_BY_CODE["watchdog_reset"], alert
 
 
+@pytest.mark.clause("C7.8", "C7.9", "C2.10")
 @pytest.mark.requires("sensor_emulation")
 @pytest.mark.guards("no_watchdog", "restart_count_stuck")
 def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, sensor, forget_crashes) -> None:
@@ -98,6 +143,7 @@ def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, s
     mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mark, timeout=20)  # the sensor is back
 
 
+@pytest.mark.clause("C4.14", "C2.1", "C5.1", "C5.3", "C7.9")
 @pytest.mark.requires("test_hooks", "power_control")
 @pytest.mark.parametrize(
     ("trigger", "reason"),
@@ -136,6 +182,7 @@ def test_the_reset_reason_on_the_serial_port_matches_health(dut, mqtt, console, 
         assert health["restart_count"] == before["restart_count"]
 
 
+@pytest.mark.clause("C7.10", "C5.3")
 @pytest.mark.requires("test_hooks", "power_control")
 @pytest.mark.guards("no_safe_mode")
 def test_quick_repeated_crashes_enter_safe_mode_and_a_power_cycle_leaves_it(dut, mqtt, power, forget_crashes) -> None:
@@ -181,11 +228,7 @@ def readings_after(mqtt, device: str, mark: int, count: int = 3, boot: int | Non
     return readings
 
 
-def interval_s(readings: list[dict]) -> float:
-    stamps = [r["timestamp"] for r in readings]
-    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-
-
+@pytest.mark.clause("C5.8", "C4.2", "C4.11", "C7.3")
 @pytest.mark.requires("sensor_emulation", "power_control")
 @pytest.mark.guards("config_not_persisted")
 def test_a_valid_config_is_applied_from_the_next_boot_and_survives_a_power_cycle(
@@ -203,8 +246,21 @@ def test_a_valid_config_is_applied_from_the_next_boot_and_survives_a_power_cycle
     status = online_after(mqtt, dut.device_id, mark)
     assert status["reset_reason"] == "SW"
     for when in ("after the update", "after a power cycle"):
-        readings = readings_after(mqtt, dut.device_id, mark, boot=status["boot_count"])
-        assert abs(interval_s(readings) - 2.0) <= 0.5, f"{when}: readings every {interval_s(readings):.2f} s"
+        got = mqtt.wait_for(
+            contract.sensors_topic(dut.device_id),
+            lambda m, boot=status["boot_count"]: m.json()["boot_count"] == boot,
+            since=mark,
+            count=4,
+            timeout=wait_timeout(update["measurement_interval_s"], 4),
+        )
+        readings = [m.json() for m in got]
+        problems = spacing_problems(
+            update["measurement_interval_s"],
+            device_times=[r["timestamp"] for r in readings],
+            received_times=[m.at for m in got],
+            what=f"sensors {when}",
+        )
+        assert not problems, "\n".join(problems)
         assert abs(readings[-1]["temperature_c"] - (env.temperature_c + 3.0)) <= contract.TEMPERATURE_ACCURACY_C, when
         if when == "after the update":
             mark = mqtt.mark()
@@ -213,41 +269,195 @@ def test_a_valid_config_is_applied_from_the_next_boot_and_survives_a_power_cycle
             assert status["reset_reason"] == "POWERON"
 
 
-@pytest.mark.parametrize(
-    "update",
-    [
-        pytest.param({"measurement_interval_s": 0}, id="zero-interval", marks=pytest.mark.guards("config_unvalidated")),
-        pytest.param({"watchdog_timeout_s": "5"}, id="string"),
-        pytest.param({"log_level": "chatty"}, id="bad-enum"),
-        pytest.param({"colour": "red"}, id="unknown-key"),
-        pytest.param({"heartbeat_interval_s": 86401}, id="above-range"),
-        pytest.param({"watchdog_timeout_s": 1}, id="watchdog-below-range"),
-        pytest.param({"ota_selftest_timeout_s": 601}, id="selftest-above-range"),
-        pytest.param({"calibration_offset_temp": -10.5}, id="calibration-below-range"),
-        pytest.param({"measurement_interval_s": True}, id="boolean-for-integer"),
-        pytest.param({"status_report_interval_s": 2.5}, id="float-for-integer"),
-        pytest.param({"brokers": ["mqtt://127.0.0.1:1883"] * (contract.MAX_BROKERS + 1)}, id="too-many-brokers"),
-        pytest.param({"brokers": ["http://127.0.0.1:1883"]}, id="bad-broker-uri"),
-        pytest.param(
-            {"measurement_interval_s": 2, "colour": "red"},
-            id="valid-with-invalid",
-            marks=pytest.mark.guards("config_unvalidated"),
-        ),
-        pytest.param(b'{"measurement_interval_s": 2', id="malformed-json"),
-        pytest.param(b"[2]", id="not-an-object"),
-    ],
-)
-def test_an_invalid_config_is_rejected_and_changes_nothing(dut, mqtt, update) -> None:
-    mark = mqtt.mark()
-    payload = update if isinstance(update, bytes) else json.dumps(update).encode()
-    mqtt.publish(contract.config_update_topic(dut.device_id), payload)
-    status = mqtt.wait_for(contract.config_status_topic(dut.device_id), since=mark, timeout=10)[0].json()
-    assert status["ok"] is False, f"accepted {update}"
-    assert not contract.validate_payload("config_status", status) and status["error"], status
-    assert alert_after(mqtt, dut.device_id, "config_rejected", mark, timeout=10)["level"] == "warning"
-    readings_after(mqtt, dut.device_id, mqtt.mark(), count=2)
-    restarts = [m for m in mqtt.collect(contract.status_topic(dut.device_id), since=mark) if m.json()["state"] == "online"]
+def check_applied(status: dict, update: dict) -> None:
+    """config/status of an accepted update: ok, and `applied` (when given) names every key."""
+    assert status["ok"] is True, f"refused {update}: {status}"
+    assert not contract.validate_payload("config_status", status), status
+    applied = status.get("applied")
+    if isinstance(applied, dict):
+        assert applied == update, f"applied {applied}, sent {update}"
+    elif applied is not None:
+        assert set(applied) == set(update), f"applied {applied}, sent {sorted(update)}"
+
+
+def apply_config(mqtt, console, device: str, update: dict) -> tuple[int, dict]:
+    """Send a valid update: acknowledged, then a restart (reason SW, a ROM banner, the next
+    boot_count). The mark before it and the new boot's online status."""
+    serial, mark = console.mark(), mqtt.mark()
+    before = [m.json() for m in mqtt.collect(contract.status_topic(device)) if m.json()["state"] == "online"][-1]
+    mqtt.publish(contract.config_update_topic(device), update)
+    check_applied(mqtt.wait_for(contract.config_status_topic(device), since=mark, timeout=10)[0].json(), update)
+    online = online_after(mqtt, device, mark)
+    assert online["reset_reason"] == "SW" and online["boot_count"] == before["boot_count"] + 1, (before, online)
+    console.expect(contract.ROM_RESET, since=serial, timeout=10)
+    return mark, online
+
+
+def edges(uri: str, end: str) -> dict:
+    """Every key of §5 at the minimum or the maximum of its range."""
+    low, high = contract.CALIBRATION_OFFSET_RANGE
+    spares = [f"mqtt://127.0.0.1:{port}" for port in range(1, contract.MAX_BROKERS)]  # never reached
+    if end == "minimum":
+        return {
+            **{key: s.minimum for key, s in contract.CONFIG_INT_SETTINGS.items()},
+            "calibration_offset_temp": low,
+            "log_level": contract.LOG_LEVELS[0],
+            "brokers": [uri],
+        }
+    return {
+        **{key: s.maximum for key, s in contract.CONFIG_INT_SETTINGS.items()},
+        "calibration_offset_temp": high,
+        "log_level": contract.LOG_LEVELS[-1],
+        "brokers": [uri, *spares],
+    }
+
+
+@pytest.mark.requires("sensor_emulation")
+@pytest.mark.clause("C5.5", "C5.8", "C5.1", "C4.2", "C4.5", "C4.7", "C4.9", "C4.11", "C7.3")
+@pytest.mark.guards("config_max_exclusive")
+def test_both_edges_of_every_range_are_accepted_and_applied(restore_firmware, mqtt, console, sensor, hil_session) -> None:
+    dut = restore_firmware
+    did = dut.device_id
+    uri = hil_session.device_provisioning().mqtt_uri
+    session_interval = setting(hil_session, "measurement_interval_s")
+    env = Environment(20.0, 45.0, 1000.0)  # ±10 °C of offset stays inside −40…85 °C
+    sensor.set(env)
+    low, high = contract.CALIBRATION_OFFSET_RANGE
+
+    # Every maximum: the first reading of the boot carries +10 °C; the next is a day away,
+    # so none comes where the session's interval would have brought several.
+    mark, online = apply_config(mqtt, console, did, edges(uri, "maximum"))
+    booted = mqtt.mark()  # what the boot before published until its restart is not judged
+    first = readings_after(mqtt, did, mark, count=1, boot=online["boot_count"])[0]
+    assert abs(first["temperature_c"] - (env.temperature_c + high)) <= contract.TEMPERATURE_ACCURACY_C, first
+    with pytest.raises(ObserverTimeout):
+        mqtt.wait_for(
+            contract.sensors_topic(did),
+            lambda m: m.json()["boot_count"] == online["boot_count"],
+            since=mark,
+            count=2,
+            timeout=3 * session_interval,
+        )
+    assert not mqtt.collect(contract.metrics_topic(did), since=booted), "metrics within a day's status_report_interval_s"
+    health = [m for m in mqtt.collect(contract.health_topic(did), since=mark) if m.json()["boot_count"] == online["boot_count"]]
+    assert len(health) <= 1, f"{len(health)} health messages within a day's heartbeat_interval_s"
+
+    # Every minimum: a period of 1 s for all three topics, −10 °C, and a 2 s watchdog that
+    # the healthy tasks keep fed.
+    update = edges(uri, "minimum")
+    mark, online = apply_config(mqtt, console, did, update)
+    serial = console.mark()
+    boot = lambda m: m.json()["boot_count"] == online["boot_count"]  # noqa: E731
+    count = 6
+    metrics = mqtt.wait_for(contract.metrics_topic(did), since=mqtt.mark(), count=count, timeout=wait_timeout(1, count) + 10)
+    readings = mqtt.wait_for(contract.sensors_topic(did), boot, since=mark, count=count, timeout=10)
+    health = mqtt.wait_for(contract.health_topic(did), boot, since=mark, count=count, timeout=10)
+    problems = []
+    for what, got, key in (("sensors", readings, "timestamp"), ("health", health, "uptime_s"), ("metrics", metrics, "timestamp")):
+        interval = update[{"sensors": "measurement_interval_s", "health": "heartbeat_interval_s", "metrics": "status_report_interval_s"}[what]]
+        problems += spacing_problems(
+            interval, device_times=[m.json()[key] for m in got], received_times=[m.at for m in got], what=what
+        )
+    assert not problems, "\n".join(problems)
+    for r in (m.json() for m in readings[1:]):
+        assert abs(r["temperature_c"] - (env.temperature_c + low)) <= contract.TEMPERATURE_ACCURACY_C, r
+    assert not contract.TASK_WDT.search("\n".join(console.lines(serial))), "the watchdog fired on healthy tasks"
+    # The info line of the accepted update (and any other) is not mirrored to `logs` (C4.9).
+    for entry in (m.json() for m in mqtt.collect(contract.logs_topic(did), since=mark)):
+        assert entry["level"] in contract.MIRRORED_LOG_LEVELS, entry
+
+    # The two log levels between, and an integer for the (number) offset.
+    mark, online = apply_config(mqtt, console, did, {"log_level": contract.LOG_LEVELS[1], "calibration_offset_temp": 0})
+    reading = readings_after(mqtt, did, mark, count=2, boot=online["boot_count"])[-1]
+    assert abs(reading["temperature_c"] - env.temperature_c) <= contract.TEMPERATURE_ACCURACY_C, reading
+    apply_config(mqtt, console, did, {"log_level": contract.LOG_LEVELS[2]})
+
+
+def just_outside(uri: str) -> list[tuple[str, dict | bytes]]:
+    """One invalid update per way to be wrong: every range just outside both edges, every
+    wrong type, the brokers' count, unknown keys, payloads that are no JSON object."""
+    low, high = contract.CALIBRATION_OFFSET_RANGE
+    cases: list[tuple[str, dict | bytes]] = []
+    for key, s in contract.CONFIG_INT_SETTINGS.items():
+        cases += [(f"{key} below", {key: s.minimum - 1}), (f"{key} above", {key: s.maximum + 1})]
+    cases += [
+        ("offset below", {"calibration_offset_temp": round(low - 0.01, 2)}),
+        ("offset above", {"calibration_offset_temp": round(high + 0.01, 2)}),
+        ("no broker", {"brokers": []}),
+        ("too many brokers", {"brokers": [uri] * (contract.MAX_BROKERS + 1)}),
+        ("broker not mqtt", {"brokers": ["http://127.0.0.1:1883"]}),
+        ("brokers not a list", {"brokers": uri}),
+        ("boolean for integer", {"measurement_interval_s": True}),
+        ("float for integer", {"status_report_interval_s": 2.5}),
+        ("string for integer", {"watchdog_timeout_s": "5"}),
+        ("null for integer", {"heartbeat_interval_s": None}),
+        ("string for number", {"calibration_offset_temp": "1.5"}),
+        ("boolean for number", {"calibration_offset_temp": True}),
+        ("unknown log level", {"log_level": "chatty"}),
+        ("log level not a string", {"log_level": 2}),
+        ("unknown key", {"colour": "red"}),
+        ("malformed JSON", b'{"measurement_interval_s": 2'),
+        ("not an object", b"[2]"),
+        ("not UTF-8", b'{"log_level": "\xff"}'),
+    ]
+    return cases
+
+
+# Valid keys sent along with each invalid one, each a change a device applying part of a
+# rejected update would show: other periods, and an offset in every reading.
+COMPANIONS = {"measurement_interval_s": 2, "heartbeat_interval_s": 2, "status_report_interval_s": 3, "calibration_offset_temp": 4.0}
+
+
+@pytest.mark.requires("sensor_emulation")
+@pytest.mark.clause("C5.6", "C5.7", "C4.11", "C4.8", "C4.2", "C4.5", "C4.7", "C7.3")
+@pytest.mark.guards("config_unvalidated", "rejected_config_leaks")
+def test_an_invalid_config_is_rejected_as_a_whole_and_changes_nothing(dut, mqtt, console, sensor, hil_session) -> None:
+    did = dut.device_id
+    intervals = {key: setting(hil_session, key) for key in ("measurement_interval_s", "heartbeat_interval_s", "status_report_interval_s")}
+    env = Environment(20.0, 45.0, 1000.0)
+    sensor.set(env)
+    mqtt.wait_for(contract.sensors_topic(did), since=mqtt.mark(), count=2, timeout=wait_timeout(intervals["measurement_interval_s"], 2))
+    serial, mark = console.mark(), mqtt.mark()
+    boot = [m.json() for m in mqtt.collect(contract.status_topic(did)) if m.json()["state"] == "online"][-1]["boot_count"]
+    cases = just_outside(hil_session.device_provisioning().mqtt_uri)
+    for name, case in cases:
+        payload = case if isinstance(case, bytes) else json.dumps({**{k: v for k, v in COMPANIONS.items() if k not in case}, **case})
+        sent = mqtt.mark()
+        mqtt.publish(contract.config_update_topic(did), payload)
+        status = mqtt.wait_for(contract.config_status_topic(did), since=sent, timeout=10)[0].json()
+        assert status["ok"] is False, f"{name}: accepted {payload!r}"
+        assert not contract.validate_payload("config_status", status) and status["error"], (name, status)
+    alerts = mqtt.wait_for(
+        contract.alerts_topic(did), lambda m: m.json()["code"] == "config_rejected", since=mark, count=len(cases), timeout=30
+    )
+    for alert in (m.json() for m in alerts):
+        assert not contract.validate_payload("alerts", alert, device_id=did), alert
+        assert alert["level"] == contract.ALERT_LEVEL_BY_CODE["config_rejected"], alert
+
+    # Unchanged: the same boot, every period as it was, readings without any offset.
+    count = 3
+    metrics = mqtt.wait_for(
+        contract.metrics_topic(did), since=mark, count=count, timeout=wait_timeout(intervals["status_report_interval_s"], count)
+    )
+    got = {
+        "measurement_interval_s": ("timestamp", mqtt.collect(contract.sensors_topic(did), since=mark)),
+        "heartbeat_interval_s": ("uptime_s", mqtt.collect(contract.health_topic(did), since=mark)),
+        "status_report_interval_s": ("timestamp", metrics),
+    }
+    problems = []
+    for key, (clock, messages) in got.items():
+        assert len(messages) >= 3, f"{key}: only {len(messages)} messages"
+        problems += spacing_problems(
+            intervals[key], device_times=[m.json()[clock] for m in messages], received_times=[m.at for m in messages], what=key
+        )
+    assert not problems, "\n".join(problems)
+    readings = [m.json() for m in got["measurement_interval_s"][1]]
+    assert {r["boot_count"] for r in readings} == {boot}, "the device restarted on a rejected config"
+    off = [r for r in readings if abs(r["temperature_c"] - env.temperature_c) > contract.TEMPERATURE_ACCURACY_C]
+    assert not off, f"the calibration changed: true {env.temperature_c} °C, read {off[:3]}"
+    restarts = [m for m in mqtt.collect(contract.status_topic(did), since=mark) if m.json()["state"] == "online"]
     assert restarts == [], "the device restarted on a rejected config"
+    assert not any(contract.ROM_RESET.search(line) for line in console.lines(serial)), "a ROM banner: the device restarted"
 
 
 _json = st.recursive(
@@ -264,6 +474,7 @@ _invalid_objects = st.builds(
 )
 
 
+@pytest.mark.clause("C5.6", "C5.7", "C4.11")
 def test_arbitrary_config_payloads_never_crash_the_device(dut, mqtt) -> None:
     device = dut.device_id
     mark = mqtt.mark()

@@ -211,5 +211,5 @@ def test_a_token_file_that_is_a_symlink_is_not_written_through(tmp_path: Path) -
 def test_a_client_without_access_to_the_token_file_says_so(tmp_path: Path) -> None:
     from hil.virtual_board import ControlClient, VirtualBoardError
 
-    with pytest.raises(VirtualBoardError, match="cannot read its token file .* share it"):
+    with pytest.raises(VirtualBoardError, match=r"cannot read its token file .* share it"):
         ControlClient(f"tcp://127.0.0.1:9?token_file={tmp_path / 'nope'}")

@@ -68,9 +68,10 @@ def tls_context(ca_pem: str | None, client_cert: str | None, client_key: str | N
 class Backoff:
     """Exponential backoff from 1 s to 30 s with ±20 % jitter, reset on success."""
 
-    def __init__(self, rng: random.Random, *, enabled: bool = True) -> None:
+    def __init__(self, rng: random.Random, *, enabled: bool = True, cap_s: float = BACKOFF_MAX_S) -> None:
         self._rng = rng
         self._enabled = enabled
+        self._cap_s = cap_s  # another cap only for the backoff_cap_60s defect
         self._next = BACKOFF_MIN_S
 
     def reset(self) -> None:
@@ -80,7 +81,7 @@ class Backoff:
         if not self._enabled:
             return 0.05  # the defect: retry at once (a token pause keeps the loop schedulable)
         base = self._next
-        self._next = min(self._next * 2, BACKOFF_MAX_S)
+        self._next = min(self._next * 2, self._cap_s)
         return base * (1 + self._rng.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
 
 

@@ -198,6 +198,8 @@ def precheck(
     allow_downgrade: bool = False,
     check_signature: bool = True,
     signature_optional: bool = False,
+    compare_as_strings: bool = False,
+    check_size: bool = True,
 ) -> str | None:
     """Why the request must be rejected before any download, or None if it may proceed.
 
@@ -209,11 +211,14 @@ def precheck(
     "skips the signature check" defect; ``signature_optional`` the "an unsigned image is
     a development build, install it" one (a signature, when there is one, is checked).
     """
-    if not allow_downgrade and compare_versions(req.version, running_version) <= 0:
+    # ``compare_as_strings`` is the strcmp defect; ``check_size=False`` leaves the size to
+    # esp_ota_begin, after the download has started.
+    newer = req.version > running_version if compare_as_strings else compare_versions(req.version, running_version) > 0
+    if not allow_downgrade and not newer:
         return f"version {req.version} is not newer than running {running_version}"
     if req.size <= 0:
         return f"size {req.size} is not positive"
-    if req.size > partition_size:
+    if check_size and req.size > partition_size:
         return f"size {req.size} exceeds the OTA partition ({partition_size} bytes)"
     try:
         digest = req.digest

@@ -1356,11 +1356,19 @@ def _divide(a: int | float, b: int | float) -> int | float:
 @_builtin("/", 1, None)
 def _divide_all(m: _Machine, args: list[Value]) -> Value:
     first = _number("/", args[0])
+    # A host with `integer_division` set is the `program_integer_division` defect image's.
+    divide = _c_divide if getattr(m.host, "integer_division", False) else _divide
     if len(args) == 1:
-        return _result(m, "/", _divide(1, first))
+        return _result(m, "/", divide(1, first))
     for arg in args[1:]:
-        first = _divide(first, _number("/", arg))
+        first = divide(first, _number("/", arg))
     return _result(m, "/", first)
+
+
+def _c_divide(a: int | float, b: int | float) -> int | float:
+    if isinstance(a, int) and isinstance(b, int) and b != 0:
+        return _truncated(a, b)
+    return _divide(a, b)
 
 
 def _truncated(a: int, b: int) -> int:
@@ -1701,11 +1709,14 @@ class Rejection:
     reason: str
 
 
-def parse_deployment(payload: bytes, *, check_hash: bool = True) -> Deployment | Rejection:
+def parse_deployment(
+    payload: bytes, *, check_hash: bool = True, max_bytes: int = MAX_PROGRAM_BYTES
+) -> Deployment | Rejection:
     """Check a `programs/{id}/deploy` payload: JSON, fields, size, hash, then the source.
 
     Never raises: every defect becomes a `Rejection` with a reason a person can act on.
-    ``check_hash=False`` is the `program_hash_unchecked` defect image's runtime.
+    ``check_hash=False`` is the `program_hash_unchecked` defect image's runtime;
+    ``max_bytes`` one below the contract's 8 KiB is the `program_size_off_by_one` one.
     """
     if len(payload) > MAX_DEPLOY_PAYLOAD_BYTES:
         return Rejection(
@@ -1742,9 +1753,9 @@ def parse_deployment(payload: bytes, *, check_hash: bool = True) -> Deployment |
         encoded = source.encode("utf-8")
     except UnicodeEncodeError:
         return Rejection("source is not valid Unicode text (lone surrogate)")
-    if len(encoded) > MAX_PROGRAM_BYTES:
+    if len(encoded) > max_bytes:
         return Rejection(
-            f"source too large: {len(encoded)} bytes, over the {MAX_PROGRAM_BYTES}-byte limit"
+            f"source too large: {len(encoded)} bytes, over the {max_bytes}-byte limit"
         )
     if not _SHA256_RE.fullmatch(sha256):
         return Rejection("sha256 must be 64 hexadecimal digits (the SHA-256 of the source)")

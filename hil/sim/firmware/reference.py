@@ -38,6 +38,7 @@ from hil.settings import (
 from hil.sim.app import AppContext, AppModel, IdleApp
 from hil.sim.firmware.http_client import ssl_context_for_ca
 from hil.sim.firmware.mqtt_link import (
+    BACKOFF_MAX_S,
     FAILOVER_AFTER,
     Backoff,
     BrokerUri,
@@ -60,6 +61,7 @@ from hil.sim.firmware.ota import (
     set_boot_partition,
 )
 from hil.sim.firmware.programs import (
+    MAX_PROGRAM_BYTES,
     Budget,
     ProgramError,
     Rejection,
@@ -99,6 +101,8 @@ class Outbox:
     other: deque[tuple[str, bytes, bool]] = field(default_factory=lambda: deque(maxlen=OTHER_QUEUE))
     dropped_readings: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    newest_first: bool = False
+    """The ``backlog_newest_first`` defect: readings are taken from the end (a stack)."""
 
     def put_reading(self, topic: str, payload: bytes) -> None:
         if len(self.readings) == self.readings.maxlen:
@@ -113,7 +117,7 @@ class Outbox:
     def peek(self) -> tuple[deque[tuple[str, bytes, bool]], tuple[str, bytes, bool]] | None:
         for queue in (self.other, self.readings):
             if queue:
-                return queue, queue[0]
+                return queue, queue[-1] if self.newest_first and queue is self.readings else queue[0]
         return None
 
 
@@ -133,6 +137,8 @@ class ReferenceFirmware:
         desc = ctx.image.descriptor
         self.version = desc.version if desc else "unknown"
         self.reset_reason = ctx.reset_cause.idf_reason
+        if ctx.rtc_memory.pop("reset_command", False) and D.RESET_REPORTS_POWERON in self.defects:
+            self.reset_reason = "POWERON"  # the defect: the cold-boot flag was cleared
         self.rng = random.Random(int.from_bytes(ctx.mac, "big") ^ int(time.time() * 1000))
         if D.CRASH_ON_BOOT in self.defects:
             await asyncio.sleep(0.05)  # early in app_main
@@ -178,7 +184,7 @@ class ReferenceFirmware:
             self.log("I", "wifi", f"credentials ssid={prov.wifi_ssid} password={prov.wifi_pass}")
         self.log("I", "app", f"device_id={self.device_id} version={self.version} reset_reason={self.reset_reason}")
 
-        self.outbox = Outbox()
+        self.outbox = Outbox(newest_first=D.BACKLOG_NEWEST_FIRST in self.defects)
         self.connected = asyncio.Event()
         self.wifi_up = asyncio.Event()
         self.wifi_down = asyncio.Event()
@@ -197,6 +203,10 @@ class ReferenceFirmware:
         self.background: set[asyncio.Future[Any]] = set()
 
         watchdog_s = float(self.config.watchdog_timeout_s)
+        if D.WATCHDOG_TIMEOUT_DOUBLED in self.defects:
+            watchdog_s *= 2
+        if D.WATCHDOG_TIMEOUT_HALVED in self.defects:
+            watchdog_s /= 2
         self.watchdog = TaskWatchdog(watchdog_s, log=self.log, on_trigger=self._watchdog_fired)
         self.pending_verify = running_entry_state(ctx.flash, ctx.table, ctx.running) == OtaState.PENDING_VERIFY
 
@@ -304,7 +314,8 @@ class ReferenceFirmware:
 
     def log_mirrored(self, level: str, tag: str, message: str) -> None:
         self.log(level, tag, message)
-        if level in ("W", "E") and self.connected.is_set():
+        mirrored = ("E",) if D.WARNINGS_NOT_MIRRORED in self.defects else ("W", "E")
+        if level in mirrored and self.connected.is_set():
             name = {"W": "warning", "E": "error"}[level]
             self.outbox.put(
                 contract.logs_topic(self.device_id),
@@ -359,7 +370,11 @@ class ReferenceFirmware:
         brokers = self._brokers()
         index = 0
         failures = 0
-        backoff = Backoff(self.rng, enabled=D.RECONNECT_WITHOUT_BACKOFF not in self.defects)
+        backoff = Backoff(
+            self.rng,
+            enabled=D.RECONNECT_WITHOUT_BACKOFF not in self.defects,
+            cap_s=60.0 if D.BACKOFF_CAP_60S in self.defects else BACKOFF_MAX_S,
+        )
         while True:
             while not self.wifi_up.is_set():
                 self.watchdog.feed("mqtt")
@@ -385,7 +400,10 @@ class ReferenceFirmware:
             else:
                 failures += 1
             if len(brokers) > 1 and failures >= FAILOVER_AFTER:
-                index = (index + 1) % len(brokers)
+                if D.FAILOVER_NO_WRAP in self.defects:
+                    index = min(index + 1, len(brokers) - 1)
+                else:
+                    index = (index + 1) % len(brokers)
                 failures = 0
             delay = backoff.next_delay()
             self.log_mirrored("W", "mqtt", f"disconnected reason={reason} retry_ms={int(delay * 1000)}")
@@ -398,24 +416,30 @@ class ReferenceFirmware:
         will = None
         if D.NO_LAST_WILL not in self.defects:
             will = aiomqtt.Will(
-                contract.status_topic(self.device_id), json.dumps({"state": "offline"}).encode(), qos=1, retain=True
+                contract.status_topic(self.device_id),
+                json.dumps({"state": "offline"}).encode(),
+                qos=0 if D.WILL_QOS0 in self.defects else 1,
+                retain=D.WILL_NOT_RETAINED not in self.defects,
             )
         try:
             tls = tls_context(prov.ca_cert, prov.client_cert, prov.client_key) if uri.tls else None
             if tls is not None and D.TLS_NO_VERIFY in self.defects:
                 tls.check_hostname = False
                 tls.verify_mode = ssl.CERT_NONE
+            if tls is not None and D.TLS_NO_HOSTNAME_CHECK in self.defects:
+                tls.check_hostname = False  # the chain is still verified against the CA
         except (ValueError, OSError) as exc:
             return f"tls_config:{type(exc).__name__}"
         client = aiomqtt.Client(
             uri.host,
             uri.port,
-            identifier=self.device_id,
+            # esp-mqtt's default client id when none is set: ESP32_ and the MAC's last 3 bytes.
+            identifier=f"ESP32_{self.ctx.mac[3:].hex().upper()}" if D.DEFAULT_CLIENT_ID in self.defects else self.device_id,
             username=prov.mqtt_user,
             password=prov.mqtt_pass,
             will=will,
             clean_session=D.CLEAN_SESSION in self.defects,
-            keepalive=15,
+            keepalive=120 if D.KEEPALIVE_DEFAULT in self.defects else 15,
             tls_context=tls,
             timeout=10,
         )
@@ -424,11 +448,27 @@ class ReferenceFirmware:
         try:
             async with client:
                 self._ever_connected_now = True
-                self.log("I", "mqtt", f"connected uri={uri}")
+                shown = str(uri)
+                if D.CREDENTIALS_IN_URI_LOG in self.defects:
+                    shown = f"{uri.scheme}://{prov.mqtt_user}:{prov.mqtt_pass}@{uri.host}:{uri.port}"
+                if D.LOG_TICKS_AS_MS in self.defects:
+                    ticks = self.ctx.uptime_ms() // 10  # xTaskGetTickCount() at 100 Hz
+                    self.ctx.write(f"I ({ticks}) mqtt: connected uri={shown}\r\n".encode())
+                else:
+                    self.log("I", "mqtt", f"connected uri={shown}")
                 self.connected.set()
                 online = {"state": "online", "version": self.version, "reset_reason": self.reset_reason, "boot_count": self.boot_count}
-                await client.publish(contract.status_topic(self.device_id), json.dumps(online).encode(), qos=1, retain=True)
+                await client.publish(
+                    contract.status_topic(self.device_id),
+                    json.dumps(online).encode(),
+                    qos=1,
+                    retain=D.ONLINE_NOT_RETAINED not in self.defects,
+                )
+                if D.PUBLISHES_OUTSIDE_PREFIX in self.defects:
+                    await client.publish("esp32/announce", json.dumps({"device_id": self.device_id}).encode(), qos=1)
                 for topic in contract.device_subscriptions(self.device_id):
+                    if D.WILDCARD_COMMAND_SUBSCRIPTION in self.defects and topic == contract.command_topic(self.device_id):
+                        topic = "esp32/+/command"
                     await client.subscribe(topic, qos=1)
                 result = await self._connected(client)
                 if result == "shutdown":
@@ -473,7 +513,8 @@ class ReferenceFirmware:
                     continue
                 queue, (topic, payload, retain) = item
                 try:
-                    await client.publish(topic, payload, qos=1, retain=retain, timeout=10)
+                    qos = 0 if D.TELEMETRY_QOS0 in self.defects and topic.endswith("/sensors") else 1
+                    await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
                 except aiomqtt.MqttError:
                     if not stop.done():
                         stop.set_result("publish_failed")
@@ -481,6 +522,8 @@ class ReferenceFirmware:
                 _raise_lost_cancel()
                 if queue and queue[0] is item[1]:
                     queue.popleft()
+                elif queue and queue[-1] is item[1]:
+                    queue.pop()  # the backlog_newest_first defect took it from the end
 
         async def watch_wifi() -> None:
             await self.wifi_down.wait()
@@ -532,6 +575,7 @@ class ReferenceFirmware:
             self.publish(ack, {"cmd": None, "ok": False, "error": "malformed command: cmd must be a string"})
             return
         if cmd == "reset":
+            self.ctx.rtc_memory["reset_command"] = True
             await self._ack_then(ack, cmd, lambda: self._restart("SW"))
         elif cmd == "report":
             self.publish(ack, {"cmd": cmd, "ok": True})
@@ -542,6 +586,7 @@ class ReferenceFirmware:
         elif cmd == "hang" and self.test_hooks:
             task = request.get("task", "sensor")
             self.hang.add(str(task))
+            self.log_mirrored("W", "app", f"test hook: hang task={task}")
             self.publish(ack, {"cmd": cmd, "ok": True})
         elif cmd == "crash" and self.test_hooks:
             await self._ack_then(ack, cmd, lambda: self._panic("Store access fault"))
@@ -564,6 +609,15 @@ class ReferenceFirmware:
     def _on_config(self, payload: bytes) -> None:
         status = contract.config_status_topic(self.device_id)
         update = parse_config_update(payload, validate=D.CONFIG_WITHOUT_VALIDATION not in self.defects)
+        if D.CONFIG_MAX_EXCLUSIVE in self.defects and not isinstance(update, ConfigRejected):
+            at_max = [k for k, v in update.values.items() if k in contract.CONFIG_INT_SETTINGS and v >= contract.CONFIG_INT_SETTINGS[k].maximum]
+            if at_max:  # the defect: `value < maximum`
+                update = ConfigRejected(f"{at_max[0]} out of range", tuple(at_max))
+        if isinstance(update, ConfigRejected) and D.REJECTED_CONFIG_APPLIED in self.defects:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                offset = json.loads(payload).get("calibration_offset_temp")  # applied as it was walked
+                if isinstance(offset, int | float) and not isinstance(offset, bool) and abs(offset) <= 10:
+                    self.config = replace(self.config, calibration_offset_temp=float(offset))
         if isinstance(update, ConfigRejected):
             self.log_mirrored("W", "config", f"rejected: {update.reason}")
             self.publish(status, {"ok": False, "error": update.reason})
@@ -658,7 +712,9 @@ class ReferenceFirmware:
         t_lo, t_hi = contract.TEMPERATURE_RANGE_C
         h_lo, h_hi = contract.HUMIDITY_RANGE_PCT
         p_lo, p_hi = contract.PRESSURE_RANGE_HPA
-        in_range = t_lo <= temperature <= t_hi and h_lo <= humidity <= h_hi and p_lo <= pressure <= p_hi
+        # The defect: the range is checked on whole degrees (int32 centi-degrees / 100 in C).
+        checked = float(int(temperature)) if D.RANGE_CHECK_TRUNCATES in self.defects else temperature
+        in_range = t_lo <= checked <= t_hi and h_lo <= humidity <= h_hi and p_lo <= pressure <= p_hi
         if not in_range and D.OUT_OF_RANGE_PUBLISHED not in self.defects:
             self.log_mirrored("W", "sensor", f"out of range t={temperature:.2f} h={humidity:.2f} p={pressure:.2f}")
             self.alert("warning", "sensor_out_of_range", f"t={temperature:.2f} h={humidity:.2f} p={pressure:.2f}")
@@ -668,7 +724,7 @@ class ReferenceFirmware:
         self.sensor_ok.set()
         if self.sensor_failure_raised:
             self.sensor_failure_raised = False
-            self.alert("info", "sensor_recovered", "readings are back")
+            self.alert("warning" if D.RECOVERED_AS_WARNING in self.defects else "info", "sensor_recovered", "readings are back")
         payload = {
             "device_id": self.device_id,
             "boot_count": self.boot_count,
@@ -686,6 +742,8 @@ class ReferenceFirmware:
     # -- health and metrics -------------------------------------------------------
     def _health(self) -> dict[str, Any]:
         age = None if self.last_reading_at is None else round(time.monotonic() - self.last_reading_at, 1)
+        if age is not None and D.READING_AGE_FROM_BOOT in self.defects:
+            age = round(time.monotonic() - self.boot_time, 1)  # the defect: counted from boot
         return {
             "uptime_s": round(time.monotonic() - self.boot_time, 1),
             "free_heap": FREE_HEAP,
@@ -718,10 +776,15 @@ class ReferenceFirmware:
         while True:
             self._publish_health()
             await self._wait("health", float(self.config.heartbeat_interval_s))
+            if D.HEARTBEAT_DOUBLED in self.defects:
+                await self._wait("health", float(self.config.heartbeat_interval_s))
 
     async def _metrics_task(self) -> None:
         while True:
-            await asyncio.sleep(max(float(self.config.status_report_interval_s), 0.1))
+            period = self.config.status_report_interval_s
+            if D.METRICS_AT_HEARTBEAT in self.defects:
+                period = self.config.heartbeat_interval_s  # the defect: copied from the health task
+            await asyncio.sleep(max(float(period), 0.1))
             self.publish(
                 contract.metrics_topic(self.device_id),
                 {
@@ -755,8 +818,11 @@ class ReferenceFirmware:
         if not self.pending_verify or D.NEVER_MARKS_VALID in self.defects:
             return
         if D.VALID_WITHOUT_SELFTEST not in self.defects:
+            selftest_s = float(self.config.ota_selftest_timeout_s)
+            if D.OTA_SELFTEST_TIMEOUT_IGNORED in self.defects:
+                selftest_s = float(DeviceConfig().ota_selftest_timeout_s)  # the built-in default
             try:
-                async with asyncio.timeout(float(self.config.ota_selftest_timeout_s)):
+                async with asyncio.timeout(selftest_s):
                     await self.connected.wait()
                     if not self.safe_mode:
                         await self.sensor_ok.wait()
@@ -791,6 +857,8 @@ class ReferenceFirmware:
             allow_downgrade=D.ACCEPTS_DOWNGRADE in self.defects,
             check_signature=D.SKIPS_SIGNATURE_CHECK not in self.defects,
             signature_optional=D.OTA_SIGNATURE_OPTIONAL in self.defects,
+            compare_as_strings=D.VERSIONS_COMPARED_AS_STRINGS in self.defects,
+            check_size=D.OTA_SIZE_CHECKED_LATE not in self.defects,
         )
         if reason is None and self.pending_verify:
             reason = "the running image is still pending verification"
@@ -831,7 +899,11 @@ class ReferenceFirmware:
     # -- programs -----------------------------------------------------------------
     def _on_program(self, payload: bytes) -> None:
         status = contract.programs_status_topic(self.device_id)
-        deployment = parse_deployment(payload, check_hash=D.PROGRAM_HASH_UNCHECKED not in self.defects)
+        deployment = parse_deployment(
+            payload,
+            check_hash=D.PROGRAM_HASH_UNCHECKED not in self.defects,
+            max_bytes=MAX_PROGRAM_BYTES - 1 if D.PROGRAM_SIZE_OFF_BY_ONE in self.defects else MAX_PROGRAM_BYTES,
+        )
         if isinstance(deployment, Rejection):
             self.publish(status, {"name": None, "state": "rejected", "error": deployment.reason})
             return
@@ -874,6 +946,7 @@ class _ProgramHost:
 
     def __init__(self, firmware: ReferenceFirmware) -> None:
         self._fw = firmware
+        self.integer_division = D.PROGRAM_INTEGER_DIVISION in firmware.defects
 
     def sensor(self, quantity: str) -> float:
         reading = self._fw.last_reading

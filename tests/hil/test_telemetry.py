@@ -1,0 +1,144 @@
+"""Telemetry suite (DEVICE_CONTRACT.md §4): the periodic topics come at their configured
+periods with values that agree with each other, and warnings and errors are mirrored to
+`logs`.
+
+Periods are judged by `hil.periodic.spacing_problems` on the device's clock (payload times)
+and on the receive clock, within `hil.periodic.DEFAULT_TOLERANCE`: the mean spacing within
+±10 % of the interval, no single gap above 1.5× or below 0.5× of it. The intervals are the
+session's (hil/session.py FAST_INTERVALS, read with `setting`). Everything is judged from
+MQTT and the serial port only.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from hil import contract
+from hil.bme280 import Fault
+from hil.periodic import DEFAULT_TOLERANCE, spacing_problems, wait_timeout
+from tests.hil.provisioned import setting
+
+pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
+
+# The serial port's level letters and the `logs` topic's levels (§4).
+MIRRORED = {"W": "warning", "E": "error"}
+
+
+def one_boot_of_metrics(messages: list[dict]) -> list[dict]:
+    """Metrics carry no boot_count: a boot starts where `uptime_seconds` falls."""
+    boot: list[dict] = []
+    for m in messages:
+        if boot and m["metrics"]["uptime_seconds"] < boot[-1]["metrics"]["uptime_seconds"]:
+            boot = []
+        boot.append(m)
+    return boot
+
+
+@pytest.mark.clause("C4.1", "C4.2", "C4.3", "C4.4", "C4.5", "C4.7", "C4.14")
+@pytest.mark.guards("interval_ignored", "heartbeat_2x", "metrics_at_heartbeat", "reading_age_from_boot")
+def test_sensors_health_and_metrics_come_at_their_intervals_with_consistent_values(dut, mqtt, hil_session) -> None:
+    did = dut.device_id
+    measure = setting(hil_session, "measurement_interval_s")
+    heartbeat = setting(hil_session, "heartbeat_interval_s")
+    report = setting(hil_session, "status_report_interval_s")
+    tol = DEFAULT_TOLERANCE
+    mark = mqtt.mark()
+    # Four metrics (three periods of the longest interval); the others come meanwhile.
+    metrics_got = mqtt.wait_for(contract.metrics_topic(did), since=mark, count=4, timeout=wait_timeout(report, 4))
+    health_got = mqtt.wait_for(contract.health_topic(did), since=mark, count=3, timeout=wait_timeout(heartbeat, 3))
+    sensors_got = mqtt.collect(contract.sensors_topic(did), since=mark)
+    online = [m.json() for m in mqtt.collect(contract.status_topic(did)) if m.json()["state"] == "online"][-1]
+
+    readings = [m.json() for m in sensors_got]
+    health = [m.json() for m in health_got]
+    metrics = [m.json() for m in metrics_got]
+    for kind, payloads in (("sensors", readings), ("health", health), ("metrics", metrics)):
+        for p in payloads:
+            assert not contract.validate_payload(kind, p, device_id=did), (kind, p)
+    assert {r["boot_count"] for r in readings} == {h["boot_count"] for h in health} == {online["boot_count"]}, (
+        "the device restarted, or its topics disagree on boot_count"
+    )
+    assert one_boot_of_metrics(metrics) == metrics, "metrics' uptime went back: the device restarted"
+    assert len(readings) >= 3, f"{len(readings)} readings in {report * 3:g} s"
+
+    # C4.3: one reading per period, none skipped; C4.2/C4.5/C4.7: the periods.
+    seqs = [r["seq"] for r in readings]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"seq {seqs}"
+    problems = spacing_problems(
+        measure, device_times=[r["timestamp"] for r in readings], received_times=[m.at for m in sensors_got], what="sensors"
+    )
+    problems += spacing_problems(
+        heartbeat, device_times=[h["uptime_s"] for h in health], received_times=[m.at for m in health_got], what="health"
+    )
+    problems += spacing_problems(
+        report, device_times=[m["timestamp"] for m in metrics], received_times=[m.at for m in metrics_got], what="metrics"
+    )
+    # The device's two clocks in metrics agree: uptime runs with the timestamp.
+    for a, b in itertools.pairwise(metrics):
+        drift = (b["metrics"]["uptime_seconds"] - a["metrics"]["uptime_seconds"]) - (b["timestamp"] - a["timestamp"])
+        if abs(drift) > 0.1 * report:
+            problems.append(f"metrics: uptime_seconds and timestamp disagree by {drift:.2f} s over one period")
+    assert not problems, "\n".join(problems)
+
+    # C4.4: health's values are this boot's, and agree with each other and the other topics.
+    for h in health:
+        assert h["version"] == online["version"] == dut.version, h
+        assert h["reset_reason"] == online["reset_reason"], (h, online)
+        assert h["safe_mode"] is False, h
+        assert h["min_free_heap"] <= h["free_heap"], h
+        # Readings flow: the last one is at most one (long) measurement period old (null
+        # only before the first reading of the boot).
+        age, settled = h["last_sensor_reading_age_s"], h["uptime_s"] > tol.max_ratio * measure + tol.latency_s
+        assert (age is None and not settled) or (age is not None and age <= tol.max_ratio * measure + tol.latency_s), (
+            f"readings flow, yet {h}"
+        )
+    assert len({h["restart_count"] for h in health}) == 1, f"restart_count changed without a restart: {health}"
+    assert {m["metrics"]["restart_count"] for m in metrics} == {health[0]["restart_count"]}, (health[0], metrics)
+    drops = [h["dropped_readings"] for h in health]
+    assert drops == sorted(drops) and drops[-1] == drops[0], f"readings dropped while online: {drops}"
+    assert all(m["device_id"] == did for m in metrics)
+
+
+@pytest.mark.requires("sensor_emulation")
+@pytest.mark.clause("C4.9", "C2.5", "C5.6")
+@pytest.mark.guards("warnings_not_mirrored")
+def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, mqtt, console, sensor, hil_session) -> None:
+    did = dut.device_id
+    logs = contract.logs_topic(did)
+    interval = setting(hil_session, "measurement_interval_s")
+    serial, mark = console.mark(), mqtt.mark()
+    # A warning: a rejected config update (§5), which the device logs as one.
+    mqtt.publish(contract.config_update_topic(did), {"colour": "red"})
+    mqtt.wait_for(contract.config_status_topic(did), since=mark, timeout=10)
+    # Errors: a sensor that stops answering, for two reads (well inside sensor_timeout_s).
+    sensor.fault(Fault.NACK.value)
+    try:
+        console.expect(contract.SENSOR_ERROR, since=serial, timeout=10 * interval + 10)
+        mqtt.wait_for(logs, lambda m: m.json()["level"] == "error", since=mark, count=2, timeout=10 * interval + 10)
+    finally:
+        sensor.clear_faults()
+    mqtt.wait_for(contract.sensors_topic(did), since=mqtt.mark(), timeout=10 * interval + 10)
+
+    lines = [m for line in console.lines(serial) if (m := contract.LOG_LINE.search(line))]
+    on_serial = [(MIRRORED[m["level"]], m["tag"], m["message"]) for m in lines if m["level"] in MIRRORED]
+    assert any(level == "warning" for level, _, _ in on_serial), f"no warning on the serial port: {lines}"
+    assert any(level == "error" and tag == "sensor" for level, tag, _ in on_serial), on_serial
+    # Every warning and error of the serial port (the device stayed online) is on `logs`
+    # with its level, tag and message; nothing else is.
+    for level, tag, message in on_serial:
+        mqtt.wait_for(
+            logs,
+            lambda m, want=(level, tag, message): (m.json()["level"], m.json()["tag"], m.json()["message"]) == want,
+            since=mark,
+            timeout=10,
+        )
+    mirrored = [m.json() for m in mqtt.collect(logs, since=mark)]
+    for entry in mirrored:
+        assert not contract.validate_payload("logs", entry), entry
+    serial_now = [(MIRRORED.get(m["level"], m["level"]), m["tag"], m["message"]) for line in console.lines(serial) if (m := contract.LOG_LINE.search(line))]
+    strays = [e for e in mirrored if (e["level"], e["tag"], e["message"]) not in serial_now]
+    assert not strays, f"mirrored but never logged as a warning or an error: {strays}"
+    stamps = [e["timestamp"] for e in mirrored]
+    assert stamps == sorted(stamps), f"mirrored out of order: {stamps}"
