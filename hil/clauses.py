@@ -131,6 +131,7 @@ CLAUSES: Final[tuple[Clause, ...]] = (
     _C("C8.4", "A server certificate from the right CA for another host name: the device refuses to connect and says so on the serial port."),
     _C("C8.5", "The device publishes only under `esp32/{own id}/`."),
     _C("C8.6", "The device subscribes only to its own command, emergency, config, ota and program topics (no wildcard, no other device's topics)."),
+    _C("C8.7", "The broker in front of the devices enforces it too: clients without valid credentials are refused, and each device's account may use only its own topics."),
     # §9 program runtime
     _C("C9.1", "A program over 8 KiB is rejected."),
     _C("C9.2", "A program whose `sha256` does not match its source is rejected."),

@@ -59,6 +59,7 @@ def _attach(result: LoadResult, fleet_log: Path) -> None:
 
 
 @pytest.mark.guards("offline_drop")
+@pytest.mark.clause("C3.10", "C4.3")
 def test_no_reading_is_lost_through_the_load_and_the_storm(load_run: LoadResult, load_profile: Any) -> None:
     loss = load_run.loss
     assert loss.ratio <= load_profile.max_loss, (
@@ -70,6 +71,7 @@ def test_no_reading_is_lost_through_the_load_and_the_storm(load_run: LoadResult,
     assert load_run.malformed == 0, f"{load_run.malformed} malformed messages\n{load_run.summary()}"
 
 
+@pytest.mark.clause("C4.2")
 def test_the_fleet_keeps_its_rate_in_the_steady_window(load_run: LoadResult, load_profile: Any) -> None:
     ratio = load_run.throughput_msgs_per_s / load_run.expected_msgs_per_s
     assert ratio >= load_profile.min_throughput_ratio, (
@@ -79,6 +81,7 @@ def test_the_fleet_keeps_its_rate_in_the_steady_window(load_run: LoadResult, loa
     )
 
 
+@pytest.mark.clause("C4.2")  # a reading every interval, delivered in time
 def test_latency_p99_holds_in_the_steady_window(load_run: LoadResult, load_profile: Any) -> None:
     latency = load_run.latency
     assert latency.p99_s is not None, f"no latency measured: {latency.basis}"
@@ -88,6 +91,7 @@ def test_latency_p99_holds_in_the_steady_window(load_run: LoadResult, load_profi
     )
 
 
+@pytest.mark.clause("C3.6", "C3.7")
 def test_every_device_is_back_soon_after_a_reconnect_storm(load_run: LoadResult, load_profile: Any) -> None:
     storm = load_run.storm
     if storm is None:
@@ -102,6 +106,7 @@ def test_every_device_is_back_soon_after_a_reconnect_storm(load_run: LoadResult,
     )
 
 
+@pytest.mark.clause("C3.9")  # QoS 1 end to end
 def test_the_broker_drops_no_message(load_run: LoadResult, load_profile: Any) -> None:
     if load_run.broker_dropped is None:
         pytest.skip(f"the broker's dropped-message count is unknown: {'; '.join(load_run.notes)}")

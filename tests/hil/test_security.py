@@ -91,7 +91,8 @@ def test_no_secret_on_the_serial_port_or_in_mqtt(dut, mqtt, console, hil_session
     assert {t for t in foreign if not t.startswith(contract.device_publish_prefix(device))} == set()
 
 
-# The rig's broker, not the device: no device clause.
+# The broker in front of the devices (the session's, or a staging broker under `hil gate`).
+@pytest.mark.clause("C8.7")
 @pytest.mark.parametrize("who", ["anonymous", "wrong password"])
 def test_the_broker_refuses_strangers(broker, who) -> None:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"stranger-{who.replace(' ', '-')}")
