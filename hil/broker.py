@@ -30,6 +30,7 @@ from typing import Any
 
 import trustme
 
+from hil.broker_log import BrokerLogReader
 from hil.device_certs import issue_device_certificate
 from hil.processes import die_with_parent
 
@@ -76,7 +77,9 @@ class MosquittoBroker:
 
     name = "mosquitto"
     #: What this broker honours; a test asks with ``@pytest.mark.requires("broker_<feature>")``.
-    features: frozenset[str] = frozenset({"tls", "mtls", "password_file", "acl", "persistence"})
+    #: ``protocol_log``: what clients send (CONNECT, SUBSCRIBE, PUBLISH flags) can be read
+    #: back from the broker's log (`protocol_log`).
+    features: frozenset[str] = frozenset({"tls", "mtls", "password_file", "acl", "persistence", "protocol_log"})
 
     def __init__(self, workdir: Path, *, executable: str | None = None, log_path: Path | None = None) -> None:
         self.workdir = workdir
@@ -91,6 +94,7 @@ class MosquittoBroker:
         self.observer_password = os.urandom(8).hex()
         self._devices: dict[str, DeviceCredentials] = {}
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_origin: int | None = None
 
     @staticmethod
     def _find_executable(executable: str | None) -> str:
@@ -204,6 +208,8 @@ class MosquittoBroker:
         config = self._write_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        if self._log_origin is None:
+            self._log_origin = log_start  # the log may hold earlier runs: this one starts here
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             self._command(config),
@@ -227,6 +233,12 @@ class MosquittoBroker:
                     self.kill()
                     raise BrokerError(f"{self.name} did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
                 time.sleep(0.02)  # polling a port that has no event to wait on
+
+    def protocol_log(self) -> BrokerLogReader:
+        """What clients sent this broker since it was first started (CONNECT with its
+        keepalive, clean-session flag and will; SUBSCRIBE; PUBLISH QoS and retain), read
+        from its log: see `hil.broker_log`. Marks and waits are the reader's."""
+        return BrokerLogReader(self.log_path, origin=self._log_origin or 0)
 
     def stop(self) -> None:
         """Stop cleanly (persistence saved, sessions kept for the next start)."""
@@ -314,6 +326,9 @@ class AmqttBroker(MosquittoBroker):
 
     def _command(self, config: Path) -> list[str]:
         return [self.executable, "-m", "hil.amqtt_broker", str(config)]
+
+    def protocol_log(self) -> BrokerLogReader:
+        raise BrokerUnsupported("amqtt does not log the packets clients send (no 'protocol_log' feature)")
 
     def reload(self) -> None:
         """amqtt reads its accounts only at start: a restart (clients reconnect, and

@@ -4,7 +4,11 @@ paho-mqtt v2 with a background network thread. Every message is kept with its re
 time; ``wait_for`` blocks on a condition variable (no polling) until a matching message
 arrives or the deadline passes, and then says what it saw instead. ``seq_gaps`` and
 ``assert_gapless`` check a counter the device numbers its messages with (``seq`` of the
-sensor readings, which starts at 0 each boot and has no gaps: DEVICE_CONTRACT.md §4).
+sensor readings, which starts at 0 each boot and has no gaps: DEVICE_CONTRACT.md §4), and
+``find_seq_disorder`` its order (a backlog is sent in order on reconnect: §3).
+
+A *fresh subscriber* (``persistent=False``, then ``sync``) sees what a newcomer to the
+broker sees: only what the broker retained, with the retain flag set.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +36,9 @@ class Received:
     payload: bytes
     retain: bool
     at: float
+    qos: int | None = None
+    """The QoS it was delivered with: the lower of the publisher's and the subscription's
+    (the observer subscribes at 1, so 0 here means the sender published at QoS 0)."""
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -69,12 +76,79 @@ class SeqGap:
         )
 
 
-class SeqGapError(AssertionError):
-    """Numbered messages are missing; ``gaps`` says which, where, and around what."""
+@dataclass(frozen=True)
+class SeqDisorder:
+    """A number heard for the first time after a higher one of the same boot: ``seq``
+    arrived after ``after_seq`` (out of order; a repeat of a number already heard is a
+    QoS 1 redelivery, not this)."""
 
-    def __init__(self, message: str, gaps: Sequence[SeqGap]) -> None:
+    topic: str
+    boot_count: int | None
+    seq: int
+    after_seq: int
+    message: Received
+    after: Received
+
+    def __str__(self) -> str:
+        boot = "" if self.boot_count is None else f" boot {self.boot_count}:"
+        return (
+            f"{self.topic}{boot} seq {self.seq} received at {self.message.at:.3f}, after seq "
+            f"{self.after_seq} (received at {self.after.at:.3f}): out of order"
+        )
+
+
+class SeqGapError(AssertionError):
+    """Numbered messages are missing (``gaps`` says which, where, and around what) or
+    arrived out of order (``disorder``)."""
+
+    def __init__(self, message: str, gaps: Sequence[SeqGap], disorder: Sequence[SeqDisorder] = ()) -> None:
         super().__init__(message)
         self.gaps = tuple(gaps)
+        self.disorder = tuple(disorder)
+
+
+def _numbered(
+    messages: Iterable[Received], seq_key: str, boot_key: str | None
+) -> Iterator[tuple[Received, int, int | None]]:
+    """Each message with its number and boot; ValueError naming one that has none."""
+    for message in messages:
+        try:
+            body = message.json()
+            seq = body[seq_key]
+            boot = body[boot_key] if boot_key is not None else None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(
+                f"{message.topic}: message without {seq_key!r}"
+                f"{'' if boot_key is None else f' and {boot_key!r}'} ({type(exc).__name__}: {exc}): "
+                f"{message.payload[:200]!r}; narrow the topic to numbered messages"
+            ) from None
+        if isinstance(seq, bool) or not isinstance(seq, int) or (boot is not None and not isinstance(boot, int)):
+            raise ValueError(f"{message.topic}: {seq_key}={seq!r} / {boot_key}={boot!r} are not integers")
+        yield message, seq, boot
+
+
+def find_seq_disorder(
+    messages: Iterable[Received], *, seq_key: str = "seq", boot_key: str | None = "boot_count"
+) -> list[SeqDisorder]:
+    """Numbers that arrived out of order, per topic and per ``boot_key``: in arrival order
+    (the order of ``messages``), each number heard for the first time must be higher than
+    every number heard before it. A number heard again (a QoS 1 redelivery, a resend after
+    a reconnect) is no disorder. Messages without the numbering raise ValueError."""
+    highest: dict[tuple[str, int | None], tuple[int, Received]] = {}
+    heard: dict[tuple[str, int | None], set[int]] = {}
+    found: list[SeqDisorder] = []
+    for message, seq, boot in _numbered(messages, seq_key, boot_key):
+        run = (message.topic, boot)
+        seen = heard.setdefault(run, set())
+        if seq in seen:
+            continue
+        seen.add(seq)
+        top = highest.get(run)
+        if top is not None and seq < top[0]:
+            found.append(SeqDisorder(message.topic, boot, seq, top[0], message, top[1]))
+        else:
+            highest[run] = (seq, message)
+    return found
 
 
 def find_seq_gaps(
@@ -94,19 +168,7 @@ def find_seq_gaps(
     messages that carry no numbering would otherwise pass on nothing.
     """
     runs: dict[tuple[str, int | None], dict[int, Received]] = {}
-    for message in messages:
-        try:
-            body = message.json()
-            seq = body[seq_key]
-            boot = body[boot_key] if boot_key is not None else None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(
-                f"{message.topic}: message without {seq_key!r}"
-                f"{'' if boot_key is None else f' and {boot_key!r}'} ({type(exc).__name__}: {exc}): "
-                f"{message.payload[:200]!r}; narrow the topic to numbered messages"
-            ) from None
-        if isinstance(seq, bool) or not isinstance(seq, int) or (boot is not None and not isinstance(boot, int)):
-            raise ValueError(f"{message.topic}: {seq_key}={seq!r} / {boot_key}={boot!r} are not integers")
+    for message, seq, boot in _numbered(messages, seq_key, boot_key):
         runs.setdefault((message.topic, boot), {}).setdefault(seq, message)
     gaps: list[SeqGap] = []
     for (topic, boot), by_seq in runs.items():  # in the order each run was first heard
@@ -132,18 +194,27 @@ class MqttObserver:
         ca_pem: str | None = None,
         client_cert_pem: str | None = None,
         client_key_pem: str | None = None,
-        subscribe: str = "#",
+        subscribe: str | Sequence[str] = "#",
+        persistent: bool = True,
     ) -> None:
         self._messages: list[Received] = []
         self._cond = threading.Condition()
         self._connected = threading.Event()
-        self._topic_filter = subscribe
-        # A persistent session, so that what devices publish while the observer itself is
-        # reconnecting (a broker restart drops everyone) is queued for it, not lost.
+        self.client_id = f"hil-observer-{os.getpid()}-{time.monotonic_ns()}"
+        self.fence_topic = f"hil/fence/{self.client_id}"
+        """Where `sync` publishes to itself (the observer account may write anywhere)."""
+        filters = [subscribe] if isinstance(subscribe, str) else list(subscribe)
+        if not any(mqtt.topic_matches_sub(f, self.fence_topic) for f in filters):
+            filters.append(self.fence_topic)
+        self._topic_filters = filters
+        self._fences = itertools.count()
+        # A persistent session (by default), so that what devices publish while the
+        # observer itself is reconnecting (a broker restart drops everyone) is queued for
+        # it, not lost. A fresh subscriber (persistent=False) starts with nothing kept.
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"hil-observer-{os.getpid()}-{time.monotonic_ns()}",
-            clean_session=False,
+            client_id=self.client_id,
+            clean_session=not persistent,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         if username:
@@ -163,12 +234,15 @@ class MqttObserver:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         # Subscriptions do not survive a reconnect in paho: renew them every time.
-        client.subscribe(self._topic_filter, qos=1)
+        client.subscribe([(topic_filter, 1) for topic_filter in self._topic_filters])
         self._connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._cond:
-            self._messages.append(Received(message.topic, bytes(message.payload), bool(message.retain), time.monotonic()))
+            received = Received(
+                message.topic, bytes(message.payload), bool(message.retain), time.monotonic(), qos=int(message.qos)
+            )
+            self._messages.append(received)
             self._cond.notify_all()
 
     @property
@@ -213,6 +287,17 @@ class MqttObserver:
                     )
                 self._cond.wait(left)
 
+    def sync(self, timeout: float = 10.0) -> int:
+        """Publish a message to this observer's own fence topic and wait for it; returns the
+        mark after it. The broker handles one connection's packets in order, so whatever it
+        sent this observer before (the retained messages of its subscriptions, sent on
+        SUBSCRIBE) has arrived by then: "nothing retained" is known without a guessed wait."""
+        token = f"{next(self._fences)}-{time.monotonic_ns()}"
+        since = self.mark()
+        self.publish(self.fence_topic, token)
+        self.wait_for(self.fence_topic, lambda m: m.payload == token.encode(), since=since, timeout=timeout)
+        return self.mark()
+
     def seq_gaps(
         self,
         topic: str,
@@ -235,12 +320,15 @@ class MqttObserver:
         boot_key: str | None = "boot_count",
         from_zero: bool = False,
         single_boot: bool = False,
+        ordered: bool = True,
     ) -> dict[int | None, list[int]]:
-        """Raise SeqGapError unless the numbering on ``topic`` since ``since`` has no gaps
-        (and, with ``single_boot``, belongs to one boot: a reboot restarts ``seq``, which a
+        """Raise SeqGapError unless the numbering on ``topic`` since ``since`` has no gaps,
+        arrived in order within each boot (``ordered``; repeats allowed: `find_seq_disorder`)
+        and, with ``single_boot``, belongs to one boot (a reboot restarts ``seq``, which a
         gap check per boot would not call a loss). Returns the seqs received, per boot."""
         received = self.collect(topic, since=since)
         gaps = find_seq_gaps(received, seq_key=seq_key, boot_key=boot_key, from_zero=from_zero)
+        disorder = find_seq_disorder(received, seq_key=seq_key, boot_key=boot_key) if ordered else []
         per_boot: dict[int | None, set[int]] = {}
         for message in received:
             body = message.json()
@@ -248,6 +336,11 @@ class MqttObserver:
         if not received:
             raise SeqGapError(f"no messages on {topic!r} since mark {since}: nothing to check for gaps", [])
         problems = [str(gap) for gap in gaps]
+        if disorder:
+            shown = [str(d) for d in disorder[:5]]
+            more = f" (and {len(disorder) - 5} more)" if len(disorder) > 5 else ""
+            arrived = [m.json()[seq_key] for m in received]
+            problems += [*shown, f"{len(disorder)} out of order{more}; seqs in arrival order: {arrived}"]
         if single_boot and len(per_boot) > 1:
             problems.append(f"the device rebooted ({boot_key} {sorted(per_boot, key=str)}): {seq_key} started again")
         if problems:
@@ -257,6 +350,7 @@ class MqttObserver:
                 + "\n  ".join(problems)
                 + f"\nLast messages:\n{tail}",
                 gaps,
+                disorder,
             )
         return {boot: sorted(seqs) for boot, seqs in per_boot.items()}
 

@@ -1,0 +1,168 @@
+"""The MQTT session as the broker sees it: DEVICE_CONTRACT.md §3 and §8.
+
+What the device sends at the protocol level (CONNECT: client id, keepalive, clean-session
+flag, last will; SUBSCRIBE: its topic filters; PUBLISH: QoS) is read back from the
+embedded mosquitto's log (`broker.protocol_log()`, asked for with
+``requires("broker_protocol_log")``). What a newcomer sees on the status topic, the
+retained status and will with their flags, through a fresh subscriber that connects after
+the fact (``fresh_subscriber``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hil import contract
+from tests.hil.provisioned import setting
+
+pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
+
+
+def state_is(state: str):
+    return lambda m: m.json()["state"] == state
+
+
+def reconnect(broker, network, console):
+    """Cut the device's connection (RST) and return the broker log's mark from before it:
+    the CONNECT that follows is one of "every connect"."""
+    log = broker.protocol_log()
+    mark = log.mark()
+    network.reset_all()
+    console.expect(contract.MQTT_DISCONNECTED, timeout=30)
+    console.expect(contract.MQTT_CONNECTED, timeout=30)
+    return log, mark
+
+
+def readings_within(hil_session, count: int) -> float:
+    """Long enough for ``count`` readings at the session's measurement interval, and slack."""
+    return count * setting(hil_session, "measurement_interval_s") + 10
+
+
+def device_user(broker, dut) -> str:
+    """The device's broker account: how its CONNECT is found whatever client id it used."""
+    return broker.credentials(dut.device_id).username
+
+
+@pytest.mark.requires("broker_protocol_log", "network_faults")
+@pytest.mark.clause("C3.1", "C3.2", "C3.3", "C3.4", "C3.5")
+@pytest.mark.guards("default_client_id", "keepalive_120s", "clean_session", "no_lwt", "will_qos0", "will_not_retained", "online_not_retained")
+def test_every_connect_carries_the_device_id_keepalive_persistent_session_and_will(
+    dut, broker, network, console
+) -> None:
+    did = dut.device_id
+    status = contract.status_topic(did)
+    log, mark = reconnect(broker, network, console)
+    user = device_user(broker, dut)
+
+    def status_published(log) -> bool:
+        return any(log.publishes_of(c.client_id, status) for c in log.connects_of(username=user))
+
+    seen = log.wait_for(status_published, since=mark, timeout=15, what=f"a CONNECT by {user!r} and its status PUBLISH")
+    connects = seen.connects_of(username=user)
+    for connect in connects:  # every connect since the cut (one, unless an attempt failed)
+        assert connect.client_id == did, f"client id {connect.client_id!r}, not the device_id {did!r}"
+        assert connect.keepalive_s == contract.MQTT_KEEPALIVE_S, (
+            f"keepalive {connect.keepalive_s} s, contract {contract.MQTT_KEEPALIVE_S} s"
+        )
+        assert connect.clean_session is False, "clean session on: commands sent while offline are lost"
+        assert connect.will is not None, "no last will"
+        assert connect.will.topic == status, f"will on {connect.will.topic!r}, not {status!r}"
+        assert (connect.will.qos, connect.will.retain) == (1, True), (
+            f"will at QoS {connect.will.qos}, retained {connect.will.retain}: contract QoS 1, retained"
+        )
+    # The online status that follows the connect is published retained (C3.5).
+    online = [p for p in seen.publishes_of(connects[-1].client_id, status) if p.line > connects[-1].line]
+    assert online and online[0].retain, f"the status after the connect was published without retain: {online}"
+
+
+@pytest.mark.requires("broker_protocol_log", "network_faults")
+@pytest.mark.clause("C8.6")
+@pytest.mark.guards("wildcard_subscription")
+def test_the_device_subscribes_to_exactly_its_own_topics(dut, broker, network, console, hil_session) -> None:
+    did = dut.device_id
+    expected = contract.device_subscriptions(did)
+    log, mark = reconnect(broker, network, console)
+    user = device_user(broker, dut)
+    sensors = contract.sensors_topic(did)
+
+    def settled(log) -> bool:
+        # Its subscriptions made, and two readings published after the last of them: a
+        # device subscribes when it connects, not minutes later.
+        connects = log.connects_of(username=user)
+        connect = connects[-1] if connects else None
+        if connect is None or len(connect.subscriptions) < len(expected):
+            return False
+        readings = [p for p in log.publishes_of(connect.client_id, sensors) if p.line > connect.line]
+        return len(readings) >= 2
+
+    seen = log.wait_for(settled, since=mark, timeout=readings_within(hil_session, 3), what=f"{user!r}'s SUBSCRIBEs and two readings after them")
+    connect = seen.connects_of(username=user)[-1]
+    filters = connect.topic_filters
+    assert not [f for f in filters if "+" in f or "#" in f], f"wildcard subscription(s): {filters}"
+    assert sorted(set(filters)) == sorted(expected), f"subscribed to {filters}, contract: {list(expected)}"
+    assert not connect.unsubscribed, f"unsubscribed {connect.unsubscribed}"
+
+
+@pytest.mark.requires("broker_protocol_log")
+@pytest.mark.clause("C3.9")
+@pytest.mark.guards("telemetry_qos0")
+def test_telemetry_is_published_at_qos_1(dut, broker, mqtt, hil_session) -> None:
+    sensors = contract.sensors_topic(dut.device_id)
+    log = broker.protocol_log()
+    mark, since = log.mark(), mqtt.mark()
+    wait_s = readings_within(hil_session, 3)
+    seen = log.wait_for(lambda log: len([p for p in log.publishes if p.topic == sensors]) >= 3, since=mark, timeout=wait_s, what="three readings")
+    published = [p for p in seen.publishes if p.topic == sensors]
+    assert {p.qos for p in published} == {1}, f"readings published at QoS {sorted({p.qos for p in published})}: {published}"
+    assert not any(p.retain for p in published), "readings published retained"
+    # The observer (subscribed at QoS 1) gets them at the QoS they were sent with.
+    received = mqtt.wait_for(sensors, since=since, count=3, timeout=wait_s)
+    assert {m.qos for m in received} == {1}, f"delivered at QoS {[m.qos for m in received]}"
+
+
+@pytest.mark.clause("C3.5")
+@pytest.mark.guards("online_not_retained")
+def test_a_newcomer_sees_the_online_status_retained_describing_the_running_boot(
+    dut, mqtt, firmware, fresh_subscriber, hil_session
+) -> None:
+    did = dut.device_id
+    status = contract.status_topic(did)
+    mark = mqtt.mark()
+    mqtt.wait_for(contract.sensors_topic(did), since=mark, timeout=readings_within(hil_session, 1))  # up
+    mqtt.publish(contract.command_topic(did), {"cmd": "report"})
+    health = mqtt.wait_for(contract.health_topic(did), since=mark, timeout=15)[0].json()
+    newcomer = fresh_subscriber(status)
+    kept = newcomer.collect(status)
+    assert kept, f"nothing retained on {status}: a newcomer cannot tell the device is online"
+    [message] = kept
+    assert message.retain, "the status a newcomer got was not flagged retained"
+    body = message.json()
+    assert body["state"] == "online", f"retained status {body} while the device is up"
+    assert body["version"] == firmware.version == health["version"], f"{body} vs firmware {firmware.version}"
+    assert (body["boot_count"], body["reset_reason"]) == (health["boot_count"], health["reset_reason"]), (
+        f"retained status {body} does not describe the running boot (health: {health})"
+    )
+
+
+@pytest.mark.requires("wifi_control")
+@pytest.mark.clause("C3.4", "C3.5")
+@pytest.mark.guards("will_not_retained", "will_qos0", "no_lwt", "online_not_retained")
+def test_after_an_ungraceful_loss_a_newcomer_sees_the_will_then_online_again(
+    dut, mqtt, wifi, fresh_subscriber, hil_session
+) -> None:
+    did = dut.device_id
+    status = contract.status_topic(did)
+    mark = mqtt.mark()
+    before = mqtt.wait_for(contract.sensors_topic(did), since=mark, timeout=readings_within(hil_session, 1))[0].json()
+    wifi.ap(up=False)  # no DISCONNECT: the broker publishes the will once it sees the link gone
+    mqtt.wait_for(status, state_is("offline"), since=mark, timeout=40)
+    gone = fresh_subscriber(status).collect(status)
+    assert [m.json() for m in gone] == [{"state": "offline"}], f"a newcomer after the loss got {[m.payload for m in gone]}"
+    assert gone[0].retain and gone[0].qos == 1, f"the will was kept retained={gone[0].retain} at QoS {gone[0].qos}"
+    back_mark = mqtt.mark()
+    wifi.ap(up=True)
+    mqtt.wait_for(status, state_is("online"), since=back_mark, timeout=60)
+    back = fresh_subscriber(status).collect(status)
+    assert len(back) == 1 and back[0].retain, f"after the return a newcomer got {[(m.payload, m.retain) for m in back]}"
+    body = back[0].json()
+    assert body["state"] == "online" and body["boot_count"] == before["boot_count"], f"retained {body} after the return"
