@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hil.bme280 import Environment
@@ -96,7 +96,8 @@ class VirtualSensor:
 @dataclass
 class VirtualWifi:
     control: Control
-    password: str | None = None  # the rig's own passphrase, which ``restore`` puts back
+    # The rig's own passphrase, which ``restore`` puts back; kept out of repr (pytest -l).
+    password: str | None = field(default=None, repr=False)
 
     def ap(self, *, up: bool | None = None, rssi: int | None = None, password: str | None = None) -> None:
         fields: dict[str, Any] = {}

@@ -32,7 +32,9 @@ import trustme
 
 from hil.broker_log import BrokerLogReader
 from hil.device_certs import issue_device_certificate
+from hil.errors import InfrastructureError, UsageError
 from hil.processes import die_with_parent
+from hil.secret import Secret, write_private
 
 OBSERVER_USER = "hil-observer"
 EMBEDDED_BROKERS = ("embedded", "mosquitto", "amqtt")
@@ -42,9 +44,16 @@ SYS_INTERVAL_S = 1
 """How often mosquitto publishes its $SYS counters (default 10 s): a load run reads the
 dropped-message count at its end, and should not wait long for a fresh value."""
 RELOAD_TIMEOUT_S = 10.0
+PROTOCOL_LOG_TYPES = ("all",)
+"""A test session's broker logs every packet's header (``debug``: CONNECT flags, SUBSCRIBE,
+PUBLISH topic/QoS/retain and the payload's length, never the payload), which
+`protocol_log` reads back. The broker lives as long as the run, so the log stays small."""
+CONNECTION_LOG_TYPES = ("error", "warning", "notice", "information", "subscribe", "unsubscribe")
+"""A long-lived (bench) broker logs connections and subscriptions only: no line per message,
+so hours of traffic do not fill the disk (``hil broker up`` also caps the file's size)."""
 
 
-class BrokerError(Exception):
+class BrokerError(InfrastructureError):
     """The broker could not be set up or started (an infrastructure error)."""
 
 
@@ -52,17 +61,19 @@ class BrokerStartCrashed(BrokerError):
     """The broker process died by a signal before it listened, having logged nothing."""
 
 
-class BrokerUnsupported(BrokerError):
+class BrokerUnsupported(BrokerError, UsageError):
     """The broker in use cannot do what was asked (amqtt has no mutual-TLS listener)."""
 
 
 @dataclass(frozen=True)
 class DeviceCredentials:
+    """A device's account; the password and private key are `Secret`s (shown as ``***``)."""
+
     device_id: str
     username: str
-    password: str
+    password: Secret
     client_cert_pem: str
-    client_key_pem: str
+    client_key_pem: Secret
 
 
 def free_port() -> int:
@@ -81,8 +92,18 @@ class MosquittoBroker:
     #: back from the broker's log (`protocol_log`).
     features: frozenset[str] = frozenset({"tls", "mtls", "password_file", "acl", "persistence", "protocol_log"})
 
-    def __init__(self, workdir: Path, *, executable: str | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        executable: str | None = None,
+        log_path: Path | None = None,
+        log_types: tuple[str, ...] = PROTOCOL_LOG_TYPES,
+    ) -> None:
         self.workdir = workdir
+        self.log_types = log_types
+        if not {"all", "debug"} & set(log_types):  # no packet headers in the log to read back
+            self.features = self.features - {"protocol_log"}
         # Keys and password files stay in workdir (private); the log can go with the logs.
         self.log_path = log_path or workdir / f"{self.name}.log"
         self.executable = self._find_executable(executable)
@@ -91,9 +112,10 @@ class MosquittoBroker:
         self.plain_port = free_port()
         self.tls_port = free_port()
         self.mtls_port: int | None = free_port()
-        self.observer_password = os.urandom(8).hex()
+        self.observer_password = Secret(os.urandom(8).hex())
         self._devices: dict[str, DeviceCredentials] = {}
         self._proc: subprocess.Popen[bytes] | None = None
+        self._asked_to_stop = False  # stop/kill/restart: an exit then is no failure
         self._log_origin: int | None = None
 
     @staticmethod
@@ -123,9 +145,9 @@ class MosquittoBroker:
         creds = DeviceCredentials(
             device_id=device_id,
             username=device_id,
-            password=os.urandom(8).hex(),
+            password=Secret(os.urandom(8).hex()),
             client_cert_pem=cert.chain_pem,
-            client_key_pem=cert.key_pem,
+            client_key_pem=Secret(cert.key_pem),
         )
         self._devices[device_id] = creds
         return creds
@@ -142,19 +164,23 @@ class MosquittoBroker:
         port = self.listeners[kind]
         return f"{'mqtt' if kind == 'plain' else 'mqtts'}://127.0.0.1:{port}"
 
+    def _users(self) -> dict[str, Secret]:
+        """Every account's password: the observer's, then each device's."""
+        return {OBSERVER_USER: self.observer_password, **{d.username: d.password for d in self._devices.values()}}
+
     # -- config -------------------------------------------------------------------
     def _write_config(self) -> Path:
         work = self.workdir
         work.mkdir(parents=True, exist_ok=True)
         (work / "persistence").mkdir(exist_ok=True)
         self.ca.cert_pem.write_to_path(str(work / "ca.pem"))
-        self._server_cert.private_key_pem.write_to_path(str(work / "server.key"))
+        write_private(work / "server.key", self._server_cert.private_key_pem.bytes())
         self._server_cert.cert_chain_pems[0].write_to_path(str(work / "server.pem"))
         passwords = work / "passwd"
-        users = {OBSERVER_USER: self.observer_password, **{d.username: d.password for d in self._devices.values()}}
         # Plain "user:password" lines, hashed in place by one mosquitto_passwd -U: one
-        # process instead of one per account (200 devices: 30 ms instead of 1.5 s).
-        passwords.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
+        # process instead of one per account (200 devices: 30 ms instead of 1.5 s). The
+        # file is 0600 from its creation (mosquitto_passwd keeps the mode).
+        write_private(passwords, "".join(f"{user}:{password.reveal()}\n" for user, password in self._users().items()))
         subprocess.run(["mosquitto_passwd", "-U", str(passwords)], check=True, capture_output=True)
         acl = work / "acl"
         acl.write_text(
@@ -178,8 +204,8 @@ class MosquittoBroker:
             "persistence true\n"
             f"persistence_location {work / 'persistence'}/\n"
             "log_dest stderr\n"
-            "log_type all\n"
-            "max_queued_messages 10000\n"
+            + "".join(f"log_type {kind}\n" for kind in self.log_types)
+            + "max_queued_messages 10000\n"
             f"sys_interval {SYS_INTERVAL_S}\n"
             f"\nlistener {self.plain_port} 127.0.0.1\n"
             f"\nlistener {self.tls_port} 127.0.0.1\n"
@@ -217,6 +243,7 @@ class MosquittoBroker:
             stderr=log,
             preexec_fn=die_with_parent,  # own process group, and gone if we are killed
         )
+        self._asked_to_stop = False
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         for port in self.listeners.values():
@@ -264,9 +291,18 @@ class MosquittoBroker:
         os.kill(proc.pid, signal.SIGHUP)
         if self._devices:
             newest = list(self._devices.values())[-1]
-            _wait_login(self.plain_port, newest.username, newest.password, RELOAD_TIMEOUT_S)
+            _wait_login(self.plain_port, newest.username, newest.password.reveal(), RELOAD_TIMEOUT_S)
+
+    def unexpected_exit(self) -> int | None:
+        """The exit status (negative: the signal) of a broker that ended without `stop`,
+        `kill` or `restart` asking it to: it died under the session (None: running, asked
+        to stop, or never started)."""
+        if self._proc is None or self._asked_to_stop:
+            return None
+        return self._proc.poll()
 
     def _signal(self, sig: signal.Signals) -> None:
+        self._asked_to_stop = True
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
@@ -311,8 +347,15 @@ class AmqttBroker(MosquittoBroker):
     name = "amqtt"
     features: frozenset[str] = frozenset({"tls", "password_file", "acl"})
 
-    def __init__(self, workdir: Path, *, executable: str | None = None, log_path: Path | None = None) -> None:
-        super().__init__(workdir, executable=executable, log_path=log_path)
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        executable: str | None = None,
+        log_path: Path | None = None,
+        log_types: tuple[str, ...] = PROTOCOL_LOG_TYPES,
+    ) -> None:
+        super().__init__(workdir, executable=executable, log_path=log_path, log_types=log_types)
         self.mtls_port = None
 
     @staticmethod
@@ -359,12 +402,11 @@ class AmqttBroker(MosquittoBroker):
         work = self.workdir
         work.mkdir(parents=True, exist_ok=True)
         self.ca.cert_pem.write_to_path(str(work / "ca.pem"))
-        self._server_cert.private_key_pem.write_to_path(str(work / "server.key"))
+        write_private(work / "server.key", self._server_cert.private_key_pem.bytes())
         self._server_cert.cert_chain_pems[0].write_to_path(str(work / "server.pem"))
         hasher = Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1)
-        users = {OBSERVER_USER: self.observer_password, **{d.username: d.password for d in self._devices.values()}}
         passwords = work / "passwd"
-        passwords.write_text("".join(f"{user}:{hasher.hash(password)}\n" for user, password in users.items()))
+        write_private(passwords, "".join(f"{user}:{hasher.hash(pw.reveal())}\n" for user, pw in self._users().items()))
         tls: dict[str, Any] = {
             "type": "tcp",
             "bind": f"127.0.0.1:{self.tls_port}",

@@ -37,6 +37,7 @@ from typing import Any, TextIO
 import serial
 from serial import rfc2217
 
+from hil.errors import InfrastructureError
 from hil.port_busy import busy_message, is_busy
 
 BAUDRATE = 115200
@@ -57,7 +58,7 @@ MAX_PARTIAL_BYTES = 64 * 1024
 """A 'line' longer than this is cut: binary garbage must not grow without bound."""
 
 
-class ConsoleError(Exception):
+class ConsoleError(InfrastructureError):
     """Infrastructure trouble with the port (not a product failure): reported as broken."""
 
 

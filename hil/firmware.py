@@ -38,6 +38,7 @@ from typing import Any
 from filelock import FileLock
 
 from hil.defects import ALL as KNOWN_DEFECTS
+from hil.errors import UsageError
 from hil.images.app import (
     BEHAVIOUR_LOAD_ADDR,
     AppDescriptor,
@@ -60,7 +61,7 @@ BUILD_DATE = "Nov 23 2026"
 BUILD_TIME = "12:00:00"
 
 
-class FirmwareError(Exception):
+class FirmwareError(UsageError):
     """A manifest or recipe problem; the message names the file, the field and the fix."""
 
 

@@ -65,6 +65,7 @@ from esptool.util import FatalError, flash_size_bytes
 from rich.errors import MarkupError
 from rich.text import Text
 
+from hil.errors import InfrastructureError, UsageError
 from hil.firmware import FlashFile
 from hil.images.app import CHIP_ID_ESP32C3, IMAGE_MAGIC, ImageError, check_image
 from hil.images.partitions import (
@@ -125,7 +126,7 @@ class FlashError(Exception):
     """Flashing did not complete. The subclasses say whose fault it is."""
 
 
-class FlashInputError(FlashError, ValueError):
+class FlashInputError(FlashError, UsageError, ValueError):
     """What was asked to be flashed is wrong; raised before any port is opened (except a
     chip-revision mismatch, which only the connected board can reveal; esptool checks it).
 
@@ -133,7 +134,7 @@ class FlashInputError(FlashError, ValueError):
     """
 
 
-class FlashInfrastructureError(FlashError):
+class FlashInfrastructureError(FlashError, InfrastructureError):
     """The rig failed, not the firmware: the port did not open, the chip did not sync, the
     connection dropped mid-write. Reported as *broken*, never as a product failure.
 

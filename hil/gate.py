@@ -7,7 +7,8 @@ with JUnit XML and Allure results, then reading the JUnit file back into a verdi
 
 Outcomes follow Allure's words: a *failed* test is a product defect (an assertion about
 the device did not hold) and is never re-run; a *broken* test is one whose setup or
-harness raised (rig, broker, port): only those are re-run, up to ``retries`` times.
+harness raised, or infrastructure stopped it (a rig, broker, port or board process that
+failed, told by type in ``hil.errors``): only those are re-run, up to ``retries`` times.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from hil.report import BROKEN_PROPERTY
 
 ROOT = Path(__file__).resolve().parent.parent
 GATES_DIR = ROOT / "gates"
@@ -204,14 +207,18 @@ class CaseResult:
 
 def read_junit(path: Path, root: Path = ROOT) -> list[CaseResult]:
     """pytest's JUnit XML as results. A ``<failure>`` is a failed test; an ``<error>`` (setup,
-    teardown, collection) is broken; a ``<skipped>`` is skipped."""
+    teardown, collection, or a test's call that infrastructure stopped: the plugin makes
+    those errors) is broken; a ``<skipped>`` is skipped. A failure whose testcase carries
+    the plugin's ``hil_outcome = broken`` property is broken too (a JUnit file written
+    before the plugin turned it into an error)."""
     cases: list[CaseResult] = []
     for case in ET.parse(path).iter("testcase"):
         classname, name = case.get("classname", ""), case.get("name", "")
         suite, nodeid = _nodeid(classname, name, root)
         outcome, message = "passed", ""
+        broken = BROKEN_PROPERTY in {(p.get("name"), p.get("value")) for p in case.iter("property")}
         for child in case:
-            kind = {"failure": "failed", "error": "broken", "skipped": "skipped"}.get(child.tag)
+            kind = {"failure": "broken" if broken else "failed", "error": "broken", "skipped": "skipped"}.get(child.tag)
             if kind is not None:
                 outcome, message = kind, child.get("message", "")
                 if kind != "skipped":

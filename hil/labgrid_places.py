@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from hil.backends import Power
+from hil.errors import UsageError
 from hil.rigs import Holder, NoRigAvailable, ReservationError, Rig, UnknownRig
 
 COORDINATOR_ENV = "LG_COORDINATOR"
@@ -64,7 +65,7 @@ class LabgridError(ReservationError):
     """The coordinator is unreachable or refused a request, or a place cannot be a rig."""
 
 
-class LabgridUnavailable(LabgridError):
+class LabgridUnavailable(LabgridError, UsageError):
     """labgrid (the optional extra) is not installed."""
 
 

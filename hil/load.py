@@ -53,7 +53,6 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,10 +66,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hil import contract
 from hil.broker import OBSERVER_USER, BrokerError
+from hil.firmware import cache_root
 from hil.gate import LOAD_METRICS_FILE, LoadProfile
 from hil.mqtt import _load_client_identity
 from hil.netfault import FaultProxy
-from hil.processes import die_with_parent, stop_group
+from hil.processes import clear_stale, die_with_parent, owned_dir, stop_group
+from hil.secret import Secret, optional_secret, reveal, write_private
 
 DEVICE_PREFIX = "fleet-"  # hil sim fleet names its boards fleet-0000, fleet-0001, ...
 SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
@@ -105,11 +106,11 @@ class LoadTarget:
     port: int
     tls: bool = False
     ca_pem: str | None = None
-    credentials: Mapping[str, tuple[str, str]] | None = None  # device id -> (user, password)
+    credentials: Mapping[str, tuple[str, Secret]] | None = None  # device id -> (user, password)
     observer_user: str | None = None
-    observer_password: str | None = None
+    observer_password: Secret | None = None
     observer_client_cert: str | None = None
-    observer_client_key: str | None = None
+    observer_client_key: Secret | None = None
     via_proxy: bool = True
     """False when the devices cannot go through the loopback proxy: a TLS broker elsewhere,
     whose certificate does not name 127.0.0.1. No reconnect storm then."""
@@ -123,7 +124,7 @@ def session_target(session: Any, count: int) -> LoadTarget:
     ids = device_ids(count)
     if not session.external_broker:
         broker = session.start_broker()
-        creds: dict[str, tuple[str, str]] = {}
+        creds: dict[str, tuple[str, Secret]] = {}
         added = False
         for device in ids:
             try:
@@ -170,8 +171,8 @@ def session_target(session: Any, count: int) -> LoadTarget:
 
 
 def external_credentials(
-    ids: Sequence[str], username: str | None, password: str | None, env: Mapping[str, str]
-) -> dict[str, tuple[str, str]] | None:
+    ids: Sequence[str], username: str | None, password: str | Secret | None, env: Mapping[str, str]
+) -> dict[str, tuple[str, Secret]] | None:
     """Per-device accounts from `CREDENTIALS_ENV`, else one shared account (or none)."""
     path = env.get(CREDENTIALS_ENV)
     if path:
@@ -183,12 +184,13 @@ def external_credentials(
         if missing:
             raise LoadError(f"${CREDENTIALS_ENV}={path}: no account for {missing[0]} (and {len(missing) - 1} more)")
         try:
-            return {d: (str(raw[d]["username"]), str(raw[d]["password"])) for d in ids}
+            return {d: (str(raw[d]["username"]), Secret(str(raw[d]["password"]))) for d in ids}
         except (KeyError, TypeError):
             raise LoadError(f'${CREDENTIALS_ENV}={path}: entries are {{"username": ..., "password": ...}}') from None
     if username is None:
         return None  # a broker that takes anonymous clients
-    return {d: (username, password or "") for d in ids}
+    shared = optional_secret(password) or Secret("")
+    return {d: (username, shared) for d in ids}
 
 
 # -- the fleet process ---------------------------------------------------------------------
@@ -321,11 +323,11 @@ class FleetCollector:
             CallbackAPIVersion.VERSION2, client_id=f"hil-load-{os.getpid()}-{time.monotonic_ns()}"
         )
         if target.observer_user:
-            self.client.username_pw_set(target.observer_user, target.observer_password)
+            self.client.username_pw_set(target.observer_user, reveal(target.observer_password))
         if target.tls:
             context = ssl.create_default_context(cadata=target.ca_pem)
             if target.observer_client_cert and target.observer_client_key:
-                _load_client_identity(context, target.observer_client_cert, target.observer_client_key)
+                _load_client_identity(context, target.observer_client_cert, target.observer_client_key.reveal())
             self.client.tls_set_context(context)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_: self._subscribed.set()
@@ -654,7 +656,11 @@ class _Clock:
 
 @contextlib.contextmanager
 def _private_dir(prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=prefix))  # mode 0700: it holds passwords
+    # Mode 0700 (it holds passwords), named after this process: a SIGKILLed run's is
+    # removed by the next one (`hil.processes.clear_stale`), as a session's run dir is.
+    root = cache_root() / "run"
+    clear_stale(root)
+    path = owned_dir(root, prefix)
     try:
         yield path
     finally:
@@ -705,8 +711,9 @@ def run_load(
         ]  # fmt: skip
         if target.credentials is not None:
             creds = private / "credentials.json"
-            creds.write_text(
-                json.dumps({d: {"username": u, "password": p} for d, (u, p) in target.credentials.items()})
+            write_private(
+                creds,
+                json.dumps({d: {"username": u, "password": p.reveal()} for d, (u, p) in target.credentials.items()}),
             )
             args += ["--credentials", str(creds)]
         if target.tls and target.ca_pem:

@@ -29,6 +29,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hil.errors import InfrastructureError
+from hil.secret import Secret, reveal, secret
+
 
 @dataclass(frozen=True)
 class Received:
@@ -46,6 +49,11 @@ class Received:
 
 class ObserverTimeout(AssertionError):
     """A wait ran out; the message lists what did arrive on the topic."""
+
+
+class ObserverConnectError(InfrastructureError, ConnectionError):
+    """The observer cannot reach the broker: the test's own instrument failed, not the
+    device (a ConnectionError too, for callers that catch OSError)."""
 
 
 @dataclass(frozen=True)
@@ -190,10 +198,10 @@ class MqttObserver:
         port: int,
         *,
         username: str | None = None,
-        password: str | None = None,
+        password: str | Secret | None = None,
         ca_pem: str | None = None,
         client_cert_pem: str | None = None,
-        client_key_pem: str | None = None,
+        client_key_pem: str | Secret | None = None,
         subscribe: str | Sequence[str] = "#",
         persistent: bool = True,
     ) -> None:
@@ -218,19 +226,22 @@ class MqttObserver:
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         if username:
-            self.client.username_pw_set(username, password)
+            self.client.username_pw_set(username, reveal(password))
         if ca_pem:
             context = ssl.create_default_context(cadata=ca_pem)
             if client_cert_pem and client_key_pem:
-                _load_client_identity(context, client_cert_pem, client_key_pem)
+                _load_client_identity(context, client_cert_pem, secret(client_key_pem).reveal())
             self.client.tls_set_context(context)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.connect(host, port, keepalive=30)
+        try:
+            self.client.connect(host, port, keepalive=30)
+        except OSError as exc:  # refused, unreachable, TLS handshake failed
+            raise ObserverConnectError(f"observer could not connect to {host}:{port}: {exc}") from exc
         self.client.loop_start()
         if not self._connected.wait(10):
             self.close()
-            raise ObserverTimeout(f"observer could not connect to {host}:{port}")
+            raise ObserverConnectError(f"observer could not connect to {host}:{port} (no CONNACK in 10 s)")
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         # Subscriptions do not survive a reconnect in paho: renew them every time.

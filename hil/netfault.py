@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
 
+from hil.errors import InfrastructureError
+
 LISTEN_HOST = "127.0.0.1"
 CHUNK_SIZE = 64 * 1024
 # Bytes read ahead of the writer per direction (a delayed or stalled direction holds at
@@ -73,7 +75,7 @@ class NetworkFaults(Protocol):
     def heal(self) -> None: ...
 
 
-class FaultProxyError(Exception):
+class FaultProxyError(InfrastructureError):
     """The proxy could not start or be controlled (an infrastructure error)."""
 
 

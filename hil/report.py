@@ -9,7 +9,8 @@
   broker and tool versions.
 * `attach_fault_timeline` puts the fault proxy's timeline on a test's report entry.
 * ``categories.json`` separates product defects (the device misbehaved: assertion
-  failures) from infrastructure (a port vanished, a broker did not start: *broken*).
+  failures) from infrastructure (a port vanished, a broker died: *broken*), which the
+  plugin decides by type (`hil.errors`) and marks in the message Allure matches.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
+
+from hil.errors import INFRASTRUCTURE_MARKER
+from hil.secret import Secret, reveal
 
 REDACTED = "[REDACTED]"
 
@@ -68,17 +73,24 @@ class Redactor:
         self.add(*environment_secrets(os.environ if environ is None else environ))
         self.add(*secrets)
 
-    def add(self, *secrets: str | None) -> None:
-        for secret in secrets:
+    def add(self, *secrets: str | Secret | None) -> None:
+        for held in secrets:
+            secret = reveal(held)  # a Secret is cut out by its value
             if secret and len(secret) >= 4:  # shorter strings would redact ordinary text
                 for form in _forms(secret):
                     self._secrets.add(form)
                     # A PEM also appears with its line breaks escaped inside JSON.
                     self._secrets.add(form.replace("\n", "\\n"))
 
-    def __call__(self, text: str) -> str:
+    def known(self, text: str) -> str:
+        """Only the known secrets cut out, no patterns: for text that shows code (a failure's
+        traceback), where ``password = ...`` is a line of source, not a leak."""
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
+        return text
+
+    def __call__(self, text: str) -> str:
+        text = self.known(text)
         text = _PATTERNS[0].sub(REDACTED, text)
         text = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
         return _PATTERNS[2].sub(REDACTED, text)
@@ -99,35 +111,53 @@ def _forms(secret: str) -> list[str]:
     return [form for form in forms if len(form) >= 4]
 
 
-# Errors that say the rig, its port, the broker or the flasher failed, not the device.
-# A session-level error of another kind (e.g. the device never came online) may be the
-# firmware's fault, so it is not on this list.
-INFRASTRUCTURE_ERRORS = (
-    "FlashInfrastructureError",
-    "VirtualBoardError",
-    "BrokerError",
-    "ConsoleError",  # the port cannot be opened, or was lost and did not come back
-    "SerialException",
-    "Ser2netError",
-    "FaultProxyError",
-    "NoRigAvailable",
-    "LabgridError",  # the labgrid coordinator is unreachable, or a place cannot be a rig
-)
-
-
-def is_infrastructure(exc: BaseException) -> bool:
-    return any(cls.__name__ in INFRASTRUCTURE_ERRORS for cls in type(exc).__mro__)
-
+BROKEN_PROPERTY = ("hil_outcome", "broken")
+"""The JUnit property the plugin puts on a test that infrastructure stopped, decided by
+type (`hil.errors.classify`): what `mark_broken_in_junit`, the gate and the meta-suite read."""
 
 CATEGORIES = [
     {
+        # Allure marks every error that is not an assertion *broken*; of those, the ones
+        # the plugin judged infrastructure carry the marker at the start of their message.
         "name": "Infrastructure (rig, port, broker, flashing)",
         "matchedStatuses": ["broken"],
-        "messageRegex": f".*({'|'.join(INFRASTRUCTURE_ERRORS)}|taken out of this run|port lost).*",
+        "messageRegex": rf"[\s\S]*{re.escape(INFRASTRUCTURE_MARKER)}[\s\S]*",
     },
     {"name": "Product defects (the device broke its contract)", "matchedStatuses": ["failed"]},
     {"name": "Test defects (the test itself errored)", "matchedStatuses": ["broken"]},
 ]
+
+
+def is_broken(user_properties: Iterable[Sequence[object]]) -> bool:
+    """Whether a test report's properties carry the `BROKEN_PROPERTY` (from an xdist
+    worker they arrive as lists, not tuples)."""
+    return any(tuple(prop) == BROKEN_PROPERTY for prop in user_properties)
+
+
+def mark_broken_in_junit(path: Path) -> int:
+    """Make each ``<failure>`` of a testcase with the `BROKEN_PROPERTY` an ``<error>``, and
+    return how many. pytest writes every failure of a test's call as a failure; one that
+    infrastructure caused (a board process killed mid-test) is an error, as a failed
+    setup is, for every JUnit reader (CI's test tab as well as ``hil gate``)."""
+    tree = ET.parse(path)
+    changed = 0
+    for suite in tree.iter("testsuite"):
+        moved = 0
+        for case in suite.iter("testcase"):
+            props = {(p.get("name"), p.get("value")) for p in case.iter("property")}
+            if BROKEN_PROPERTY not in props:
+                continue
+            for child in case:
+                if child.tag == "failure":
+                    child.tag = "error"
+                    moved += 1
+        if moved:
+            suite.set("failures", str(int(suite.get("failures", "0")) - moved))
+            suite.set("errors", str(int(suite.get("errors", "0")) + moved))
+            changed += moved
+    if changed:
+        tree.write(path, encoding="utf-8", xml_declaration=True)
+    return changed
 
 
 def write_results_metadata(alluredir: Path, environment: Mapping[str, str]) -> None:

@@ -28,6 +28,7 @@ from hil.backends import (
     VirtualSensor,
 )
 from hil.bme280_driver import BME280Driver
+from hil.errors import InfrastructureError, UsageError
 from hil.rigs import (
     GpioExpanderSpec,
     ReferenceBme280Spec,
@@ -41,11 +42,11 @@ BusOpener = Callable[[int], Any]  # bus number -> an smbus2.SMBus (or a fake wit
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(InfrastructureError):
     """A backend's bus or tool cannot be reached on this host; the message says what to do."""
 
 
-class NoBackend(BackendUnavailable):
+class NoBackend(BackendUnavailable, UsageError):
     """The rig file gives no such backend; the message names the file, the field and the fix."""
 
 

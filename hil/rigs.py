@@ -60,6 +60,8 @@ from urllib.parse import urlsplit
 
 from filelock import FileLock, Timeout
 
+from hil.errors import InfrastructureError, UsageError
+
 RigKind = Literal["virtual", "serial", "rfc2217", "labgrid"]
 ResetMethod = Literal["classic", "usb-jtag", "gpio"]
 ExpanderChipName = Literal["pcf8574", "mcp23017"]
@@ -247,7 +249,7 @@ class Problem:
         return f"{where}: {field_name}: {self.message}"
 
 
-class RigConfigError(RigError):
+class RigConfigError(RigError, UsageError):
     """The inventory is invalid; ``problems`` lists every problem found, each with its fix."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:
@@ -261,11 +263,12 @@ class RigConfigError(RigError):
         super().__init__(text)
 
 
-class ReservationError(RigError):
-    """A rig could not be reserved (none matches, all are taken, the lock dir is unusable)."""
+class ReservationError(RigError, InfrastructureError):
+    """A rig could not be reserved (all are taken, the lock dir is unusable); one that
+    matches nothing is a usage error (`UnknownRig`)."""
 
 
-class UnknownRig(ReservationError):
+class UnknownRig(ReservationError, UsageError):
     """No rig in the inventory matches the name or tag asked for."""
 
 

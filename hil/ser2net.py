@@ -21,12 +21,13 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from hil.broker import free_port
+from hil.errors import InfrastructureError
 from hil.processes import die_with_parent
 
 READY_TIMEOUT_S = 10.0
 
 
-class Ser2netError(Exception):
+class Ser2netError(InfrastructureError):
     """ser2net is missing, its config is refused, or it did not start serving."""
 
 

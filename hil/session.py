@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from hil import contract
 from hil.backends import Power, ReferenceSensor, SensorEmulator, VirtualWifi, WifiControl
 from hil.broker import EMBEDDED_BROKERS, OBSERVER_USER, BrokerError, MosquittoBroker, broker_class
-from hil.console import Console, Mark
+from hil.console import Console, ConsoleError, Mark
+from hil.errors import (
+    InfrastructureError,
+    InfrastructureFailure,
+    RigTakenOut,
+    UsageError,
+    as_infrastructure_failure,
+)
 from hil.firmware import (
     FirmwareError,
     FlashFile,
@@ -42,6 +50,7 @@ from hil.processes import clear_stale, owned_dir
 from hil.report import Redactor
 from hil.rig_backends import BackendUnavailable, RigBackends
 from hil.rigs import ReservedRig, Rig, load_rigs, reserve, select_rigs
+from hil.secret import Secret, optional_secret, write_private
 from hil.settings import Provisioning, provisioning_image
 from hil.virtual_board import ControlClient, VirtualBoardProcess
 
@@ -63,7 +72,18 @@ VIRTUAL_AP = ("hil-lab", "hil-lab-password")
 
 
 class SessionError(Exception):
-    """The session could not be set up: an infrastructure problem, reported as such."""
+    """The session could not be set up. Whose fault it is goes by type: a plain one is the
+    device's (it never came online, it booted another version); `SessionInfrastructureError`
+    the rig's, `SessionUsageError` the input's; one raised *from* a typed error (a
+    `BrokerError`, a `NoBackend`) takes that error's kind (`hil.errors.classify`)."""
+
+
+class SessionInfrastructureError(SessionError, InfrastructureError):
+    """The session's own instruments failed (its broker cannot be reached)."""
+
+
+class SessionUsageError(SessionError, UsageError):
+    """What the session was asked for cannot be (a bad --broker, a rig without a port)."""
 
 
 BOOT_LOOP_PANICS = 3  # panics after the app started and no MQTT session: a boot loop
@@ -101,21 +121,22 @@ def wait_online(
 
 @dataclass(frozen=True)
 class BrokerAccess:
-    """How the device and the test's observer reach the broker under test."""
+    """How the device and the test's observer reach the broker under test (passwords and
+    keys as `Secret`s: ``***`` in any repr, ``pytest -l`` included)."""
 
     device_uri: str
     username: str | None
-    password: str | None
+    password: Secret | None
     ca_pem: str | None
     client_cert: str | None = None
-    client_key: str | None = None
+    client_key: Secret | None = None
     observer_host: str = "127.0.0.1"
     observer_port: int = 1883
     observer_user: str | None = None
-    observer_password: str | None = None
+    observer_password: Secret | None = None
     observer_tls: bool = False
     observer_client_cert: str | None = None  # an mTLS-only broker needs the observer's own identity
-    observer_client_key: str | None = None
+    observer_client_key: Secret | None = None
 
 
 EXTERNAL_ENV = {
@@ -133,7 +154,7 @@ def external_access(uri: str, env: Mapping[str, str]) -> BrokerAccess:
     """A broker someone else runs (staging): its URI, credentials from the environment."""
     parsed = contract.parse_broker_uri(uri)
     if parsed is None:
-        raise SessionError(
+        raise SessionUsageError(
             f"--broker {uri!r} is not mqtt://host:port or mqtts://host:port; or use 'embedded' / 'mosquitto' / 'amqtt'"
         )
 
@@ -144,25 +165,25 @@ def external_access(uri: str, env: Mapping[str, str]) -> BrokerAccess:
         try:
             return Path(path).read_text()
         except OSError as exc:
-            raise SessionError(f"${EXTERNAL_ENV[key]}={path}: {exc.strerror}") from None
+            raise SessionUsageError(f"${EXTERNAL_ENV[key]}={path}: {exc.strerror}") from None
 
     ca = read("ca_file")
     if parsed.tls and ca is None:
-        raise SessionError(f"--broker {uri}: TLS needs the broker's CA; set ${EXTERNAL_ENV['ca_file']}")
+        raise SessionUsageError(f"--broker {uri}: TLS needs the broker's CA; set ${EXTERNAL_ENV['ca_file']}")
     return BrokerAccess(
         device_uri=uri,
         username=env.get(EXTERNAL_ENV["username"]),
-        password=env.get(EXTERNAL_ENV["password"]),
+        password=optional_secret(env.get(EXTERNAL_ENV["password"])),
         ca_pem=ca,
         client_cert=read("client_cert_file"),
-        client_key=read("client_key_file"),
+        client_key=optional_secret(read("client_key_file")),
         observer_host=parsed.host,
         observer_port=parsed.port,
         observer_user=env.get(EXTERNAL_ENV["username"]),
-        observer_password=env.get(EXTERNAL_ENV["password"]),
+        observer_password=optional_secret(env.get(EXTERNAL_ENV["password"])),
         observer_tls=parsed.tls,
         observer_client_cert=read("observer_cert_file"),
-        observer_client_key=read("observer_key_file"),
+        observer_client_key=optional_secret(read("observer_key_file")),
     )
 
 
@@ -256,6 +277,7 @@ class RigSession:
         self._run_dir: Path | None = None
         self._backends: RigBackends | None = None
         self._firmware: Firmware | None = None
+        self.taken_out: str | None = None  # why the rig left the run (`take_out`)
 
     # -- setup steps
     @property
@@ -311,7 +333,7 @@ class RigSession:
         if self.board is not None and self.board.endpoints is not None:
             return self.board.endpoints.serial
         if self.rig.port is None:
-            raise SessionError(f"rig {self.rig.name!r} has no port")
+            raise SessionUsageError(f"rig {self.rig.name!r} has no port")
         return self.rig.port
 
     @property
@@ -322,7 +344,7 @@ class RigSession:
     def start_broker(self) -> MosquittoBroker:
         if self.broker is None:
             if self.external_broker:
-                raise SessionError(f"the broker is external ({self.options.broker!r}): the session runs none")
+                raise SessionUsageError(f"the broker is external ({self.options.broker!r}): the session runs none")
             private = self.run_dir / "broker"
             private.mkdir(exist_ok=True)
             try:
@@ -372,10 +394,10 @@ class RigSession:
                     client_cert_pem=access.observer_client_cert,
                     client_key_pem=access.observer_client_key,
                 )
-            except (OSError, AssertionError) as exc:
-                raise SessionError(
+            except OSError as exc:  # ObserverConnectError: refused, or no CONNACK
+                raise SessionInfrastructureError(
                     f"broker {access.observer_host}:{access.observer_port} unreachable: {exc}"
-                ) from None
+                ) from exc
             self._cleanups.append(self.observer.close)
         return self.observer
 
@@ -446,7 +468,7 @@ class RigSession:
         return Provisioning(
             device_id=self.device_id,
             wifi_ssid=ssid,
-            wifi_pass=password,
+            wifi_pass=Secret(password),
             mqtt_uri=access.device_uri,
             mqtt_user=access.username,
             mqtt_pass=access.password,
@@ -485,8 +507,7 @@ class RigSession:
         console = self.open_console()
         mark = console.mark()
         with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.run_dir) as private:
-            nvs = Path(private) / "nvs.bin"
-            nvs.write_bytes(image)
+            nvs = write_private(Path(private) / "nvs.bin", image)
             with console.borrow() as port:
                 Flasher().flash(port, [FlashFile(NVS_OFFSET, nvs)], after="hard-reset")
         return mark
@@ -507,8 +528,7 @@ class RigSession:
         mark = observer.mark()
         # The NVS image holds the device's secrets: a private temp file, gone after use.
         with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.run_dir) as private:
-            nvs = Path(private) / "nvs.bin"
-            nvs.write_bytes(self.provisioning())
+            nvs = write_private(Path(private) / "nvs.bin", self.provisioning())  # 0600 from creation
             with console.borrow() as port:
                 Flasher().flash(port, [*files, FlashFile(NVS_OFFSET, nvs)], after="hard-reset")
         self._await_online(observer, console, version, since=mark, what="flashed")
@@ -557,12 +577,12 @@ class RigSession:
     def power(self) -> Power:
         if self.reserved is not None and not isinstance(self.reserved, ReservedRig):
             if self.reserved.power is None:  # a labgrid place without a NetworkPowerPort
-                raise SessionError(f"rig {self.rig.name!r}: labgrid place {self.reserved.place} has no power resource")
+                raise SessionUsageError(f"rig {self.rig.name!r}: labgrid place {self.reserved.place} has no power resource")
             return self.reserved.power
         try:
             return self.backends().power()
         except BackendUnavailable as exc:
-            raise SessionError(str(exc)) from None
+            raise SessionError(str(exc)) from exc  # a NoBackend is usage, else infrastructure
 
     def sensor(self) -> SensorEmulator | ReferenceSensor:
         """The sensor emulator (virtual rigs: set the environment, inject faults), or a
@@ -570,12 +590,12 @@ class RigSession:
         try:
             return self.backends().sensor()
         except BackendUnavailable as exc:
-            raise SessionError(str(exc)) from None
+            raise SessionError(str(exc)) from exc  # a NoBackend is usage, else infrastructure
 
     def wifi(self) -> WifiControl:
         control = self.control
         if control is None:
-            raise SessionError(f"rig {self.rig.name!r}: no Wi-Fi control")
+            raise SessionUsageError(f"rig {self.rig.name!r}: no Wi-Fi control")
         return VirtualWifi(control, password=VIRTUAL_AP[1])
 
     def ota_server(self) -> OtaServer:
@@ -585,6 +605,47 @@ class RigSession:
             self._ota_server = OtaServer(tls_ca=None if self.external_broker else self.start_broker().ca)
             self._cleanups.append(self._ota_server.close)
         return self._ota_server
+
+    # -- infrastructure, told from the device ----------------------------------------------
+    def infrastructure_fault(self) -> str | None:
+        """What of the rig's infrastructure died under the session, in words (None: all
+        alive). Asked after a test failed: a device cannot kill the board process or the
+        test broker, so a failure with one of them dead is the rig's (the test then timed
+        out on MQTT, an AssertionError that says nothing of why)."""
+        faults = []
+        if self.board is not None and (code := self.board.returncode) is not None:
+            pid = self.board.endpoints.pid if self.board.endpoints is not None else "?"
+            faults.append(f"the virtual board process (pid {pid}) {_exit_words(code)}")
+        if self.broker is not None and (code := self.broker.unexpected_exit()) is not None:
+            faults.append(f"the test broker ({self.broker.name}) {_exit_words(code)}")
+        if not faults and self.console is not None and not self.console.connected:
+            try:  # a USB port re-enumerating after a power cycle is back within this
+                self.console.wait_connected(PORT_GRACE_S)
+            except ConsoleError as exc:
+                faults.append(f"the console port is gone: {exc}")
+        return "; ".join(faults) or None
+
+    def take_out(self, why: str) -> str:
+        """Take the rig out of the run: its remaining tests are broken at once with the
+        returned reason (the first one given stays)."""
+        if self.taken_out is None:
+            name = self.reserved.rig.name if self.reserved is not None else "(none reserved)"
+            self.taken_out = f"rig {name} taken out of this run: {why} (logs: {self.options.log_dir})"
+        return self.taken_out
+
+    def judge_failure(self, exc: BaseException) -> InfrastructureFailure | None:
+        """Whether a failure of one of this session's tests is the rig's: the error
+        ``exc`` is infrastructure by type, or the rig was taken out, or something of it
+        died (then it is taken out now). Returns what the test reports instead (with
+        ``exc`` as its cause), or None: the failure stands, the device's or the test's."""
+        if isinstance(exc, InfrastructureFailure):
+            return None  # judged already (`RigTakenOut` from the dut fixture)
+        fault = None if self.taken_out is not None else self.infrastructure_fault()
+        if fault is not None:
+            self.take_out(f"{fault}; the test saw {type(exc).__name__}: {_first_line(exc)}")
+        if self.taken_out is not None:
+            return RigTakenOut(self.taken_out)
+        return as_infrastructure_failure(exc)
 
     def environment(self) -> dict[str, str]:
         """What the report's environment.properties says about this session."""
@@ -608,3 +669,21 @@ class RigSession:
             with contextlib.suppress(Exception):
                 cleanup()
 
+
+
+PORT_GRACE_S = 5.0  # a lost console port that is back within this was only re-enumerating
+
+
+def _exit_words(code: int) -> str:
+    """A child's exit status as a person says it: ``was killed by SIGKILL``."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "(no message)"

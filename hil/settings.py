@@ -31,7 +31,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from hil.contract import (
@@ -59,6 +59,7 @@ from hil.images.nvs import (
     erase_namespace,
     update_nvs,
 )
+from hil.secret import Secret, optional_secret
 
 __all__ = [
     "ConfigRejected",
@@ -107,45 +108,50 @@ def _text(value: object) -> str | None:
 class Provisioning:
     """Identity, network and keys of a provisioned device (namespace ``device``).
 
-    Secrets are left out of ``repr`` so that logging the object cannot leak them.
+    The secrets (`SECRET_KEYS`) are `Secret`s, shown as ``***``; a plain str given for one
+    is wrapped. Who needs a value (the NVS image, the firmware model) calls ``reveal()``.
     """
 
     device_id: str
     wifi_ssid: str | None = None
-    wifi_pass: str | None = field(default=None, repr=False)
+    wifi_pass: Secret | None = None
     mqtt_uri: str | None = None
     mqtt_user: str | None = None
-    mqtt_pass: str | None = field(default=None, repr=False)
+    mqtt_pass: Secret | None = None
     ca_cert: str | None = None
     client_cert: str | None = None
-    client_key: str | None = field(default=None, repr=False)
+    client_key: Secret | None = None
     ota_pubkey: str | None = None
 
     def __post_init__(self) -> None:
         if not self.device_id:
             raise ValueError("device_id must be non-empty")
+        for key in SECRET_KEYS:  # a str from a caller (or NVS) becomes a Secret
+            object.__setattr__(self, key, optional_secret(getattr(self, key)))
 
     @classmethod
     def from_nvs(cls, namespaces: Mapping[str, Mapping[str, object]]) -> Provisioning | None:
         """The provisioning read from NVS contents (`read_nvs`), or None when the device is
         not provisioned (no usable ``device_id``)."""
         stored = namespaces.get(DEVICE_NAMESPACE, {})
-        values = {key: _text(stored[key]) if key in stored else None for key in PROVISIONING_KEYS}
+        values: dict[str, Any] = {key: _text(stored[key]) if key in stored else None for key in PROVISIONING_KEYS}
         device_id = values.pop("device_id")
         if not device_id:
             return None
-        return cls(device_id=device_id, **values)
+        return cls(device_id=device_id, **values)  # secrets wrapped by __post_init__
 
     def secrets(self) -> tuple[str, ...]:
-        """The secret values that are set: none of them may appear on any output."""
-        found = (getattr(self, key) for key in SECRET_KEYS)
-        return tuple(value for value in found if value)
+        """The secret values that are set, revealed for a `Redactor`: none of them may
+        appear on any output."""
+        found: list[Secret | None] = [getattr(self, key) for key in SECRET_KEYS]
+        return tuple(value.reveal() for value in found if value)
 
     def nvs_values(self) -> dict[str, NvsValue]:
         """The ``device`` namespace entries: strings, PEM values as blobs, unset keys left out."""
         out: dict[str, NvsValue] = {}
         for key in PROVISIONING_KEYS:
-            value: str | None = getattr(self, key)
+            held: str | Secret | None = getattr(self, key)
+            value = held.reveal() if isinstance(held, Secret) else held  # the image holds the value
             if value is not None:
                 out[key] = value.encode("utf-8") if key in PEM_KEYS else value
         return out

@@ -23,12 +23,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from hil.errors import InfrastructureError
 from hil.processes import die_with_parent, stop_group
 
 START_TIMEOUT_S = 20.0
 
 
-class VirtualBoardError(Exception):
+class VirtualBoardError(InfrastructureError):
     """The board process could not be started, or its control endpoint refused a request."""
 
 

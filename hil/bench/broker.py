@@ -8,8 +8,16 @@ and stops it cleanly on SIGTERM (``down``); if the keeper is killed outright, th
 goes with it (parent-death signal, `hil.processes`).
 
 Secrets never reach the terminal: passwords and client keys are written to
-``<state dir>/broker/credentials.json`` and ``devices/<id>.key`` (mode 0600, in a 0700 dir);
-what is printed is their paths, the URLs and the CA file.
+``<state dir>/broker/credentials.json`` and ``devices/<id>.key`` (mode 0600 from creation,
+in a 0700 dir, as are the broker's own key and password file under ``work/``); what is
+printed is their paths, the URLs and the CA file.
+
+The log (``<state dir>/logs/<kind>-broker.log``) says who connected and subscribed, not
+every message (`hil.broker.CONNECTION_LOG_TYPES`), and is capped: mosquitto cannot rotate
+its log, so the keeper does, logrotate's "copytruncate" way. At start the previous log
+moves to ``.1``; while running, once it passes `LOG_CAP_BYTES` it is copied to ``.1`` and
+truncated (mosquitto writes with O_APPEND, so it carries on at the new end). At most about
+twice the cap is on disk, and nothing needs restarting or signalling the broker.
 """
 
 from __future__ import annotations
@@ -34,11 +42,20 @@ from hil.bench.state import (
     spawn_detached,
     write_record,
 )
-from hil.broker import EMBEDDED_BROKERS, OBSERVER_USER, BrokerError, broker_class
+from hil.broker import (
+    CONNECTION_LOG_TYPES,
+    EMBEDDED_BROKERS,
+    OBSERVER_USER,
+    BrokerError,
+    broker_class,
+)
+from hil.secret import write_private
 
 RECORD = "broker.json"
 DEFAULT_DEVICES = ("bench",)
 MAX_FLEET_ACCOUNTS = 10_000
+LOG_CAP_BYTES = 4 * 1024 * 1024
+LOG_CHECK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,8 @@ def up(
                 "run 'hil broker down' first, or give another --state-dir"
             )
         (directory / RECORD).unlink(missing_ok=True)  # stale, if anything
+        # A killed keeper's accounts and keys (0600 meanwhile): gone before new ones are made.
+        shutil.rmtree(directory / "broker", ignore_errors=True)
         args = [sys.executable, "-m", "hil.bench.broker", "serve", "--dir", str(directory / "broker"), "--kind", kind]
         for name in names:
             args += ["--device", name]
@@ -122,9 +141,21 @@ def down(directory: Path) -> BrokerStatus:
 # -- the keeper process ----------------------------------------------------------------------
 def _private_write(path: Path, text: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    write_private(path, text)
+
+
+def cap_log(path: Path, cap: int = LOG_CAP_BYTES) -> bool:
+    """Rotate ``path`` to ``path.1`` once it is over ``cap`` bytes (copy, then truncate in
+    place: the broker keeps its O_APPEND descriptor and writes on at the start). Lines
+    written between the copy and the truncation are lost; a bench log can afford that."""
+    try:
+        if path.stat().st_size <= cap:
+            return False
+        shutil.copyfile(path, path.with_name(path.name + ".1"))
+        os.truncate(path, 0)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def serve(workdir: Path, kind: str, devices: Sequence[str]) -> int:
@@ -133,18 +164,22 @@ def serve(workdir: Path, kind: str, devices: Sequence[str]) -> int:
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
     try:
-        broker = broker_class(kind)(workdir / "work", log_path=workdir.parent / "logs" / f"{kind}-broker.log")
+        log_path = workdir.parent / "logs" / f"{kind}-broker.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if log_path.exists():  # a new broker, a new log; the last one's kept as .1
+            os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+        broker = broker_class(kind)(workdir / "work", log_path=log_path, log_types=CONNECTION_LOG_TYPES)
         creds: dict[str, dict[str, str]] = {
-            OBSERVER_USER: {"username": OBSERVER_USER, "password": broker.observer_password}
+            OBSERVER_USER: {"username": OBSERVER_USER, "password": broker.observer_password.reveal()}
         }
         for device in devices:
             account = broker.add_device(device)
             cert, key = workdir / "devices" / f"{device}.crt", workdir / "devices" / f"{device}.key"
             _private_write(cert, account.client_cert_pem)
-            _private_write(key, account.client_key_pem)
+            _private_write(key, account.client_key_pem.reveal())
             creds[device] = {
                 "username": account.username,
-                "password": account.password,
+                "password": account.password.reveal(),
                 "client_cert_file": str(cert),
                 "client_key_file": str(key),
             }
@@ -168,7 +203,8 @@ def serve(workdir: Path, kind: str, devices: Sequence[str]) -> int:
             "log": str(broker.log_path),
         }
         print(json.dumps(hello), flush=True)
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        while signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, LOG_CHECK_S) is None:
+            cap_log(broker.log_path)
     finally:
         broker.stop()
     return 0
@@ -189,4 +225,4 @@ if __name__ == "__main__":
     sys.exit(_main())
 
 
-__all__ = ["BrokerStatus", "accounts", "down", "serve", "status", "up"]
+__all__ = ["BrokerStatus", "accounts", "cap_log", "down", "serve", "status", "up"]

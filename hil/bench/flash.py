@@ -34,6 +34,7 @@ from hil.firmware import (
 )
 from hil.flashing import ProgressCallback
 from hil.images.partitions import PARTITION_TABLE_OFFSET
+from hil.secret import optional_secret
 from hil.settings import Provisioning, provisioning_image
 
 
@@ -246,13 +247,13 @@ def provisioning(
         prov = Provisioning(
             device_id=request.device_id,
             wifi_ssid=request.wifi_ssid,
-            wifi_pass=wifi_pass,
+            wifi_pass=optional_secret(wifi_pass),
             mqtt_uri=uri,
             mqtt_user=user,
-            mqtt_pass=password,
+            mqtt_pass=optional_secret(password),
             ca_cert=ca,
             client_cert=_pem(cert_path, "--client-cert-file"),
-            client_key=_pem(key_path, "--client-key-file"),
+            client_key=optional_secret(_pem(key_path, "--client-key-file")),
             ota_pubkey=_pem(request.ota_pubkey_file, "--ota-pubkey-file"),
         )
         provisioning_image(prov, config)  # every value checked before a port is opened

@@ -47,6 +47,7 @@ from hil.contract import parse_broker_uri
 from hil.firmware import FACTORY_OFFSET, FirmwareError, cached_build, load_recipes
 from hil.images.nvs import NvsError
 from hil.images.partitions import PartitionTable
+from hil.secret import Secret, optional_secret
 from hil.settings import Provisioning, provisioning_image
 from hil.sim.board import Board
 from hil.sim.control import ControlServer, JsonLinesServer
@@ -191,10 +192,10 @@ def plan(options: FleetOptions) -> _Plan:
         prov = Provisioning(
             device_id=device,
             wifi_ssid=ap.ssid,
-            wifi_pass=ap.password,
+            wifi_pass=Secret(ap.password),
             mqtt_uri=options.broker_uri,
             mqtt_user=username,
-            mqtt_pass=password,
+            mqtt_pass=optional_secret(password),
             ca_cert=ca_pem,
         )
         try:

@@ -19,37 +19,40 @@ import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hil import contract
+from hil.secret import Secret
 from hil.tls_front import TlsFront
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_security]
 
 
-def secret_texts(*provisionings: Any, access: Any = None) -> dict[str, str]:
+def secret_texts(*provisionings: Any, access: Any = None) -> dict[Secret, str]:
     """Every secret (§1: wifi_pass, mqtt_pass, client_key) of these provisionings and of
     the broker access, as the texts a leak would show (text -> what it is): a password
-    whole, a private key whole and each line of its PEM body (a log line may carry one)."""
-    values: list[tuple[str, str | None]] = []
+    whole, a private key whole and each line of its PEM body (a log line may carry one).
+    Each text stays a `Secret`, so a failure shown with ``pytest -l`` does not print it."""
+    values: list[tuple[str, Secret | None]] = []
     for prov in provisionings:
         values += [("wifi_pass", prov.wifi_pass), ("mqtt_pass", prov.mqtt_pass), ("client_key", prov.client_key)]
     if access is not None:
         values += [("mqtt_pass", access.password), ("client_key", access.client_key)]
-    texts: dict[str, str] = {}
+    texts: dict[Secret, str] = {}
     for name, value in values:
         if not value:
             continue
         texts.setdefault(value, name)
-        if "-----BEGIN" in value:
-            for n, line in enumerate(value.splitlines()):
+        if "-----BEGIN" in value.reveal():
+            for n, line in enumerate(value.reveal().splitlines()):
                 if line.strip() and not line.startswith("-----"):
-                    texts.setdefault(line.strip(), f"{name} (PEM line {n})")
+                    texts.setdefault(Secret(line.strip()), f"{name} (PEM line {n})")
     return texts
 
 
-def leaked(secrets: dict[str, str], serial: list[str], payloads: list[Any]) -> list[str]:
+def leaked(secrets: dict[Secret, str], serial: list[str], payloads: list[Any]) -> list[str]:
     """Where each secret shows (the secret itself masked): on the serial port, or on
     which topic."""
     found = []
-    for secret, name in secrets.items():
+    for held, name in secrets.items():
+        secret = held.reveal()
         found += [f"{name} on the serial port: {line.replace(secret, '<' + name + '>')[:160]!r}" for line in serial if secret in line][:1]
         found += [f"{name} in a message on {m.topic}" for m in payloads if secret.encode() in m.payload][:1]
     return found
@@ -163,7 +166,7 @@ def test_the_mutual_tls_listener_requires_a_client_certificate(broker, dut, tmp_
         creds = broker.credentials(dut.device_id)
         identity = (tmp_path / "cert.pem", tmp_path / "key.pem")
         identity[0].write_text(creds.client_cert_pem)
-        identity[1].write_text(creds.client_key_pem)
+        identity[1].write_text(creds.client_key_pem.reveal())
     client, outcome = connect_outcome(broker.mtls_port, who="mtls", ca_pem=broker.ca_pem, identity=identity)
     client.disconnect()
     client.loop_stop()
@@ -176,7 +179,7 @@ def test_the_mutual_tls_listener_requires_a_client_certificate(broker, dut, tmp_
 @pytest.mark.parametrize("target", ["sensors", "status", "command"])
 def test_a_device_cannot_publish_under_another_devices_topics(broker, dut, mqtt, target) -> None:
     creds = broker.credentials(dut.device_id)
-    client, outcome = connect_outcome(broker.plain_port, who="acl", user=creds.username, password=creds.password)
+    client, outcome = connect_outcome(broker.plain_port, who="acl", user=creds.username, password=creds.password.reveal())
     try:
         assert outcome == "accepted", f"the device's own credentials were not let in: {outcome}"
         other = f"{dut.device_id}-other"

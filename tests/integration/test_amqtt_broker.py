@@ -17,6 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hil.broker import OBSERVER_USER, AmqttBroker
+from hil.secret import Secret, reveal
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -26,10 +27,10 @@ TIMEOUT_S = 10.0
 class Client:
     """A paho client that records CONNACK, SUBACK and messages, each with an event."""
 
-    def __init__(self, port: int, user: str | None, password: str | None, *, ca_pem: str | None = None) -> None:
+    def __init__(self, port: int, user: str | None, password: Secret | str | None, *, ca_pem: str | None = None) -> None:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{os.urandom(3).hex()}")
         if user is not None:
-            self.client.username_pw_set(user, password)
+            self.client.username_pw_set(user, reveal(password))
         if ca_pem is not None:
             self.client.tls_set_context(ssl.create_default_context(cadata=ca_pem))
         self.connack: list[paho.ReasonCode] = []

@@ -226,6 +226,30 @@ def test_broker_up_prints_urls_and_files_not_secrets(bench: tuple[Path, dict[str
     assert creds["bench-1"]["password"] not in shown.stdout and creds["hil-observer"]["password"] not in shown.stdout
 
 
+def test_broker_up_keeps_its_secrets_0600_and_logs_connections_not_messages(
+    bench: tuple[Path, dict[str, object]],
+) -> None:
+    from tests.integration.test_secret_files import secret_files
+
+    state, info = bench
+    broker = info["broker"]
+    creds = json.loads(Path(str(broker["credentials_file"])).read_text())
+    passwords = [account["password"] for account in creds.values()]
+    found = dict(secret_files(state / "broker", passwords))
+    assert {p.name for p in found} >= {"credentials.json", "bench-1.key", "server.key", "passwd"}, found
+    assert {str(p): oct(mode) for p, mode in found.items() if mode != 0o600} == {}
+    watcher = observer(broker)  # type: ignore[arg-type]
+    try:
+        for n in range(20):
+            watcher.publish(f"hil/bench-log/{n}", b"payload-that-stays-out-of-the-log")
+        watcher.sync()
+    finally:
+        watcher.close()
+    log = Path(str(broker["log"])).read_text()
+    assert "New client connected" in log  # connections are logged
+    assert "PUBLISH" not in log and "payload-that-stays-out" not in log  # messages are not
+
+
 @pytest.fixture(scope="module")
 def online(bench: tuple[Path, dict[str, object]]) -> tuple[Path, dict[str, object]]:
     """The board flashed with the baseline, provisioned for the bench broker, online."""

@@ -48,7 +48,7 @@ def test_smoke_against_an_external_tls_broker(tmp_path: Path) -> None:
             staging.uri("tls"),
             {
                 "HIL_BROKER_USERNAME": OBSERVER_USER,
-                "HIL_BROKER_PASSWORD": staging.observer_password,
+                "HIL_BROKER_PASSWORD": staging.observer_password.reveal(),
                 "HIL_BROKER_CA_FILE": str(ca),
             },
         )
@@ -57,4 +57,4 @@ def test_smoke_against_an_external_tls_broker(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:]
     log = (tmp_path / "staging" / "mosquitto.log").read_text()
     assert "New client connected" in log and "hil-virtual-" in log  # the device really used it
-    assert staging.observer_password not in (tmp_path / "logs").joinpath("main", "virtual-0", "console.log").read_text()
+    assert staging.observer_password.reveal() not in (tmp_path / "logs").joinpath("main", "virtual-0", "console.log").read_text()

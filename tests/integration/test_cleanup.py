@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.integration.test_secret_files import secret_files
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -99,8 +102,12 @@ def test_sigkill_of_pytest_leaves_nothing_and_the_next_run_passes(tmp_path: Path
     finally:
         if run.poll() is None:
             run.kill()
-    # What the killed run cannot remove itself is still there for the next run to find.
+    # What the killed run cannot remove itself is still there for the next run to find,
+    # and meanwhile readable by nobody else: a 0700 dir, every secret file in it 0600.
     assert private[0].exists()
+    assert stat.S_IMODE(private[0].stat().st_mode) == 0o700
+    lax = {str(p): oct(mode) for p, mode in secret_files(private[0], []) if mode != 0o600}
+    assert not lax, f"the killed run left secret files others may read: {lax}"
     rerun = subprocess.Popen(
         [*cmd, "--hil-log-dir", str(relogs)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,

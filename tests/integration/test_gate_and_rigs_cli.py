@@ -65,9 +65,9 @@ def test_gate_against_a_mutual_tls_broker_go_then_no_go(tmp_path: Path) -> None:
     files = {
         "HIL_BROKER_CA_FILE": ("ca.pem", staging.ca_pem),
         "HIL_BROKER_CLIENT_CERT_FILE": ("device.pem", device.client_cert_pem),
-        "HIL_BROKER_CLIENT_KEY_FILE": ("device.key", device.client_key_pem),
+        "HIL_BROKER_CLIENT_KEY_FILE": ("device.key", device.client_key_pem.reveal()),
         "HIL_BROKER_OBSERVER_CERT_FILE": ("observer.pem", observer.client_cert_pem),
-        "HIL_BROKER_OBSERVER_KEY_FILE": ("observer.key", observer.client_key_pem),
+        "HIL_BROKER_OBSERVER_KEY_FILE": ("observer.key", observer.client_key_pem.reveal()),
     }
     env = {"HIL_CACHE_DIR": str(tmp_path / "cache"), "HIL_LOCK_DIR": str(tmp_path / "locks")}
     for var, (name, text) in files.items():

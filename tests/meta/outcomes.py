@@ -1,28 +1,25 @@
 """What a guard's JUnit testcase says happened, and whether that counts as catching a defect.
 
 A guard *catches* its defect when it fails, or errors because of the device (it never
-came online, it timed out: a ``SessionError``). An error that says the rig, its port, the
-broker or the flasher failed (a rig taken out of the run, an error of one of
-``hil.report.INFRASTRUCTURE_ERRORS``) is *broken*: the defect image was never really
-judged, so a broken run proves nothing and must not count as caught.
+came online, it timed out: a plain ``SessionError``). A test that infrastructure stopped
+(its rig, port, broker, board process or flasher failed, or its rig was taken out of the
+run) is *broken*: the defect image was never really judged, so a broken run proves
+nothing and must not count as caught.
 
-Which words say "infrastructure" is read from the testcase's message, the last
-exception's ``Type: message`` (what Allure's categories match too), and from the
-``hil_rig_taken_out`` property the plugin puts on each test of a rig taken out.
+Which is which the plugin decides by type (``hil.errors.classify``, and the rig's health
+after a failure) and writes on the testcase as properties: ``hil_outcome = broken``
+(``hil.report.BROKEN_PROPERTY``) and, for a rig taken out, ``hil_rig_taken_out``. The
+message's words count for nothing: a device's failure may quote any error name.
 """
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from hil.report import INFRASTRUCTURE_ERRORS
+from hil.report import BROKEN_PROPERTY
 
 TAKEN_OUT_PROPERTY = "hil_rig_taken_out"
-INFRASTRUCTURE = re.compile(
-    r"\b(?:" + "|".join(map(re.escape, INFRASTRUCTURE_ERRORS)) + r")\b|taken out of this run"
-)
 CAUGHT = frozenset({"failed", "error"})
 
 
@@ -34,8 +31,8 @@ def classify(case: ET.Element) -> str:
     first = kinds[0]
     if first.tag == "skipped":
         return "skipped"
-    properties = {p.get("name") for p in case.iter("property")}
-    if TAKEN_OUT_PROPERTY in properties or INFRASTRUCTURE.search(first.get("message") or ""):
+    properties = {(p.get("name"), p.get("value")) for p in case.iter("property")}
+    if BROKEN_PROPERTY in properties or any(name == TAKEN_OUT_PROPERTY for name, _ in properties):
         return "broken"
     return "failed" if first.tag == "failure" else "error"
 

@@ -23,8 +23,10 @@ from typing import Any
 
 import pytest
 
+from hil.report import is_broken
+
 GUARDS_PROPERTY = "hil_guards"
-RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3, "broken": 4}  # broken: not judged at all
 
 
 @pytest.hookimpl(wrapper=True)
@@ -45,6 +47,8 @@ def guards_in_session(terminalreporter: pytest.TerminalReporter) -> dict[str, st
             if not any(key == GUARDS_PROPERTY for key, _ in getattr(report, "user_properties", ())):
                 continue
             outcome = "error" if kind == "failed" and report.when != "call" else kind
+            if outcome in ("failed", "error") and is_broken(report.user_properties):
+                outcome = "broken"  # infrastructure stopped it (the plugin's verdict, by type)
             if outcome == "passed" and report.when != "call":
                 continue
             if RANK[outcome] >= RANK[outcomes.get(report.nodeid, "passed")]:
@@ -84,10 +88,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         # row of their own, named after that firmware. On the baseline it stands in for
         # the baseline case, which then skips (test_suites_catch_defects).
         bad = sorted(node for node, outcome in in_session.items() if outcome in ("failed", "error"))
+        broken = sorted(node for node, outcome in in_session.items() if outcome == "broken")
         tally = ", ".join(f"{n} {o}" for o, n in sorted(Counter(in_session.values()).items()))
         skips = [[node, "skipped in this session"] for node, o in sorted(in_session.items()) if o == "skipped"]
-        baseline.append((judged, "FAILED" if bad else "passed", f"{tally} (this session's tests/hil)", skips))
+        verdict = "BROKEN" if broken else "FAILED" if bad else "passed"  # broken: the firmware was not judged
+        baseline.append((judged, verdict, f"{tally} (this session's tests/hil)", skips))
         baseline.extend(("", "", f"did not pass: {node}", []) for node in bad)
+        baseline.extend(("", "", f"broken by infrastructure: {node}", []) for node in broken)
     if not rows and not baseline:
         return
     write = terminalreporter.write_line

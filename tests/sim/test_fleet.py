@@ -68,7 +68,7 @@ def fleet_broker(workdir: Path, count: int) -> Iterator[tuple[MosquittoBroker, P
     creds = {}
     for index in range(count):
         account = broker.add_device(f"fleet-{index:04d}")
-        creds[account.device_id] = {"username": account.username, "password": account.password}
+        creds[account.device_id] = {"username": account.username, "password": account.password.reveal()}
     credentials = workdir / "credentials.json"
     workdir.mkdir(parents=True, exist_ok=True)
     credentials.write_text(json.dumps(creds))
@@ -202,7 +202,7 @@ class ReadingTracker:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-tracker-{os.getpid()}")
-        self.client.username_pw_set(OBSERVER_USER, broker.observer_password)
+        self.client.username_pw_set(OBSERVER_USER, broker.observer_password.reveal())
         self.client.on_connect = lambda client, *_: client.subscribe("esp32/+/sensors", qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message

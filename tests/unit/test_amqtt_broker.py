@@ -51,8 +51,8 @@ def test_the_password_file_holds_argon2_hashes_of_every_account(amqtt: AmqttBrok
     config = written(amqtt)
     path = Path(config["plugins"]["amqtt.plugins.authentication.FileAuthPlugin"]["password_file"])
     entries = dict(line.split(":", 1) for line in path.read_text().splitlines())
-    expected = {OBSERVER_USER: amqtt.observer_password}
-    expected |= {d: amqtt.credentials(d).password for d in ("hil-dev-1", "hil-dev-2")}
+    expected = {OBSERVER_USER: amqtt.observer_password.reveal()}
+    expected |= {d: amqtt.credentials(d).password.reveal() for d in ("hil-dev-1", "hil-dev-2")}
     assert set(entries) == set(expected)
     for user, password in expected.items():
         assert password not in entries[user]

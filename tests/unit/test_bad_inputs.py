@@ -276,7 +276,7 @@ def test_there_are_at_least_fifteen_cases() -> None:
 def test_a_busy_port_is_one_attempt_an_infrastructure_error_naming_its_holder(fw: Path) -> None:
     """Not retried (a retry would find it held again), and reported as the rig's problem."""
     from hil import flashing
-    from hil.report import is_infrastructure
+    from hil.errors import is_infrastructure
 
     with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as patch:
         action = busy_port(stack, fw)

@@ -134,7 +134,7 @@ def test_the_broker_reads_back_what_a_client_sent(broker: MosquittoBroker) -> No
     assert reader.read().connects == []  # what an earlier run left in the log file is not this broker's
     creds = broker.credentials(DEVICE)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=DEVICE, clean_session=False)
-    client.username_pw_set(creds.username, creds.password)
+    client.username_pw_set(creds.username, creds.password.reveal())
     client.will_set(f"esp32/{DEVICE}/status", json.dumps({"state": "offline"}), qos=1, retain=True)
     client.connect("127.0.0.1", broker.plain_port, keepalive=15)
     client.loop_start()

@@ -61,7 +61,7 @@ def test_mosquitto_accepts_the_certificate_for_mutual_tls(tmp_path: Path) -> Non
     broker = MosquittoBroker(tmp_path / "broker")
     creds = broker.add_device("dev_1")
     (tmp_path / "cert.pem").write_text(creds.client_cert_pem)
-    (tmp_path / "key.pem").write_text(creds.client_key_pem)
+    (tmp_path / "key.pem").write_text(creds.client_key_pem.reveal())
     (tmp_path / "ca.pem").write_text(broker.ca_pem)
     received = threading.Event()
     connected: list[object] = []

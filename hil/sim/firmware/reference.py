@@ -27,6 +27,7 @@ from hil.images.app import BehaviourRecord
 from hil.images.nvs import NvsError, read_nvs, update_nvs
 from hil.images.otadata import OtaState
 from hil.images.partitions import Partition
+from hil.secret import Secret, reveal
 from hil.settings import (
     ConfigRejected,
     DeviceConfig,
@@ -168,7 +169,7 @@ class ReferenceFirmware:
         if "wifi_pass" in self.behaviour.params:
             # Credentials compiled into the build (CONFIG_ESP_WIFI_PASSWORD) win over NVS:
             # the IDT case of an update that cannot connect.
-            prov = replace(prov, wifi_pass=str(self.behaviour.params["wifi_pass"]))
+            prov = replace(prov, wifi_pass=Secret(str(self.behaviour.params["wifi_pass"])))
         self.prov = prov
         self.device_id = prov.device_id
         if D.CONFIG_NOT_PERSISTED in self.defects and "config_nvs" in ctx.rtc_memory:
@@ -181,7 +182,7 @@ class ReferenceFirmware:
         self.safe_mode = self._boot_loop_guard()
 
         if D.PRINTS_SECRETS in self.defects:
-            self.log("I", "wifi", f"credentials ssid={prov.wifi_ssid} password={prov.wifi_pass}")
+            self.log("I", "wifi", f"credentials ssid={prov.wifi_ssid} password={reveal(prov.wifi_pass)}")
         self.log("I", "app", f"device_id={self.device_id} version={self.version} reset_reason={self.reset_reason}")
 
         self.outbox = Outbox(newest_first=D.BACKLOG_NEWEST_FIRST in self.defects)
@@ -333,7 +334,7 @@ class ReferenceFirmware:
             ap = rig.ap
             changed = asyncio.ensure_future(ap.changed())
             try:
-                joinable = ap.accepts(self.prov.wifi_ssid, self.prov.wifi_pass)
+                joinable = ap.accepts(self.prov.wifi_ssid, reveal(self.prov.wifi_pass))
                 if lost_once and D.NO_WIFI_RECONNECT in self.defects:
                     joinable = False
                 if joinable and not self.wifi_up.is_set():
@@ -422,7 +423,7 @@ class ReferenceFirmware:
                 retain=D.WILL_NOT_RETAINED not in self.defects,
             )
         try:
-            tls = tls_context(prov.ca_cert, prov.client_cert, prov.client_key) if uri.tls else None
+            tls = tls_context(prov.ca_cert, prov.client_cert, reveal(prov.client_key)) if uri.tls else None
             if tls is not None and D.TLS_NO_VERIFY in self.defects:
                 tls.check_hostname = False
                 tls.verify_mode = ssl.CERT_NONE
@@ -436,7 +437,7 @@ class ReferenceFirmware:
             # esp-mqtt's default client id when none is set: ESP32_ and the MAC's last 3 bytes.
             identifier=f"ESP32_{self.ctx.mac[3:].hex().upper()}" if D.DEFAULT_CLIENT_ID in self.defects else self.device_id,
             username=prov.mqtt_user,
-            password=prov.mqtt_pass,
+            password=reveal(prov.mqtt_pass),
             will=will,
             clean_session=D.CLEAN_SESSION in self.defects,
             keepalive=120 if D.KEEPALIVE_DEFAULT in self.defects else 15,
@@ -450,7 +451,7 @@ class ReferenceFirmware:
                 self._ever_connected_now = True
                 shown = str(uri)
                 if D.CREDENTIALS_IN_URI_LOG in self.defects:
-                    shown = f"{uri.scheme}://{prov.mqtt_user}:{prov.mqtt_pass}@{uri.host}:{uri.port}"
+                    shown = f"{uri.scheme}://{prov.mqtt_user}:{reveal(prov.mqtt_pass)}@{uri.host}:{uri.port}"
                 if D.LOG_TICKS_AS_MS in self.defects:
                     ticks = self.ctx.uptime_ms() // 10  # xTaskGetTickCount() at 100 Hz
                     self.ctx.write(f"I ({ticks}) mqtt: connected uri={shown}\r\n".encode())
