@@ -33,6 +33,9 @@ _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("lin
 def die_with_parent() -> None:
     """``preexec_fn`` for Popen: SIGTERM this child when its parent process dies."""
     os.setsid()
+    # The signal mask survives fork and exec: a parent that blocks SIGTERM to sigwait() for
+    # it (the bench broker's keeper) would hand on a child that ignores its SIGTERM.
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 

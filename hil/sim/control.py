@@ -289,8 +289,7 @@ class ControlServer(JsonLinesServer):
         pattern, since = request.get("pattern"), request.get("since", 0)
         if not isinstance(pattern, str) or not isinstance(since, int):
             raise ControlError('wait_tx needs "pattern" (a regex) and "since" (a byte position)')
-        if since < 0:
-            raise ControlError('wait_tx needs "since" >= 0 (a byte position)')
+        since = max(since, 0)  # before the oldest byte kept: from the oldest (as tx_since clamps)
         try:
             compiled = regex.compile(pattern.encode())
         except (regex.error, ValueError) as exc:
