@@ -1,3 +1,5 @@
-"""Root conftest: loads the project's pytest plugin so every test sees the same fixtures."""
+"""Root conftest: this repository's own pytest plugins (the meta-suite's table, the measurements section)."""
 
-pytest_plugins = ["fixtures.plugin", "pytester", "tests.meta.table", "tests.measurements"]
+# The framework's plugin (hil.pytest_plugin) loads through its pytest11 entry point, as it
+# does in any repository that installs hil; these are this repository's own additions.
+pytest_plugins = ["pytester", "tests.meta.table", "tests.measurements"]

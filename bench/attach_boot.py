@@ -24,7 +24,7 @@ esptool. Each figure is the median of ``--repeat`` runs, from the start of the s
   pyserial-labgrid; it tells the framework's cost from the pyserial's.
 * **ours, new app**: the same, as the session flashes: a new app build on the board's
   previous firmware (another app in flash before each run), unchanged regions skipped.
-* **ours, pytest + dut fixture**: ``pytest -p fixtures.plugin`` with a test asking for
+* **ours, pytest + dut fixture**: ``pytest`` (the hil plugin, loaded by its pytest11 entry point) with a test asking for
   our ``dut`` fixture, on a rig of kind ``rfc2217`` naming the board's port, a new app
   build on the board as above. The fixture also starts the broker (mosquitto), writes the
   provisioning NVS and waits until the device is online over MQTT: shown as the time to
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def ours_fixture(runs: Runs, n: int) -> None:
                 started = run_pytest(
                     Path(sys.executable),
-                    ["-p", "fixtures.plugin", "-p", "no:cacheprovider", "-q", "--rigs-dir", str(rigs),
+                    ["-p", "no:cacheprovider", "-q", "--rigs-dir", str(rigs),
                      "--rig-tag", "bench", "--hil-log-dir", str(tmp / "hil-logs"), "test_attach.py"],
                     cwd=ours_dir, env=ours_env, log=logs / f"ours-dut-{n}.log",
                 )  # fmt: skip
@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pe_reset = Runs("pytest-embedded esp: attach+reset+expect")
             ours_rst = Runs("ours Console: attach+reset+expect")
             pe_empty = Runs("empty pytest run, pytest-embedded venv")
-            ours_empty = Runs("empty pytest run, ours (-p fixtures.plugin)")
+            ours_empty = Runs("empty pytest run, ours (the hil plugin, loaded by its entry point)")
             venv_empty = Runs("empty pytest run, project venv, no plugin")
 
             def new_app(n: int) -> None:
@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("empty venv", lambda n: empty(venv_empty, ours_python, [], base_env)),
                 (
                     "empty ours",
-                    lambda n: empty(ours_empty, ours_python, ["-p", "fixtures.plugin"], ours_env),
+                    lambda n: empty(ours_empty, ours_python, [], ours_env),
                 ),
             ]
             if python_ours is not None:

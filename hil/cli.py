@@ -44,7 +44,7 @@ def _firmware_build(args: argparse.Namespace) -> int:
     from hil.firmware import FirmwareError, build_images, load_recipes
 
     try:
-        book = load_recipes(Path(args.recipes))
+        book = load_recipes(Path(args.recipes)) if args.recipes else load_recipes()
         names = args.recipe or sorted(book.recipes)
         written = build_images(book, names, Path(args.out))
     except FirmwareError as exc:
@@ -58,10 +58,10 @@ def _firmware_build(args: argparse.Namespace) -> int:
 def _rigs(args: argparse.Namespace) -> int:
     import json
 
-    from hil.rigs import RigError, load_rigs, who_holds
+    from hil.rigs import RigError, default_rigs_dir, load_rigs, who_holds
 
     try:
-        rigs = load_rigs(args.rigs_dir)
+        rigs = load_rigs(args.rigs_dir or default_rigs_dir())
     except RigError as exc:
         print(f"hil rigs: {exc}", file=sys.stderr)
         return 2
@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True, help="output directory")
     build.add_argument(
         "--recipes",
-        default=str(Path(__file__).resolve().parent.parent / "firmware" / "recipes.toml"),
-        help="recipe book (default: firmware/recipes.toml)",
+        default=None,
+        help="recipe book (default: the virtual rig's, firmware/recipes.toml)",
     )
     build.set_defaults(func=_firmware_build)
 
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the rigs of the inventory (rigs/*.toml): kind, chip, port, tags, "
         "capabilities, and whether a session holds it (pid, host, user, xdist worker, CI job).",
     )
-    rigs.add_argument("--rigs-dir", default=str(root / "rigs"), help="rig inventory directory")
+    rigs.add_argument("--rigs-dir", default=None, help="rig inventory directory (default: ./rigs, else the packaged virtual rig)")
     rigs.add_argument("--lock-dir", help="reservation lock directory (default: $HIL_LOCK_DIR or the system one)")
     rigs.add_argument("--json", action="store_true", help="machine-readable output")
     rigs.set_defaults(func=_rigs)

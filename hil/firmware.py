@@ -54,7 +54,9 @@ BOOTLOADER_OFFSET = 0x0
 OTADATA_OFFSET = 0xD000
 FACTORY_OFFSET = 0x10000
 FLASH_SETTINGS = ("--flash-mode", "dio", "--flash-freq", "80m", "--flash-size", "4MB")
-RECIPES_FILE = Path(__file__).resolve().parent.parent / "firmware" / "recipes.toml"
+RECIPES_FILE = Path(__file__).resolve().parent / "recipes.toml"
+"""The virtual rig's recipes: in this repository a link to firmware/recipes.toml (their
+home); in an installed wheel, the copy packaged with hil."""
 
 # Fixed build stamp: the descriptor's date and time would otherwise make builds differ.
 BUILD_DATE = "Nov 23 2026"

@@ -277,6 +277,18 @@ class NoRigAvailable(ReservationError):
 
 
 # -- loading --------------------------------------------------------------------------
+BUILTIN_RIGS_DIR = Path(__file__).resolve().parent / "builtin_rigs"
+"""The virtual rig alone, packaged with hil: what a team that installs hil gets before it
+writes a rig file of its own."""
+
+
+def default_rigs_dir(cwd: Path | None = None) -> Path:
+    """``rigs/`` of the directory pytest runs in (a lab's repository keeps its inventory
+    there), else the packaged virtual rig."""
+    here = (cwd or Path.cwd()) / "rigs"
+    return here if here.is_dir() else BUILTIN_RIGS_DIR
+
+
 def load_rigs(directory: Path | str) -> list[Rig]:
     """Every rig of ``directory/*.toml`` (pools expanded), in file-name order.
 

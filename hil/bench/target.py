@@ -19,11 +19,11 @@ from hil.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, V
 from hil.bench.sim import find_board
 from hil.bench.state import BenchError, BenchInputError
 from hil.rig_backends import BackendUnavailable, NoBackend, RigBackends
-from hil.rigs import Rig, RigError, load_rigs, reserve
+from hil.rigs import Rig, RigError, default_rigs_dir, load_rigs, reserve
 from hil.virtual_board import ControlClient, VirtualBoardError
 
 T = TypeVar("T")
-DEFAULT_RIGS_DIR = Path(__file__).resolve().parents[2] / "rigs"
+DEFAULT_RIGS_DIR = default_rigs_dir()
 
 
 @dataclass(frozen=True)

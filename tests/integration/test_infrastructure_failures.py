@@ -94,7 +94,7 @@ def runner(tmp_path: Path, cache: Path, work: Path, log: list[str]):
     def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         environ = {**env, "PYTHONPATH": str(ROOT), "HIL_CACHE_DIR": str(cache), "HIL_LOCK_DIR": str(tmp_path / "locks")}
         environ.pop("PYTEST_XDIST_WORKER", None)  # this test may itself run under xdist
-        cmd = [sys.executable, "-m", "pytest", "-p", "fixtures.plugin", f"--rootdir={work}",
+        cmd = [sys.executable, "-m", "pytest", f"--rootdir={work}",
                f"--rigs-dir={tmp_path / 'rigs'}", *argv]  # fmt: skip
         result = subprocess.run(
             cmd, cwd=work, env=environ, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False

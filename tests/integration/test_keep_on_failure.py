@@ -30,7 +30,7 @@ def test_a_failed_test_keeps_the_rig_and_prints_how_to_attach(tmp_path: Path) ->
         "HIL_LOCK_DIR": str(tmp_path / "locks"),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "test_fails.py", "-p", "fixtures.plugin", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "test_fails.py", "-p", "no:cacheprovider",
          f"--rigs-dir={ROOT / 'rigs'}", f"--hil-log-dir={tmp_path / 'logs'}", "--keep-on-failure"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

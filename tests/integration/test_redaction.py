@@ -78,7 +78,7 @@ def test_planted_secrets_reach_no_report_or_log_file(tmp_path: Path) -> None:
     }
     result = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "test_leak.py", "-p", "fixtures.plugin", "-p", "no:cacheprovider",
+            sys.executable, "-m", "pytest", "test_leak.py", "-p", "no:cacheprovider",
             "--rigs-dir", str(ROOT / "rigs"), "--firmware", "prints_secrets",
             "--alluredir", str(allure), "--hil-log-dir", str(logs), "-o", "log_level=INFO",
             "-l", "--junitxml", str(junit),

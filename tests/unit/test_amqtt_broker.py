@@ -147,7 +147,7 @@ def test_a_broker_feature_the_broker_lacks_skips_with_the_reason(
         """
     )
     result = pytester.runpytest_subprocess(
-        "-p", "fixtures.plugin", "-p", "no:cacheprovider", "-rs", "--broker", "amqtt",
+        "-p", "no:cacheprovider", "-rs", "--broker", "amqtt",
         f"--rigs-dir={ROOT / 'rigs'}", f"--hil-log-dir={tmp_path / 'logs'}",
     )  # fmt: skip
     result.assert_outcomes(passed=1, skipped=1)

@@ -261,7 +261,7 @@ def test_the_plugin_reports_infrastructure_as_broken_everywhere(
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     junit, allure = tmp_path / "junit.xml", tmp_path / "allure"
     result = pytester.runpytest_subprocess(
-        "-p", "fixtures.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
+        "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
         f"--hil-log-dir={tmp_path / 'logs'}", f"--junitxml={junit}", f"--alluredir={allure}",
     )  # fmt: skip
     result.assert_outcomes(passed=1, failed=1, errors=2)

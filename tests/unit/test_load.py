@@ -150,7 +150,7 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
     def go(*args: str) -> pytest.RunResult:
         return pytester.runpytest_subprocess(
-            "-p", "fixtures.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}", "-s", *args
+            "-p", "no:cacheprovider", f"--rootdir={pytester.path}", "-s", *args
         )
 
     return go

@@ -22,7 +22,7 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     def go(*args: str) -> tuple[pytest.RunResult, float]:
         started = time.monotonic()
         result = pytester.runpytest_subprocess(
-            "-p", "fixtures.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
+            "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
             f"--hil-log-dir={tmp_path / 'logs'}", *args
         )
         return result, time.monotonic() - started
