@@ -25,6 +25,13 @@ class Power(Protocol):
     def cycle(self, off_s: float = 0.5) -> None: ...
 
 
+class BootStrapPower(Power, Protocol):
+    """A power switch that can also hold the board's GPIO9 (BOOT) low while it powers up:
+    how a board with no auto-reset circuit (``reset = "gpio"``) enters its ROM loader."""
+
+    def cycle_into_download(self, off_s: float = 0.5) -> None: ...
+
+
 class SensorEmulator(Protocol):
     """Sets what the board's sensor measures (virtual rigs, or a climate chamber)."""
 
@@ -149,9 +156,17 @@ class MCP23017:
         bus.write_byte_data(address, self.OLATA, (latch | (1 << pin)) if level else (latch & ~(1 << pin)))
 
 
+STRAP_LATCH_S = 0.1
+"""How long GPIO9 stays held low after the supply is back: the C3 samples its strapping
+pins as it leaves reset (its power-on reset takes well under this), and the ROM loader it
+then runs does not look at GPIO9 again."""
+
+
 @dataclass
 class GpioExpanderPower:
-    """A relay or load switch on one expander pin; ``active_high`` says which level is on."""
+    """A relay or load switch on one expander pin; ``active_high`` says which level is on.
+    ``boot_pin``, another pin of the expander, pulls GPIO9 (BOOT) low when written low and
+    lets the board's pull-up have it when written high (a PCF8574's high is a weak pull-up)."""
 
     bus: ExpanderBus
     address: int
@@ -159,6 +174,7 @@ class GpioExpanderPower:
     chip: ExpanderChip
     active_high: bool = True
     sleep: Callable[[float], None] = time.sleep
+    boot_pin: int | None = None
 
     def on(self) -> None:
         self.chip.write(self.bus, self.address, self.pin, self.active_high)
@@ -170,6 +186,17 @@ class GpioExpanderPower:
         self.off()
         self.sleep(off_s)  # the off time is the point of a power cycle
         self.on()
+
+    def cycle_into_download(self, off_s: float = 0.5) -> None:
+        """Power-cycle with GPIO9 held low, so the chip boots its ROM loader; released after."""
+        if self.boot_pin is None:
+            raise ValueError("no boot_pin: this expander cannot hold GPIO9")
+        self.chip.write(self.bus, self.address, self.boot_pin, False)
+        try:
+            self.cycle(off_s)
+            self.sleep(STRAP_LATCH_S)  # the strap is sampled as the chip leaves reset
+        finally:
+            self.chip.write(self.bus, self.address, self.boot_pin, True)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import serial
 from serial import rfc2217
@@ -48,6 +48,12 @@ RECONNECT_BACKOFF_S = (0.05, 1.0)
 """First and longest delay between attempts to reopen a lost port (doubling)."""
 RESET_PULSE_S = 0.1
 """How long EN is held low by ``hard_reset`` (esptool's HardReset for UART bridges)."""
+USB_RESET_PULSE_S = 0.2
+"""How long a USB-Serial-JTAG board's reset request is held (esptool's HardReset for a
+chip on its internal USB peripheral)."""
+LineReset = Literal["classic", "usb-jtag"]
+"""How ``hard_reset`` drives DTR/RTS: through a UART bridge's auto-reset circuit (RTS is
+wired to EN), or to the C3's own USB-Serial-JTAG peripheral (the rig's ``reset``)."""
 TAIL_LINES = 20
 """How many lines a timeout message shows."""
 PARTIAL_SETTLE_S = 0.1
@@ -129,8 +135,10 @@ class Console:
         baudrate: int = BAUDRATE,
         max_lines: int = 200_000,
         redact: Callable[[str], str] | None = None,
+        reset: LineReset = "classic",
     ) -> None:
         self.url = url
+        self.reset = reset
         # The log file (and segment texts for reports) go through ``redact``; the lines
         # kept in memory stay raw, so a test can still catch a device printing a secret.
         self._redact = redact or (lambda text: text)
@@ -337,9 +345,16 @@ class Console:
                     self._cond.wait(remaining)
 
     def hard_reset(self, *, timeout: float = 5.0) -> Mark:
-        """Pulse EN through RTS (DTR released), as esptool's HardReset does.
+        """Reset the chip into its app through the modem lines, as esptool's HardReset does.
 
-        Returns the mark taken just before the pulse, and makes it ``expect``'s default
+        classic: pulse EN through RTS (DTR released). usb-jtag: the C3's USB-Serial-JTAG
+        peripheral has no wires to pulse; it decodes the line state. Both lines released
+        first clears its download flag (DTR asserted at the reset would boot the ROM
+        loader), then RTS alone asserted resets the chip, which drops off the USB bus at
+        once: the release that follows may find the port gone, and the reader reopens it
+        when the board re-enumerates.
+
+        Returns the mark taken just before the reset, and makes it ``expect``'s default
         start: what the chip printed before the reset is not what a test waits for after.
         Over RFC 2217 the line changes are acknowledged by the server, so the pulse keeps
         its length on the board's side.
@@ -350,21 +365,29 @@ class Console:
                 "use rfc2217:// (esp_rfc2217_server, ser2net in RFC 2217 mode) or the rig's power control"
             )
         port = self._usable_port(timeout)
+        usb = self.reset == "usb-jtag"
         with self._cond:
             mark = self._end()
             self._cursor = mark
-            self._log_marker("--- hard reset (RTS pulse) ---")
+            self._log_marker("--- hard reset (USB-Serial-JTAG reset request) ---" if usb else "--- hard reset (RTS pulse) ---")
         with self._write_lock:
+            pulsed = False
             try:
                 port.dtr = False
-                port.rts = True  # EN low
-                time.sleep(RESET_PULSE_S)  # the length of the pulse itself, not a wait for an event
+                if usb:
+                    port.rts = False  # both released: the download flag is clear
+                port.rts = True  # EN low (usb-jtag: the peripheral resets the chip)
+                time.sleep(USB_RESET_PULSE_S if usb else RESET_PULSE_S)  # the pulse's length, not a wait
+                pulsed = True
                 port.rts = False  # EN high: the chip boots
             except (serial.SerialException, OSError) as exc:
-                raise ConsoleError(
-                    f"{self.url}: cannot drive RTS/DTR ({exc}); a port without modem lines "
-                    "(a pty, USB-Serial-JTAG behind some bridges) needs the rig's reset control"
-                ) from exc
+                if not (usb and pulsed):
+                    raise ConsoleError(
+                        f"{self.url}: cannot drive RTS/DTR ({exc}); a port without modem lines "
+                        "(a pty, USB-Serial-JTAG behind some bridges) needs the rig's reset control"
+                    ) from exc
+                with self._cond:  # expected: the board left the bus with its reset
+                    self._log_marker("--- port gone with the reset (USB re-enumeration) ---")
         return mark
 
     @contextlib.contextmanager

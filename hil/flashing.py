@@ -829,7 +829,8 @@ class Flasher:
     `partition_table` is the rig's table, used to check where files land when the job
     does not flash one itself. `connect_attempts` is esptool's own per-connection number
     of reset-and-sync cycles; the flasher adds one retry over a fresh connection.
-    `flash_baud`, if set, is switched to once the stub runs (real boards: 460800 or more).
+    `flash_baud`, if set, is switched to right after the sync, before the stub upload (real
+    boards: 460800 or more); `before` is esptool's ``--before`` (a rig's: `Rig.flash_method`).
     """
 
     def __init__(

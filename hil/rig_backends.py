@@ -1,6 +1,7 @@
-"""Build a rig's power and sensor backends from its rig file: the one place that maps
-``power = {...}`` / ``sensor = {...}`` onto ``hil.backends`` classes, used by the test
-session (the ``power`` / ``sensor`` fixtures) and by the bench CLI (``hil power --rig``).
+"""Build a rig's power and sensor backends, and its flasher, from its rig file: the one
+place that maps ``power = {...}`` / ``sensor = {...}`` onto ``hil.backends`` classes and
+``reset`` / ``flash_baud`` onto ``hil.flashing.Flasher``, used by the test session (the
+``power`` / ``sensor`` fixtures, every flash) and by the bench CLI (``--rig``).
 
 The host-side buses are opened here, through injectable openers (``smbus2.SMBus`` and
 ``subprocess.run`` for uhubctl by default), so tests put fakes at exactly that boundary.
@@ -9,14 +10,16 @@ What is opened is returned with the backend for the caller to close with its ses
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hil.backends import (
     MCP23017,
     PCF8574,
+    BootStrapPower,
     Control,
     GpioExpanderPower,
     Power,
@@ -38,6 +41,9 @@ from hil.rigs import (
     VirtualSensorSpec,
 )
 
+if TYPE_CHECKING:  # esptool is imported only by what flashes
+    from hil.flashing import AfterReset, Flasher
+
 BusOpener = Callable[[int], Any]  # bus number -> an smbus2.SMBus (or a fake with its methods)
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
 
@@ -48,6 +54,43 @@ class BackendUnavailable(InfrastructureError):
 
 class NoBackend(BackendUnavailable, UsageError):
     """The rig file gives no such backend; the message names the file, the field and the fix."""
+
+
+def rig_flasher(rig: Rig) -> Flasher:
+    """A flasher that resets the rig's board and talks to it as its rig file says: esptool's
+    ``--before`` and baud from `Rig.flash_method` (a gpio rig's board is put into download
+    mode around the job by `download_mode`)."""
+    from hil.flashing import Flasher
+
+    method = rig.flash_method()
+    return Flasher(before=method.before, flash_baud=method.flash_baud)
+
+
+@contextlib.contextmanager
+def download_mode(
+    rig: Rig, boot_power: Callable[[], BootStrapPower], after: AfterReset
+) -> Iterator[AfterReset]:
+    """Around one flasher job on ``rig``; yields the ``after`` to give the flasher.
+
+    A gpio rig's board has no auto-reset circuit: it is power-cycled with GPIO9 held low
+    first (the flasher connects with ``no-reset``), and, unless ``after`` is "no-reset",
+    power-cycled again with GPIO9 released to boot what is in flash, even when the job
+    failed (a board left in its ROM loader fails every later test for a reason not its
+    own). Other rigs: nothing to do, ``after`` as given (esptool resets with the lines)."""
+    if not rig.flash_method().boot_by_power:
+        yield after
+        return
+    power = boot_power()
+    power.cycle_into_download()
+    try:
+        yield "no-reset"
+    except BaseException:
+        if after != "no-reset":
+            with contextlib.suppress(Exception):  # the job's error is the one to report
+                power.cycle()
+        raise
+    if after != "no-reset":
+        power.cycle()
 
 
 def open_smbus(bus: int) -> Any:
@@ -103,13 +146,27 @@ class RigBackends:
                 self._power = UhubctlPower(spec.hub, spec.port, run=self.run or run_tool)
             elif isinstance(spec, GpioExpanderSpec):
                 chip = PCF8574() if spec.chip == "pcf8574" else MCP23017()
-                self._power = GpioExpanderPower(self._bus(spec.bus), spec.address, spec.pin, chip)
+                self._power = GpioExpanderPower(
+                    self._bus(spec.bus), spec.address, spec.pin, chip, boot_pin=spec.boot_pin
+                )
             else:
                 raise NoBackend(
                     f"{self._where('power')}: no power backend; give the rig a [power] table "
                     '(kind = "gpio-expander" or "uhubctl") or skip with @pytest.mark.requires("power_control")'
                 )
         return self._power
+
+    def boot_power(self) -> BootStrapPower:
+        """The power backend of a ``reset = "gpio"`` rig, which can also hold GPIO9 low (the
+        rig loader refuses a gpio rig whose backend cannot, so this is a usage error only
+        for a rig built by hand)."""
+        power = self.power()
+        if isinstance(power, GpioExpanderPower) and power.boot_pin is not None:
+            return power
+        raise NoBackend(
+            f"{self._where('power')}: cannot hold GPIO9 for reset = \"gpio\"; give the "
+            "[power] gpio-expander a boot_pin, or use reset = \"classic\" or \"usb-jtag\""
+        )
 
     def sensor(self) -> SensorEmulator | ReferenceSensor:
         """The virtual BME280 (settable, with faults), or a reference BME280 next to a real

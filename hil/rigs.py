@@ -7,6 +7,7 @@ A rig is data: one TOML file per rig, or per pool of virtual rigs::
     chip = "esp32c3"
     port = "/dev/serial/by-id/usb-Silicon_Labs_CP2102N_0001-if00-port0"
     reset = "classic"                    # classic | usb-jtag | gpio
+    flash_baud = 460800                  # optional: esptool's rate once connected (default 115200)
     capabilities = ["power_control", "ota"]
     tags = ["bench", "cp2102n"]
 
@@ -16,6 +17,7 @@ A rig is data: one TOML file per rig, or per pool of virtual rigs::
     address = 0x20
     pin = 3
     chip = "pcf8574"
+    # boot_pin = 4                       # reset = "gpio": the expander pin that pulls GPIO9 low
 
     [sensor]                             # or sensor = "none"
     kind = "reference-bme280"
@@ -98,12 +100,16 @@ _HUB_RE = re.compile(r"^\d+(-\d+(\.\d+)*)?$")
 _LG_TAG_KEY_RE = re.compile(r"[a-z][a-z0-9_]+")  # labgrid's TAG_KEY
 _LG_TAG_VALUE_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 _COORDINATOR_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?")
+FLASH_BAUD_RANGE = (115200, 5_000_000)
+"""What ``flash_baud`` may be: the ROM's own rate up to what the C3's UART (and the fastest
+bridges) take; esptool itself sends any rate, so a bad one fails only at the board."""
 _TOP_KEYS = (
     "name",
     "kind",
     "chip",
     "port",
     "reset",
+    "flash_baud",
     "power",
     "sensor",
     "network",
@@ -139,6 +145,9 @@ class GpioExpanderSpec:
     pin: int
     chip: ExpanderChipName
     kind: Literal["gpio-expander"] = "gpio-expander"
+    # Another pin of the same expander, wired to the board's GPIO9 (BOOT) so that driving
+    # it low holds the strap: what a ``reset = "gpio"`` rig enters download mode with.
+    boot_pin: int | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,22 @@ class Network:
     broker_host: str
 
 
+EsptoolBefore = Literal["default-reset", "usb-reset", "no-reset"]
+
+
+@dataclass(frozen=True)
+class FlashMethod:
+    """How a rig's board is put into its ROM loader and how fast the flasher then talks:
+    esptool's ``--before`` and the baud rate it switches to once connected (None: stay at
+    the ROM's 115200). ``boot_by_power``: before connecting, the session power-cycles the
+    board with GPIO9 held low (``--before no-reset``), and power-cycles it again after,
+    with GPIO9 released, to boot the app (a board without an auto-reset circuit)."""
+
+    before: EsptoolBefore
+    flash_baud: int | None
+    boot_by_power: bool = False
+
+
 @dataclass(frozen=True)
 class Rig:
     """One board a session can reserve, real or virtual."""
@@ -213,10 +238,22 @@ class Rig:
     description: str = ""
     source: Path | None = field(default=None, compare=False)
     labgrid: LabgridSpec | None = None
+    flash_baud: int | None = None
 
     @property
     def is_virtual(self) -> bool:
         return self.kind == "virtual"
+
+    def flash_method(self) -> FlashMethod:
+        """The one mapping from the rig file's ``reset`` and ``flash_baud`` to the flasher.
+
+        classic: esptool's DTR/RTS auto-reset (``default-reset``); usb-jtag: the sequence
+        the chip's USB-Serial-JTAG peripheral decodes (``usb-reset``: its lines are not
+        wires, the classic pulse does not reach GPIO9); gpio: a power cycle with GPIO9
+        held low through the power backend (the loader has checked it has a boot pin)."""
+        if self.reset == "gpio":
+            return FlashMethod("no-reset", self.flash_baud, boot_by_power=True)
+        return FlashMethod("usb-reset" if self.reset == "usb-jtag" else "default-reset", self.flash_baud)
 
     def has(self, *capabilities: str) -> bool:
         return not self.missing(capabilities)
@@ -417,7 +454,7 @@ class _FileReader:
         data: Mapping[str, Any],
         key: str,
         *,
-        table: str,
+        table: str | None,
         low: int,
         high: int,
         hex_: bool = False,
@@ -425,8 +462,9 @@ class _FileReader:
         fmt = (lambda n: f"0x{n:02x}") if hex_ else str
         value = data.get(key, _MISSING)
         if value is _MISSING:
+            where = f"[{table}]" if table else "the file"
             self.problem(
-                f"missing; add {key} = {fmt(low)} (from {fmt(low)} to {fmt(high)}) to [{table}]",
+                f"missing; add {key} = {fmt(low)} (from {fmt(low)} to {fmt(high)}) to {where}",
                 table=table,
                 key=key,
             )
@@ -509,6 +547,13 @@ class _FileReader:
         port = self._port(data, kind)
         reset = self._reset(data, kind)
         power = self._power(data, kind)
+        if reset == "gpio" and power is not None and not self._can_hold_boot(power):
+            reset = None
+        flash_baud = (
+            self.integer(data, "flash_baud", table=None, low=FLASH_BAUD_RANGE[0], high=FLASH_BAUD_RANGE[1])
+            if "flash_baud" in data
+            else None
+        )
         sensor = self._sensor(data, kind)
         network = self._network(data, kind)
         tags = self.string_list(data, "tags", pattern=_TAG_RE) or ()
@@ -548,6 +593,7 @@ class _FileReader:
                 description=description,
                 source=self.path,
                 labgrid=labgrid,
+                flash_baud=flash_baud,
             )
 
         if count is None:
@@ -662,6 +708,22 @@ class _FileReader:
             return None
         return reset
 
+    def _can_hold_boot(self, power: PowerSpec) -> bool:
+        """A ``reset = "gpio"`` rig enters download mode by a power cycle with GPIO9 held
+        low: only a GPIO expander with a boot pin can hold it (a hub port or a labgrid
+        place switches power only), so any other rig is refused here, not at its first flash."""
+        if isinstance(power, GpioExpanderSpec) and power.boot_pin is not None:
+            return True
+        has = "no power backend" if isinstance(power, NoPowerSpec) else f"power {power.kind!r}"
+        self.problem(
+            f'"gpio" enters download mode by power-cycling the board with GPIO9 (BOOT) held low, '
+            f"and this rig has {has}, which cannot hold GPIO9; give it a [power] table with "
+            'kind = "gpio-expander" and boot_pin = <the expander pin wired to GPIO9>, or use '
+            'reset = "classic" (DTR/RTS auto-reset) or "usb-jtag"',
+            key="reset",
+        )
+        return False
+
     def _kind_of(self, value: object, kinds: Sequence[str], what: str, table: str) -> str | None:
         """The kind of a backend written as ``x = "kind"`` or as a ``[x]`` table with ``kind``."""
         if isinstance(value, str):
@@ -729,7 +791,7 @@ class _FileReader:
             if hub is None or hub_port is None:
                 return None
             return UhubctlSpec(hub=hub, port=hub_port)
-        self.unknown_keys(table, ("kind", "bus", "address", "pin", "chip"), table="power")
+        self.unknown_keys(table, ("kind", "bus", "address", "pin", "chip", "boot_pin"), table="power")
         bus = self.integer(table, "bus", table="power", low=0, high=255)
         chip_value = table.get("chip", _MISSING)
         if chip_value is _MISSING:
@@ -746,6 +808,7 @@ class _FileReader:
         if chip == "mcp23017":
             address = self.integer(table, "address", table="power", low=0x20, high=0x27, hex_=True)
             pin = self.integer(table, "pin", table="power", low=0, high=15)
+            pins = 15
         else:
             # PCF8574 answers at 0x20-0x27, the PCF8574A at 0x38-0x3f.
             address = self.integer(table, "address", table="power", low=0x20, high=0x3F, hex_=True)
@@ -758,10 +821,23 @@ class _FileReader:
                 )
                 address = None
             pin = self.integer(table, "pin", table="power", low=0, high=7)
+            pins = 7
+        boot_pin = None
+        if "boot_pin" in table:
+            boot_pin = self.integer(table, "boot_pin", table="power", low=0, high=pins)
+            if boot_pin is not None and boot_pin == pin:
+                self.problem(
+                    f"{boot_pin} is the power pin too; GPIO9 needs a pin of its own",
+                    table="power",
+                    key="boot_pin",
+                )
+                boot_pin = None
+            if boot_pin is None:
+                return None
         if bus is None or address is None or pin is None or chip is None:
             return None
         return GpioExpanderSpec(
-            bus=bus, address=address, pin=pin, chip=cast(ExpanderChipName, chip)
+            bus=bus, address=address, pin=pin, chip=cast(ExpanderChipName, chip), boot_pin=boot_pin
         )
 
     def _sensor(self, data: Mapping[str, Any], kind: RigKind | None) -> SensorSpec | None:

@@ -17,15 +17,22 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hil import contract
-from hil.backends import Power, ReferenceSensor, SensorEmulator, VirtualWifi, WifiControl
+from hil.backends import (
+    BootStrapPower,
+    Power,
+    ReferenceSensor,
+    SensorEmulator,
+    VirtualWifi,
+    WifiControl,
+)
 from hil.broker import EMBEDDED_BROKERS, OBSERVER_USER, BrokerError, MosquittoBroker, broker_class
-from hil.console import Console, ConsoleError, Mark
+from hil.console import Console, ConsoleError, LineReset, Mark
 from hil.errors import (
     InfrastructureError,
     InfrastructureFailure,
@@ -41,14 +48,14 @@ from hil.firmware import (
     load_manifest,
     load_recipes,
 )
-from hil.flashing import Flasher
+from hil.flashing import AfterReset, Flasher
 from hil.images.image import parse_image
 from hil.mqtt import MqttObserver, ObserverTimeout
 from hil.netfault import FaultProxy
 from hil.ota import OtaServer, OtaSigner
 from hil.processes import clear_stale, owned_dir
 from hil.report import Redactor
-from hil.rig_backends import BackendUnavailable, RigBackends
+from hil.rig_backends import BackendUnavailable, RigBackends, download_mode, rig_flasher
 from hil.rigs import ReservedRig, Rig, load_rigs, reserve, select_rigs
 from hil.secret import Secret, optional_secret, write_private
 from hil.settings import Provisioning, provisioning_image
@@ -405,7 +412,10 @@ class RigSession:
         if self.console is None:
             log = self.options.log_dir / self.rig.name / "console.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            self.console = Console(self.port, log, redact=self.redactor)
+            # A USB-Serial-JTAG board is reset by the request its peripheral decodes, not
+            # the EN pulse of a UART bridge's auto-reset circuit (`Console.hard_reset`).
+            lines: LineReset = "usb-jtag" if self.rig.reset == "usb-jtag" else "classic"
+            self.console = Console(self.port, log, redact=self.redactor, reset=lines)
             self._cleanups.append(self.console.close)
         return self.console
 
@@ -438,7 +448,7 @@ class RigSession:
                     FlashFile(0xD000, images / "ota_data_initial.bin"),
                     FlashFile(APP_OFFSET, app),
                 ]
-            Flasher().check(files)
+            Flasher().check(files)  # checks only, no port: nothing of the rig's to know yet
             self._firmware = Firmware(name, version, kind, tuple(files), app, _sha256(app), source)
         return self._firmware
 
@@ -508,8 +518,8 @@ class RigSession:
         mark = console.mark()
         with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.run_dir) as private:
             nvs = write_private(Path(private) / "nvs.bin", image)
-            with console.borrow() as port:
-                Flasher().flash(port, [FlashFile(NVS_OFFSET, nvs)], after="hard-reset")
+            with self._flashing(console) as (flasher, port, after):
+                flasher.flash(port, [FlashFile(NVS_OFFSET, nvs)], after=after)
         return mark
 
     def erase_flash(self) -> Mark:
@@ -517,8 +527,8 @@ class RigSession:
         firmware, no identity. `restore` flashes and provisions it again."""
         console = self.open_console()
         mark = console.mark()
-        with console.borrow() as port:
-            Flasher().erase_flash(port)
+        with self._flashing(console) as (flasher, port, after):
+            flasher.erase_flash(port, after=after)
         return mark
 
     def flash_and_boot(self) -> str:
@@ -529,10 +539,24 @@ class RigSession:
         # The NVS image holds the device's secrets: a private temp file, gone after use.
         with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.run_dir) as private:
             nvs = write_private(Path(private) / "nvs.bin", self.provisioning())  # 0600 from creation
-            with console.borrow() as port:
-                Flasher().flash(port, [*files, FlashFile(NVS_OFFSET, nvs)], after="hard-reset")
+            with self._flashing(console) as (flasher, port, after):
+                flasher.flash(port, [*files, FlashFile(NVS_OFFSET, nvs)], after=after)
         self._await_online(observer, console, version, since=mark, what="flashed")
         return version
+
+    @contextlib.contextmanager
+    def _flashing(self, console: Console) -> Iterator[tuple[Flasher, Any, AfterReset]]:
+        """The console's port lent to a flasher built for this rig (its reset method and
+        flash baud), with the board put into download mode as the rig needs; yields the
+        flasher, the port and the ``after`` to flash with (the board boots its app after)."""
+        with console.borrow() as port, download_mode(self.rig, self._boot_power, "hard-reset") as after:
+            yield rig_flasher(self.rig), port, after
+
+    def _boot_power(self) -> BootStrapPower:
+        try:
+            return self.backends().boot_power()
+        except BackendUnavailable as exc:
+            raise SessionError(str(exc)) from exc  # a NoBackend is usage, else infrastructure
 
     def _await_online(
         self, observer: MqttObserver, console: Console, version: str, *, since: int, what: str, boot: Mark | None = None

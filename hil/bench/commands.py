@@ -9,16 +9,23 @@ process that fails exits 1; success exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from hil.bench.state import BenchError, BenchInputError, state_dir
+
+if TYPE_CHECKING:  # esptool and the rig model are imported by the commands that use them
+    from hil.backends import BootStrapPower
+    from hil.bench.target import Target
+    from hil.flashing import AfterReset, Flasher
+    from hil.rigs import Rig
 
 Handler = Callable[[argparse.Namespace], int]
 FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -378,22 +385,44 @@ def _flash(args: argparse.Namespace) -> int:
         Flasher().check(files)  # bad images are refused before the port is opened
         if not args.json:
             _out().print(f"flashing {len(files)} file(s){f' (version {version})' if version else ''} to {port}")
-        with flash.progress_bar(err) as progress:
-            report = Flasher().flash(
+        with flash.progress_bar(err) as progress, _rig_flashing(where, rig, args) as (flasher, after):
+            report = flasher.flash(
                 port,
                 files,
                 progress=None if args.json else progress,
                 verify=not args.no_verify,
                 skip_unchanged=not args.force,
-                after="no-reset" if args.no_reset else "hard-reset",
+                after=after,
             )
     _report(report, args)
     return 0
 
 
+@contextlib.contextmanager
+def _rig_flashing(
+    where: Target, rig: Rig | None, args: argparse.Namespace
+) -> Iterator[tuple[Flasher, AfterReset]]:
+    """The flasher for ``--rig`` as its rig file says (reset method, flash baud; a gpio rig's
+    board power-cycled into download mode around the job), and the ``after`` to use; a
+    plain flasher for --port or the board 'hil sim up' started."""
+    from hil.bench import target
+    from hil.flashing import Flasher
+    from hil.rig_backends import download_mode, rig_flasher
+
+    after: AfterReset = "no-reset" if args.no_reset else "hard-reset"
+    if rig is None:
+        yield Flasher(), after
+        return
+
+    def boot_power() -> BootStrapPower:  # with the error mapping of --rig's other backends
+        return target._backend(rig, lambda backends: backends.boot_power())
+
+    with download_mode(rig, boot_power, after) as rig_after:
+        yield rig_flasher(rig), rig_after
+
+
 def _provision(args: argparse.Namespace) -> int:
     from hil.bench import flash, target
-    from hil.flashing import Flasher
 
     request = flash.ProvisionRequest(
         device_id=args.device_id,
@@ -430,15 +459,18 @@ def _provision(args: argparse.Namespace) -> int:
             out.print(f"provisioning {port}:")
             for line in described:
                 out.print(f"  {line}")
-        with flash.progress_bar(Console(stderr=True, highlight=False)) as progress:
-            report = Flasher().provision(
+        with (
+            flash.progress_bar(Console(stderr=True, highlight=False)) as progress,
+            _rig_flashing(where, rig, args) as (flasher, after),
+        ):
+            report = flasher.provision(
                 port,
                 prov,
                 config,
                 progress=None if args.json else progress,
                 verify=not args.no_verify,
                 skip_unchanged=not args.force,
-                after="no-reset" if args.no_reset else "hard-reset",
+                after=after,
             )
     _report(report, args)
     return 0
