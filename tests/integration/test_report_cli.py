@@ -58,7 +58,9 @@ def test_the_report_page_shows_the_counts(allure_results: Path, tmp_path: Path) 
     result = hil("report", str(allure_results), "--out", str(tmp_path / "html"), "--name", "bench run")
     assert result.returncode == 0, result.stderr
     index = tmp_path / "html" / "index.html"
-    assert result.stdout.strip() == f"report: {index}"
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"report: {index}"
+    assert lines[1:] == [f"clauses: {tmp_path / 'html' / 'clauses.html'}"]  # the results carry a clause matrix
     browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=8000"]
     url = index.as_uri()
     shot = tmp_path / "overview.png"
