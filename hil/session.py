@@ -17,7 +17,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -144,6 +144,20 @@ class BrokerAccess:
     observer_tls: bool = False
     observer_client_cert: str | None = None  # an mTLS-only broker needs the observer's own identity
     observer_client_key: Secret | None = None
+
+    def observer(self, *, subscribe: str | Sequence[str] = "#", persistent: bool = True) -> MqttObserver:
+        """An MQTT observer logged in with the observer's account (and identity, on TLS)."""
+        return MqttObserver(
+            self.observer_host,
+            self.observer_port,
+            username=self.observer_user,
+            password=self.observer_password,
+            ca_pem=self.ca_pem if self.observer_tls else None,
+            client_cert_pem=self.observer_client_cert,
+            client_key_pem=self.observer_client_key,
+            subscribe=subscribe,
+            persistent=persistent,
+        )
 
 
 EXTERNAL_ENV = {
@@ -392,15 +406,7 @@ class RigSession:
         if self.observer is None:
             access = self.broker_access()
             try:
-                self.observer = MqttObserver(
-                    access.observer_host,
-                    access.observer_port,
-                    username=access.observer_user,
-                    password=access.observer_password,
-                    ca_pem=access.ca_pem if access.observer_tls else None,
-                    client_cert_pem=access.observer_client_cert,
-                    client_key_pem=access.observer_client_key,
-                )
+                self.observer = access.observer()
             except OSError as exc:  # ObserverConnectError: refused, or no CONNACK
                 raise SessionInfrastructureError(
                     f"broker {access.observer_host}:{access.observer_port} unreachable: {exc}"
