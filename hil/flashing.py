@@ -878,7 +878,9 @@ class Flasher:
                 raise FlashInputError(
                     f"{where}: is empty (0 bytes); the build failed or the copy did, rebuild it"
                 )
-            if offset < 0 or offset % SECTOR_SIZE:
+            if offset < 0:
+                raise FlashInputError(f"{where}: a negative offset ({offset}) is not a place in flash; use e.g. 0x10000")
+            if offset % SECTOR_SIZE:
                 raise FlashInputError(
                     f"{where}: offset 0x{offset:x} is not a multiple of the 0x{SECTOR_SIZE:x}-byte "
                     "flash sector; use the offset from the build's flash_args or partition table"

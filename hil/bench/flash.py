@@ -49,8 +49,12 @@ def parse_item(text: str) -> FlashFile:
     except ValueError:
         raise BenchInputError(f"{text!r}: offset {offset_text!r} is not a number; write e.g. app.bin@0x10000") from None
     file = Path(path)
+    if file.is_dir():
+        raise BenchInputError(f"{text!r}: {file} is a directory; name the image file in it (e.g. {file}/app.bin)")
     if not file.is_file():
         raise BenchInputError(f"{text!r}: {file} does not exist; build it first or fix the path")
+    if offset < 0:
+        raise BenchInputError(f"{text!r}: a negative offset ({offset_text}) is not a place in flash; write e.g. app.bin@0x10000")
     return FlashFile(offset, file)
 
 

@@ -127,3 +127,24 @@ def test_gate_refuses_a_profile_whose_tests_run_nothing_meant(tmp_path: Path, te
     result = hil("gate", str(profile), "--out", str(tmp_path / "out"))
     one_line_error(result, 2, "hil gate:", needle)
     assert not (tmp_path / "out").exists()
+
+
+# -- hil flash ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ("{dir}@0x10000", "is a directory; name the image file in it"),
+        ("{file}@-1", "a negative offset (-1) is not a place in flash"),
+        ("{file}@0x1001", "not a multiple of the 0x1000-byte flash sector"),
+        ("{file}@ten", "offset 'ten' is not a number"),
+        ("{dir}/missing.bin@0x10000", "does not exist"),
+    ],
+    ids=["directory", "negative", "unaligned", "not-a-number", "missing"],
+)
+def test_flash_refuses_a_bad_item_before_any_port(tmp_path: Path, item: str, needle: str) -> None:
+    image = tmp_path / "app.bin"
+    image.write_bytes(b"\xe9" + bytes(255))
+    spec = item.format(dir=tmp_path, file=image)
+    result = hil("flash", "--port", "/dev/null-no-such-port", spec)
+    line = one_line_error(result, 2, "hil flash:", needle)
+    assert "0x-" not in line
