@@ -111,7 +111,7 @@ def _parser(sub: Any, name: str, *, help: str, description: str, example: str) -
 
 # -- hil sim up | down | status --------------------------------------------------------------
 def _print_sim(status: Any, *, title: str) -> None:
-    from hil.bench.sim import attach_hints
+    from hil.bench.sim import PROBE_TIMEOUT_S, attach_hints
 
     out = _out()
     if status.kind is None:
@@ -119,7 +119,10 @@ def _print_sim(status: Any, *, title: str) -> None:
         return
     out.print(f"[bold]{title}[/bold] ({status.kind}, state dir {status.state_dir})")
     for entry in status.items:
-        alive = "[green]running[/green]" if entry["alive"] else "[red]not running[/red]"
+        alive = {
+            "running": "[green]running[/green]",
+            "stalled": f"[red]stalled[/red] (its control endpoint did not answer in {PROBE_TIMEOUT_S:g} s)",
+        }.get(entry.get("state", ""), "[red]not running[/red]")
         label = f"fleet of {entry['count']}" if entry["name"] == "fleet" else f"mac {entry['mac']}"
         out.print(f"[bold]{entry['name']}[/bold]  pid {entry['pid']}  {label}  {alive}")
         for hint in attach_hints(entry, status.state_dir):

@@ -66,8 +66,30 @@ def status(directory: Path) -> SimStatus:
         return SimStatus(directory, None)
     items = []
     for entry, proc in zip(record["items"], processes(record), strict=True):
-        items.append({**entry, "alive": proc.alive()})
+        alive = proc.alive()
+        items.append({**entry, "alive": alive, "state": _liveness(entry) if alive else "stopped"})
     return SimStatus(directory, record["kind"], items)
+
+
+PROBE_TIMEOUT_S = 2.0
+"""How long a running board's control endpoint has to answer ``state`` before the board
+counts as stalled: its event loop serves the endpoint and the serial port alike, so a loop
+that does not answer in 2 s does not answer esptool either."""
+
+
+def _liveness(entry: dict[str, Any]) -> str:
+    """``running`` when the process answers on its control endpoint, else ``stalled``."""
+    from hil.virtual_board import ControlClient, VirtualBoardError
+
+    try:
+        client = ControlClient(entry["control"], timeout=PROBE_TIMEOUT_S)
+        try:
+            client.request("state")
+        finally:
+            client.close()
+    except (OSError, VirtualBoardError):
+        return "stalled"
+    return "running"
 
 
 def _clear_stale(directory: Path) -> None:
@@ -172,8 +194,10 @@ def down(directory: Path, *, purge: bool = False) -> SimStatus:
         stopped = status(directory)
         record = read_record(_record_path(directory))
         if record is not None:
-            for proc in processes(record):
-                proc.stop()
+            survivors = [entry for entry, proc in zip(record["items"], processes(record), strict=True) if not proc.stop()]
+            if survivors:  # the record stays, so that status still shows them
+                names = ", ".join(f"{e['name']} (pid {e['pid']})" for e in survivors)
+                raise BenchError(f"{names} still running after SIGTERM and SIGKILL; see 'ps -o stat,wchan -p PID'")
             _record_path(directory).unlink()
         if purge:
             for sub in ("boards", "fleet"):

@@ -96,11 +96,12 @@ class ProcessRecord:
     def alive(self) -> bool:
         return start_time(self.pid) == self.started
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
         """SIGTERM its process group, wait, then SIGKILL what is left. A process that is
-        already gone (or whose pid now belongs to another) is left alone."""
+        already gone (or whose pid now belongs to another) is left alone. True once it is
+        gone; False if it outlived SIGKILL too (stuck in the kernel): never say "stopped" then."""
         if not self.alive():
-            return
+            return True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -112,6 +113,7 @@ class ProcessRecord:
             deadline = time.monotonic() + timeout
             while self.alive() and time.monotonic() < deadline:
                 time.sleep(POLL_S)
+        return not self.alive()
 
 
 def spawn_detached(
