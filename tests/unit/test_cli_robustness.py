@@ -148,3 +148,29 @@ def test_flash_refuses_a_bad_item_before_any_port(tmp_path: Path, item: str, nee
     result = hil("flash", "--port", "/dev/null-no-such-port", spec)
     line = one_line_error(result, 2, "hil flash:", needle)
     assert "0x-" not in line
+
+
+# -- the pytest plugin: a bad rig file -----------------------------------------------------
+@pytest.mark.parametrize(
+    ("rig_file", "args", "needle"),
+    [
+        ('name = "lab"\nkind = "serial"\nchip = "esp32c3"\nport = "/dev/ttyUSB0"\nreset = "clasic"\n', [], "clasic"),
+        (None, ["--rig", "no-such-rig"], "no-such-rig"),
+    ],
+    ids=["typo", "unknown-rig"],
+)
+def test_a_bad_rig_file_is_one_usage_error_not_one_per_test(
+    tmp_path: Path, rig_file: str | None, args: list[str], needle: str
+) -> None:
+    rigs = tmp_path / "rigs"
+    rigs.mkdir()
+    (rigs / "r.toml").write_text(rig_file or (ROOT / "rigs" / "virtual.toml").read_text())
+    (tmp_path / "test_three.py").write_text("".join(f"def test_{n}(dut):\n    pass\n" for n in ("a", "b", "c")))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--rootdir={tmp_path}", "--rigs-dir", str(rigs),
+         *args, "test_three.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 4, result.stdout + result.stderr  # pytest's usage error
+    assert needle in result.stderr and result.stderr.count("ERROR:") == 1, result.stderr
+    assert "test_a" not in result.stdout  # nothing ran, nothing was set up
