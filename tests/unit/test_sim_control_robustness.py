@@ -29,6 +29,15 @@ class _Idle:
         await asyncio.Event().wait()
 
 
+def idle_board(directory: Path) -> Board:
+    """A board whose app does nothing, its UART output dropped: the endpoint under test is
+    all that runs (also used by tests/unit/test_sim_fuzz.py)."""
+    board = Board(flash=SpiFlash(directory / "flash.bin"), identity=ChipIdentity(mac=parse_mac("58:cf:79:01:02:03")),
+                  app_factory=lambda behaviour: _Idle())  # fmt: skip
+    board.attach_uart(lambda data: None)
+    return board
+
+
 Client = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
@@ -37,9 +46,7 @@ def serve(tmp_path: Path, scenario: Callable[[Board, Client], Awaitable[None]]) 
     loopback port; ``scenario`` talks to it over one connection, line by line."""
 
     async def main() -> None:
-        board = Board(flash=SpiFlash(tmp_path / "flash.bin"), identity=ChipIdentity(mac=parse_mac("58:cf:79:01:02:03")),
-                      app_factory=lambda behaviour: _Idle())  # fmt: skip
-        board.attach_uart(lambda data: None)
+        board = idle_board(tmp_path)
         control = ControlServer(board)
         RigPeripherals().register(control)
         await control.start()
@@ -165,9 +172,7 @@ def test_without_the_boards_token_nothing_is_done(tmp_path: Path) -> None:
     from hil.virtual_board import ControlClient, VirtualBoardError
 
     async def main() -> None:
-        board = Board(flash=SpiFlash(tmp_path / "flash.bin"), identity=ChipIdentity(mac=parse_mac("58:cf:79:01:02:03")),
-                      app_factory=lambda behaviour: _Idle())  # fmt: skip
-        board.attach_uart(lambda data: None)
+        board = idle_board(tmp_path)
         board.power(True)
         control = ControlServer(board)
         control.require_token(tmp_path)

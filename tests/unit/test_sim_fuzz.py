@@ -15,15 +15,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hil.sim.app import AppContext
-from hil.sim.board import Board
 from hil.sim.control import ControlServer
 from hil.sim.download import MAX_FRAME_BYTES
 from hil.sim.firmware.rig import RigPeripherals
 from hil.sim.flash import SpiFlash
-from hil.sim.registers import ChipIdentity, parse_mac
 from hil.sim.slip import slip_encode
 from tests.unit.download_harness import LoopbackHost, parse_reply
+from tests.unit.test_sim_control_robustness import idle_board
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -44,18 +42,11 @@ SHAPED = st.fixed_dictionaries(
 LINES = SHAPED | st.binary(max_size=300).filter(lambda b: b"\n" not in b) | JSON_VALUES.map(lambda v: json.dumps(v).encode())
 
 
-class _Idle:
-    async def run(self, ctx: AppContext) -> None:
-        await asyncio.Event().wait()
-
-
 @FUZZ
 @given(lines=st.lists(LINES, min_size=1, max_size=5))
 def test_the_control_endpoint_answers_anything_and_goes_on(tmp_path: Path, lines: list[bytes]) -> None:
     async def main() -> None:
-        board = Board(flash=SpiFlash(tmp_path / "flash.bin"), identity=ChipIdentity(mac=parse_mac("58:cf:79:01:02:03")),
-                      app_factory=lambda behaviour: _Idle())  # fmt: skip
-        board.attach_uart(lambda data: None)
+        board = idle_board(tmp_path)
         control = ControlServer(board)
         RigPeripherals().register(control)
         try:
