@@ -480,6 +480,28 @@ class DeviceContract(RuleBasedStateMachine):
                 "C3.5", f"reconnected without a reboot, the status says {online}, not {want}"
             )
 
+    def will_then_report_while_offline(self, mark: int, what: str, timeout: float) -> int:
+        """The will (C3.4), retained for a newcomer; then a `report` command sent while the
+        device is away, QoS 1, which its persistent session keeps (C3.3). Returns the mark
+        to find the command's ack from."""
+        b = self.bench
+        will = self.wait("C3.4", what, self.topic("status"), lambda m: not _online(m), since=mark, timeout=timeout)
+        if will.json() != {"state": "offline"}:
+            self.violated("C3.4", f"the will is {will.json()}")
+        self.retained_status("C3.4", {"state": "offline"})
+        sent: int = b.mqtt.mark()
+        b.mqtt.publish(self.topic("command"), {"cmd": "report"})
+        return sent
+
+    def report_answered(self, sent: int, what: str) -> None:
+        """The `report` sent while the device was away is answered once it is back (C3.3, C4.10)."""
+        ack = self.wait(
+            "C3.3", what, self.topic("command_ack"), lambda m: m.json().get("cmd") == "report",
+            since=sent, timeout=RESPONSE_S,
+        )  # fmt: skip
+        if ack.json() != {"cmd": "report", "ok": True}:
+            self.violated("C4.10", f"report answered {ack.json()}")
+
     # -- rules: power --------------------------------------------------------------------------
     @rule()
     def power_cut(self) -> None:
@@ -488,34 +510,12 @@ class DeviceContract(RuleBasedStateMachine):
         mark = self.begin("power cut, `report` sent while off")
         b.power.off()
         self.powered_off = True
-        will = self.wait(
-            "C3.4",
-            "the will after the power went",
-            self.topic("status"),
-            lambda m: not _online(m),
-            since=mark,
-            timeout=WILL_S,
-        )
-        if will.json() != {"state": "offline"}:
-            self.violated("C3.4", f"the will is {will.json()}")
-        self.retained_status("C3.4", {"state": "offline"})
-        sent = b.mqtt.mark()
-        # QoS 1, for a persistent session: the broker keeps it until the device is back.
-        b.mqtt.publish(self.topic("command"), {"cmd": "report"})
+        sent = self.will_then_report_while_offline(mark, "the will after the power went", WILL_S)
         b.power.on()
         self.powered_off = False
         self.await_boot(mark, "POWERON", will=True)
         b.known.crashed = False
-        ack = self.wait(
-            "C3.3",
-            "the ack of a command sent while the device was off",
-            self.topic("command_ack"),
-            lambda m: m.json().get("cmd") == "report",
-            since=sent,
-            timeout=RESPONSE_S,
-        )
-        if ack.json() != {"cmd": "report", "ok": True}:
-            self.violated("C4.10", f"report answered {ack.json()}")
+        self.report_answered(sent, "the ack of a command sent while the device was off")
 
     @rule(off_s=st.sampled_from([0.2, 1.0]))
     def power_cycle(self, off_s: float) -> None:
@@ -600,32 +600,11 @@ class DeviceContract(RuleBasedStateMachine):
         serial, fault_at = b.console.mark(), time.monotonic()
         b.network.partition(10 * BOOT_S)  # healed below, long before
         b.network.reset_all()
-        will = self.wait(
-            "C3.4",
-            "the will after the connection was reset",
-            self.topic("status"),
-            lambda m: not _online(m),
-            since=mark,
-            timeout=RESPONSE_S,  # both ends reset: the broker knows at once
-        )
-        if will.json() != {"state": "offline"}:
-            self.violated("C3.4", f"the will is {will.json()}")
-        self.retained_status("C3.4", {"state": "offline"})
-        sent = b.mqtt.mark()
-        # QoS 1, for a persistent session: the broker keeps it until the device is back.
-        b.mqtt.publish(self.topic("command"), {"cmd": "report"})
+        # Both ends reset: the broker knows at once.
+        sent = self.will_then_report_while_offline(mark, "the will after the connection was reset", RESPONSE_S)
         self.go_offline(serial, 2 * b.known.interval_s)
         self.heal(fault_at, b.network.heal)
-        ack = self.wait(
-            "C3.3",
-            "the ack of a command sent while the device was cut off",
-            self.topic("command_ack"),
-            lambda m: m.json().get("cmd") == "report",
-            since=sent,
-            timeout=RESPONSE_S,
-        )
-        if ack.json() != {"cmd": "report", "ok": True}:
-            self.violated("C4.10", f"report answered {ack.json()}")
+        self.report_answered(sent, "the ack of a command sent while the device was cut off")
 
     @rule()
     def path_black_hole(self) -> None:
