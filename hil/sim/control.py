@@ -82,12 +82,18 @@ def control_url(port: int, token_file: Path | None) -> str:
     return url
 
 
+def finite(key: str, value: object, what: str = "a finite number") -> float:
+    """``value`` as a float, or ControlError naming ``key``: JSON ``true``, strings, NaN and
+    the infinities Python's json accepts are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ControlError(f"{key} must be {what}, not {value!r}")
+    return float(value)
+
+
 def number(request: dict[str, Any], key: str, *, default: float, low: float, high: float) -> float:
     """``request[key]`` as a finite number within [low, high] (``default`` when absent);
-    ControlError naming the key and the range otherwise. JSON ``true`` is not a number."""
-    value = request.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ControlError(f"{key} must be a finite number of seconds in [{low:g}, {high:g}], not {value!r}")
+    ControlError naming the key and the range otherwise."""
+    value = finite(key, request.get(key, default), f"a finite number of seconds in [{low:g}, {high:g}]")
     if not low <= value <= high:
         raise ControlError(f"{key} must be in [{low:g}, {high:g}], not {value!r}")
     return float(value)

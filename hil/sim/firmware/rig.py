@@ -8,12 +8,11 @@ RSSI) the way a lab's sensor emulator and RF shield box would.
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from hil.bme280 import BME280, Environment, Fault, NoiseModel, SimulatedSMBus
-from hil.sim.control import ControlError, ControlServer, number
+from hil.sim.control import ControlError, ControlServer, finite, number
 
 SENSOR_ADDRESS = 0x76
 MAX_RAMP_S = 24 * 3600.0
@@ -80,10 +79,7 @@ class RigPeripherals:
         current = self.sensor.environment
         values = {}
         for key in ("temperature_c", "humidity_pct", "pressure_hpa"):
-            value = request.get(key, getattr(current, key))
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-                raise ControlError(f"{key} must be a finite number")
-            values[key] = float(value)
+            values[key] = finite(key, request.get(key, getattr(current, key)))
         try:
             return Environment(**values)
         except ValueError as exc:
@@ -129,12 +125,9 @@ class RigPeripherals:
             self._ramp = None
 
     async def _sensor_noise(self, request: dict[str, Any]) -> dict[str, Any]:
-        values = {k: v for k, v in request.items() if k != "cmd"}
-        for key, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ControlError(f"sensor.noise: {key} must be a finite number, not {value!r}")
+        values = {k: finite(f"sensor.noise: {k}", v) for k, v in request.items() if k != "cmd"}
         try:
-            noise = NoiseModel(**{k: float(v) for k, v in values.items()})
+            noise = NoiseModel(**values)
         except (TypeError, ValueError) as exc:
             raise ControlError(f"sensor.noise: {exc}") from None
         self.sensor.set_noise(noise)
