@@ -59,11 +59,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from peers import has_our_pyserial, idf_build_dir, peer_versions, peers_python
 
-from hil import contract
-from hil.console import Console
-from hil.firmware import cached_build
-from hil.flashing import Flasher
-from hil.virtual_board import VirtualBoardProcess
+from hil.device import contract
+from hil.firmware.catalog import cached_build
+from hil.link.console import Console
+from hil.link.flasher import Flasher
+from hil.rig.virtual_board import VirtualBoardProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_OFFSET = 0x10000
@@ -83,7 +83,7 @@ def test_attach_and_boot(dut):
 
 OURS_TEST = """
 import json, os, time
-from hil import contract
+from hil.device import contract
 
 def test_attach_and_boot(dut):
     body = time.monotonic()

@@ -1,4 +1,4 @@
-"""Benchmark: the serial console, ours (`hil.console.Console`) against pytest-embedded's
+"""Benchmark: the serial console, ours (`hil.link.console.Console`) against pytest-embedded's
 ``Dut.expect`` (pexpect on its per-DUT log file), on the same byte source.
 
 The source is not a board: neither the virtual board's control endpoint nor its firmware
@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from peers import peer_versions, peers_python
 
-from hil.console import Console
+from hil.link.console import Console
 
 LINE_BYTES = 80
 END = b"BENCH-END\r\n"

@@ -39,10 +39,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hil.firmware import cached_build
-from hil.flashing import Flasher, FlashReport
+from hil.firmware.catalog import cached_build
+from hil.link.flasher import Flasher, FlashReport
+from hil.rig.virtual_board import VirtualBoardProcess
 from hil.sim.timing import ChipTiming
-from hil.virtual_board import VirtualBoardProcess
 
 TIMING = ChipTiming()  # what --realistic-timing boards use; printed with the results
 TARGET_RATIO = 0.1  # issue #4: an unchanged re-flash at most a tenth of a full flash

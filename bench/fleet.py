@@ -3,7 +3,7 @@
 One run starts a mosquitto (an account per device), then ``hil sim fleet`` with
 ``--devices`` boards in one process, each publishing a reading a second, straight to the
 broker (no fault proxy: nothing else in this process competes for the CPU), for
-``--duration`` seconds, and measures with `hil.load` from outside:
+``--duration`` seconds, and measures with `hil.load.run` from outside:
 
 * whether it held: every reading arrived (no seq gap on any device), the broker dropped
   nothing (mosquitto's ``$SYS/broker/publish/messages/dropped``), and the readings
@@ -34,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hil.broker import OBSERVER_USER, MosquittoBroker
-from hil.gate import LoadProfile
-from hil.load import LoadResult, LoadTarget, device_ids, run_load
+from hil.load.run import LoadResult, LoadTarget, device_ids, run_load
+from hil.reporting.gate import LoadProfile
+from hil.services.broker import OBSERVER_USER, MosquittoBroker
 
 MIN_RATE = 0.98  # of the expected readings per second, for a run to count as "held"
 

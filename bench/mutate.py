@@ -72,7 +72,7 @@ SAMPLE = BENCH / "mutants-sample.toml"
 SUITES = "tests/hil"
 # Above this much traced test time a mutant's tests run on two xdist workers.
 PARALLEL_ABOVE_S = 90.0
-# Errors that say the rig, not the device, failed (hil.report.INFRASTRUCTURE_ERRORS and
+# Errors that say the rig, not the device, failed (hil.reporting.report.INFRASTRUCTURE_ERRORS and
 # pytest's own); a board crash is the device's only when the traceback passes through
 # the mutated module.
 INFRA = re.compile(

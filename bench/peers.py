@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hil.firmware import cache_root  # noqa: E402
+from hil.firmware.catalog import cache_root  # noqa: E402
 
 LOCKS = ROOT / "locks"
 

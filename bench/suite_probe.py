@@ -108,13 +108,13 @@ def _control_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | Non
 
 def pytest_configure(config: pytest.Config) -> None:
     from hil import session
-    from hil.broker import MosquittoBroker  # AmqttBroker inherits its start
-    from hil.console import Console
-    from hil.flashing import Flasher
-    from hil.load import FleetCollector
-    from hil.mqtt import MqttObserver
-    from hil.netfault import FaultProxy
-    from hil.virtual_board import ControlClient, VirtualBoardProcess
+    from hil.link.console import Console
+    from hil.link.flasher import Flasher
+    from hil.load.run import FleetCollector
+    from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
+    from hil.services.broker import MosquittoBroker  # AmqttBroker inherits its start
+    from hil.services.mqtt import MqttObserver
+    from hil.services.netfault import FaultProxy
 
     _wrap(Console, "expect", "device")
     _wrap(Console, "wait_connected", "device")

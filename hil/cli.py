@@ -41,7 +41,7 @@ def _sim_fleet(args: argparse.Namespace) -> int:
 
 
 def _firmware_build(args: argparse.Namespace) -> int:
-    from hil.firmware import FirmwareError, build_images, load_recipes
+    from hil.firmware.catalog import FirmwareError, build_images, load_recipes
 
     try:
         book = load_recipes(Path(args.recipes)) if args.recipes else load_recipes()
@@ -58,7 +58,7 @@ def _firmware_build(args: argparse.Namespace) -> int:
 def _rigs(args: argparse.Namespace) -> int:
     import json
 
-    from hil.rigs import RigError, default_rigs_dir, load_rigs, who_holds
+    from hil.rig.inventory import RigError, default_rigs_dir, load_rigs, who_holds
 
     try:
         rigs = load_rigs(args.rigs_dir or default_rigs_dir())
@@ -91,7 +91,7 @@ def _rigs(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from hil.gate import GateError, load_profile, override, run_gate, verdict_table
+    from hil.reporting.gate import GateError, load_profile, override, run_gate, verdict_table
 
     try:
         profile = override(
@@ -114,7 +114,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from hil.html_report import ReportError, generate, write_clause_page
+    from hil.reporting.html_report import ReportError, generate, write_clause_page
 
     results = [Path(r) for r in args.results]
     try:
@@ -131,7 +131,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _clauses(args: argparse.Namespace) -> int:
     """``pytest PATHS --clauses`` in a process of its own: the plugin collects (``hil``
-    never imports the plugin or the tests), ``hil.clause_matrix`` prints."""
+    never imports the plugin or the tests), ``hil.reporting.clause_matrix`` prints."""
     import subprocess
 
     command = [sys.executable, "-m", "pytest", *args.paths, "--clauses", "-q", "-p", "no:cacheprovider"]

@@ -22,17 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from hil import contract
-from hil.backends import (
-    BootStrapPower,
-    Power,
-    ReferenceSensor,
-    SensorEmulator,
-    VirtualWifi,
-    WifiControl,
-)
-from hil.broker import EMBEDDED_BROKERS, OBSERVER_USER, BrokerError, MosquittoBroker, broker_class
-from hil.console import Console, ConsoleError, LineReset, Mark
+from hil.device import contract
+from hil.device.settings import Provisioning, provisioning_image
 from hil.errors import (
     InfrastructureError,
     InfrastructureFailure,
@@ -40,7 +31,7 @@ from hil.errors import (
     UsageError,
     as_infrastructure_failure,
 )
-from hil.firmware import (
+from hil.firmware.catalog import (
     FirmwareError,
     FlashFile,
     cache_root,
@@ -48,21 +39,36 @@ from hil.firmware import (
     load_manifest,
     load_recipes,
 )
-from hil.flashing import AfterReset, Flasher
 from hil.images.image import parse_image
-from hil.mqtt import MqttObserver, ObserverTimeout
-from hil.netfault import FaultProxy
-from hil.ota import OtaServer, OtaSigner
+from hil.link.console import Console, ConsoleError, LineReset, Mark
+from hil.link.flasher import AfterReset, Flasher
 from hil.processes import clear_stale, owned_dir
-from hil.report import Redactor
-from hil.rig_backends import BackendUnavailable, RigBackends, download_mode, rig_flasher
-from hil.rigs import ReservedRig, Rig, load_rigs, reserve, select_rigs
+from hil.reporting.report import Redactor
+from hil.rig.backends import (
+    BootStrapPower,
+    Power,
+    ReferenceSensor,
+    SensorEmulator,
+    VirtualWifi,
+    WifiControl,
+)
+from hil.rig.inventory import ReservedRig, Rig, load_rigs, reserve, select_rigs
+from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
+from hil.rig.wiring import BackendUnavailable, RigBackends, download_mode, rig_flasher
 from hil.secret import Secret, optional_secret, write_private
-from hil.settings import Provisioning, provisioning_image
-from hil.virtual_board import ControlClient, VirtualBoardProcess
+from hil.services.broker import (
+    EMBEDDED_BROKERS,
+    OBSERVER_USER,
+    BrokerError,
+    MosquittoBroker,
+    broker_class,
+)
+from hil.services.mqtt import MqttObserver, ObserverTimeout
+from hil.services.netfault import FaultProxy
+from hil.services.ota import OtaServer, OtaSigner
 
 if TYPE_CHECKING:  # labgrid is an optional extra: its module is imported only when used
-    from hil.labgrid_places import HeldPlace
+    from hil.rig.labgrid import HeldPlace
 
 NVS_OFFSET = 0x9000
 APP_OFFSET = 0x10000
@@ -321,7 +327,7 @@ class RigSession:
             wanted = select_rigs(rigs, name=self.options.rig_name, tag=self.options.rig_tag)
             if all(rig.kind == "labgrid" for rig in wanted):
                 # A shared lab: labgrid's coordinator hands out the place (no local lock).
-                from hil.labgrid_places import reserve_place
+                from hil.rig.labgrid import reserve_place
 
                 self.reserved = reserve_place(wanted[0], timeout=self.options.rig_wait_s)
             else:  # local rigs (a selection that also matches labgrid rigs takes these)

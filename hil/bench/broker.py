@@ -1,6 +1,6 @@
 """``hil broker up|down|status``: the test broker, at the bench, for as long as a person needs it.
 
-The broker is the one test sessions use (`hil.broker.MosquittoBroker`: plain, TLS and mutual
+The broker is the one test sessions use (`hil.services.broker.MosquittoBroker`: plain, TLS and mutual
 TLS listeners on loopback, password file, ACL; amqtt where mosquitto is missing). A session
 owns its broker; at the bench nobody holds a Python object for hours, so ``up`` starts a
 small keeper process, detached (``python -m hil.bench.broker serve``), that owns the broker
@@ -13,7 +13,7 @@ in a 0700 dir, as are the broker's own key and password file under ``work/``); w
 printed is their paths, the URLs and the CA file.
 
 The log (``<state dir>/logs/<kind>-broker.log``) says who connected and subscribed, not
-every message (`hil.broker.CONNECTION_LOG_TYPES`), and is capped: mosquitto cannot rotate
+every message (`hil.services.broker.CONNECTION_LOG_TYPES`), and is capped: mosquitto cannot rotate
 its log, so the keeper does, logrotate's "copytruncate" way. At start the previous log
 moves to ``.1``; while running, once it passes `LOG_CAP_BYTES` it is copied to ``.1`` and
 truncated (mosquitto writes with O_APPEND, so it carries on at the new end). At most about
@@ -42,14 +42,14 @@ from hil.bench.state import (
     spawn_detached,
     write_record,
 )
-from hil.broker import (
+from hil.secret import write_private
+from hil.services.broker import (
     CONNECTION_LOG_TYPES,
     EMBEDDED_BROKERS,
     OBSERVER_USER,
     BrokerError,
     broker_class,
 )
-from hil.secret import write_private
 
 RECORD = "broker.json"
 DEFAULT_DEVICES = ("bench",)

@@ -22,10 +22,10 @@ from rich.table import Table
 from hil.bench.state import BenchError, BenchInputError, state_dir
 
 if TYPE_CHECKING:  # esptool and the rig model are imported by the commands that use them
-    from hil.backends import BootStrapPower
     from hil.bench.target import Target
-    from hil.flashing import AfterReset, Flasher
-    from hil.rigs import Rig
+    from hil.link.flasher import AfterReset, Flasher
+    from hil.rig.backends import BootStrapPower
+    from hil.rig.inventory import Rig
 
 Handler = Callable[[argparse.Namespace], int]
 FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -35,7 +35,7 @@ def _guard(name: str, handler: Handler) -> Handler:
     """Turn the library's errors into one line on stderr and the exit code."""
 
     def run(args: argparse.Namespace) -> int:
-        from hil.flashing import FlashError, FlashInputError
+        from hil.link.flasher import FlashError, FlashInputError
 
         try:
             return handler(args)
@@ -378,7 +378,7 @@ def _report(report: Any, args: argparse.Namespace) -> None:
 
 def _flash(args: argparse.Namespace) -> int:
     from hil.bench import flash, target
-    from hil.flashing import Flasher
+    from hil.link.flasher import Flasher
 
     files, version = flash.files_to_flash(args.manifest, args.recipe, args.files)
     where = _target(args)
@@ -409,8 +409,8 @@ def _rig_flashing(
     board power-cycled into download mode around the job), and the ``after`` to use; a
     plain flasher for --port or the board 'hil sim up' started."""
     from hil.bench import target
-    from hil.flashing import Flasher
-    from hil.rig_backends import download_mode, rig_flasher
+    from hil.link.flasher import Flasher
+    from hil.rig.wiring import download_mode, rig_flasher
 
     after: AfterReset = "no-reset" if args.no_reset else "hard-reset"
     if rig is None:

@@ -1,6 +1,6 @@
 """``hil sensor get|set|fault`` and ``hil power on|off|cycle``: the rig's controls, by hand.
 
-They go through the same protocols the test fixtures use (`hil.backends`): a virtual
+They go through the same protocols the test fixtures use (`hil.rig.backends`): a virtual
 board's control endpoint, or a real rig's power switch (GPIO expander, uhubctl) and
 reference BME280. A real rig's reference sensor measures the room; it can be read, not set.
 """
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hil.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, VirtualSensor
 from hil.bench.state import BenchError, BenchInputError
-from hil.bme280 import Environment, Fault
+from hil.bme280.compensation import Environment
+from hil.bme280.faults import Fault
+from hil.rig.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, VirtualSensor
 
 FAULTS: tuple[str, ...] = tuple(f.value for f in Fault)
 RANGES = {  # the BME280's operating range (datasheet §1): beyond it, a typo more than a test

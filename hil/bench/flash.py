@@ -1,5 +1,5 @@
 """``hil flash`` and ``hil provision``: what to write, gathered and checked; the writing is
-`hil.flashing.Flasher`'s (skip-unchanged, verify, one retry on a rig failure).
+`hil.link.flasher.Flasher`'s (skip-unchanged, verify, one retry on a rig failure).
 
 Firmware comes from a manifest (``--manifest``), a recipe of the virtual rig's images
 (``--recipe``), or files named as esptool's build output names them, ``FILE@OFFSET``.
@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hil.bench.state import BenchInputError
-from hil.contract import parse_broker_uri
-from hil.firmware import (
+from hil.device.contract import parse_broker_uri
+from hil.device.settings import Provisioning, provisioning_image
+from hil.firmware.catalog import (
     BOOTLOADER_OFFSET,
     FACTORY_OFFSET,
     OTADATA_OFFSET,
@@ -32,10 +33,9 @@ from hil.firmware import (
     load_manifest,
     load_recipes,
 )
-from hil.flashing import ProgressCallback
 from hil.images.partitions import PARTITION_TABLE_OFFSET
+from hil.link.flasher import ProgressCallback
 from hil.secret import optional_secret
-from hil.settings import Provisioning, provisioning_image
 
 
 # -- what to flash ------------------------------------------------------------------------

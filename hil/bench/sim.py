@@ -28,7 +28,7 @@ from hil.bench.state import (
     spawn_detached,
     write_record,
 )
-from hil.contract import parse_broker_uri
+from hil.device.contract import parse_broker_uri
 
 RECORD = "sim.json"
 MAX_BOARDS = 32  # one process each; beyond that, a fleet is the tool
@@ -79,7 +79,7 @@ that does not answer in 2 s does not answer esptool either."""
 
 def _liveness(entry: dict[str, Any]) -> str:
     """``running`` when the process answers on its control endpoint, else ``stalled``."""
-    from hil.virtual_board import ControlClient, VirtualBoardError
+    from hil.rig.virtual_board import ControlClient, VirtualBoardError
 
     try:
         client = ControlClient(entry["control"], timeout=PROBE_TIMEOUT_S)

@@ -34,7 +34,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from hil.firmware import cache_root
+from hil.firmware.catalog import cache_root
 
 STATE_DIR_ENV = "HIL_STATE_DIR"
 START_TIMEOUT_S = 30.0

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hil.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, VirtualSensor
 from hil.bench.sim import find_board
 from hil.bench.state import BenchError, BenchInputError
-from hil.rig_backends import BackendUnavailable, NoBackend, RigBackends
-from hil.rigs import Rig, RigError, default_rigs_dir, load_rigs, reserve
-from hil.virtual_board import ControlClient, VirtualBoardError
+from hil.rig.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, VirtualSensor
+from hil.rig.inventory import Rig, RigError, default_rigs_dir, load_rigs, reserve
+from hil.rig.virtual_board import ControlClient, VirtualBoardError
+from hil.rig.wiring import BackendUnavailable, NoBackend, RigBackends
 
 T = TypeVar("T")
 DEFAULT_RIGS_DIR = default_rigs_dir()

@@ -43,12 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from hil.contract import parse_broker_uri
-from hil.firmware import FACTORY_OFFSET, FirmwareError, cached_build, load_recipes
+from hil.device.contract import parse_broker_uri
+from hil.device.settings import Provisioning, provisioning_image
+from hil.firmware.catalog import FACTORY_OFFSET, FirmwareError, cached_build, load_recipes
 from hil.images.nvs import NvsError
 from hil.images.partitions import PartitionTable
 from hil.secret import Secret, optional_secret
-from hil.settings import Provisioning, provisioning_image
 from hil.sim.board import Board
 from hil.sim.control import ControlServer, JsonLinesServer
 from hil.sim.firmware.reference import firmware_factory

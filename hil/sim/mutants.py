@@ -92,7 +92,7 @@ _Candidate = tuple[Mutant, Callable[[], None]]
 
 
 def _is_defect_ref(node: ast.AST) -> bool:
-    """``D.X`` (hil.defects imported as D) or ``self.defects`` anywhere in ``node``."""
+    """``D.X`` (hil.device.defects imported as D) or ``self.defects`` anywhere in ``node``."""
     for sub in ast.walk(node):
         if isinstance(sub, ast.Attribute):
             if isinstance(sub.value, ast.Name) and sub.value.id == "D":

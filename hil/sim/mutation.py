@@ -49,9 +49,9 @@ TRACED_MODULES = (
     "hil.sim.firmware.ota",
     "hil.sim.firmware.http_client",
     "hil.sim.firmware.programs",
-    "hil.settings",
-    "hil.bme280_driver",
-    "hil.contract",
+    "hil.device.settings",
+    "hil.bme280.driver",
+    "hil.device.contract",
 )
 
 

@@ -14,7 +14,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
-from hil import contract
+from hil.device import contract
 
 
 @dataclass(frozen=True)

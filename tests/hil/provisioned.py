@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hil import contract
+from hil.device import contract
 
 
 def setting(hil_session, key: str) -> float:

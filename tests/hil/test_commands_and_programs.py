@@ -8,9 +8,9 @@ import itertools
 
 import pytest
 
-from hil import contract
-from hil.bme280 import Environment
-from hil.mqtt import ObserverTimeout
+from hil.bme280.compensation import Environment
+from hil.device import contract
+from hil.services.mqtt import ObserverTimeout
 from hil.session import check_app_image
 from tests.hil.boot_log import ExpectedBoot, boot_problems
 from tests.hil.provisioned import setting

@@ -20,10 +20,10 @@ import time
 
 import pytest
 
-from hil import contract
-from hil.broker import free_port
-from hil.charts import Instant, Span, timeline_chart
-from hil.report import attach_svg
+from hil.device import contract
+from hil.reporting.charts import Instant, Span, timeline_chart
+from hil.reporting.report import attach_svg
+from hil.services.broker import free_port
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]

@@ -1,6 +1,6 @@
 """Fleet load gate (issue #7): many devices against the broker under test, and a storm.
 
-One load run per module (``hil.load``): the virtual fleet (``hil sim fleet``, started as
+One load run per module (``hil.load.run``): the virtual fleet (``hil sim fleet``, started as
 a process, never imported) publishes through a fault proxy to the session's broker (or
 the external ``--broker``), then every connection is reset at once. Its size and its
 thresholds come from ``load_profile`` (``--hil-load-profile``, which ``hil gate load``
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from hil.load import LoadResult, LoadUnsupported, run_load, session_target, write_metrics
+from hil.load.run import LoadResult, LoadUnsupported, run_load, session_target, write_metrics
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_load, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from hil import contract
+from hil.device import contract
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]

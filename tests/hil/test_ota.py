@@ -1,7 +1,7 @@
 """OTA and rollback (the AWS IoT Device Tester cases that matter most), end to end.
 
 Updates go *to* the firmware under test: ``update`` rebuilds the session's recipe at a
-newer version (``hil.firmware.update_image``), so a defect in how a new image confirms
+newer version (``hil.firmware.catalog.update_image``), so a defect in how a new image confirms
 itself is carried by the image the device updates to, as in a real release.
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from hil import contract
-from hil.charts import Instant, phases, timeline_chart
-from hil.firmware import cached_build, update_image
+from hil.device import contract
+from hil.firmware.catalog import cached_build, update_image
 from hil.images.partitions import TWO_OTA_TABLE
-from hil.ota import FAILS_ITS_CHECKS, REJECTED_AT_ONCE, bad_update
-from hil.report import attach_svg
+from hil.reporting.charts import Instant, phases, timeline_chart
+from hil.reporting.report import attach_svg
+from hil.services.ota import FAILS_ITS_CHECKS, REJECTED_AT_ONCE, bad_update
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e, pytest.mark.destructive]

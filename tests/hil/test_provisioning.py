@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from hil import contract
-from hil.console import ConsoleTimeout
+from hil.device import contract
+from hil.link.console import ConsoleTimeout
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e, pytest.mark.destructive]

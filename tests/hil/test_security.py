@@ -18,9 +18,9 @@ import pytest
 import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hil import contract
+from hil.device import contract
 from hil.secret import Secret
-from hil.tls_front import TlsFront
+from hil.services.tls_front import TlsFront
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_security]
 

@@ -14,12 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hil import contract
-from hil.bme280 import Environment, Fault
-from hil.charts import accuracy_chart
-from hil.mqtt import ObserverTimeout
-from hil.periodic import DEFAULT_TOLERANCE, wait_timeout
-from hil.report import attach_svg
+from hil.bme280.compensation import Environment
+from hil.bme280.faults import Fault
+from hil.device import contract
+from hil.device.periodic import DEFAULT_TOLERANCE, wait_timeout
+from hil.reporting.charts import accuracy_chart
+from hil.reporting.report import attach_svg
+from hil.services.mqtt import ObserverTimeout
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]

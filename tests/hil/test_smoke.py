@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from hil import contract
-from hil.bme280 import Environment
+from hil.bme280.compensation import Environment
+from hil.device import contract
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from hil import contract
+from hil.device import contract
 from tests.hil.provisioned import setting
 
 pytestmark = [

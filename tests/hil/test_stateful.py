@@ -27,7 +27,7 @@ Steps assert their own events too: the will after an ungraceful loss, retained (
 command sent while the device was offline answered once it is back (C3.3); the time to
 reconnect after a fault bounded by the backoff sequence (C3.6); OTA verdicts (§6).
 
-Bounds come from the contract (hil.contract) and the session's settings, never from what
+Bounds come from the contract (hil.device.contract) and the session's settings, never from what
 the virtual rig happens to do. Every step waits on events, never sleeps.
 
 Bounded for CI: HIL_STATEFUL_EXAMPLES (default 3) runs of HIL_STATEFUL_STEPS (default 6)
@@ -60,14 +60,20 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from hil import contract
-from hil.bme280 import Environment
-from hil.clauses import BY_ID
-from hil.console import ConsoleTimeout
-from hil.firmware import update_image
+from hil.bme280.compensation import Environment
+from hil.device import contract
+from hil.device.clauses import BY_ID
+from hil.firmware.catalog import update_image
 from hil.images.partitions import TWO_OTA_TABLE
-from hil.mqtt import MqttObserver, ObserverTimeout, Received, find_seq_disorder, find_seq_gaps
-from hil.ota import bad_update
+from hil.link.console import ConsoleTimeout
+from hil.services.mqtt import (
+    MqttObserver,
+    ObserverTimeout,
+    Received,
+    find_seq_disorder,
+    find_seq_gaps,
+)
+from hil.services.ota import bad_update
 from hil.session import ONLINE_TIMEOUT_S
 from tests.hil.provisioned import setting
 

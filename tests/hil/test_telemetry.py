@@ -2,8 +2,8 @@
 periods with values that agree with each other, and warnings and errors are mirrored to
 `logs`.
 
-Periods are judged by `hil.periodic.spacing_problems` on the device's clock (payload times)
-and on the receive clock, within `hil.periodic.DEFAULT_TOLERANCE`: the mean spacing within
+Periods are judged by `hil.device.periodic.spacing_problems` on the device's clock (payload times)
+and on the receive clock, within `hil.device.periodic.DEFAULT_TOLERANCE`: the mean spacing within
 ±10 % of the interval, no single gap above 1.5× or below 0.5× of it. The intervals are the
 session's (hil/session.py FAST_INTERVALS, read with `setting`). Everything is judged from
 MQTT and the serial port only.
@@ -15,9 +15,9 @@ import itertools
 
 import pytest
 
-from hil import contract
-from hil.bme280 import Fault
-from hil.periodic import DEFAULT_TOLERANCE, spacing_problems, wait_timeout
+from hil.bme280.faults import Fault
+from hil.device import contract
+from hil.device.periodic import DEFAULT_TOLERANCE, spacing_problems, wait_timeout
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hil import contract
-from hil.bme280 import Environment
-from hil.mqtt import ObserverTimeout
-from hil.periodic import spacing_problems, wait_timeout
+from hil.bme280.compensation import Environment
+from hil.device import contract
+from hil.device.periodic import spacing_problems, wait_timeout
+from hil.services.mqtt import ObserverTimeout
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]

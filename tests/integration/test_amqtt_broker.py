@@ -16,8 +16,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hil.broker import OBSERVER_USER, AmqttBroker
 from hil.secret import Secret, reveal
+from hil.services.broker import OBSERVER_USER, AmqttBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hil.bench.state import ProcessRecord
-from hil.mqtt import MqttObserver
+from hil.services.mqtt import MqttObserver
 
 ROOT = Path(__file__).resolve().parents[2]
 WIFI_PASSWORD = "hil-lab-password"  # the virtual AP's (hil.sim.firmware.rig.AccessPoint)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.broker import OBSERVER_USER, MosquittoBroker
+from hil.services.broker import OBSERVER_USER, MosquittoBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from esptool.cmds import detect_chip
 
-from hil.console import Console, ConsolePortLost
-from hil.firmware import load_recipes
-from hil.virtual_board import ControlClient, VirtualBoardProcess
+from hil.firmware.catalog import load_recipes
+from hil.link.console import Console, ConsolePortLost
+from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
 
 FLASH_SIZE = 4 * 1024 * 1024
 MAC = "58:cf:79:c0:de:01"

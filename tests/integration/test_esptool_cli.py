@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hil.firmware import load_recipes
+from hil.firmware.catalog import load_recipes
 from hil.images.otadata import OtaData, OtaEntry, OtaState
-from hil.virtual_board import VirtualBoardProcess
+from hil.rig.virtual_board import VirtualBoardProcess
 
 pytestmark = [pytest.mark.esptool]
 

@@ -20,18 +20,18 @@ import serial
 import serial.rfc2217
 from esp_pylib.logger import EspLog
 
-from hil import flashing
-from hil.flashing import (
+from hil.device.settings import Provisioning, provisioning_image
+from hil.images.nvs import read_nvs
+from hil.link import flasher
+from hil.link.flasher import (
     Flasher,
     FlashInfrastructureError,
     FlashReport,
     FlashVerifyError,
     _Rfc2217Port,
 )
-from hil.images.nvs import read_nvs
-from hil.settings import Provisioning, provisioning_image
+from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
 from hil.sim.process import FLASH_FILE
-from hil.virtual_board import ControlClient, VirtualBoardProcess
 
 pytestmark = [pytest.mark.esptool]
 
@@ -244,7 +244,7 @@ def closed_port() -> int:
 def test_nothing_behind_the_port_is_an_infrastructure_error_after_two_attempts(
     monkeypatch: pytest.MonkeyPatch, firmware_dir: Path
 ) -> None:
-    opened = count_calls(monkeypatch, flashing._Link, "open")
+    opened = count_calls(monkeypatch, flasher._Link, "open")
     port = f"socket://127.0.0.1:{closed_port()}"
     with pytest.raises(FlashInfrastructureError) as info:
         Flasher().flash(port, baseline_files(firmware_dir))

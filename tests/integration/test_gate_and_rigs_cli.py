@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.broker import OBSERVER_USER, MosquittoBroker
+from hil.services.broker import OBSERVER_USER, MosquittoBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_help_teaches(command: list[str]) -> None:
 
 
 def test_rigs_lists_the_inventory_and_who_holds_a_rig(tmp_path: Path) -> None:
-    from hil.rigs import load_rigs, reserve
+    from hil.rig.inventory import load_rigs, reserve
 
     rigs = load_rigs(ROOT / "rigs")
     result = hil("rigs", "--lock-dir", str(tmp_path), "--json")

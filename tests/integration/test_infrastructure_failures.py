@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.gate import GateProfile, Thresholds, run_gate
+from hil.reporting.gate import GateProfile, Thresholds, run_gate
 from tests.meta.outcomes import junit_outcomes, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ import signal
 import time
 from pathlib import Path
 
-from hil import contract
+from hil.device import contract
 
 KILLED = Path(__file__).with_name("killed")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.virtual_board import ControlClient, VirtualBoardError
+from hil.rig.virtual_board import ControlClient, VirtualBoardError
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

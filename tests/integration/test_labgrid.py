@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from hil.broker import free_port
 from hil.processes import die_with_parent
-from hil.rigs import load_rigs
-from hil.ser2net import Ser2net
-from hil.virtual_board import VirtualBoardProcess
-from hil.virtual_pdu import VirtualPdu
+from hil.rig.inventory import load_rigs
+from hil.rig.ser2net import Ser2net
+from hil.rig.virtual_board import VirtualBoardProcess
+from hil.rig.virtual_pdu import VirtualPdu
+from hil.services.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -126,7 +126,7 @@ class Lab:
 
     def acquired_by(self) -> dict[str, str | None]:
         """Each place and the owner name of whoever holds it (None: free)."""
-        from hil.labgrid_places import GrpcCoordinator
+        from hil.rig.labgrid import GrpcCoordinator
 
         coordinator = GrpcCoordinator(self.coordinator, "test/observer,main,pid0")
         try:
@@ -221,7 +221,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def test_a_labgrid_rig_reserves_acquires_powers_and_releases_a_place(
     lab: Lab, tmp_path: Path
 ) -> None:
-    from hil.labgrid_places import reserve_place
+    from hil.rig.labgrid import reserve_place
 
     (rig,) = load_rigs(lab.rig_file(tmp_path / "rigs", 'board = "esp32c3", lab = "hil"'))
     held = reserve_place(rig, timeout=10)
@@ -247,8 +247,8 @@ def _holder(lab: Lab, rigs: Path) -> subprocess.Popen[str]:
     script = textwrap.dedent(
         f"""
         import json, sys, time
-        from hil.labgrid_places import reserve_place
-        from hil.rigs import load_rigs
+        from hil.rig.labgrid import reserve_place
+        from hil.rig.inventory import load_rigs
         held = reserve_place(load_rigs({str(rigs)!r})[0], timeout=10)
         print(json.dumps([held.place, held.owner]), flush=True)
         time.sleep(120)
@@ -276,7 +276,7 @@ def test_sigterm_releases_the_place(lab: Lab, tmp_path: Path) -> None:
 def test_a_place_left_by_a_killed_session_is_taken_back_by_the_next(
     lab: Lab, tmp_path: Path
 ) -> None:
-    from hil.labgrid_places import reserve_place
+    from hil.rig.labgrid import reserve_place
 
     rigs = lab.rig_file(tmp_path / "rigs", 'name = "c3-1"')
     child = _holder(lab, rigs)

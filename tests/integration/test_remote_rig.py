@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hil.firmware import cached_build
-from hil.ser2net import Ser2net
-from hil.virtual_board import VirtualBoardProcess
+from hil.firmware.catalog import cached_build
+from hil.rig.ser2net import Ser2net
+from hil.rig.virtual_board import VirtualBoardProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [

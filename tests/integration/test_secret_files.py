@@ -18,7 +18,7 @@ import pytest
 
 import hil.session
 from hil.bench.broker import cap_log
-from hil.broker import CONNECTION_LOG_TYPES, MosquittoBroker
+from hil.services.broker import CONNECTION_LOG_TYPES, MosquittoBroker
 from hil.session import RigSession, SessionOptions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hil import contract
+from hil.device import contract
 from hil.session import RigSession, SessionOptions
 
 ROOT = Path(__file__).resolve().parents[2]

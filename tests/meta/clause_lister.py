@@ -1,6 +1,6 @@
 """A pytest plugin the clause meta test loads into a collect-only run of ``tests/hil``:
 writes every collected test with the clause ids its markers name, as JSON, to the file
-named by ``HIL_CLAUSES_OUT`` (``hil.clause_matrix.tagged`` reads the markers)."""
+named by ``HIL_CLAUSES_OUT`` (``hil.reporting.clause_matrix.tagged`` reads the markers)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import pytest
 
-from hil.clause_matrix import tagged
+from hil.reporting.clause_matrix import tagged
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

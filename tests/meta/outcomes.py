@@ -8,7 +8,7 @@ nothing and must not count as caught.
 
 Which is which the plugin decides by type (``hil.errors.classify``, and the rig's health
 after a failure) and writes on the testcase as properties: ``hil_outcome = broken``
-(``hil.report.BROKEN_PROPERTY``) and, for a rig taken out, ``hil_rig_taken_out``. The
+(``hil.reporting.report.BROKEN_PROPERTY``) and, for a rig taken out, ``hil_rig_taken_out``. The
 message's words count for nothing: a device's failure may quote any error name.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from hil.report import BROKEN_PROPERTY
+from hil.reporting.report import BROKEN_PROPERTY
 
 TAKEN_OUT_PROPERTY = "hil_rig_taken_out"
 CAUGHT = frozenset({"failed", "error"})

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from hil.report import is_broken
+from hil.reporting.report import is_broken
 
 GUARDS_PROPERTY = "hil_guards"
 RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3, "broken": 4}  # broken: not judged at all
@@ -61,7 +61,7 @@ def session_firmware(option: str | None) -> str:
     manifest or image path), else the recipe book's baseline."""
     if option is not None:
         return option
-    from hil.firmware import load_recipes
+    from hil.firmware.catalog import load_recipes
 
     return load_recipes().baseline
 

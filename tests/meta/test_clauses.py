@@ -1,7 +1,7 @@
 """Every normative clause of the device contract has a HIL test that asserts it, and every
 HIL test says which clauses it asserts.
 
-Clauses are ``hil.clauses`` (stated in docs/device-contract.md); a test names the ones it
+Clauses are ``hil.device.clauses`` (stated in docs/device-contract.md); a test names the ones it
 asserts with ``@pytest.mark.clause("C3.4", ...)``. A clause nobody asserts is a promise
 the suites never check: a firmware could break it and every suite would still pass. The
 failure lists each such clause with its text, so closing the gap is a to-do list;
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from hil.clause_matrix import ClauseMatrix, TaggedTest, build, grouped
-from hil.clauses import BY_ID, SECTIONS
+from hil.device.clauses import BY_ID, SECTIONS
+from hil.reporting.clause_matrix import ClauseMatrix, TaggedTest, build, grouped
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECT_TIMEOUT_S = 120

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.firmware import load_recipes
+from hil.firmware.catalog import load_recipes
 from tests.meta.outcomes import junit_outcomes, skip_reasons, verdict
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from hil.broker import OBSERVER_USER, DeviceCredentials, MosquittoBroker
-from hil.firmware import cached_build
-from hil.mqtt import MqttObserver
-from hil.settings import Provisioning, provisioning_image
+from hil.device.settings import Provisioning, provisioning_image
+from hil.firmware.catalog import cached_build
+from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
+from hil.services.broker import OBSERVER_USER, DeviceCredentials, MosquittoBroker
+from hil.services.mqtt import MqttObserver
 from hil.sim.flash import SpiFlash
-from hil.virtual_board import ControlClient, VirtualBoardProcess
 
 DEVICES = ("dev1", "dev2", "dev3")
 WIFI_SSID = "hil-lab"

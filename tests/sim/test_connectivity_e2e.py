@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from hil import contract
-from hil.broker import MosquittoBroker
-from hil.mqtt import MqttObserver
+from hil.device import contract
+from hil.services.broker import MosquittoBroker
+from hil.services.mqtt import MqttObserver
 from tests.sim.conftest import BoardMaker
 from tests.sim.test_firmware_e2e import online, payload, valid
 

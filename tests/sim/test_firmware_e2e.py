@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from hil import contract
-from hil.broker import OBSERVER_USER, MosquittoBroker
-from hil.mqtt import MqttObserver, Received
+from hil.device import contract
+from hil.services.broker import OBSERVER_USER, MosquittoBroker
+from hil.services.mqtt import MqttObserver, Received
 from tests.sim.conftest import BoardMaker
 
 pytestmark = pytest.mark.slow

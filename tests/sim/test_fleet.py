@@ -24,16 +24,17 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hil import contract, load
-from hil.broker import OBSERVER_USER, MosquittoBroker
-from hil.mqtt import MqttObserver, Received
-from hil.virtual_board import ControlClient
+from hil.device import contract
+from hil.load import run as load_run
+from hil.rig.virtual_board import ControlClient
+from hil.services.broker import OBSERVER_USER, MosquittoBroker
+from hil.services.mqtt import MqttObserver, Received
 
 FLEET_CONFIG = {"measurement_interval_s": 1}
 
 
-class FleetProcess(load.FleetProcess):
-    """``hil.load``'s fleet process (its own process group, always stopped), with a client
+class FleetProcess(load_run.FleetProcess):
+    """``hil.load.run``'s fleet process (its own process group, always stopped), with a client
     of the fleet's control endpoint."""
 
     def __init__(self, args: Sequence[str], log: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hil import contract
-from hil.broker import MosquittoBroker
-from hil.mqtt import MqttObserver, Received
-from hil.ota import OtaServer, OtaSigner
+from hil.device import contract
+from hil.services.broker import MosquittoBroker
+from hil.services.mqtt import MqttObserver, Received
+from hil.services.ota import OtaServer, OtaSigner
 from tests.sim.conftest import BoardMaker
 from tests.sim.test_firmware_e2e import online, payload, valid
 

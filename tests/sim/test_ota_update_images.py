@@ -1,4 +1,4 @@
-"""Update images with trouble of their own (``hil.firmware.update_image`` params), on the
+"""Update images with trouble of their own (``hil.firmware.catalog.update_image`` params), on the
 reference firmware: built with other Wi-Fi credentials (its self-test fails, it is rolled
 back), and with a sensor task that hangs at boot (the watchdog rolls it back)."""
 
@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from hil import contract
-from hil.broker import MosquittoBroker
-from hil.firmware import update_image
-from hil.mqtt import MqttObserver
-from hil.ota import OtaServer, OtaSigner
+from hil.device import contract
+from hil.firmware.catalog import update_image
+from hil.services.broker import MosquittoBroker
+from hil.services.mqtt import MqttObserver
+from hil.services.ota import OtaServer, OtaSigner
 from tests.sim.conftest import BoardMaker
 from tests.sim.test_firmware_e2e import online, payload
 

@@ -9,8 +9,8 @@ import hashlib
 
 import pytest
 
-from hil import contract
-from hil.mqtt import MqttObserver
+from hil.device import contract
+from hil.services.mqtt import MqttObserver
 from tests.sim.conftest import BoardMaker
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from hil.device.settings import DeviceConfig
 from hil.images.app import BehaviourRecord
-from hil.settings import DeviceConfig
 from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from hil import broker as broker_module
-from hil.broker import (
+from hil.services import broker as broker_module
+from hil.services.broker import (
     OBSERVER_USER,
     AmqttBroker,
     BrokerError,
@@ -96,8 +96,8 @@ def test_amqtt_says_it_has_no_mutual_tls(amqtt: AmqttBroker) -> None:
 def test_the_runner_is_a_python_module_given_the_config(amqtt: AmqttBroker) -> None:
     config = amqtt._write_config()
     command = amqtt._command(config)
-    assert command[1:] == ["-m", "hil.amqtt_broker", str(config)]
-    assert (ROOT / "hil" / "amqtt_broker.py").is_file()
+    assert command[1:] == ["-m", "hil.services.amqtt_broker", str(config)]
+    assert (ROOT / "hil" / "services" / "amqtt_broker.py").is_file()
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from hil.backends import (
+from hil.bme280.compensation import Environment
+from hil.bme280.driver import BME280Driver
+from hil.rig.backends import (
     MCP23017,
     PCF8574,
     GpioExpanderPower,
@@ -17,8 +19,7 @@ from hil.backends import (
     VirtualSensor,
     VirtualWifi,
 )
-from hil.bme280 import BME280, Environment, SimulatedSMBus
-from hil.bme280_driver import BME280Driver
+from hil.sim.bme280 import BME280, SimulatedSMBus
 
 
 class FakeBus:

@@ -23,11 +23,11 @@ import pytest
 import serial
 import serial.serialutil
 
-from hil.console import Console, ConsoleError
-from hil.firmware import FirmwareError, build_images, load_manifest, load_recipes
-from hil.flashing import Flasher, FlashInputError, FlashPortBusyError
+from hil.firmware.catalog import FirmwareError, build_images, load_manifest, load_recipes
 from hil.images.app import AppDescriptor, build_app_image
-from hil.rigs import RigError, load_rigs, reserve
+from hil.link.console import Console, ConsoleError
+from hil.link.flasher import Flasher, FlashInputError, FlashPortBusyError
+from hil.rig.inventory import RigError, load_rigs, reserve
 from hil.session import RigSession, SessionError, SessionOptions
 
 
@@ -196,7 +196,7 @@ def _watch(monkeypatch: pytest.MonkeyPatch) -> Iterator[Touched]:
                 os, name, lambda *a, _n=name, _o=original, **k: (touched.processes.append(_n), _o(*a, **k))[1]
             )
 
-    from hil.virtual_board import VirtualBoardProcess
+    from hil.rig.virtual_board import VirtualBoardProcess
 
     board_start = VirtualBoardProcess.start
     monkeypatch.setattr(
@@ -275,14 +275,14 @@ def test_there_are_at_least_fifteen_cases() -> None:
 
 def test_a_busy_port_is_one_attempt_an_infrastructure_error_naming_its_holder(fw: Path) -> None:
     """Not retried (a retry would find it held again), and reported as the rig's problem."""
-    from hil import flashing
     from hil.errors import is_infrastructure
+    from hil.link import flasher
 
     with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as patch:
         action = busy_port(stack, fw)
         opened: list[int] = []
-        original = flashing._Link.open
-        patch.setattr(flashing._Link, "open", lambda *a, **k: (opened.append(1), original(*a, **k))[1])
+        original = flasher._Link.open
+        patch.setattr(flasher._Link, "open", lambda *a, **k: (opened.append(1), original(*a, **k))[1])
         with pytest.raises(FlashPortBusyError) as info:
             action()
     assert len(opened) == 1 and info.value.attempts == 1

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from hil.backends import UhubctlPower, VirtualPower, VirtualSensor
 from hil.bench import broker, controls, flash, monitor, sim, state, target
 from hil.bench.state import BenchError, BenchInputError, ProcessRecord
+from hil.rig.backends import UhubctlPower, VirtualPower, VirtualSensor
 
 
 # -- flash inputs ------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def test_bad_provisioning_is_refused(changes: dict[str, Any], needle: str) -> No
 
 
 def test_provisioning_image_file_is_private(tmp_path: Path) -> None:
-    from hil.settings import Provisioning
+    from hil.device.settings import Provisioning
 
     out = flash.write_image(tmp_path / "nvs.bin", Provisioning("d1", mqtt_pass="pw"), {})
     assert out.stat().st_mode & 0o777 == 0o600 and out.stat().st_size == 0x4000
@@ -206,7 +206,7 @@ def test_sensor_faults() -> None:
 
 
 def test_a_reference_sensor_is_read_only() -> None:
-    from hil.bme280 import Environment
+    from hil.bme280.compensation import Environment
 
     class Reference:
         def get(self) -> Environment:

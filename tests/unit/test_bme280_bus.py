@@ -1,4 +1,4 @@
-"""The SMBus stand-in (hil.bme280.SimulatedSMBus) and an off-the-shelf driver reading it."""
+"""The SMBus stand-in (hil.sim.bme280.SimulatedSMBus) and an off-the-shelf driver reading it."""
 
 from __future__ import annotations
 
@@ -9,16 +9,10 @@ import pytest
 import smbus2
 from smbus2 import i2c_msg
 
-from hil.bme280 import (
-    BME280,
-    CALIBRATIONS,
-    DEFAULT_CALIBRATION,
-    Calibration,
-    Environment,
-    Fault,
-    SimulatedSMBus,
-    measurement_time_s,
-)
+from hil.bme280.calibration import CALIBRATIONS, DEFAULT_CALIBRATION, Calibration
+from hil.bme280.compensation import Environment, measurement_time_s
+from hil.bme280.faults import Fault
+from hil.sim.bme280 import BME280, SimulatedSMBus
 
 
 class FakeClock:

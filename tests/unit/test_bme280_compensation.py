@@ -1,4 +1,4 @@
-"""Calibration layout, Bosch's compensation and its inverse (hil.bme280)."""
+"""Calibration layout, Bosch's compensation and its inverse (hil.bme280.calibration, hil.bme280.compensation)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hil.bme280 import (
-    ADC_H_MAX,
-    ADC_TP_MAX,
-    CALIBRATIONS,
-    DEFAULT_CALIBRATION,
-    Calibration,
+from hil.bme280.calibration import CALIBRATIONS, DEFAULT_CALIBRATION, Calibration
+from hil.bme280.compensation import (
     Environment,
     compensate_float,
     compensate_int,
@@ -26,6 +22,7 @@ from hil.bme280 import (
     t_fine_float,
     t_fine_int,
 )
+from hil.bme280.registers import ADC_H_MAX, ADC_TP_MAX
 
 # The BMP280 datasheet's worked example (SPEC_FACTS.md §6): same T/P formulas as the BME280.
 BMP280_EXAMPLE = Calibration(

@@ -1,4 +1,4 @@
-"""The project's reference driver (hil.bme280_driver) against the simulated part."""
+"""The project's reference driver (hil.bme280.driver) against the simulated part."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from hil.bme280 import BME280, CALIBRATIONS, Environment, Fault, SimulatedSMBus
-from hil.bme280_driver import (
+from hil.bme280.calibration import CALIBRATIONS
+from hil.bme280.compensation import Environment
+from hil.bme280.driver import (
     BME280Driver,
     CorruptCalibration,
     SensorBusError,
@@ -16,6 +17,8 @@ from hil.bme280_driver import (
     Settings,
     WrongChipId,
 )
+from hil.bme280.faults import Fault
+from hil.sim.bme280 import BME280, SimulatedSMBus
 
 
 class FakeTime:

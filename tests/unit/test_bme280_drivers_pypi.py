@@ -1,7 +1,7 @@
 """Public smbus2-based BME280 drivers from PyPI, used unchanged, read the simulated sensor.
 
 Acceptance: at least two different public driver packages, fed the stand-in
-(:class:`hil.bme280.SimulatedSMBus` with a :class:`hil.bme280.BME280` on it), return the
+(:class:`hil.sim.bme280.SimulatedSMBus` with a :class:`hil.sim.bme280.BME280` on it), return the
 environment that was set within the contract's accuracy (±1 °C, ±3 %RH, ±1 hPa).  Each is
 used through its own public API, and the stand-in reaches it the way a user would hand it
 a bus:
@@ -36,8 +36,10 @@ from pathlib import Path
 
 import pytest
 
-from hil.bme280 import BME280, CALIBRATIONS, Environment, SimulatedSMBus
-from hil.contract import HUMIDITY_ACCURACY_PCT, PRESSURE_ACCURACY_HPA, TEMPERATURE_ACCURACY_C
+from hil.bme280.calibration import CALIBRATIONS
+from hil.bme280.compensation import Environment
+from hil.device.contract import HUMIDITY_ACCURACY_PCT, PRESSURE_ACCURACY_HPA, TEMPERATURE_ACCURACY_C
+from hil.sim.bme280 import BME280, SimulatedSMBus
 
 ADDRESS = 0x76
 

@@ -1,4 +1,4 @@
-"""The register-level BME280 model (hil.bme280.BME280), stepped with a fake clock."""
+"""The register-level BME280 model (hil.sim.bme280.BME280), stepped with a fake clock."""
 
 from __future__ import annotations
 
@@ -8,18 +8,16 @@ import threading
 
 import pytest
 
-from hil.bme280 import (
-    BME280,
-    CALIBRATIONS,
-    DEFAULT_CALIBRATION,
-    STANDBY_S,
+from hil.bme280.calibration import CALIBRATIONS, DEFAULT_CALIBRATION
+from hil.bme280.compensation import (
     Environment,
-    Fault,
-    NoiseModel,
     compensate_int,
     measurement_time_s,
     raw_from_environment,
 )
+from hil.bme280.faults import Fault
+from hil.bme280.registers import STANDBY_S
+from hil.sim.bme280 import BME280, NoiseModel
 
 ENV_A = Environment(22.0, 45.0, 1013.25)
 ENV_B = Environment(30.5, 60.0, 950.0)

@@ -1,6 +1,6 @@
-"""Reading CONNECT, SUBSCRIBE and PUBLISH back from mosquitto's log (`hil.broker_log`): on
+"""Reading CONNECT, SUBSCRIBE and PUBLISH back from mosquitto's log (`hil.services.broker_log`): on
 lines a real mosquitto 2.0.11 wrote (``data/mosquitto-2.0.11-protocol.log``, captured with
-the config `hil.broker` writes), and end to end through a running one."""
+the config `hil.services.broker` writes), and end to end through a running one."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hil.broker import AmqttBroker, BrokerUnsupported, MosquittoBroker
-from hil.broker_log import BrokerLogReader, BrokerLogTimeout, Subscription, Will, parse_broker_log
+from hil.services.broker import AmqttBroker, BrokerUnsupported, MosquittoBroker
+from hil.services.broker_log import (
+    BrokerLogReader,
+    BrokerLogTimeout,
+    Subscription,
+    Will,
+    parse_broker_log,
+)
 
 CAPTURED = Path(__file__).parent / "data" / "mosquitto-2.0.11-protocol.log"
 DEVICE = "hil-dev-0001"

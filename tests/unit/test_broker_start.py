@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.broker import BrokerError, MosquittoBroker
+from hil.services.broker import BrokerError, MosquittoBroker
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed")

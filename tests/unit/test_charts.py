@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from hil.charts import Instant, Span, accuracy_chart, timeline_chart
+from hil.reporting.charts import Instant, Span, accuracy_chart, timeline_chart
 
 NS = {"svg": "http://www.w3.org/2000/svg"}
 
@@ -41,7 +41,7 @@ def test_empty_data_is_refused() -> None:
 
 
 def test_phases_run_from_each_event_to_the_next() -> None:
-    from hil.charts import phases
+    from hil.reporting.charts import phases
 
     spans = phases("ota", [(3.0, "verifying"), (1.0, "downloading"), (4.5, "success")])
     assert [(s.label, s.start, s.end) for s in spans] == [

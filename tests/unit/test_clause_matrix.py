@@ -1,5 +1,5 @@
-"""The clause list (``hil.clauses``), its statement in docs/device-contract.md, and the
-matrix clause -> tests (``hil.clause_matrix``)."""
+"""The clause list (``hil.device.clauses``), its statement in docs/device-contract.md, and the
+matrix clause -> tests (``hil.reporting.clause_matrix``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hil.clause_matrix import (
+from hil.device.clauses import CLAUSES, NORMATIVE, SECTIONS
+from hil.reporting.clause_matrix import (
     ClauseMatrix,
     TaggedTest,
     UnknownClauses,
@@ -23,8 +24,7 @@ from hil.clause_matrix import (
     render_text,
     write,
 )
-from hil.clauses import CLAUSES, NORMATIVE, SECTIONS
-from hil.html_report import write_clause_page
+from hil.reporting.html_report import write_clause_page
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "device-contract.md"
@@ -37,10 +37,10 @@ def test_the_contract_page_states_exactly_the_clauses_of_hil_clauses_in_order() 
     assert not duplicates, f"docs/device-contract.md states these ids twice: {duplicates}"
     assert set(stated) == set(ids), (
         f"only in docs/device-contract.md: {sorted(set(stated) - set(ids))}; "
-        f"only in hil/clauses.py: {sorted(set(ids) - set(stated))}"
+        f"only in hil/device/clauses.py: {sorted(set(ids) - set(stated))}"
     )
     assert stated == ids, (
-        "docs/device-contract.md states the clauses in another order than hil/clauses.py"
+        "docs/device-contract.md states the clauses in another order than hil/device/clauses.py"
     )
 
 

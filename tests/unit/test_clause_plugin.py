@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.clauses import NORMATIVE
+from hil.device.clauses import NORMATIVE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,7 +104,7 @@ def test_an_unknown_clause_id_is_a_usage_error_naming_the_test(
         result = run(*args)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         assert f"test_typo.py::test_x: {shown}" in result.stderr.str()
-        assert "not clauses of hil/clauses.py" in result.stderr.str()
+        assert "not clauses of hil/device/clauses.py" in result.stderr.str()
 
 
 def test_a_run_with_alluredir_leaves_the_matrix_for_hil_report(

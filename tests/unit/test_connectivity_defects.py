@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 import aiomqtt
 import pytest
 
-from hil import contract
-from hil import defects as D
+from hil.device import contract
+from hil.device import defects as D
+from hil.device.settings import DeviceConfig, Provisioning
 from hil.images.app import BehaviourRecord
-from hil.settings import DeviceConfig, Provisioning
 from hil.sim.firmware.mqtt_link import BrokerUri
 from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
 from hil.sim.firmware.rig import RigPeripherals

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.console import (
+from hil.link.console import (
     PARTIAL_SETTLE_S,
     READ_TIMEOUT_S,
     Console,

@@ -1,4 +1,4 @@
-"""hil.contract: topics, payload schemas and log patterns of DEVICE_CONTRACT.md, pinned."""
+"""hil.device.contract: topics, payload schemas and log patterns of DEVICE_CONTRACT.md, pinned."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hil import contract as c
-from hil.contract import PAYLOAD_SCHEMAS, PayloadKind, validate_payload
+from hil.device import contract as c
+from hil.device.contract import PAYLOAD_SCHEMAS, PayloadKind, validate_payload
 
 DEV = "c3-0001"
 

@@ -15,8 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hil.broker import MosquittoBroker
-from hil.device_certs import device_uri, issue_device_certificate
+from hil.services.broker import MosquittoBroker
+from hil.services.device_certs import device_uri, issue_device_certificate
 
 
 @pytest.mark.parametrize("device_id", ["bench-1", "dev_1", "Ünïcode-ε", "a.b"])

@@ -15,8 +15,6 @@ from types import SimpleNamespace
 import pytest
 import serial
 
-from hil.broker import BrokerError, BrokerStartCrashed, BrokerUnsupported
-from hil.console import ConsoleError, ConsolePortLost, ConsoleTimeout
 from hil.errors import (
     INFRASTRUCTURE_MARKER,
     InfrastructureFailure,
@@ -25,21 +23,24 @@ from hil.errors import (
     classify,
     is_infrastructure,
 )
-from hil.firmware import FirmwareError
-from hil.flashing import (
+from hil.firmware.catalog import FirmwareError
+from hil.link.console import ConsoleError, ConsolePortLost, ConsoleTimeout
+from hil.link.flasher import (
     FlashInfrastructureError,
     FlashInputError,
     FlashPortBusyError,
     FlashVerifyError,
 )
-from hil.gate import read_junit
-from hil.labgrid_places import LabgridError, LabgridUnavailable, NoPlaceAvailable
-from hil.mqtt import MqttObserver, ObserverConnectError, ObserverTimeout, SeqGapError
-from hil.netfault import FaultProxyError
-from hil.report import BROKEN_PROPERTY, CATEGORIES, is_broken, mark_broken_in_junit
-from hil.rig_backends import BackendUnavailable, NoBackend
-from hil.rigs import NoRigAvailable, Problem, ReservationError, RigConfigError, UnknownRig
-from hil.ser2net import Ser2netError
+from hil.reporting.gate import read_junit
+from hil.reporting.report import BROKEN_PROPERTY, CATEGORIES, is_broken, mark_broken_in_junit
+from hil.rig.inventory import NoRigAvailable, Problem, ReservationError, RigConfigError, UnknownRig
+from hil.rig.labgrid import LabgridError, LabgridUnavailable, NoPlaceAvailable
+from hil.rig.ser2net import Ser2netError
+from hil.rig.virtual_board import VirtualBoardError
+from hil.rig.wiring import BackendUnavailable, NoBackend
+from hil.services.broker import BrokerError, BrokerStartCrashed, BrokerUnsupported
+from hil.services.mqtt import MqttObserver, ObserverConnectError, ObserverTimeout, SeqGapError
+from hil.services.netfault import FaultProxyError
 from hil.session import (
     RigSession,
     SessionError,
@@ -47,7 +48,6 @@ from hil.session import (
     SessionOptions,
     SessionUsageError,
 )
-from hil.virtual_board import VirtualBoardError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,7 +122,7 @@ def test_a_wrapper_keeps_the_kind_of_what_it_chains() -> None:
 
 
 def test_names_and_words_decide_nothing() -> None:
-    class BrokerError(Exception):  # the same name as hil.broker's, another type
+    class BrokerError(Exception):  # the same name as hil.services.broker's, another type
         pass
 
     assert not is_infrastructure(BrokerError("taken out of this run: ConsoleError port lost"))
@@ -230,8 +230,8 @@ def test_broken_failures_become_junit_errors_and_the_gate_reads_them_broken(tmp_
 # -- the plugin: terminal, JUnit and Allure -----------------------------------------------
 PLANTED = '''
 import pytest
-from hil.console import ConsolePortLost
-from hil.mqtt import MqttObserver
+from hil.link.console import ConsolePortLost
+from hil.services.mqtt import MqttObserver
 
 
 def test_port_lost_during_the_call():

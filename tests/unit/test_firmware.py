@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.firmware import (
+from hil.firmware.catalog import (
     FirmwareError,
     build_images,
     cached_build,

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hil import flashing
-from hil.firmware import FlashFile, load_manifest, load_recipes
-from hil.flashing import Flasher, FlashInputError, FlashRegion
+from hil.firmware.catalog import FlashFile, load_manifest, load_recipes
 from hil.images.app import build_app_image
 from hil.images.partitions import (
     FACTORY,
@@ -21,6 +19,8 @@ from hil.images.partitions import (
     PartitionTable,
     PartitionType,
 )
+from hil.link import flasher
+from hil.link.flasher import Flasher, FlashInputError, FlashRegion
 
 PORT = "rfc2217://127.0.0.1:9"  # never opened: a refusal must come first
 
@@ -30,7 +30,7 @@ def no_port_is_ever_opened(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the flasher opened a port before refusing its input")
 
-    monkeypatch.setattr(flashing._Link, "open", refuse)
+    monkeypatch.setattr(flasher._Link, "open", refuse)
 
 
 @pytest.fixture
@@ -285,7 +285,7 @@ def test_data_running_from_the_bootloader_region_into_the_table() -> None:
 
 
 def test_provisioning_that_does_not_fit_is_refused_before_connecting() -> None:
-    from hil.settings import Provisioning
+    from hil.device.settings import Provisioning
 
     with pytest.raises(
         FlashInputError, match=r"provisioning for 'dev-1': provisioning config rejected"
@@ -306,7 +306,7 @@ def test_esptool_output_goes_to_the_job_of_its_thread_and_the_logger_is_given_ba
     barrier = threading.Barrier(2)
 
     def job(name: str) -> None:
-        with flashing._capture_esptool_log() as capture:
+        with flasher._capture_esptool_log() as capture:
             barrier.wait()
             log.print(f"Connecting to {name}...", end="")
             log.print(" done")

@@ -1,4 +1,4 @@
-"""The OTA defect switches of the firmware model (hil/defects.py): each lets through
+"""The OTA defect switches of the firmware model (hil/device/defects.py): each lets through
 exactly what its defect lets through, and the defaults keep the checks."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from hil.ota import tampered
+from hil.services.ota import tampered
 from hil.sim.firmware.ota import OtaFailed, OtaWriter, download_to, next_update_partition
 from hil.sim.flash import SpiFlash
 from tests.unit.test_fw_ota import FACTORY, OTA_0, OTA_1, TABLE, ImageServer, image, request_for

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.gate import (
+from hil.reporting.gate import (
     GateError,
     GateProfile,
     Thresholds,
@@ -163,7 +163,7 @@ def test_broken_after_all_retries_is_a_no_go(tmp_path: Path) -> None:
 
 
 def test_thresholds_decide_the_verdict() -> None:
-    from hil.gate import CaseResult
+    from hil.reporting.gate import CaseResult
 
     cases = [CaseResult("a", "s", "passed"), CaseResult("b", "s", "skipped")]
     assert judge(GateProfile(name="g", path=Path("g")), cases) == ("go", ())
@@ -178,7 +178,7 @@ def test_a_run_that_writes_no_junit_is_a_gate_error(tmp_path: Path) -> None:
 
 # -- the [load] table (fleet load gate) ----------------------------------------------------
 def test_the_load_profile_has_a_realistic_load_table() -> None:
-    from hil.gate import LoadProfile
+    from hil.reporting.gate import LoadProfile
 
     profile = load_profile("load", ROOT / "gates")
     assert profile.load is not None and profile.markers == "gate_load"
@@ -189,7 +189,7 @@ def test_the_load_profile_has_a_realistic_load_table() -> None:
 
 
 def test_a_load_table_is_read_with_numbers_as_floats(tmp_path: Path) -> None:
-    from hil.gate import LoadProfile
+    from hil.reporting.gate import LoadProfile
 
     write_profile(
         tmp_path,
@@ -234,7 +234,7 @@ def test_a_load_table_that_is_not_a_table_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_gate_passes_its_load_profile_and_copies_the_metrics_into_the_summary(tmp_path: Path) -> None:
-    from hil.gate import LOAD_METRICS_FILE, LoadProfile
+    from hil.reporting.gate import LOAD_METRICS_FILE, LoadProfile
 
     path = write_profile(tmp_path, "[gate]\n[load]\ndevices = 5\n", "load")
     metrics = {"tests/hil/test_load.py": {"devices": 5, "broker_dropped": "unknown", "summary": "5 devices × 1 Hz"}}
@@ -259,6 +259,6 @@ def test_the_gate_passes_its_load_profile_and_copies_the_metrics_into_the_summar
 
 
 def pytest_argv_without_load(tmp_path: Path) -> list[str]:
-    from hil.gate import pytest_argv
+    from hil.reporting.gate import pytest_argv
 
     return pytest_argv(GateProfile(name="staging", path=tmp_path / "staging.toml"), tmp_path, 0, ["tests/hil"])

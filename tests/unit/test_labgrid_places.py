@@ -1,4 +1,4 @@
-"""labgrid places as rigs (hil.labgrid_places), with a fake coordinator at the boundary:
+"""labgrid places as rigs (hil.rig.labgrid), with a fake coordinator at the boundary:
 reserve by tags, acquire, build the rig from the place's resources, release on close and
 on SIGTERM, owner names, stale places of dead sessions; the [labgrid] table of a rig file;
 the session's dispatch; the virtual boards' REST power switch that labgrid drives."""
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from hil import labgrid_places as lp
-from hil.rigs import (
+from hil.rig import labgrid as lp
+from hil.rig.inventory import (
     Holder,
     LabgridSpec,
     Network,
@@ -523,7 +523,7 @@ def test_the_package_works_without_labgrid(tmp_path: Path) -> None:
         import sys
         sys.modules["labgrid"] = None  # as if the extra were not installed
         import hil.session, hil.cli
-        from hil import labgrid_places
+        from hil.rig import labgrid as labgrid_places
         try:
             labgrid_places.GrpcCoordinator("127.0.0.1:1", "h/u")
         except labgrid_places.LabgridUnavailable as exc:
@@ -551,7 +551,7 @@ class FakeControl:
 
 
 def test_the_virtual_pdu_switches_a_board_over_http() -> None:
-    from hil.virtual_pdu import VirtualPdu
+    from hil.rig.virtual_pdu import VirtualPdu
 
     board = FakeControl()
     with VirtualPdu({3: board}) as pdu:
@@ -574,7 +574,7 @@ def test_the_virtual_pdu_switches_a_board_over_http() -> None:
 
 def test_labgrids_network_power_driver_drives_the_virtual_pdu() -> None:
     pytest.importorskip("labgrid", reason="labgrid (the optional extra) is not installed")
-    from hil.virtual_pdu import VirtualPdu
+    from hil.rig.virtual_pdu import VirtualPdu
 
     board = FakeControl()
     with VirtualPdu({0: board}) as pdu:

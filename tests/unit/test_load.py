@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.gate import LoadProfile
-from hil.load import (
+from hil.load.run import (
     CREDENTIALS_ENV,
     LoadError,
     LoadResult,
@@ -23,6 +22,7 @@ from hil.load import (
     loss,
     percentile,
 )
+from hil.reporting.gate import LoadProfile
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,8 +183,8 @@ def test_a_bad_load_profile_is_a_usage_error(run, tmp_path: Path, text: str, say
 
 # -- what the load run needs of the session's mosquitto -------------------------------------
 def test_mosquitto_takes_new_accounts_without_dropping_anyone_and_shows_its_drop_count(tmp_path: Path) -> None:
-    from hil.broker import OBSERVER_USER, MosquittoBroker
-    from hil.load import SYS_DROPPED, SYS_TICK, FleetCollector, LoadTarget
+    from hil.load.run import SYS_DROPPED, SYS_TICK, FleetCollector, LoadTarget
+    from hil.services.broker import OBSERVER_USER, MosquittoBroker
 
     broker = MosquittoBroker(tmp_path / "broker")
     broker.add_device("hil-virtual-0")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hil.broker import OBSERVER_USER, MosquittoBroker
-from hil.mqtt import (
+from hil.services.broker import OBSERVER_USER, MosquittoBroker
+from hil.services.mqtt import (
     MqttObserver,
     ObserverTimeout,
     Received,

@@ -172,7 +172,7 @@ def test_the_hook_refuses_a_module_already_imported_and_a_bad_value() -> None:
         install_mutant("hil.sim.mutants", "x")  # imported by this test module
     with pytest.raises(MutationError):
         parse_mutant("hil.cli=anything")  # not a firmware module
-    assert parse_mutant("hil.settings=settings:_check:cmp:1234abcd") == ("hil.settings", "settings:_check:cmp:1234abcd")
+    assert parse_mutant("hil.device.settings=settings:_check:cmp:1234abcd") == ("hil.device.settings", "settings:_check:cmp:1234abcd")
 
 
 def test_a_board_process_runs_the_mutant_and_the_test_side_does_not(tmp_path: Path) -> None:

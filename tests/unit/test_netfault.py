@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hil.netfault import FaultProxy, FaultProxyError, NetworkFaults
+from hil.services.netfault import FaultProxy, FaultProxyError, NetworkFaults
 
 WAIT_S = 5.0  # deadline for something that must happen
 SILENCE_S = 0.3  # how long "nothing arrives" is watched for

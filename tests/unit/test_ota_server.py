@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hil.ota import OtaServer
+from hil.services.ota import OtaServer
 
 IMAGE = bytes(range(256)) * 64  # 16 KiB
 

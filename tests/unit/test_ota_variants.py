@@ -1,4 +1,4 @@
-"""The IDT bad updates of ``hil.ota.bad_update``, judged by the firmware model's own
+"""The IDT bad updates of ``hil.services.ota.bad_update``, judged by the firmware model's own
 checks (``precheck`` before the download, the image checks after it): each is bad in
 exactly the way its name says, and the good request it starts from is not."""
 
@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from hil.firmware import update_image
+from hil.firmware.catalog import update_image
 from hil.images.app import CHIP_ID_ESP32C3, ImageError, check_image, parse_image
 from hil.images.partitions import TWO_OTA_TABLE
-from hil.ota import FAILS_ITS_CHECKS, REJECTED_AT_ONCE, OtaSigner, bad_update, tampered
+from hil.services.ota import FAILS_ITS_CHECKS, REJECTED_AT_ONCE, OtaSigner, bad_update, tampered
 from hil.sim.firmware.ota import OtaRequest, parse_ota_request, precheck
 
 SLOT = TWO_OTA_TABLE.by_label("ota_0")

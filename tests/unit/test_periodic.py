@@ -1,4 +1,4 @@
-"""hil.periodic: the spacing check the HIL suites hold periodic topics to (§4)."""
+"""hil.device.periodic: the spacing check the HIL suites hold periodic topics to (§4)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from hil.periodic import Tolerance, gaps, spacing_problems, wait_timeout
+from hil.device.periodic import Tolerance, gaps, spacing_problems, wait_timeout
 
 
 def every(interval: float, count: int, start: float = 100.0) -> list[float]:

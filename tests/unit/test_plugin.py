@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.rigs import load_rigs, reserve
+from hil.rig.inventory import load_rigs, reserve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,8 +152,9 @@ def test_power_and_sensor_fixtures_on_a_real_rig_use_its_rig_files_backends(run,
     # The host's I2C bus, faked at smbus2's boundary: a reference BME280 and a PCF8574.
     pytester.makeconftest(
         """
-        import hil.rig_backends
-        from hil.bme280 import BME280, Environment, SimulatedSMBus
+        import hil.rig.wiring
+        from hil.bme280.compensation import Environment
+        from hil.sim.bme280 import BME280, SimulatedSMBus
 
         class Bus(SimulatedSMBus):
             writes = []
@@ -161,7 +162,7 @@ def test_power_and_sensor_fixtures_on_a_real_rig_use_its_rig_files_backends(run,
                 self.writes.append((addr, value))
 
         BUS = Bus(devices=[BME280(environment=Environment(21.0, 45.0, 1005.0))])
-        hil.rig_backends.open_smbus = lambda number: BUS
+        hil.rig.wiring.open_smbus = lambda number: BUS
         """
     )
     pytester.makepyfile(
@@ -212,13 +213,13 @@ def test_an_app_image_is_flashed_with_the_frameworks_bootloader_and_fresh_dut_bo
 ) -> None:
     import hashlib
 
-    from hil.firmware import build_images, load_recipes
+    from hil.firmware.catalog import build_images, load_recipes
 
     build_images(load_recipes(), ["baseline"], tmp_path / "app")
     app = tmp_path / "app" / "baseline.bin"
     pytester.makepyfile(
         f"""
-        from hil import contract
+        from hil.device import contract
 
         def versions(console):
             return [m["version"] for line in console.lines() if (m := contract.APP_VERSION.search(line))]

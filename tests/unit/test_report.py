@@ -10,7 +10,7 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hil.report import (
+from hil.reporting.report import (
     REDACTED,
     Redactor,
     attach_fault_timeline,
@@ -115,7 +115,7 @@ def test_redact_tree_sweeps_a_file_with_stray_bytes_and_keeps_them(tmp_path: Pat
 def test_the_fault_timeline_is_attached_from_a_tests_mark(monkeypatch: pytest.MonkeyPatch) -> None:
     import allure
 
-    from hil.netfault import FaultProxy
+    from hil.services.netfault import FaultProxy
 
     attached: list[tuple[str, str, object]] = []
     monkeypatch.setattr(allure, "attach", lambda body, name, attachment_type: attached.append((body, name, attachment_type)))

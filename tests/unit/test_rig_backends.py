@@ -1,4 +1,4 @@
-"""Power and sensor backends built from rig files (``hil.rig_backends``), for the test
+"""Power and sensor backends built from rig files (``hil.rig.wiring``), for the test
 session and the bench alike, with fakes at the boundary: the I2C bus and uhubctl."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-import hil.rig_backends as rb
-from hil.backends import GpioExpanderPower, SmbusReferenceSensor, UhubctlPower, VirtualPower
-from hil.bme280 import BME280, Environment, SimulatedSMBus
-from hil.rigs import load_rigs
+import hil.rig.wiring as rb
+from hil.bme280.compensation import Environment
+from hil.rig.backends import GpioExpanderPower, SmbusReferenceSensor, UhubctlPower, VirtualPower
+from hil.rig.inventory import load_rigs
 from hil.session import RigSession, SessionError, SessionOptions
+from hil.sim.bme280 import BME280, SimulatedSMBus
 
 RIG = """name = "bench-1"
 kind = "serial"

@@ -21,10 +21,10 @@ from esptool.loader import ESPLoader
 from esptool.reset import ClassicReset, UnixTightReset, USBJTAGSerialReset
 from serial.urlhandler import protocol_loop
 
-import hil.flashing
-from hil.console import Console, ConsoleError
-from hil.rig_backends import RigBackends, download_mode
-from hil.rigs import FlashMethod, GpioExpanderSpec, RigConfigError, load_rigs
+import hil.link.flasher
+from hil.link.console import Console, ConsoleError
+from hil.rig.inventory import FlashMethod, GpioExpanderSpec, RigConfigError, load_rigs
+from hil.rig.wiring import RigBackends, download_mode
 from hil.session import RigSession, SessionOptions
 
 SERIAL = """\
@@ -99,7 +99,7 @@ def esptool_spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     monkeypatch.setattr(ESPLoader, "connect", connect)
     monkeypatch.setattr(ESPLoader, "change_baud", change_baud)
-    monkeypatch.setattr(hil.flashing, "run_stub", run_stub)
+    monkeypatch.setattr(hil.link.flasher, "run_stub", run_stub)
     return seen
 
 

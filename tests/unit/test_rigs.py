@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.rigs import (
+from hil.rig.inventory import (
     KNOWN_CAPABILITIES,
     GpioExpanderSpec,
     Holder,
@@ -533,7 +533,7 @@ def test_lock_directory_default_and_override(tmp_path: Path) -> None:
 
 HOLDER_SCRIPT = """
 import sys
-from hil.rigs import load_rigs, reserve
+from hil.rig.inventory import load_rigs, reserve
 held = reserve(load_rigs(sys.argv[1]), name=sys.argv[2])
 print(held.rig.name, flush=True)
 sys.stdin.readline()

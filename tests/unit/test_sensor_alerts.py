@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from hil import contract
-from hil import defects as D
-from hil.settings import DeviceConfig
+from hil.device import contract
+from hil.device import defects as D
+from hil.device.settings import DeviceConfig
 from hil.sim.firmware.reference import ReferenceFirmware
 from tests.unit.firmware_harness import sensor_firmware
 

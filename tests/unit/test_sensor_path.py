@@ -1,7 +1,7 @@
 """Environments set on the sensor come back in published readings, within the contract's accuracy.
 
-Host level, on the firmware model's own sensor path: a :class:`hil.bme280.BME280` on a
-:class:`hil.bme280.SimulatedSMBus`, read by :class:`hil.bme280_driver.BME280Driver` as
+Host level, on the firmware model's own sensor path: a :class:`hil.sim.bme280.BME280` on a
+:class:`hil.sim.bme280.SimulatedSMBus`, read by :class:`hil.bme280.driver.BME280Driver` as
 ``ReferenceFirmware._sensor_task`` reads it (``initialise()`` once, then ``read()`` per
 interval), each reading handed to ``ReferenceFirmware._on_reading`` itself: the model's
 publishing transform (calibration offset, range check, rounding to 2 decimals, the sensors
@@ -33,11 +33,13 @@ import pytest
 from hypothesis import example, given, settings, target
 from hypothesis import strategies as st
 
-from hil import contract
-from hil import defects as D
-from hil.bme280 import BME280, CALIBRATIONS, Environment, NoiseModel, Reading, SimulatedSMBus
-from hil.bme280_driver import BME280Driver, Settings
-from hil.settings import DeviceConfig
+from hil.bme280.calibration import CALIBRATIONS
+from hil.bme280.compensation import Environment, Reading
+from hil.bme280.driver import BME280Driver, Settings
+from hil.device import contract
+from hil.device import defects as D
+from hil.device.settings import DeviceConfig
+from hil.sim.bme280 import BME280, NoiseModel, SimulatedSMBus
 from tests.unit.firmware_harness import sensor_firmware
 
 ACC_T = contract.TEMPERATURE_ACCURACY_C

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hil.ser2net import Ser2netError, ServedPort, config_text
+from hil.rig.ser2net import Ser2netError, ServedPort, config_text
 
 
 def test_a_board_behind_ser2net_is_chained_over_rfc2217_so_modem_lines_pass() -> None:

@@ -9,7 +9,7 @@ import asyncio
 import json
 import random
 
-from hil import contract
+from hil.device import contract
 from hil.sim.firmware.mqtt_link import Backoff
 from hil.sim.firmware.reference import Outbox
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hil import contract
+from hil.device import contract
+from hil.device.settings import DeviceConfig, Provisioning, provisioning_image
 from hil.images.nvs import read_nvs
 from hil.session import FAST_INTERVALS, SessionOptions
-from hil.settings import DeviceConfig, Provisioning, provisioning_image
 
 
 def test_the_fast_intervals_are_a_valid_config_the_device_boots_with() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from hil.console import Mark
-from hil.mqtt import ObserverTimeout
+from hil.link.console import Mark
+from hil.services.mqtt import ObserverTimeout
 from hil.session import SessionError, wait_online
 
 PANIC = "Guru Meditation Error: Core  0 panic'ed (Load access fault). Exception was unhandled."

@@ -1,4 +1,4 @@
-"""The firmware model's provisioning and configuration (hil.settings).
+"""The firmware model's provisioning and configuration (hil.device.settings).
 
 NVS images are real ones (esp-idf-nvs-partition-gen writes, hil.images reads), so the round
 trips here are the ones the virtual rig makes across reboots.
@@ -14,9 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hil.contract import CONFIG_INT_SETTINGS, CONFIG_KEYS, CONFIG_NVS_KEYS, PROVISIONING_KEYS
-from hil.images.nvs import MAX_STR_BYTES, NvsError, NvsInt, build_nvs_image, read_nvs
-from hil.settings import (
+from hil.device.contract import CONFIG_INT_SETTINGS, CONFIG_KEYS, CONFIG_NVS_KEYS, PROVISIONING_KEYS
+from hil.device.settings import (
     ConfigRejected,
     ConfigUpdate,
     DeviceConfig,
@@ -26,6 +25,7 @@ from hil.settings import (
     provisioning_image,
     store_config,
 )
+from hil.images.nvs import MAX_STR_BYTES, NvsError, NvsInt, build_nvs_image, read_nvs
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 PROV = Provisioning(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.firmware import build_images, load_recipes
+from hil.firmware.catalog import build_images, load_recipes
 from hil.sim.app import AppContext, AppModel
 from hil.sim.board import STRAP_LATCH_DELAY_S, Board, Mode
 from hil.sim.control import ControlServer

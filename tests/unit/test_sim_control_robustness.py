@@ -169,7 +169,7 @@ def test_a_power_cycle_ends_powered_and_a_good_pattern_still_matches(tmp_path: P
 def test_without_the_boards_token_nothing_is_done(tmp_path: Path) -> None:
     import stat
 
-    from hil.virtual_board import ControlClient, VirtualBoardError
+    from hil.rig.virtual_board import ControlClient, VirtualBoardError
 
     async def main() -> None:
         board = idle_board(tmp_path)
@@ -214,7 +214,7 @@ def test_a_token_file_that_is_a_symlink_is_not_written_through(tmp_path: Path) -
 
 
 def test_a_client_without_access_to_the_token_file_says_so(tmp_path: Path) -> None:
-    from hil.virtual_board import ControlClient, VirtualBoardError
+    from hil.rig.virtual_board import ControlClient, VirtualBoardError
 
     with pytest.raises(VirtualBoardError, match=r"cannot read its token file .* share it"):
         ControlClient(f"tcp://127.0.0.1:9?token_file={tmp_path / 'nope'}")

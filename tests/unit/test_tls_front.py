@@ -1,4 +1,4 @@
-"""hil.tls_front: a certificate for another host name, and the plaintext forwarded."""
+"""hil.services.tls_front: a certificate for another host name, and the plaintext forwarded."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import trustme
 
-from hil.tls_front import TlsFront
+from hil.services.tls_front import TlsFront
 
 OTHER = "mqtt.other-host.invalid"
 

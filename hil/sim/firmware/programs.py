@@ -1535,7 +1535,7 @@ MAX_SUFFIX_CHARS: Final = 64
 
 
 def _check_suffix(suffix: str) -> None:
-    """The rule of `hil.contract.program_publish_topic`, plus a length cap and `status`."""
+    """The rule of `hil.device.contract.program_publish_topic`, plus a length cap and `status`."""
     if (
         not suffix
         or len(suffix) > MAX_SUFFIX_CHARS

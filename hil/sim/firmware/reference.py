@@ -20,15 +20,10 @@ from typing import Any
 
 import aiomqtt
 
-from hil import contract
-from hil import defects as D
-from hil.bme280_driver import BME280Driver, SensorError
-from hil.images.app import BehaviourRecord
-from hil.images.nvs import NvsError, read_nvs, update_nvs
-from hil.images.otadata import OtaState
-from hil.images.partitions import Partition
-from hil.secret import Secret, reveal
-from hil.settings import (
+from hil.bme280.driver import BME280Driver, SensorError
+from hil.device import contract
+from hil.device import defects as D
+from hil.device.settings import (
     ConfigRejected,
     DeviceConfig,
     Provisioning,
@@ -36,6 +31,11 @@ from hil.settings import (
     parse_config_update,
     store_config,
 )
+from hil.images.app import BehaviourRecord
+from hil.images.nvs import NvsError, read_nvs, update_nvs
+from hil.images.otadata import OtaState
+from hil.images.partitions import Partition
+from hil.secret import Secret, reveal
 from hil.sim.app import AppContext, AppModel, IdleApp
 from hil.sim.firmware.http_client import ssl_context_for_ca
 from hil.sim.firmware.mqtt_link import (

@@ -11,7 +11,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from hil.bme280 import BME280, Environment, Fault, NoiseModel, SimulatedSMBus
+from hil.bme280.compensation import Environment
+from hil.bme280.faults import Fault
+from hil.sim.bme280 import BME280, NoiseModel, SimulatedSMBus
 from hil.sim.control import ControlError, ControlServer, finite, number
 
 SENSOR_ADDRESS = 0x76
