@@ -9,7 +9,7 @@ SUBSCRIBE, QoS, retained status) is in test_mqtt_session.py.
 Not asserted here: the offline queue's overflow at 512 readings (C3.11). At the fastest
 measurement interval the contract allows (1 s) it takes 8.5 minutes offline to fill, more
 than the whole suite's budget; the firmware model's queue has a unit test
-(tests/unit/test_outbox.py).
+(tests/unit/sim/firmware/test_outbox.py).
 """
 
 from __future__ import annotations

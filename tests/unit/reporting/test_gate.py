@@ -20,7 +20,7 @@ from hil.reporting.gate import (
     verdict_table,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def junit(cases: Sequence[tuple[str, str, str]]) -> str:

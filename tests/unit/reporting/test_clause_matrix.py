@@ -26,7 +26,7 @@ from hil.reporting.clause_matrix import (
 )
 from hil.reporting.html_report import write_clause_page
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "device-contract.md"
 
 

@@ -259,7 +259,7 @@ def subprocess_reserve(where: target.Target) -> None:
 
 
 def test_unknown_and_virtual_rigs_are_refused() -> None:
-    root = Path(__file__).resolve().parents[2] / "rigs"
+    root = Path(__file__).resolve().parents[3] / "rigs"
     with pytest.raises(BenchInputError, match="no such rig"):
         target.find_rig(target.Target(state_dir=Path("."), rig="nope", rigs_dir=root))
     with pytest.raises(BenchInputError, match="hil sim up"):

@@ -14,7 +14,7 @@ import pytest
 from hil.sim.mutants import Mutant, UnknownMutant, enumerate_mutants, mutate
 from hil.sim.mutation import MutantFinder, MutationError, install_mutant, parse_mutant
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 SOURCE = textwrap.dedent(
     '''

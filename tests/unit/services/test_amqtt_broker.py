@@ -19,7 +19,7 @@ from hil.services.broker import (
     broker_class,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

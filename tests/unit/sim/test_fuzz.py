@@ -20,8 +20,8 @@ from hil.sim.download import MAX_FRAME_BYTES
 from hil.sim.firmware.rig import RigPeripherals
 from hil.sim.flash import SpiFlash
 from hil.sim.slip import slip_encode
-from tests.unit.download_harness import LoopbackHost, parse_reply
-from tests.unit.test_sim_control_robustness import idle_board
+from tests.unit.sim.download_harness import LoopbackHost, parse_reply
+from tests.unit.sim.test_control_robustness import idle_board
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

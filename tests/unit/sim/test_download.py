@@ -19,7 +19,7 @@ from hil.sim.registers import (
     parse_mac,
 )
 from hil.sim.slip import slip_encode
-from tests.unit.download_harness import (
+from tests.unit.sim.download_harness import (
     TEST_MAC,
     LoopbackHost,
     PtyBoard,

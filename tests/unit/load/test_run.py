@@ -24,7 +24,7 @@ from hil.load.run import (
 )
 from hil.reporting.gate import LoadProfile
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def reading(seq: int, *, taken: float = 100.0, delay: float = 0.01, boot: int = 1) -> Reading:

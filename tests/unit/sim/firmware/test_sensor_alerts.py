@@ -20,7 +20,7 @@ from hil.device import contract
 from hil.device import defects as D
 from hil.device.settings import DeviceConfig
 from hil.sim.firmware.reference import ReferenceFirmware
-from tests.unit.firmware_harness import sensor_firmware
+from tests.unit.sim.firmware.harness import sensor_firmware
 
 DEVICE_ID = "hil-alerts-0001"
 TIMEOUT_S = 5

@@ -39,7 +39,7 @@ from hil.rig.inventory import (
     who_holds,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CI_VARS = ("CI_JOB_ID", "CI_JOB_URL", "GITHUB_RUN_ID", "BUILD_URL", "BUILD_TAG", "BUILDKITE_JOB_ID")
 
 SERIAL = """\

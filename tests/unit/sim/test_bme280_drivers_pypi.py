@@ -97,7 +97,7 @@ def _bme280pi() -> types.ModuleType:
 
 PIMORONI_DIR = Path(os.environ.get("HIL_PIMORONI_BME280_DIR", Path(sys.prefix) / "pimoroni-bme280"))
 PIMORONI_INSTALL = (
-    f"{sys.executable} -m pip install --no-deps --require-hashes --target {PIMORONI_DIR} -r {Path(__file__).resolve().parents[2] / 'locks' / 'pimoroni.txt'}"
+    f"{sys.executable} -m pip install --no-deps --require-hashes --target {PIMORONI_DIR} -r {Path(__file__).resolve().parents[3] / 'locks' / 'pimoroni.txt'}"
 )
 
 

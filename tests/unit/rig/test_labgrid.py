@@ -32,7 +32,7 @@ from hil.rig.inventory import (
     load_rigs,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # Live pids: a holder whose pid is dead is a stale one, released by the next session.
 HOLDER = Holder(pid=os.getpid(), host="ci-7", user="alice", since=0.0, worker="gw1")
 OTHER = Holder(pid=os.getppid(), host="ci-7", user="alice", since=0.0, worker="gw2")
@@ -396,7 +396,7 @@ def test_sigterm_with_the_default_handler_releases_and_still_ends_the_process(
         f"""
         import json, os, signal, sys, time
         sys.path[:0] = [{str(REPO)!r}, {str(Path(__file__).parent)!r}]
-        import test_labgrid_places as t
+        import test_labgrid as t
         coordinator = t.lab(t.FakePlace("c3-1", {{"board": "c3"}}, [t.serial()]))
         coordinator.close = lambda: open({str(record)!r}, "w").write(json.dumps(coordinator.calls))
         held = t.reserve(coordinator, sigterm=True)

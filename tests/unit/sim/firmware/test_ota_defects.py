@@ -11,8 +11,16 @@ import pytest
 from hil.services.ota import tampered
 from hil.sim.firmware.ota import OtaFailed, OtaWriter, download_to, next_update_partition
 from hil.sim.flash import SpiFlash
-from tests.unit.test_fw_ota import FACTORY, OTA_0, OTA_1, TABLE, ImageServer, image, request_for
-from tests.unit.test_fw_ota import (
+from tests.unit.sim.firmware.test_ota import (
+    FACTORY,
+    OTA_0,
+    OTA_1,
+    TABLE,
+    ImageServer,
+    image,
+    request_for,
+)
+from tests.unit.sim.firmware.test_ota import (
     flash as flash,  # the fixture: a chip with the table and a factory app
 )
 
@@ -71,7 +79,7 @@ def test_a_fixed_slot_works_once_then_conflicts_with_the_running_app() -> None:
 
 def test_with_the_signature_optional_an_unsigned_request_passes_and_a_bad_signature_does_not() -> None:
     from hil.sim.firmware.ota import OtaRequest, parse_ota_request, precheck
-    from tests.unit.test_fw_ota import OTHER_SIGNER, PUBKEY
+    from tests.unit.sim.firmware.test_ota import OTHER_SIGNER, PUBKEY
 
     good = request_for(image("1.1.0"))
     unsigned = {"version": good.version, "url": good.url, "size": good.size, "sha256": good.sha256}

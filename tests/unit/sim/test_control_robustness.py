@@ -31,7 +31,7 @@ class _Idle:
 
 def idle_board(directory: Path) -> Board:
     """A board whose app does nothing, its UART output dropped: the endpoint under test is
-    all that runs (also used by tests/unit/test_sim_fuzz.py)."""
+    all that runs (also used by tests/unit/sim/test_fuzz.py)."""
     board = Board(flash=SpiFlash(directory / "flash.bin"), identity=ChipIdentity(mac=parse_mac("58:cf:79:01:02:03")),
                   app_factory=lambda behaviour: _Idle())  # fmt: skip
     board.attach_uart(lambda data: None)

@@ -40,7 +40,7 @@ from hil.device import contract
 from hil.device import defects as D
 from hil.device.settings import DeviceConfig
 from hil.sim.bme280 import BME280, NoiseModel, SimulatedSMBus
-from tests.unit.firmware_harness import sensor_firmware
+from tests.unit.sim.firmware.harness import sensor_firmware
 
 ACC_T = contract.TEMPERATURE_ACCURACY_C
 ACC_H = contract.HUMIDITY_ACCURACY_PCT

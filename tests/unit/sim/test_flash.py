@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hil.sim.flash import SECTOR_SIZE, SpiFlash
 
 SMALL = 4 * SECTOR_SIZE
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_new_flash_is_erased_and_sized(tmp_path: Path) -> None:
