@@ -26,7 +26,7 @@ others can work and test beside a run.
 3. Prints the score and every survivor (file:line, the change, the tests run) and writes
    ``results.json`` and ``results.md`` to ``WORK/runs/<time>/``.
 
-Scope: ``--modules`` (default: reference, mqtt_link, watchdog, ota, settings);
+Scope: ``--modules`` (default: reference and its tasks, mqtt_link, watchdog, ota, settings);
 constants get their first replacement only unless ``--all-variants``. ``--all`` runs the
 scope; ``--limit N`` a deterministic spread of N of it (by hash, across modules);
 ``--ids`` named ones; ``--sample`` the fixed CI sample (bench/mutants-sample.toml, which
@@ -66,7 +66,9 @@ sys.path.insert(0, str(ROOT))
 from hil.sim.mutants import Mutant, enumerate_mutants, iter_names  # noqa: E402
 from hil.sim.mutation import MUTANT_ENV, TRACE_ENV, TRACED_MODULES  # noqa: E402
 
-DEFAULT_MODULES = ("reference", "mqtt_link", "watchdog", "ota", "settings")
+# The reference firmware (its wiring and each of its tasks) and the libraries it runs.
+TASK_MODULES = tuple(m.rsplit(".", 1)[-1] for m in TRACED_MODULES if m.startswith("hil.sim.firmware.tasks."))
+DEFAULT_MODULES = ("reference", *TASK_MODULES, "mqtt_link", "watchdog", "ota", "settings")
 EQUIVALENTS = BENCH / "mutants-equivalent.toml"
 SAMPLE = BENCH / "mutants-sample.toml"
 SUITES = "tests/hil"

@@ -27,7 +27,9 @@ def _firmware_build(args: argparse.Namespace) -> int:
 def _rigs(args: argparse.Namespace) -> int:
     import json
 
-    from hil.rig.inventory import RigError, default_rigs_dir, load_rigs, who_holds
+    from hil.rig.errors import RigError
+    from hil.rig.reservation import who_holds
+    from hil.rig.rigfile import default_rigs_dir, load_rigs
 
     try:
         rigs = load_rigs(args.rigs_dir or default_rigs_dir())

@@ -11,7 +11,6 @@ until the device says it is online over MQTT. Everything started is stopped by
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -31,15 +30,10 @@ from hil.errors import (
     UsageError,
     as_infrastructure_failure,
 )
-from hil.firmware.catalog import (
-    FirmwareError,
-    FlashFile,
-    cache_root,
-    cached_build,
-    load_manifest,
-    load_recipes,
-)
-from hil.images.image import parse_image
+from hil.firmware.catalog import cache_root
+from hil.firmware.selection import FirmwareSelection, select_firmware
+from hil.images.layout import FlashFile
+from hil.images.partitions import Partition
 from hil.link.console import Console, ConsoleError, LineReset, Mark
 from hil.link.flasher import AfterReset, Flasher
 from hil.processes import clear_stale, owned_dir
@@ -52,7 +46,10 @@ from hil.rig.backends import (
     VirtualWifi,
     WifiControl,
 )
-from hil.rig.inventory import ReservedRig, Rig, load_rigs, reserve, select_rigs
+from hil.rig.model import Rig
+from hil.rig.reservation import ReservedRig, reserve
+from hil.rig.rigfile import load_rigs
+from hil.rig.selection import select_rigs
 from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
 from hil.rig.wiring import BackendUnavailable, RigBackends, download_mode, rig_flasher
 from hil.secret import Secret, optional_secret, write_private
@@ -70,8 +67,6 @@ from hil.services.ota import OtaServer, OtaSigner
 if TYPE_CHECKING:  # labgrid is an optional extra: its module is imported only when used
     from hil.rig.labgrid import HeldPlace
 
-NVS_OFFSET = 0x9000
-APP_OFFSET = 0x10000
 ONLINE_TIMEOUT_S = 60.0
 FAST_INTERVALS = {
     "measurement_interval_s": 1,
@@ -97,6 +92,11 @@ class SessionInfrastructureError(SessionError, InfrastructureError):
 
 class SessionUsageError(SessionError, UsageError):
     """What the session was asked for cannot be (a bad --broker, a rig without a port)."""
+
+
+class SessionStateError(RuntimeError):
+    """A session's state read before the step that sets it (``rig`` before ``reserve()``):
+    a bug in the caller, neither the device's nor the rig's."""
 
 
 BOOT_LOOP_PANICS = 3  # panics after the app started and no MQTT session: a boot loop
@@ -214,53 +214,12 @@ def external_access(uri: str, env: Mapping[str, str]) -> BrokerAccess:
     )
 
 
-FirmwareKind = Literal["recipe", "manifest", "image"]
-
-
-@dataclass(frozen=True)
-class Firmware:
-    """What is under test: what ``--firmware`` named, resolved to the files flashed."""
-
-    name: str  # the recipe's, the manifest's, or the image's project name (app descriptor)
-    version: str  # what the app prints as ``App version:`` once booted
-    kind: FirmwareKind
-    files: tuple[FlashFile, ...]  # offset and path of every file flashed (provisioning aside)
-    app: Path  # the app image, at the factory offset
-    sha256: str  # of the app image file
-    source: Path | None = None  # the manifest or image given (None for a recipe)
-
-
-def firmware_kind(choice: str | None) -> FirmwareKind:
-    """What ``--firmware`` names: an app image (``.bin``), a manifest (``.toml`` or a
-    path), else a recipe of the virtual rig (default: the baseline)."""
-    if choice is None:
-        return "recipe"
-    if choice.endswith(".bin"):
-        return "image"
-    if choice.endswith(".toml") or os.sep in choice:
-        return "manifest"
-    return "recipe"
-
-
-def check_app_image(path: Path) -> tuple[str, str]:
-    """An app image for ``--firmware``, checked as the flasher checks before it connects
-    (file there, ESP32-C3 image, not corrupt, fits the app partition at the factory offset),
-    and with an app descriptor (the booted version is checked against it). Returns its
-    project name and version; FirmwareError / FlashInputError say what is wrong."""
-    if not path.is_file():
-        raise FirmwareError(f"--firmware {path}: no such file; build the app first or fix the path")
-    Flasher().check([FlashFile(APP_OFFSET, path)])
-    descriptor = parse_image(path.read_bytes(), flash_offset=APP_OFFSET).descriptor
-    if descriptor is None:
-        raise FirmwareError(
-            f"--firmware {path}: the image has no app descriptor (esp_app_desc_t), so which version "
-            "booted cannot be checked; build it with ESP-IDF (it adds one), or give a manifest with its version"
-        )
-    return descriptor.project_name, descriptor.version
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def resolve_firmware(choice: str | None) -> FirmwareSelection:
+    """``--firmware`` (None: the baseline recipe) resolved, once, into what the session
+    flashes, every file checked as the flasher checks before it connects (chip, corrupt,
+    size, overlaps): no rig is needed, none is touched. FirmwareError / FlashInputError
+    say what is wrong."""
+    return select_firmware(choice, check=Flasher().check)
 
 
 @dataclass(frozen=True)
@@ -269,7 +228,7 @@ class SessionOptions:
     log_dir: Path
     rig_name: str | None = None
     rig_tag: str | None = None
-    firmware: str | None = None  # a recipe name (virtual rig), a manifest path, or an app image (.bin)
+    firmware: FirmwareSelection | None = None  # `resolve_firmware`'s; None: the baseline recipe
     broker: str = "embedded"  # embedded | mosquitto | amqtt | mqtt(s)://host:port
     config: dict[str, Any] = field(default_factory=lambda: dict(FAST_INTERVALS))
     keep_on_failure: bool = False
@@ -302,13 +261,15 @@ class RigSession:
         self._proxy: FaultProxy | None = None
         self._dut: Dut | None = None
         self._run_dir: Path | None = None
+        self._port: str | None = None
         self._backends: RigBackends | None = None
-        self._firmware: Firmware | None = None
+        self._firmware: FirmwareSelection | None = None
         self.taken_out: str | None = None  # why the rig left the run (`take_out`)
 
-    # -- setup steps
-    @property
-    def run_dir(self) -> Path:
+    # -- setup steps: methods, each done once however often called, in the order a session
+    # takes them (the operations below call the ones they need). The properties after them
+    # only report what a step did, and say which step has not run.
+    def prepare_run_dir(self) -> Path:
         """This session's private files (broker keys, password file, ACL, NVS images with
         secrets): a 0700 dir under ``<cache>/run/<host>/`` named after this process, so a
         session that finds one whose process is dead (a SIGKILLed run's) removes it."""
@@ -320,8 +281,10 @@ class RigSession:
             self._cleanups.append(lambda: shutil.rmtree(path, ignore_errors=True))
         return self._run_dir
 
-    @property
-    def rig(self) -> Rig:
+    def reserve(self) -> Rig:
+        """Reserve the rig the options select, for the session's whole life: a local rig by
+        its OS file lock, a labgrid rig by its coordinator's place. Waits up to
+        ``rig_wait_s`` for a busy one (then `NoRigAvailable`)."""
         if self.reserved is None:
             rigs = load_rigs(self.options.rigs_dir)
             wanted = select_rigs(rigs, name=self.options.rig_name, tag=self.options.rig_tag)
@@ -340,39 +303,69 @@ class RigSession:
             self._cleanups.append(self.reserved.release)
         return self.reserved.rig
 
-    @property
-    def device_id(self) -> str:
-        return f"hil-{self.rig.name}"
-
-    def _start_board(self) -> None:
-        if self.rig.kind != "virtual" or self.board is not None:
+    def start_board(self) -> None:
+        """Reserve, and on a virtual rig start its board process (nothing to start on a real
+        rig: its board is powered by the lab)."""
+        rig = self.reserve()
+        if not rig.is_virtual or self.board is not None:
             return
         # A stable state dir per rig: the flash survives between sessions, so an
         # unchanged image is not written again (skip-unchanged), as on a real board.
-        state = cache_root() / "boards" / self.rig.name
+        state = cache_root() / "boards" / rig.name
         self.board = VirtualBoardProcess(state)
         self.board.start()
         self._cleanups.append(self.board.stop)
 
+    def start_port(self) -> str:
+        """The rig's serial port URL, the board started first (`start_board`)."""
+        if self._port is None:
+            self.start_board()
+            if self.board is not None and self.board.endpoints is not None:
+                self._port = self.board.endpoints.serial
+            elif self.rig.port is None:
+                raise SessionUsageError(f"rig {self.rig.name!r} has no port")
+            else:
+                self._port = self.rig.port
+        return self._port
+
+    @property
+    def run_dir(self) -> Path:
+        """The dir `prepare_run_dir` made."""
+        if self._run_dir is None:
+            raise SessionStateError("RigSession.run_dir read before prepare_run_dir(): no run dir yet")
+        return self._run_dir
+
+    @property
+    def rig(self) -> Rig:
+        """The rig `reserve` took."""
+        if self.reserved is None:
+            raise SessionStateError("RigSession.rig read before reserve(): no rig is reserved yet")
+        return self.reserved.rig
+
+    @property
+    def device_id(self) -> str:
+        return f"hil-{self.rig.name}"
+
     @property
     def port(self) -> str:
-        self._start_board()
-        if self.board is not None and self.board.endpoints is not None:
-            return self.board.endpoints.serial
-        if self.rig.port is None:
-            raise SessionUsageError(f"rig {self.rig.name!r} has no port")
-        return self.rig.port
+        """The port URL `start_port` found."""
+        if self._port is None:
+            raise SessionStateError("RigSession.port read before start_port(): the port is not known yet")
+        return self._port
 
     @property
     def control(self) -> ControlClient | None:
-        self._start_board()
+        """The virtual board's control endpoint (None on a real rig), once `start_board` ran."""
+        if self.rig.is_virtual and self.board is None:
+            raise SessionStateError("RigSession.control read before start_board(): the virtual board is not running")
         return None if self.board is None else self.board.control
 
     def start_broker(self) -> MosquittoBroker:
         if self.broker is None:
             if self.external_broker:
                 raise SessionUsageError(f"the broker is external ({self.options.broker!r}): the session runs none")
-            private = self.run_dir / "broker"
+            self.reserve()  # the broker holds the rig's device account
+            private = self.prepare_run_dir() / "broker"
             private.mkdir(exist_ok=True)
             try:
                 # embedded: mosquitto when it is on PATH, else amqtt (same interface).
@@ -422,52 +415,22 @@ class RigSession:
 
     def open_console(self) -> Console:
         if self.console is None:
+            port = self.start_port()
             log = self.options.log_dir / self.rig.name / "console.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             # A USB-Serial-JTAG board is reset by the request its peripheral decodes, not
             # the EN pulse of a UART bridge's auto-reset circuit (`Console.hard_reset`).
             lines: LineReset = "usb-jtag" if self.rig.reset == "usb-jtag" else "classic"
-            self.console = Console(self.port, log, redact=self.redactor, reset=lines)
+            self.console = Console(port, log, redact=self.redactor, reset=lines)
             self._cleanups.append(self.console.close)
         return self.console
 
-    def firmware(self) -> Firmware:
-        """What ``--firmware`` names, resolved and checked before any rig is touched (the
-        flasher's pre-connect checks: chip, corrupt, size, overlaps). An app image goes at
-        the factory offset with the framework's bootloader, partition table and otadata."""
+    def firmware(self) -> FirmwareSelection:
+        """What is under test: the options' resolved ``--firmware``, else the baseline recipe
+        (resolved here, once, by the same `resolve_firmware`)."""
         if self._firmware is None:
-            choice = self.options.firmware
-            kind = firmware_kind(choice)
-            if kind == "manifest":
-                assert choice is not None
-                manifest = load_manifest(Path(choice))
-                files = list(manifest.flash)
-                app = next((f.path for f in files if f.offset == APP_OFFSET), files[-1].path)
-                name, version, source = manifest.name, manifest.version, manifest.path
-            else:
-                book = load_recipes()
-                images = cached_build(book, sorted(book.recipes))
-                if kind == "image":
-                    assert choice is not None
-                    source = app = Path(choice)
-                    name, version = check_app_image(app)
-                else:
-                    recipe = book.get(choice or book.baseline)
-                    app, name, version, source = images / f"{recipe.name}.bin", recipe.name, recipe.version, None
-                files = [
-                    FlashFile(0x0, images / "bootloader.bin"),
-                    FlashFile(0x8000, images / "partition-table.bin"),
-                    FlashFile(0xD000, images / "ota_data_initial.bin"),
-                    FlashFile(APP_OFFSET, app),
-                ]
-            Flasher().check(files)  # checks only, no port: nothing of the rig's to know yet
-            self._firmware = Firmware(name, version, kind, tuple(files), app, _sha256(app), source)
+            self._firmware = self.options.firmware or resolve_firmware(None)
         return self._firmware
-
-    def firmware_files(self) -> tuple[list[FlashFile], str]:
-        """The firmware's flash files and its version."""
-        firmware = self.firmware()
-        return list(firmware.files), firmware.version
 
     def network_path(self) -> FaultProxy:
         """The fault proxy the device reaches the broker through (its provisioned URI)."""
@@ -479,12 +442,13 @@ class RigSession:
 
     def device_provisioning(self) -> Provisioning:
         """The identity, network and keys the session provisions the device with."""
+        rig = self.reserve()
         access = self.broker_access()
         ssid, password = VIRTUAL_AP
-        if not self.rig.is_virtual:
+        if not rig.is_virtual:
             # Real rigs join the lab's AP; its password comes from the environment, never
             # from the committed rig file.
-            ssid = self.rig.network.ssid
+            ssid = rig.network.ssid
             password = os.environ.get("HIL_WIFI_PASSWORD", "")
         self.redactor.add(password)
         return Provisioning(
@@ -502,7 +466,11 @@ class RigSession:
 
     def provisioning(self) -> bytes:
         """The session's NVS image: `device_provisioning` and the session's config."""
-        return provisioning_image(self.device_provisioning(), self.options.config)
+        return provisioning_image(self.device_provisioning(), self.options.config, size=self._nvs().size)
+
+    def _nvs(self) -> Partition:
+        """Where provisioning goes: the nvs partition of the firmware's flash layout."""
+        return self.firmware().flash_set.layout.nvs
 
     def dut(self) -> Dut:
         """Flash (if needed), provision, reset and wait until the device is online."""
@@ -522,16 +490,17 @@ class RigSession:
         NVS partition (a device never provisioned), and reset. Nothing is awaited: what
         the device does next is the test's to see, from the returned console mark.
         `restore` puts the session's provisioning back."""
-        image = b"\xff" * contract.NVS_SIZE
+        nvs_partition = self._nvs()
+        image = b"\xff" * nvs_partition.size
         if prov is not None:
             self.redactor.add(*prov.secrets())
-            image = provisioning_image(prov, self.options.config)
+            image = provisioning_image(prov, self.options.config, size=nvs_partition.size)
         console = self.open_console()
         mark = console.mark()
-        with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.run_dir) as private:
+        with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.prepare_run_dir()) as private:
             nvs = write_private(Path(private) / "nvs.bin", image)
             with self._flashing(console) as (flasher, port, after):
-                flasher.flash(port, [FlashFile(NVS_OFFSET, nvs)], after=after)
+                flasher.flash(port, [FlashFile(nvs_partition.offset, nvs)], after=after)
         return mark
 
     def erase_flash(self) -> Mark:
@@ -544,17 +513,17 @@ class RigSession:
         return mark
 
     def flash_and_boot(self) -> str:
-        files, version = self.firmware_files()
+        firmware = self.firmware()
         observer = self.mqtt()
         console = self.open_console()
         mark = observer.mark()
         # The NVS image holds the device's secrets: a private temp file, gone after use.
-        with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.run_dir) as private:
+        with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.prepare_run_dir()) as private:
             nvs = write_private(Path(private) / "nvs.bin", self.provisioning())  # 0600 from creation
             with self._flashing(console) as (flasher, port, after):
-                flasher.flash(port, [*files, FlashFile(NVS_OFFSET, nvs)], after=after)
-        self._await_online(observer, console, version, since=mark, what="flashed")
-        return version
+                flasher.flash(port, firmware.flash_set.with_nvs(nvs), after=after)
+        self._await_online(observer, console, firmware.version, since=mark, what="flashed")
+        return firmware.version
 
     @contextlib.contextmanager
     def _flashing(self, console: Console) -> Iterator[tuple[Flasher, Any, AfterReset]]:
@@ -606,11 +575,13 @@ class RigSession:
         """The rig's power and sensor backends, as its rig file names them (the virtual
         board's control endpoint, a GPIO expander or reference BME280 over smbus2, uhubctl)."""
         if self._backends is None:
+            self.start_board()  # a virtual rig's backends are its board's control endpoint
             self._backends = RigBackends(self.rig, control=self.control)
             self._cleanups.append(self._backends.close)
         return self._backends
 
     def power(self) -> Power:
+        self.reserve()
         if self.reserved is not None and not isinstance(self.reserved, ReservedRig):
             if self.reserved.power is None:  # a labgrid place without a NetworkPowerPort
                 raise SessionUsageError(f"rig {self.rig.name!r}: labgrid place {self.reserved.place} has no power resource")
@@ -629,6 +600,7 @@ class RigSession:
             raise SessionError(str(exc)) from exc  # a NoBackend is usage, else infrastructure
 
     def wifi(self) -> WifiControl:
+        self.start_board()
         control = self.control
         if control is None:
             raise SessionUsageError(f"rig {self.rig.name!r}: no Wi-Fi control")
@@ -694,7 +666,7 @@ class RigSession:
             env.update({"rig": self.rig.name, "rig_kind": self.rig.kind, "chip": self.rig.chip})
         if self._dut is not None:
             env.update({"firmware_version": self._dut.version, "device_id": self._dut.device_id})
-            env["firmware"] = self.options.firmware or "baseline"
+            env["firmware"] = self.firmware().choice or "baseline"
         if self._firmware is not None:
             env["firmware_sha256"] = self._firmware.sha256
         return env

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # esptool and the rig model are imported by the commands that
     from hil.bench.target import Target
     from hil.link.flasher import AfterReset, Flasher
     from hil.rig.backends import BootStrapPower
-    from hil.rig.inventory import Rig
+    from hil.rig.model import Rig
 
 Handler = Callable[[argparse.Namespace], int]
 FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -35,7 +35,7 @@ def _guard(name: str, handler: Handler) -> Handler:
     """Turn the library's errors into one line on stderr and the exit code."""
 
     def run(args: argparse.Namespace) -> int:
-        from hil.link.flasher import FlashError, FlashInputError
+        from hil.link.flash_errors import FlashError, FlashInputError
 
         try:
             return handler(args)

@@ -23,17 +23,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from hil.bench.state import BenchInputError
 from hil.device.contract import parse_broker_uri
 from hil.device.settings import Provisioning, provisioning_image
-from hil.firmware.catalog import (
-    BOOTLOADER_OFFSET,
-    FACTORY_OFFSET,
-    OTADATA_OFFSET,
-    FirmwareError,
-    FlashFile,
-    cached_build,
-    load_manifest,
-    load_recipes,
-)
-from hil.images.partitions import PARTITION_TABLE_OFFSET
+from hil.firmware.catalog import FirmwareError, cached_build, load_manifest, load_recipes
+from hil.images.layout import LAYOUT, FlashFile
 from hil.link.flasher import ProgressCallback
 from hil.secret import optional_secret
 
@@ -60,19 +51,14 @@ def parse_item(text: str) -> FlashFile:
 
 def recipe_files(name: str) -> tuple[list[FlashFile], str]:
     """The virtual rig's images for recipe ``name`` (built once into the cache): bootloader,
-    partition table, otadata and the app, at the offsets of ESP-IDF's flash_args."""
+    partition table, otadata and the app, laid out by `hil.images.layout`."""
     try:
         book = load_recipes()
         recipe = book.get(name)
         images = cached_build(book, [recipe.name])
     except FirmwareError as exc:
         raise BenchInputError(f"--recipe: {exc}") from None
-    return [
-        FlashFile(BOOTLOADER_OFFSET, images / "bootloader.bin"),
-        FlashFile(PARTITION_TABLE_OFFSET, images / "partition-table.bin"),
-        FlashFile(OTADATA_OFFSET, images / "ota_data_initial.bin"),
-        FlashFile(FACTORY_OFFSET, images / f"{recipe.name}.bin"),
-    ], recipe.version
+    return list(LAYOUT.flash_set(images / f"{recipe.name}.bin", images).files), recipe.version
 
 
 def manifest_files(path: Path) -> tuple[list[FlashFile], str]:

@@ -18,7 +18,10 @@ from typing import Any, TypeVar
 from hil.bench.sim import find_board
 from hil.bench.state import BenchError, BenchInputError
 from hil.rig.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, VirtualSensor
-from hil.rig.inventory import Rig, RigError, default_rigs_dir, load_rigs, reserve
+from hil.rig.errors import RigError
+from hil.rig.model import Rig
+from hil.rig.reservation import reserve
+from hil.rig.rigfile import default_rigs_dir, load_rigs
 from hil.rig.virtual_board import ControlClient, VirtualBoardError
 from hil.rig.wiring import BackendUnavailable, NoBackend, RigBackends
 

@@ -24,6 +24,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, NoReturn
 
+from hil.images.layout import LAYOUT
+
 __all__ = [
     "ALERT_CODES",
     "ALERT_LEVELS",
@@ -318,8 +320,9 @@ PROGRAM_STEP_BUDGET: Final = 100_000
 # NVS (§1, §5)
 # ---------------------------------------------------------------------------------------
 
-NVS_OFFSET: Final = 0x9000
-NVS_SIZE: Final = 0x4000
+# Where provisioning lands: the nvs partition of the flash layout (hil.images.layout).
+NVS_OFFSET: Final = LAYOUT.nvs.offset
+NVS_SIZE: Final = LAYOUT.nvs.size
 DEVICE_NAMESPACE: Final = "device"
 CONFIG_NAMESPACE: Final = "config"
 

@@ -46,14 +46,17 @@ from hil.images.app import (
     build_app_image,
 )
 from hil.images.bootloader import build_bootloader_image
+from hil.images.layout import (
+    BOOTLOADER_FILE,
+    LAYOUT,
+    OTADATA_FILE,
+    PARTITION_TABLE_FILE,
+    FlashFile,
+    flash_args,
+)
 from hil.images.otadata import initial_otadata
-from hil.images.partitions import PARTITION_TABLE_OFFSET, TWO_OTA_TABLE
 
 CHIP = "esp32c3"
-BOOTLOADER_OFFSET = 0x0
-OTADATA_OFFSET = 0xD000
-FACTORY_OFFSET = 0x10000
-FLASH_SETTINGS = ("--flash-mode", "dio", "--flash-freq", "80m", "--flash-size", "4MB")
 RECIPES_FILE = Path(__file__).resolve().parent / "recipes.toml"
 """The virtual rig's recipes: in this repository a link to firmware/recipes.toml (their
 home); in an installed wheel, the copy packaged with hil."""
@@ -173,34 +176,23 @@ def build_images(book: RecipeBook, names: Iterable[str], out: Path) -> list[Path
     recipes = [book.get(name) for name in names]
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, bytes] = {
-        "bootloader.bin": build_bootloader_image(),
-        "partition-table.bin": TWO_OTA_TABLE.to_bytes(),
-        "ota_data_initial.bin": initial_otadata(),
+        BOOTLOADER_FILE: build_bootloader_image(),
+        PARTITION_TABLE_FILE: LAYOUT.table.to_bytes(),
+        OTADATA_FILE: initial_otadata(),
     }
     for recipe in recipes:
         files[f"{recipe.name}.bin"] = recipe.build()
     baseline = f"{book.baseline}.bin"
     if baseline not in files:
         files[baseline] = book.get(book.baseline).build()
-    files["flash_args"] = flash_args_text(baseline).encode()
+    # Relative to the build dir, as ESP-IDF writes it: `esptool write-flash @flash_args` there.
+    files["flash_args"] = flash_args(LAYOUT.flash_set(Path(baseline), Path()).files).encode()
     written = []
     for name, data in files.items():
         path = out / name
         _write_if_changed(path, data)
         written.append(path)
     return written
-
-
-def flash_args_text(app_file: str) -> str:
-    """esptool's ``@file`` syntax, as ESP-IDF writes build/flash_args."""
-    return (
-        " ".join(FLASH_SETTINGS)
-        + "\n"
-        + f"0x{BOOTLOADER_OFFSET:x} bootloader.bin\n"
-        + f"0x{PARTITION_TABLE_OFFSET:x} partition-table.bin\n"
-        + f"0x{OTADATA_OFFSET:x} ota_data_initial.bin\n"
-        + f"0x{FACTORY_OFFSET:x} {app_file}\n"
-    )
 
 
 def cache_root() -> Path:
@@ -281,12 +273,6 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 
 # -- manifests ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class FlashFile:
-    offset: int
-    path: Path
-
-
 @dataclass(frozen=True)
 class Manifest:
     path: Path

@@ -42,7 +42,9 @@ from urllib.parse import quote
 
 from hil.errors import UsageError
 from hil.rig.backends import Power
-from hil.rig.inventory import Holder, NoRigAvailable, ReservationError, Rig, UnknownRig
+from hil.rig.errors import NoRigAvailable, ReservationError, UnknownRig
+from hil.rig.model import Rig
+from hil.rig.reservation import Holder
 
 COORDINATOR_ENV = "LG_COORDINATOR"
 DEFAULT_COORDINATOR = "127.0.0.1:20408"  # labgrid-client's default

@@ -32,7 +32,7 @@ from hil.rig.backends import (
     VirtualPower,
     VirtualSensor,
 )
-from hil.rig.inventory import (
+from hil.rig.model import (
     GpioExpanderSpec,
     ReferenceBme280Spec,
     Rig,

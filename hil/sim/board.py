@@ -47,7 +47,7 @@ released again 150 ms after that (or 650 ms on esptool's long attempts). Samplin
 120 ms falls inside that window with margin on both sides. A devkit behind ser2net
 with a 1 ms RC would boot from flash instead, which is why Espressif ships
 esp_rfc2217_server; this board behaves like that pairing, without rewriting resets.
-`hil.link.flasher`'s own RFC 2217 port has acknowledgements as fast as the link, so GPIO9
+`hil.link.rfc2217`, the flasher's own RFC 2217 port, has acknowledgements as fast as the link, so GPIO9
 falls right after EN rises; it holds GPIO9 low 0.15 s (``STRAP_HOLD_S``), which lands in
 download mode both here and on a devkit that latches within milliseconds.
 """

@@ -45,9 +45,9 @@ from typing import IO, Any
 
 from hil.device.contract import parse_broker_uri
 from hil.device.settings import Provisioning, provisioning_image
-from hil.firmware.catalog import FACTORY_OFFSET, FirmwareError, cached_build, load_recipes
+from hil.firmware.catalog import FirmwareError, cached_build, load_recipes
+from hil.images.layout import LAYOUT
 from hil.images.nvs import NvsError
-from hil.images.partitions import PartitionTable
 from hil.secret import Secret, optional_secret
 from hil.sim.board import Board
 from hil.sim.control import ControlServer, JsonLinesServer
@@ -91,7 +91,7 @@ class _Plan:
     """Everything checked and read before any board dir is touched."""
 
     device_ids: tuple[str, ...]
-    images: tuple[tuple[int, bytes], ...]  # (offset, bytes) as flash_args lists them
+    images: tuple[tuple[int, bytes], ...]  # (offset, bytes): the app's flash set (hil.images.layout)
     nvs_offset: int
     provisioning: Mapping[str, bytes]  # device id -> its NVS image
 
@@ -147,16 +147,6 @@ def load_credentials(path: Path, ids: Sequence[str]) -> dict[str, tuple[str, str
     return found
 
 
-def _read_flash_args(images: Path, app_file: str) -> tuple[tuple[int, bytes], ...]:
-    """The images of esptool's ``@flash_args`` in the build dir, with our app at 0x10000."""
-    entries = []
-    for line in (images / "flash_args").read_text().splitlines()[1:]:  # line 1: flash settings
-        offset_text, name = line.split()
-        offset = int(offset_text, 16)
-        entries.append((offset, (images / (app_file if offset == FACTORY_OFFSET else name)).read_bytes()))
-    return tuple(entries)
-
-
 def plan(options: FleetOptions) -> _Plan:
     """Check every input and build every image; raises FleetError naming what to fix."""
     if not 1 <= options.count <= MAX_COUNT:
@@ -181,10 +171,8 @@ def plan(options: FleetOptions) -> _Plan:
         images = cached_build(book, [app])
     except FirmwareError as exc:
         raise FleetError(f"--app: {exc}") from None
-    table = PartitionTable.from_bytes((images / "partition-table.bin").read_bytes())
-    nvs = table.nvs
-    if nvs is None:
-        raise FleetError(f"{images}/partition-table.bin has no nvs partition to provision")
+    flash_set = LAYOUT.flash_set(images / f"{app}.bin", images)
+    nvs = flash_set.layout.nvs
     ap = AccessPoint()  # each board's rig has this AP: every board is provisioned for it
     provisioning: dict[str, bytes] = {}
     for device in ids:
@@ -202,7 +190,8 @@ def plan(options: FleetOptions) -> _Plan:
             provisioning[device] = provisioning_image(prov, options.config, size=nvs.size)
         except (ValueError, NvsError) as exc:
             raise FleetError(f"--config: {exc}") from None
-    return _Plan(ids, _read_flash_args(images, f"{app}.bin"), nvs.offset, provisioning)
+    written = tuple((f.offset, f.path.read_bytes()) for f in flash_set.files)
+    return _Plan(ids, written, nvs.offset, provisioning)
 
 
 def _raise_open_files_limit(count: int) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from hil.bme280.compensation import Environment
 from hil.device import contract
+from hil.firmware.selection import app_identity
 from hil.services.mqtt import ObserverTimeout
-from hil.session import check_app_image
 from tests.hil.boot_log import ExpectedBoot, boot_problems
 from tests.hil.provisioned import setting
 
@@ -67,7 +67,7 @@ def test_reset_restarts_the_device_with_reason_sw(dut, mqtt, console, hil_sessio
     reason SW and `boot_count` + 1 in status and health, `seq` from 0."""
     device = dut.device_id
     prov = hil_session.device_provisioning()
-    project, version = check_app_image(firmware.app)
+    project, version = app_identity(firmware.app)
     before = reading_after(mqtt, device, mqtt.mark())
     mark, since = mqtt.mark(), console.mark()
     mqtt.publish(contract.command_topic(device), {"cmd": "reset"})

@@ -35,7 +35,7 @@ def load_run(
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[LoadResult]:
-    firmware = hil_session.options.firmware
+    firmware = hil_session.firmware().choice
     if firmware and (firmware.endswith(".toml") or os.sep in firmware):
         pytest.skip(f"the virtual fleet runs the virtual rig's recipes; --firmware {firmware} is a manifest")
     try:

@@ -37,7 +37,7 @@ def images() -> Path:
 @pytest.fixture(scope="module")
 def update(hil_session) -> Callable[..., bytes]:
     """update(version, **params): the firmware under test, built as that version."""
-    return functools.partial(update_image, hil_session.options.firmware)
+    return functools.partial(update_image, hil_session.firmware().choice)
 
 
 @pytest.fixture

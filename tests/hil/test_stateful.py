@@ -1005,7 +1005,7 @@ def test_random_sequences_of_rig_actions_keep_the_contract(
         sensor=sensor,
         ota_server=ota_server,
         ota_signer=ota_signer,
-        firmware=hil_session.options.firmware,
+        firmware=firmware.choice,
         can_update=firmware.kind == "recipe",
         watchdog_s=setting(hil_session, "watchdog_timeout_s"),
         selftest_s=setting(hil_session, "ota_selftest_timeout_s"),

@@ -22,14 +22,10 @@ from esp_pylib.logger import EspLog
 
 from hil.device.settings import Provisioning, provisioning_image
 from hil.images.nvs import read_nvs
-from hil.link import flasher
-from hil.link.flasher import (
-    Flasher,
-    FlashInfrastructureError,
-    FlashReport,
-    FlashVerifyError,
-    _Rfc2217Port,
-)
+from hil.link.flash_errors import FlashInfrastructureError, FlashVerifyError
+from hil.link.flasher import Flasher, FlashReport
+from hil.link.port_borrow import Link
+from hil.link.rfc2217 import Rfc2217Port
 from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
 from hil.sim.process import FLASH_FILE
 
@@ -244,7 +240,7 @@ def closed_port() -> int:
 def test_nothing_behind_the_port_is_an_infrastructure_error_after_two_attempts(
     monkeypatch: pytest.MonkeyPatch, firmware_dir: Path
 ) -> None:
-    opened = count_calls(monkeypatch, flasher._Link, "open")
+    opened = count_calls(monkeypatch, Link, "open")
     port = f"socket://127.0.0.1:{closed_port()}"
     with pytest.raises(FlashInfrastructureError) as info:
         Flasher().flash(port, baseline_files(firmware_dir))
@@ -361,7 +357,7 @@ def test_the_rfc2217_port_awaits_acknowledgements_without_napping(
 ) -> None:
     """pyserial's client sleeps 50 ms before each look for an answer (and 0.3 s after a
     close); the flasher's port is told by its reader thread when the answer came."""
-    port = _Rfc2217Port()
+    port = Rfc2217Port()
     port.port = url(board)
     port.open()
 

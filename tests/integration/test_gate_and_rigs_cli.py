@@ -32,7 +32,8 @@ def test_help_teaches(command: list[str]) -> None:
 
 
 def test_rigs_lists_the_inventory_and_who_holds_a_rig(tmp_path: Path) -> None:
-    from hil.rig.inventory import load_rigs, reserve
+    from hil.rig.reservation import reserve
+    from hil.rig.rigfile import load_rigs
 
     rigs = load_rigs(ROOT / "rigs")
     result = hil("rigs", "--lock-dir", str(tmp_path), "--json")

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from hil.processes import die_with_parent
-from hil.rig.inventory import load_rigs
+from hil.rig.rigfile import load_rigs
 from hil.rig.ser2net import Ser2net
 from hil.rig.virtual_board import VirtualBoardProcess
 from hil.rig.virtual_pdu import VirtualPdu
@@ -248,7 +248,7 @@ def _holder(lab: Lab, rigs: Path) -> subprocess.Popen[str]:
         f"""
         import json, sys, time
         from hil.rig.labgrid import reserve_place
-        from hil.rig.inventory import load_rigs
+        from hil.rig.rigfile import load_rigs
         held = reserve_place(load_rigs({str(rigs)!r})[0], timeout=10)
         print(json.dumps([held.place, held.owner]), flush=True)
         time.sleep(120)

@@ -26,8 +26,11 @@ import serial.serialutil
 from hil.firmware.catalog import FirmwareError, build_images, load_manifest, load_recipes
 from hil.images.app import AppDescriptor, build_app_image
 from hil.link.console import Console, ConsoleError
-from hil.link.flasher import Flasher, FlashInputError, FlashPortBusyError
-from hil.rig.inventory import RigError, load_rigs, reserve
+from hil.link.flash_errors import FlashInputError, FlashPortBusyError
+from hil.link.flasher import Flasher
+from hil.rig.errors import RigError
+from hil.rig.reservation import reserve
+from hil.rig.rigfile import load_rigs
 from hil.session import RigSession, SessionError, SessionOptions
 
 
@@ -276,13 +279,13 @@ def test_there_are_at_least_fifteen_cases() -> None:
 def test_a_busy_port_is_one_attempt_an_infrastructure_error_naming_its_holder(fw: Path) -> None:
     """Not retried (a retry would find it held again), and reported as the rig's problem."""
     from hil.errors import is_infrastructure
-    from hil.link import flasher
+    from hil.link.port_borrow import Link
 
     with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as patch:
         action = busy_port(stack, fw)
         opened: list[int] = []
-        original = flasher._Link.open
-        patch.setattr(flasher._Link, "open", lambda *a, **k: (opened.append(1), original(*a, **k))[1])
+        original = Link.open
+        patch.setattr(Link, "open", lambda *a, **k: (opened.append(1), original(*a, **k))[1])
         with pytest.raises(FlashPortBusyError) as info:
             action()
     assert len(opened) == 1 and info.value.attempts == 1

@@ -25,7 +25,7 @@ from hil.errors import (
 )
 from hil.firmware.catalog import FirmwareError
 from hil.link.console import ConsoleError, ConsolePortLost, ConsoleTimeout
-from hil.link.flasher import (
+from hil.link.flash_errors import (
     FlashInfrastructureError,
     FlashInputError,
     FlashPortBusyError,
@@ -33,7 +33,7 @@ from hil.link.flasher import (
 )
 from hil.reporting.gate import read_junit
 from hil.reporting.report import BROKEN_PROPERTY, CATEGORIES, is_broken, mark_broken_in_junit
-from hil.rig.inventory import NoRigAvailable, Problem, ReservationError, RigConfigError, UnknownRig
+from hil.rig.errors import NoRigAvailable, Problem, ReservationError, RigConfigError, UnknownRig
 from hil.rig.labgrid import LabgridError, LabgridUnavailable, NoPlaceAvailable
 from hil.rig.ser2net import Ser2netError
 from hil.rig.virtual_board import VirtualBoardError

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hil.rig.inventory import load_rigs, reserve
+from hil.rig.reservation import reserve
+from hil.rig.rigfile import load_rigs
 
 ROOT = Path(__file__).resolve().parents[2]
 

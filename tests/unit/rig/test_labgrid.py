@@ -20,17 +20,10 @@ from typing import Any
 import pytest
 
 from hil.rig import labgrid as lp
-from hil.rig.inventory import (
-    Holder,
-    LabgridSpec,
-    Network,
-    NoPowerSpec,
-    NoSensorSpec,
-    Rig,
-    RigConfigError,
-    UnknownRig,
-    load_rigs,
-)
+from hil.rig.errors import RigConfigError, UnknownRig
+from hil.rig.model import LabgridSpec, Network, NoPowerSpec, NoSensorSpec, Rig
+from hil.rig.reservation import Holder
+from hil.rig.rigfile import load_rigs
 
 REPO = Path(__file__).resolve().parents[3]
 # Live pids: a holder whose pid is dead is a stale one, released by the next session.
@@ -496,6 +489,7 @@ def test_the_session_reserves_a_labgrid_rig_through_its_place(
     session = RigSession(
         SessionOptions(rigs_dir=rigs, log_dir=tmp_path / "logs", rig_tag="lab", rig_wait_s=5.0)
     )
+    assert session.reserve().name == "c3-1" and session.start_port() == "rfc2217://10.0.0.5:4001"
     assert session.rig.name == "c3-1" and session.port == "rfc2217://10.0.0.5:4001"
     assert asked == [("lab-c3", 5.0)] and session.device_id == "hil-c3-1"
     power = session.power()
@@ -509,7 +503,7 @@ def test_the_session_reserves_a_labgrid_rig_through_its_place(
         SessionOptions(rigs_dir=rigs, log_dir=tmp_path / "logs", rig_name="lab-c3")
     )
     coordinator.places_["c3-1"].acquired = "lab-pc/bob"  # taken meanwhile, by hand
-    assert without_power.rig.name == "c3-2"
+    assert without_power.reserve().name == "c3-2"
     with pytest.raises(SessionError, match="labgrid place c3-2 has no power resource"):
         without_power.power()
     without_power.close()

@@ -23,7 +23,9 @@ from serial.urlhandler import protocol_loop
 
 import hil.link.flasher
 from hil.link.console import Console, ConsoleError
-from hil.rig.inventory import FlashMethod, GpioExpanderSpec, RigConfigError, load_rigs
+from hil.rig.errors import RigConfigError
+from hil.rig.model import FlashMethod, GpioExpanderSpec
+from hil.rig.rigfile import load_rigs
 from hil.rig.wiring import RigBackends, download_mode
 from hil.session import RigSession, SessionOptions
 

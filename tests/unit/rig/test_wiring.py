@@ -11,7 +11,7 @@ import pytest
 import hil.rig.wiring as rb
 from hil.bme280.compensation import Environment
 from hil.rig.backends import GpioExpanderPower, SmbusReferenceSensor, UhubctlPower, VirtualPower
-from hil.rig.inventory import load_rigs
+from hil.rig.rigfile import load_rigs
 from hil.session import RigSession, SessionError, SessionOptions
 from hil.sim.bme280 import BME280, SimulatedSMBus
 

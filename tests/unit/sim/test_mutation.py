@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from hil.sim.mutants import Mutant, UnknownMutant, enumerate_mutants, mutate
-from hil.sim.mutation import MutantFinder, MutationError, install_mutant, parse_mutant
+from hil.sim.mutation import (
+    TRACED_MODULES,
+    MutantFinder,
+    MutationError,
+    install_mutant,
+    parse_mutant,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -136,7 +142,9 @@ def test_an_unknown_id_is_refused() -> None:
 
 
 def test_the_firmware_modules_have_mutants_with_unique_ids() -> None:
-    for module in ("hil.sim.firmware.reference", "hil.sim.firmware.mqtt_link", "hil.sim.firmware.watchdog"):
+    tasks = [m for m in TRACED_MODULES if m.startswith("hil.sim.firmware.tasks.")]
+    assert tasks, "the reference firmware's tasks are traced (mutants may name them)"
+    for module in ("hil.sim.firmware.reference", *tasks, "hil.sim.firmware.mqtt_link", "hil.sim.firmware.watchdog"):
         source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
         found = enumerate_mutants(source, module)
         assert len(found) > 10

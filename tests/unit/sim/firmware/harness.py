@@ -1,6 +1,6 @@
-"""The reference firmware model at host level, for tests of its sensor path: the state
-``run()`` sets up that ``_on_reading`` and ``_sensor_failed`` use, online (nothing held
-back for being offline), its output in ``fw.outbox``."""
+"""The reference firmware model at host level, for tests of its sensor path: the sensor
+task with the state ``boot()`` sets up that ``_on_reading`` and ``_sensor_failed`` use,
+online (nothing held back for being offline), its output in ``task.fw.outbox``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from collections.abc import Sequence
 
 from hil.device.settings import DeviceConfig
 from hil.images.app import BehaviourRecord
-from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
+from hil.sim.firmware.reference import MODEL_NAME
+from hil.sim.firmware.tasks.outbox import Outbox
+from hil.sim.firmware.tasks.sensor import SensorTask
+from hil.sim.firmware.tasks.shared import Firmware
 
 
-def sensor_firmware(device_id: str, config: DeviceConfig, defects: Sequence[str] = ()) -> ReferenceFirmware:
-    fw = ReferenceFirmware(BehaviourRecord(MODEL_NAME, tuple(defects)), peripherals=None)
+def sensor_task(device_id: str, config: DeviceConfig, defects: Sequence[str] = ()) -> SensorTask:
+    fw = Firmware(BehaviourRecord(MODEL_NAME, tuple(defects)), peripherals=None)
     fw.config = config
     fw.device_id = device_id
     fw.boot_count = 1
@@ -28,4 +31,4 @@ def sensor_firmware(device_id: str, config: DeviceConfig, defects: Sequence[str]
     fw.boot_time = time.monotonic()
     fw.sensor_failure_raised = False
     fw.log = lambda level, tag, message: None
-    return fw
+    return SensorTask(fw)

@@ -4,7 +4,7 @@ on an emergency shutdown (``shutdown_without_disconnect``), failover over ``brok
 (``no_broker_failover``), and retrying a failed Wi-Fi join without a reboot
 (``reboots_on_wifi_failure``).
 
-Host level: the ``ReferenceFirmware`` methods the tasks run, with a stand-in MQTT client.
+Host level: the mqtt and wifi tasks of a ``ReferenceFirmware``, with a stand-in MQTT client.
 """
 
 from __future__ import annotations
@@ -23,16 +23,19 @@ from hil.device import defects as D
 from hil.device.settings import DeviceConfig, Provisioning
 from hil.images.app import BehaviourRecord
 from hil.sim.firmware.mqtt_link import BrokerUri
-from hil.sim.firmware.reference import MODEL_NAME, Outbox, ReferenceFirmware
+from hil.sim.firmware.reference import MODEL_NAME, ReferenceFirmware
 from hil.sim.firmware.rig import RigPeripherals
+from hil.sim.firmware.tasks.outbox import Outbox
+from hil.sim.firmware.tasks.shared import Firmware
 
 DEVICE_ID = "hil-conn-0001"
 PRIMARY, SECONDARY = "mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:1884"
 
 
 def firmware(defects: Sequence[str] = (), *, rig: RigPeripherals | None = None) -> ReferenceFirmware:
-    """A ReferenceFirmware with the state its ``run()`` sets up that the MQTT and Wi-Fi tasks use."""
-    fw = ReferenceFirmware(BehaviourRecord(MODEL_NAME, tuple(defects)), peripherals=rig)
+    """A ReferenceFirmware with the state its ``boot()`` sets up that the MQTT and Wi-Fi tasks use."""
+    app = ReferenceFirmware(BehaviourRecord(MODEL_NAME, tuple(defects)), peripherals=rig)
+    fw = app.fw
     fw.prov = Provisioning(DEVICE_ID, wifi_ssid="hil-lab", wifi_pass="hil-lab-password", mqtt_uri=PRIMARY)
     fw.device_id = DEVICE_ID
     fw.config = DeviceConfig(brokers=(PRIMARY, SECONDARY))
@@ -43,8 +46,8 @@ def firmware(defects: Sequence[str] = (), *, rig: RigPeripherals | None = None) 
     fw.logged = []  # type: ignore[attr-defined]
     fw.log = lambda level, tag, message: fw.logged.append(f"{level} {tag}: {message}")  # type: ignore[attr-defined]
     fw.restarts = []  # type: ignore[attr-defined]
-    fw._restart = fw.restarts.append  # type: ignore[attr-defined,method-assign]
-    return fw
+    fw.restart = fw.restarts.append  # type: ignore[attr-defined,method-assign]
+    return app
 
 
 class FakeClient:
@@ -81,7 +84,7 @@ def test_the_session_is_persistent_unless_the_defect_cleans_it(
 ) -> None:
     monkeypatch.setattr(aiomqtt, "Client", FakeClient)
     FakeClient.made.clear()
-    reason = asyncio.run(firmware(defects)._session(BrokerUri.parse(PRIMARY)))
+    reason = asyncio.run(firmware(defects).mqtt._session(BrokerUri.parse(PRIMARY)))
     assert reason == "connection_refused"
     assert FakeClient.made[0]["clean_session"] is clean
 
@@ -92,7 +95,7 @@ def test_an_emergency_shutdown_disconnects_cleanly_unless_the_defect_drops_the_l
 ) -> None:
     async def shut_down() -> tuple[str, FakeClient]:
         client = FakeClient(incoming=[(contract.emergency_topic(DEVICE_ID), b"shutdown")])
-        return await firmware(defects)._connected(client), client  # type: ignore[arg-type]
+        return await firmware(defects).mqtt._connected(client), client  # type: ignore[arg-type]
 
     result, client = asyncio.run(shut_down())
     assert result == "shutdown"
@@ -102,23 +105,23 @@ def test_an_emergency_shutdown_disconnects_cleanly_unless_the_defect_drops_the_l
 
 
 def test_failover_uses_every_broker_unless_the_defect_keeps_to_the_first() -> None:
-    assert [str(b) for b in firmware()._brokers()] == [PRIMARY, SECONDARY]
-    assert [str(b) for b in firmware([D.NO_BROKER_FAILOVER])._brokers()] == [PRIMARY]
+    assert [str(b) for b in firmware().mqtt._brokers()] == [PRIMARY, SECONDARY]
+    assert [str(b) for b in firmware([D.NO_BROKER_FAILOVER]).mqtt._brokers()] == [PRIMARY]
 
 
 @pytest.mark.parametrize(("defects", "restarts"), [((), []), ((D.REBOOTS_ON_WIFI_FAILURE,), ["SW"])])
 def test_a_failed_wifi_join_is_retried_unless_the_defect_reboots(
     defects: tuple[str, ...], restarts: list[str]
 ) -> None:
-    async def join_with_a_wrong_passphrase() -> ReferenceFirmware:
+    async def join_with_a_wrong_passphrase() -> Firmware:
         rig = RigPeripherals()
         rig.ap.password = "not-the-provisioned-one"
-        fw = firmware(defects, rig=rig)
-        task = asyncio.ensure_future(fw._wifi_task())
+        app = firmware(defects, rig=rig)
+        task = asyncio.ensure_future(app.wifi.run())
         await asyncio.sleep(0.2)  # the first join fails at once; the next is 5 s away
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        return fw
+        return app.fw
 
     fw = asyncio.run(join_with_a_wrong_passphrase())
     assert fw.logged == ["W wifi: connect failed ssid=hil-lab reason=auth_fail"]  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from hil.sim.firmware.reference import READING_QUEUE, Outbox
+from hil.sim.firmware.tasks.outbox import READING_QUEUE, Outbox
 
 
 def reading(seq: int) -> bytes:

@@ -2,8 +2,8 @@
 
 Host level, on the firmware model's own sensor path: a :class:`hil.sim.bme280.BME280` on a
 :class:`hil.sim.bme280.SimulatedSMBus`, read by :class:`hil.bme280.driver.BME280Driver` as
-``ReferenceFirmware._sensor_task`` reads it (``initialise()`` once, then ``read()`` per
-interval), each reading handed to ``ReferenceFirmware._on_reading`` itself: the model's
+``SensorTask.run`` reads it (``initialise()`` once, then ``read()`` per
+interval), each reading handed to ``SensorTask._on_reading`` itself: the model's
 publishing transform (calibration offset, range check, rounding to 2 decimals, the sensors
 payload), whose output is taken from the model's outbox.  One fake clock runs the part and
 the driver's sleeps, so a forced-mode read costs no real time.
@@ -40,7 +40,7 @@ from hil.device import contract
 from hil.device import defects as D
 from hil.device.settings import DeviceConfig
 from hil.sim.bme280 import BME280, NoiseModel, SimulatedSMBus
-from tests.unit.sim.firmware.harness import sensor_firmware
+from tests.unit.sim.firmware.harness import sensor_task
 
 ACC_T = contract.TEMPERATURE_ACCURACY_C
 ACC_H = contract.HUMIDITY_ACCURACY_PCT
@@ -51,7 +51,7 @@ P_LO, P_HI = contract.PRESSURE_RANGE_HPA
 OFFSET_LO, OFFSET_HI = contract.CALIBRATION_OFFSET_RANGE
 
 DEVICE_ID = "hil-path-0001"
-ADDRESS = 0x76  # what _sensor_task reads
+ADDRESS = 0x76  # what SensorTask.run reads
 
 
 class FakeTime:
@@ -86,15 +86,15 @@ class SensorPath:
             calibration=CALIBRATIONS[calibration], clock=self.clock, noise=noise, rng_seed=rng_seed
         )
         bus = SimulatedSMBus(1, devices=[self.device])
-        # _sensor_task builds BME280Driver(bus, 0x76); only the clock is the test's (and
+        # SensorTask.run builds BME280Driver(bus, 0x76); only the clock is the test's (and
         # the oversampling, where a test asks for it)
         self.driver = BME280Driver(
             bus, ADDRESS, settings=settings, clock=self.clock, sleep=self.clock.sleep
         )
         self.driver.initialise()
         self.offset = offset
-        self.fw = sensor_firmware(DEVICE_ID, DeviceConfig(calibration_offset_temp=offset), defects)
-        self.interval_s = float(self.fw.config.measurement_interval_s)
+        self.sensor = sensor_task(DEVICE_ID, DeviceConfig(calibration_offset_temp=offset), defects)
+        self.interval_s = float(self.sensor.fw.config.measurement_interval_s)
 
     def read(self, env: Environment) -> Reading:
         """Expose the part to ``env``, wait one measurement interval, read it."""
@@ -103,10 +103,10 @@ class SensorPath:
         return self.driver.read()
 
     def publish(self, reading: Reading) -> dict[str, object] | None:
-        """``_on_reading`` as _sensor_task calls it; the sensors payload, or None if dropped."""
-        outbox = self.fw.outbox
+        """``_on_reading`` as SensorTask.run calls it; the sensors payload, or None if dropped."""
+        outbox = self.sensor.fw.outbox
         before_readings, before_other = len(outbox.readings), len(outbox.other)
-        self.fw._on_reading(reading.temperature_c, reading.humidity_pct, reading.pressure_hpa)
+        self.sensor._on_reading(reading.temperature_c, reading.humidity_pct, reading.pressure_hpa)
         if len(outbox.readings) > before_readings:
             topic, data, retain = outbox.readings[-1]
             assert (topic, retain) == (contract.sensors_topic(DEVICE_ID), False)

@@ -11,7 +11,7 @@ import random
 
 from hil.device import contract
 from hil.sim.firmware.mqtt_link import Backoff
-from hil.sim.firmware.reference import Outbox
+from hil.sim.firmware.tasks.outbox import Outbox
 
 
 def drain(outbox: Outbox) -> list[int]:

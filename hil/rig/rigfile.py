@@ -1,4 +1,4 @@
-"""Rig inventory (``rigs/*.toml``), capabilities, and reservation of a rig for a session.
+"""Reading rig files (``rigs/*.toml``) into the rig model, checking everything first.
 
 A rig is data: one TOML file per rig, or per pool of virtual rigs::
 
@@ -35,66 +35,49 @@ makes a pool ``<name>-0`` … ``<name>-<N-1>`` so that pytest-xdist workers each
 Loading checks everything before anything is touched, and reports every problem of every
 file at once, each with the file, the line when it can be found, the table and key, and
 the fix (with the closest known value for a typo).
-
-Reservation takes an OS file lock per rig (``flock`` through filelock) in a lock
-directory shared by everyone on the host, so the kernel releases it when the holder dies,
-however it dies. Who holds a rig is recorded next to the lock; a record whose lock is free
-is stale (its process died) and is cleared.
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import getpass
 import json
-import os
 import re
-import socket
-import time
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias, cast, get_args
+from typing import Any, cast
 from urllib.parse import urlsplit
 
-from filelock import FileLock, Timeout
-
-from hil.errors import InfrastructureError, UsageError
-
-RigKind = Literal["virtual", "serial", "rfc2217", "labgrid"]
-ResetMethod = Literal["classic", "usb-jtag", "gpio"]
-ExpanderChipName = Literal["pcf8574", "mcp23017"]
-
-RIG_KINDS: tuple[str, ...] = get_args(RigKind)
-RESET_METHODS: tuple[str, ...] = get_args(ResetMethod)
-EXPANDER_CHIPS: tuple[str, ...] = get_args(ExpanderChipName)
-POWER_KINDS = ("none", "virtual", "gpio-expander", "uhubctl")
-SENSOR_KINDS = ("none", "virtual", "reference-bme280")
-CHIPS = ("esp32c3",)
-
-#: What a rig can declare; a test asks for these with ``@pytest.mark.requires(...)``.
-KNOWN_CAPABILITIES: frozenset[str] = frozenset(
-    {
-        "sensor_emulation",  # the sensor's environment and faults are set by the test
-        "power_control",  # the board's supply can be cut and restored
-        "network_faults",  # the board reaches the broker through hil.services.netfault's proxy
-        "test_hooks",  # the firmware under test accepts the test-only commands
-        "ota",  # the board can reach the OTA image server
-        "wifi_control",  # the access point the board joins can be taken down and up
-    }
+from hil.rig.errors import Problem, RigConfigError, or_list, suggest
+from hil.rig.model import (
+    CHIPS,
+    EXPANDER_CHIPS,
+    KNOWN_CAPABILITIES,
+    POWER_KINDS,
+    RESET_METHODS,
+    RIG_KINDS,
+    RIG_NAME_RE,
+    SENSOR_KINDS,
+    ExpanderChipName,
+    GpioExpanderSpec,
+    LabgridSpec,
+    Network,
+    NoPowerSpec,
+    NoSensorSpec,
+    PowerSpec,
+    ReferenceBme280Spec,
+    ResetMethod,
+    Rig,
+    RigKind,
+    SensorSpec,
+    UhubctlSpec,
+    VirtualPowerSpec,
+    VirtualSensorSpec,
 )
 
 VIRTUAL_NETWORK_SSID = "hil-lab"
 VIRTUAL_BROKER_HOST = "127.0.0.1"
 MAX_POOL = 256
-LOCK_DIR_ENV = "HIL_LOCK_DIR"
-DEFAULT_LOCK_DIR = Path("~/.cache/hil/locks")
-POLL_INTERVAL_S = 0.1
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _HUB_RE = re.compile(r"^\d+(-\d+(\.\d+)*)?$")
 _LG_TAG_KEY_RE = re.compile(r"[a-z][a-z0-9_]+")  # labgrid's TAG_KEY
@@ -121,199 +104,6 @@ _TOP_KEYS = (
 )
 
 
-# -- the model ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class NoPowerSpec:
-    """The board's supply cannot be switched by the framework."""
-
-    kind: Literal["none"] = "none"
-
-
-@dataclass(frozen=True)
-class VirtualPowerSpec:
-    """The virtual rig's control endpoint switches the simulated supply."""
-
-    kind: Literal["virtual"] = "virtual"
-
-
-@dataclass(frozen=True)
-class GpioExpanderSpec:
-    """A relay or load switch on a pin of an I2C GPIO expander on the host (smbus2)."""
-
-    bus: int
-    address: int
-    pin: int
-    chip: ExpanderChipName
-    kind: Literal["gpio-expander"] = "gpio-expander"
-    # Another pin of the same expander, wired to the board's GPIO9 (BOOT) so that driving
-    # it low holds the strap: what a ``reset = "gpio"`` rig enters download mode with.
-    boot_pin: int | None = None
-
-
-@dataclass(frozen=True)
-class UhubctlSpec:
-    """VBUS of a port on a USB hub with per-port power switching (uhubctl)."""
-
-    hub: str
-    port: int
-    kind: Literal["uhubctl"] = "uhubctl"
-
-
-@dataclass(frozen=True)
-class NoSensorSpec:
-    """The board reads its own sensor; the host has nothing to compare with or control."""
-
-    kind: Literal["none"] = "none"
-
-
-@dataclass(frozen=True)
-class VirtualSensorSpec:
-    """The virtual rig's register-level BME280, whose environment and faults tests set."""
-
-    kind: Literal["virtual"] = "virtual"
-
-
-@dataclass(frozen=True)
-class ReferenceBme280Spec:
-    """A second BME280 next to the board, read by the host through smbus2 as ground truth."""
-
-    bus: int
-    address: int
-    kind: Literal["reference-bme280"] = "reference-bme280"
-
-
-PowerSpec: TypeAlias = NoPowerSpec | VirtualPowerSpec | GpioExpanderSpec | UhubctlSpec
-
-
-@dataclass(frozen=True)
-class LabgridSpec:
-    """How a ``kind = "labgrid"`` rig finds its board: a place with these tags (what
-    ``labgrid-client reserve k=v ...`` filters on), through this coordinator (None:
-    ``$LG_COORDINATOR``, else labgrid's default). The port and power come from the place."""
-
-    tags: tuple[tuple[str, str], ...]
-    coordinator: str | None = None
-SensorSpec: TypeAlias = NoSensorSpec | VirtualSensorSpec | ReferenceBme280Spec
-
-
-@dataclass(frozen=True)
-class Network:
-    """The Wi-Fi network the board joins and the broker address it is provisioned with."""
-
-    ssid: str
-    broker_host: str
-
-
-EsptoolBefore = Literal["default-reset", "usb-reset", "no-reset"]
-
-
-@dataclass(frozen=True)
-class FlashMethod:
-    """How a rig's board is put into its ROM loader and how fast the flasher then talks:
-    esptool's ``--before`` and the baud rate it switches to once connected (None: stay at
-    the ROM's 115200). ``boot_by_power``: before connecting, the session power-cycles the
-    board with GPIO9 held low (``--before no-reset``), and power-cycles it again after,
-    with GPIO9 released, to boot the app (a board without an auto-reset circuit)."""
-
-    before: EsptoolBefore
-    flash_baud: int | None
-    boot_by_power: bool = False
-
-
-@dataclass(frozen=True)
-class Rig:
-    """One board a session can reserve, real or virtual."""
-
-    name: str
-    kind: RigKind
-    chip: str
-    port: str | None
-    reset: ResetMethod
-    power: PowerSpec
-    sensor: SensorSpec
-    network: Network
-    capabilities: frozenset[str]
-    tags: tuple[str, ...] = ()
-    pool: str | None = None
-    description: str = ""
-    source: Path | None = field(default=None, compare=False)
-    labgrid: LabgridSpec | None = None
-    flash_baud: int | None = None
-
-    @property
-    def is_virtual(self) -> bool:
-        return self.kind == "virtual"
-
-    def flash_method(self) -> FlashMethod:
-        """The one mapping from the rig file's ``reset`` and ``flash_baud`` to the flasher.
-
-        classic: esptool's DTR/RTS auto-reset (``default-reset``); usb-jtag: the sequence
-        the chip's USB-Serial-JTAG peripheral decodes (``usb-reset``: its lines are not
-        wires, the classic pulse does not reach GPIO9); gpio: a power cycle with GPIO9
-        held low through the power backend (the loader has checked it has a boot pin)."""
-        if self.reset == "gpio":
-            return FlashMethod("no-reset", self.flash_baud, boot_by_power=True)
-        return FlashMethod("usb-reset" if self.reset == "usb-jtag" else "default-reset", self.flash_baud)
-
-    def has(self, *capabilities: str) -> bool:
-        return not self.missing(capabilities)
-
-    def missing(self, required: Iterable[str]) -> tuple[str, ...]:
-        """The required capabilities this rig lacks, in the order asked (for skip reasons)."""
-        return tuple(cap for cap in required if cap not in self.capabilities)
-
-
-# -- errors ---------------------------------------------------------------------------
-class RigError(Exception):
-    """Base of this module's errors."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong in a rig file: where (file, line, table, key) and what to do."""
-
-    path: Path
-    message: str
-    line: int | None = None
-    table: str | None = None
-    key: str | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line is not None else f"{self.path}"
-        if self.key is None:
-            return f"{where}: {self.message}"
-        field_name = f"[{self.table}] {self.key}" if self.table else self.key
-        return f"{where}: {field_name}: {self.message}"
-
-
-class RigConfigError(RigError, UsageError):
-    """The inventory is invalid; ``problems`` lists every problem found, each with its fix."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = tuple(problems)
-        if len(self.problems) == 1:
-            text = str(self.problems[0])
-        else:
-            text = f"{len(self.problems)} problems in the rig inventory:\n" + "\n".join(
-                f"  {problem}" for problem in self.problems
-            )
-        super().__init__(text)
-
-
-class ReservationError(RigError, InfrastructureError):
-    """A rig could not be reserved (all are taken, the lock dir is unusable); one that
-    matches nothing is a usage error (`UnknownRig`)."""
-
-
-class UnknownRig(ReservationError, UsageError):
-    """No rig in the inventory matches the name or tag asked for."""
-
-
-class NoRigAvailable(ReservationError):
-    """Rigs match, but every one of them is held by someone else."""
-
-
-# -- loading --------------------------------------------------------------------------
 BUILTIN_RIGS_DIR = Path(__file__).resolve().parent / "builtin_rigs"
 """The virtual rig alone, packaged with hil: what a team that installs hil gets before it
 writes a rig file of its own."""
@@ -425,12 +215,12 @@ class _FileReader:
         self, value: object, choices: Sequence[str], what: str, *, table: str | None, key: str
     ) -> str | None:
         if not isinstance(value, str):
-            self.problem(f"must be a string, one of {_or_list(choices)}", table=table, key=key)
+            self.problem(f"must be a string, one of {or_list(choices)}", table=table, key=key)
             return None
         if value in choices:
             return value
         self.problem(
-            f"{value!r} is not a known {what}; {_suggest(value, choices)}", table=table, key=key
+            f"{value!r} is not a known {what}; {suggest(value, choices)}", table=table, key=key
         )
         return None
 
@@ -497,7 +287,7 @@ class _FileReader:
             if key not in allowed:
                 where = f"[{table}]" if table else "a rig file"
                 self.problem(
-                    f"unknown field in {where}; {_suggest(key, allowed)}",
+                    f"unknown field in {where}; {suggest(key, allowed)}",
                     table=table,
                     key=key,
                 )
@@ -525,7 +315,7 @@ class _FileReader:
     def rigs(self, data: dict[str, Any]) -> list[Rig]:
         self.unknown_keys(data, _TOP_KEYS, table=None)
         name = self.string(data, "name", example='"bench-1"')
-        if name is not None and not _NAME_RE.fullmatch(name):
+        if name is not None and not RIG_NAME_RE.fullmatch(name):
             self.problem(
                 f"{name!r} is not a valid rig name: use up to 64 letters, digits, '.', '_', '-' "
                 "(it names the rig's lock file)",
@@ -534,7 +324,7 @@ class _FileReader:
             name = None
         kind_value = data.get("kind", _MISSING)
         if kind_value is _MISSING:
-            self.problem(f"missing; add kind = one of {_or_list(RIG_KINDS)}", key="kind")
+            self.problem(f"missing; add kind = one of {or_list(RIG_KINDS)}", key="kind")
             kind = None
         else:
             kind = cast(
@@ -550,7 +340,9 @@ class _FileReader:
         if reset == "gpio" and power is not None and not self._can_hold_boot(power):
             reset = None
         flash_baud = (
-            self.integer(data, "flash_baud", table=None, low=FLASH_BAUD_RANGE[0], high=FLASH_BAUD_RANGE[1])
+            self.integer(
+                data, "flash_baud", table=None, low=FLASH_BAUD_RANGE[0], high=FLASH_BAUD_RANGE[1]
+            )
             if "flash_baud" in data
             else None
         )
@@ -617,7 +409,7 @@ class _FileReader:
                 return None
             if normalized.startswith("esp"):
                 self.problem(
-                    f"{value!r}: this framework drives {_or_list(CHIPS)} boards only; "
+                    f"{value!r}: this framework drives {or_list(CHIPS)} boards only; "
                     f'use chip = "{CHIPS[0]}" or remove the rig',
                     key="chip",
                 )
@@ -731,7 +523,7 @@ class _FileReader:
         if isinstance(value, dict):
             if "kind" not in value:
                 self.problem(
-                    f"missing; add kind = one of {_or_list(kinds)} to [{table}]",
+                    f"missing; add kind = one of {or_list(kinds)} to [{table}]",
                     table=table,
                     key="kind",
                 )
@@ -791,12 +583,14 @@ class _FileReader:
             if hub is None or hub_port is None:
                 return None
             return UhubctlSpec(hub=hub, port=hub_port)
-        self.unknown_keys(table, ("kind", "bus", "address", "pin", "chip", "boot_pin"), table="power")
+        self.unknown_keys(
+            table, ("kind", "bus", "address", "pin", "chip", "boot_pin"), table="power"
+        )
         bus = self.integer(table, "bus", table="power", low=0, high=255)
         chip_value = table.get("chip", _MISSING)
         if chip_value is _MISSING:
             self.problem(
-                f"missing; add chip = one of {_or_list(EXPANDER_CHIPS)} to [power]",
+                f"missing; add chip = one of {or_list(EXPANDER_CHIPS)} to [power]",
                 table="power",
                 key="chip",
             )
@@ -942,7 +736,7 @@ class _FileReader:
             if capability not in KNOWN_CAPABILITIES:
                 self.problem(
                     f"{capability!r} is not a known capability; "
-                    f"{_suggest(capability, sorted(KNOWN_CAPABILITIES))}",
+                    f"{suggest(capability, sorted(KNOWN_CAPABILITIES))}",
                     key="capabilities",
                 )
                 ok = False
@@ -1065,19 +859,6 @@ def _is_int_literal(text: str) -> bool:
     return True
 
 
-def _suggest(value: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
-    if not close:
-        close = [k for k in known if k.lower() == value.lower()]
-    listing = f"use one of {_or_list(known)}"
-    return f"did you mean {close[0]!r}? ({listing})" if close else listing
-
-
-def _or_list(items: Iterable[str]) -> str:
-    quoted = [f'"{item}"' for item in items]
-    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else "".join(quoted)
-
-
 _HEADER_RE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\"-]+?)\s*\]\]?\s*(#.*)?$")
 _KEY_RE = re.compile(r'^\s*("?)([A-Za-z0-9_.-]+)\1\s*=')
 _INLINE_KEY_RE = re.compile(r"[{,]\s*([A-Za-z0-9_-]+)\s*=")
@@ -1111,340 +892,3 @@ def _key_lines(text: str) -> dict[tuple[str | None, str], int]:
             for inner in _INLINE_KEY_RE.finditer(rest):
                 lines.setdefault((inline, inner.group(1)), number)
     return lines
-
-
-# -- selection ------------------------------------------------------------------------
-def select_rigs(
-    rigs: Sequence[Rig], *, name: str | None = None, tag: str | None = None
-) -> list[Rig]:
-    """The rigs matching ``name`` (a rig or a pool) and ``tag``; with neither, the virtual rigs.
-
-    The virtual rig is the default so that a bench or CI run never lands on a real board
-    nobody asked for. Raises ``UnknownRig`` when nothing matches.
-    """
-    if name is None and tag is None:
-        matching = [rig for rig in rigs if rig.is_virtual]
-        if not matching:
-            raise UnknownRig(
-                "no rig named and no virtual rig in the inventory to default to; "
-                f"pick one by name ({_names(rigs)}) or by tag ({_tags(rigs)})"
-            )
-        return matching
-    matching = list(rigs)
-    if name is not None:
-        matching = [rig for rig in matching if name in (rig.name, rig.pool)]
-        if not matching:
-            known = sorted({rig.name for rig in rigs} | {rig.pool for rig in rigs if rig.pool})
-            raise UnknownRig(f"no rig or pool named {name!r}; {_suggest(name, known)}")
-    if tag is not None:
-        tagged = [rig for rig in matching if tag in rig.tags]
-        if not tagged:
-            scope = f"rig {name!r}" if name is not None else "the inventory"
-            raise UnknownRig(f"no rig with tag {tag!r} in {scope}; tags in use: {_tags(matching)}")
-        matching = tagged
-    return matching
-
-
-def auto_workers(
-    rigs: Sequence[Rig],
-    *,
-    name: str | None = None,
-    tag: str | None = None,
-    cpus: int = 1,
-    lock_dir: Path | str | None = None,
-) -> int:
-    """How many pytest-xdist workers ``-n auto`` should start: one per matching rig that
-    no other session holds, since each worker holds one rig for its whole session.
-
-    Virtual rigs are processes on this host: more of them than cores only makes each
-    slower (and their timing less like a board's), so they count up to ``cpus``.
-    """
-    free = [rig for rig in select_rigs(rigs, name=name, tag=tag) if who_holds(rig, lock_dir=lock_dir) is None]
-    real = sum(1 for rig in free if not rig.is_virtual)
-    virtual = min(len(free) - real, max(cpus, 1))
-    return max(real + virtual, 1)
-
-
-def _names(rigs: Sequence[Rig]) -> str:
-    return ", ".join(rig.name for rig in rigs) or "none"
-
-
-def _tags(rigs: Sequence[Rig]) -> str:
-    return ", ".join(sorted({tag for rig in rigs for tag in rig.tags})) or "none"
-
-
-# -- reservation ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a rig: enough to find the process, the xdist worker and the CI job."""
-
-    pid: int
-    host: str
-    user: str
-    since: float
-    worker: str | None = None
-    ci_job: str | None = None
-
-    @classmethod
-    def current(cls, env: Mapping[str, str] | None = None) -> Holder:
-        env = os.environ if env is None else env
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = str(os.getuid())
-        return cls(
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            user=user,
-            since=time.time(),
-            worker=env.get("PYTEST_XDIST_WORKER") or None,
-            ci_job=_ci_job(env),
-        )
-
-    @classmethod
-    def unrecorded(cls) -> Holder:
-        """A holder whose lock is held but whose record is not (yet) written."""
-        return cls(pid=0, host="", user="", since=0.0)
-
-    def describe(self) -> str:
-        if self.pid == 0:
-            return "an unrecorded holder (the lock is held, its record not written yet)"
-        parts = [f"pid {self.pid} on {self.host} ({self.user})"]
-        if self.worker:
-            parts.append(f"xdist worker {self.worker}")
-        if self.ci_job:
-            parts.append(f"CI job {self.ci_job}")
-        parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)))
-        return ", ".join(parts)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "pid": self.pid,
-                "host": self.host,
-                "user": self.user,
-                "since": self.since,
-                "worker": self.worker,
-                "ci_job": self.ci_job,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Holder:
-        data = json.loads(text)
-        return cls(
-            pid=int(data["pid"]),
-            host=str(data["host"]),
-            user=str(data["user"]),
-            since=float(data["since"]),
-            worker=data.get("worker"),
-            ci_job=data.get("ci_job"),
-        )
-
-
-def _ci_job(env: Mapping[str, str]) -> str | None:
-    """The CI job this process runs in, as a link when the CI says where it is."""
-    if env.get("CI_JOB_ID"):  # GitLab
-        return env.get("CI_JOB_URL") or env["CI_JOB_ID"]
-    if env.get("GITHUB_RUN_ID"):  # GitHub Actions
-        server = env.get("GITHUB_SERVER_URL", "https://github.com")
-        repo = env.get("GITHUB_REPOSITORY", "")
-        job = env.get("GITHUB_JOB", "")
-        url = (
-            f"{server}/{repo}/actions/runs/{env['GITHUB_RUN_ID']}" if repo else env["GITHUB_RUN_ID"]
-        )
-        return f"{url} ({job})" if job else url
-    if env.get("BUILD_URL") or env.get("BUILD_TAG"):  # Jenkins
-        return env.get("BUILD_URL") or env.get("BUILD_TAG")
-    if env.get("BUILDKITE_JOB_ID"):
-        return env["BUILDKITE_JOB_ID"]
-    return None
-
-
-def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:
-    """``$HIL_LOCK_DIR``, else ``~/.cache/hil/locks``: shared by every session on this host."""
-    env = os.environ if env is None else env
-    configured = env.get(LOCK_DIR_ENV)
-    return Path(configured).expanduser() if configured else DEFAULT_LOCK_DIR.expanduser()
-
-
-class ReservedRig:
-    """A rig held by this process until ``release()`` (or the end of a ``with`` block, or death)."""
-
-    def __init__(
-        self, rig: Rig, holder: Holder, lock: FileLock, holder_file: Path, stale: Holder | None
-    ) -> None:
-        self.rig = rig
-        self.holder = holder
-        #: The record of an earlier holder that died without releasing (cleared when taken).
-        self.stale_holder = stale
-        self._lock = lock
-        self._holder_file = holder_file
-
-    @property
-    def released(self) -> bool:
-        return not self._lock.is_locked
-
-    def release(self) -> None:
-        """Give the rig back. Idempotent."""
-        if not self._lock.is_locked:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            self._holder_file.unlink()  # while still locked: nobody else can have written it
-        self._lock.release(force=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        state = "released" if self.released else "held"
-        return f"<ReservedRig {self.rig.name} {state} by pid {self.holder.pid}>"
-
-
-class Reservation:
-    """Rig reservation through one lock directory (an OS file lock per rig)."""
-
-    def __init__(self, lock_dir: Path | str | None = None) -> None:
-        self.lock_dir = Path(lock_dir).expanduser() if lock_dir is not None else default_lock_dir()
-
-    def lock_file(self, rig: Rig | str) -> Path:
-        return self.lock_dir / f"{_rig_name(rig)}.lock"
-
-    def holder_file(self, rig: Rig | str) -> Path:
-        return self.lock_dir / f"{_rig_name(rig)}.holder.json"
-
-    def reserve(
-        self,
-        rigs: Sequence[Rig],
-        *,
-        name: str | None = None,
-        tag: str | None = None,
-        timeout: float = 0,
-    ) -> ReservedRig:
-        """Take the first free rig matching ``name`` (rig or pool) and ``tag``.
-
-        With neither, the virtual rigs match. ``timeout`` is how long to wait for one to
-        come free (locks on several files cannot be waited on together, so this polls).
-        """
-        candidates = select_rigs(rigs, name=name, tag=tag)
-        self._ensure_dir()
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            for rig in candidates:
-                taken = self._try(rig)
-                if taken is not None:
-                    return taken
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
-        held = "".join(
-            f"\n  {rig.name} held by {(self._recorded_holder(rig) or Holder.unrecorded()).describe()}"
-            for rig in candidates
-        )
-        wanted = " and ".join(
-            part
-            for part in (f"name {name!r}" if name else "", f"tag {tag!r}" if tag else "")
-            if part
-        )
-        raise NoRigAvailable(
-            f"every rig matching {wanted or 'the default (the virtual rigs)'} is taken "
-            f"(waited {timeout:g} s):{held}\n"
-            f"Locks are in {self.lock_dir}. Reserve with a timeout, pick another rig, or stop the holder."
-        )
-
-    def who_holds(self, rig: Rig | str) -> Holder | None:
-        """The live holder of ``rig``, or None if it is free (a stale record is cleared).
-
-        The lock itself is the truth, so this probes it with a non-blocking acquire; a
-        ``reserve`` without timeout racing that instant may skip the rig once.
-        """
-        self._ensure_dir()
-        lock = self._lock(rig)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return self._recorded_holder(rig) or Holder.unrecorded()
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                self.holder_file(rig).unlink()  # its process died holding the rig
-            return None
-        finally:
-            lock.release(force=True)
-
-    # -- internals
-    def _ensure_dir(self) -> None:
-        try:
-            self.lock_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ReservationError(
-                f"cannot create the rig lock directory {self.lock_dir}: {exc.strerror}; "
-                f"set {LOCK_DIR_ENV} to a writable local directory"
-            ) from exc
-
-    def _lock(self, rig: Rig | str) -> FileLock:
-        # flock (kernel-released when the holder dies); never the soft fallback, whose
-        # marker file would outlive a killed holder.
-        return FileLock(
-            self.lock_file(rig), thread_local=False, fallback_to_soft=False, preserve_lock_file=True
-        )
-
-    def _try(self, rig: Rig) -> ReservedRig | None:
-        lock = self._lock(rig)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return None
-        except OSError as exc:
-            raise ReservationError(
-                f"cannot lock {self.lock_file(rig)}: {exc}; "
-                f"set {LOCK_DIR_ENV} to a local directory that supports flock"
-            ) from exc
-        try:
-            stale = self._recorded_holder(rig)
-            holder = Holder.current()
-            path = self.holder_file(rig)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(holder.to_json() + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except BaseException:
-            lock.release(force=True)
-            raise
-        return ReservedRig(rig, holder, lock, path, stale)
-
-    def _recorded_holder(self, rig: Rig | str) -> Holder | None:
-        try:
-            return Holder.from_json(self.holder_file(rig).read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-
-def _rig_name(rig: Rig | str) -> str:
-    name = rig.name if isinstance(rig, Rig) else rig
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError(f"{name!r} is not a rig name")
-    return name
-
-
-def reserve(
-    rigs: Sequence[Rig],
-    *,
-    name: str | None = None,
-    tag: str | None = None,
-    timeout: float = 0,
-    lock_dir: Path | str | None = None,
-) -> ReservedRig:
-    """Reserve a rig through the default lock directory (see ``Reservation.reserve``)."""
-    return Reservation(lock_dir).reserve(rigs, name=name, tag=tag, timeout=timeout)
-
-
-def who_holds(rig: Rig | str, *, lock_dir: Path | str | None = None) -> Holder | None:
-    """The live holder of ``rig`` in the default lock directory, or None."""
-    return Reservation(lock_dir).who_holds(rig)

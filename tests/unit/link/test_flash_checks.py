@@ -1,16 +1,16 @@
-"""Flasher input checks (rule 6): every refusal happens before a port is opened, fast,
+"""Flash input checks (rule 6): every refusal happens before a port is opened, fast,
 and says which file, what is wrong and how to fix it. No board is involved here."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from hil.firmware.catalog import FlashFile, load_manifest, load_recipes
+from hil.firmware.catalog import load_manifest, load_recipes
 from hil.images.app import build_app_image
+from hil.images.layout import FlashFile
 from hil.images.partitions import (
     FACTORY,
     NVS,
@@ -19,8 +19,10 @@ from hil.images.partitions import (
     PartitionTable,
     PartitionType,
 )
-from hil.link import flasher
-from hil.link.flasher import Flasher, FlashInputError, FlashRegion
+from hil.link.flash_checks import FlashRegion
+from hil.link.flash_errors import FlashInputError
+from hil.link.flasher import Flasher
+from hil.link.port_borrow import Link
 
 PORT = "rfc2217://127.0.0.1:9"  # never opened: a refusal must come first
 
@@ -30,7 +32,7 @@ def no_port_is_ever_opened(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the flasher opened a port before refusing its input")
 
-    monkeypatch.setattr(flasher._Link, "open", refuse)
+    monkeypatch.setattr(Link, "open", refuse)
 
 
 @pytest.fixture
@@ -293,37 +295,3 @@ def test_provisioning_that_does_not_fit_is_refused_before_connecting() -> None:
         Flasher().provision(
             PORT, Provisioning(device_id="dev-1"), {"measurement_interval_s": "often"}
         )
-
-
-# -- esptool's global logger -----------------------------------------------------------------
-
-
-def test_esptool_output_goes_to_the_job_of_its_thread_and_the_logger_is_given_back() -> None:
-    from esp_pylib.logger import EspLog, log
-
-    before = EspLog.instance
-    seen: dict[str, list[str]] = {}
-    barrier = threading.Barrier(2)
-
-    def job(name: str) -> None:
-        with flasher._capture_esptool_log() as capture:
-            barrier.wait()
-            log.print(f"Connecting to {name}...", end="")
-            log.print(" done")
-            log.note("a [bold]note[/bold]")
-            with log.progress(total=10) as progress:
-                capture.on_progress = lambda done, total: seen[name].append(f"{done}/{total}")
-                progress.update(4)
-            barrier.wait()
-            capture.flush()
-            seen[name] += capture.lines
-
-    seen.update(a=[], b=[])
-    threads = [threading.Thread(target=job, args=(n,)) for n in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert seen["a"] == ["4/10", "10/10", "Connecting to a... done", "Note: a note"]
-    assert seen["b"] == ["4/10", "10/10", "Connecting to b... done", "Note: a note"]
-    assert EspLog.instance is before

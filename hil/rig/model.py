@@ -1,0 +1,185 @@
+"""The rig model: a rig as data (what ``rigs/*.toml`` describes, once read and checked),
+the capabilities a rig can declare, and how its reset method maps onto the flasher.
+
+Nothing here reads files or takes locks: `hil.rig.rigfile` builds these from rig files,
+`hil.rig.selection` and `hil.rig.reservation` pick and hold them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeAlias, get_args
+
+RigKind = Literal["virtual", "serial", "rfc2217", "labgrid"]
+ResetMethod = Literal["classic", "usb-jtag", "gpio"]
+ExpanderChipName = Literal["pcf8574", "mcp23017"]
+
+RIG_KINDS: tuple[str, ...] = get_args(RigKind)
+RESET_METHODS: tuple[str, ...] = get_args(ResetMethod)
+EXPANDER_CHIPS: tuple[str, ...] = get_args(ExpanderChipName)
+POWER_KINDS = ("none", "virtual", "gpio-expander", "uhubctl")
+SENSOR_KINDS = ("none", "virtual", "reference-bme280")
+CHIPS = ("esp32c3",)
+
+#: What a rig can declare; a test asks for these with ``@pytest.mark.requires(...)``.
+KNOWN_CAPABILITIES: frozenset[str] = frozenset(
+    {
+        "sensor_emulation",  # the sensor's environment and faults are set by the test
+        "power_control",  # the board's supply can be cut and restored
+        "network_faults",  # the board reaches the broker through hil.services.netfault's proxy
+        "test_hooks",  # the firmware under test accepts the test-only commands
+        "ota",  # the board can reach the OTA image server
+        "wifi_control",  # the access point the board joins can be taken down and up
+    }
+)
+
+RIG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""What a rig name may be: it names the rig's lock file (`hil.rig.reservation`)."""
+
+
+@dataclass(frozen=True)
+class NoPowerSpec:
+    """The board's supply cannot be switched by the framework."""
+
+    kind: Literal["none"] = "none"
+
+
+@dataclass(frozen=True)
+class VirtualPowerSpec:
+    """The virtual rig's control endpoint switches the simulated supply."""
+
+    kind: Literal["virtual"] = "virtual"
+
+
+@dataclass(frozen=True)
+class GpioExpanderSpec:
+    """A relay or load switch on a pin of an I2C GPIO expander on the host (smbus2)."""
+
+    bus: int
+    address: int
+    pin: int
+    chip: ExpanderChipName
+    kind: Literal["gpio-expander"] = "gpio-expander"
+    # Another pin of the same expander, wired to the board's GPIO9 (BOOT) so that driving
+    # it low holds the strap: what a ``reset = "gpio"`` rig enters download mode with.
+    boot_pin: int | None = None
+
+
+@dataclass(frozen=True)
+class UhubctlSpec:
+    """VBUS of a port on a USB hub with per-port power switching (uhubctl)."""
+
+    hub: str
+    port: int
+    kind: Literal["uhubctl"] = "uhubctl"
+
+
+@dataclass(frozen=True)
+class NoSensorSpec:
+    """The board reads its own sensor; the host has nothing to compare with or control."""
+
+    kind: Literal["none"] = "none"
+
+
+@dataclass(frozen=True)
+class VirtualSensorSpec:
+    """The virtual rig's register-level BME280, whose environment and faults tests set."""
+
+    kind: Literal["virtual"] = "virtual"
+
+
+@dataclass(frozen=True)
+class ReferenceBme280Spec:
+    """A second BME280 next to the board, read by the host through smbus2 as ground truth."""
+
+    bus: int
+    address: int
+    kind: Literal["reference-bme280"] = "reference-bme280"
+
+
+PowerSpec: TypeAlias = NoPowerSpec | VirtualPowerSpec | GpioExpanderSpec | UhubctlSpec
+
+
+@dataclass(frozen=True)
+class LabgridSpec:
+    """How a ``kind = "labgrid"`` rig finds its board: a place with these tags (what
+    ``labgrid-client reserve k=v ...`` filters on), through this coordinator (None:
+    ``$LG_COORDINATOR``, else labgrid's default). The port and power come from the place."""
+
+    tags: tuple[tuple[str, str], ...]
+    coordinator: str | None = None
+
+
+SensorSpec: TypeAlias = NoSensorSpec | VirtualSensorSpec | ReferenceBme280Spec
+
+
+@dataclass(frozen=True)
+class Network:
+    """The Wi-Fi network the board joins and the broker address it is provisioned with."""
+
+    ssid: str
+    broker_host: str
+
+
+EsptoolBefore = Literal["default-reset", "usb-reset", "no-reset"]
+
+
+@dataclass(frozen=True)
+class FlashMethod:
+    """How a rig's board is put into its ROM loader and how fast the flasher then talks:
+    esptool's ``--before`` and the baud rate it switches to once connected (None: stay at
+    the ROM's 115200). ``boot_by_power``: before connecting, the session power-cycles the
+    board with GPIO9 held low (``--before no-reset``), and power-cycles it again after,
+    with GPIO9 released, to boot the app (a board without an auto-reset circuit)."""
+
+    before: EsptoolBefore
+    flash_baud: int | None
+    boot_by_power: bool = False
+
+
+@dataclass(frozen=True)
+class Rig:
+    """One board a session can reserve, real or virtual."""
+
+    name: str
+    kind: RigKind
+    chip: str
+    port: str | None
+    reset: ResetMethod
+    power: PowerSpec
+    sensor: SensorSpec
+    network: Network
+    capabilities: frozenset[str]
+    tags: tuple[str, ...] = ()
+    pool: str | None = None
+    description: str = ""
+    source: Path | None = field(default=None, compare=False)
+    labgrid: LabgridSpec | None = None
+    flash_baud: int | None = None
+
+    @property
+    def is_virtual(self) -> bool:
+        return self.kind == "virtual"
+
+    def flash_method(self) -> FlashMethod:
+        """The one mapping from the rig file's ``reset`` and ``flash_baud`` to the flasher.
+
+        classic: esptool's DTR/RTS auto-reset (``default-reset``); usb-jtag: the sequence
+        the chip's USB-Serial-JTAG peripheral decodes (``usb-reset``: its lines are not
+        wires, the classic pulse does not reach GPIO9); gpio: a power cycle with GPIO9
+        held low through the power backend (the loader has checked it has a boot pin)."""
+        if self.reset == "gpio":
+            return FlashMethod("no-reset", self.flash_baud, boot_by_power=True)
+        return FlashMethod(
+            "usb-reset" if self.reset == "usb-jtag" else "default-reset", self.flash_baud
+        )
+
+    def has(self, *capabilities: str) -> bool:
+        return not self.missing(capabilities)
+
+    def missing(self, required: Iterable[str]) -> tuple[str, ...]:
+        """The required capabilities this rig lacks, in the order asked (for skip reasons)."""
+        return tuple(cap for cap in required if cap not in self.capabilities)

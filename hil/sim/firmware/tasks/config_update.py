@@ -1,0 +1,52 @@
+"""The config handler: ``config/update/{id}`` validated as a whole
+(``hil.device.settings``), saved to NVS, then restart."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import replace
+
+from hil.device import contract
+from hil.device import defects as D
+from hil.device.settings import ConfigRejected, parse_config_update, store_config
+from hil.sim.firmware.tasks.shared import Firmware
+
+
+class ConfigHandler:
+    """Applies one config update (by restarting into it) or rejects it with an alert."""
+
+    def __init__(self, fw: Firmware) -> None:
+        self.fw = fw
+
+    def on_config(self, payload: bytes) -> None:
+        fw = self.fw
+        status = contract.config_status_topic(fw.device_id)
+        update = parse_config_update(payload, validate=D.CONFIG_WITHOUT_VALIDATION not in fw.defects)
+        if D.CONFIG_MAX_EXCLUSIVE in fw.defects and not isinstance(update, ConfigRejected):
+            at_max = [k for k, v in update.values.items() if k in contract.CONFIG_INT_SETTINGS and v >= contract.CONFIG_INT_SETTINGS[k].maximum]
+            if at_max:  # the defect: `value < maximum`
+                update = ConfigRejected(f"{at_max[0]} out of range", tuple(at_max))
+        if isinstance(update, ConfigRejected) and D.REJECTED_CONFIG_APPLIED in fw.defects:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                offset = json.loads(payload).get("calibration_offset_temp")  # applied as it was walked
+                if isinstance(offset, int | float) and not isinstance(offset, bool) and abs(offset) <= 10:
+                    fw.config = replace(fw.config, calibration_offset_temp=float(offset))
+        if isinstance(update, ConfigRejected):
+            fw.log_mirrored("W", "config", f"rejected: {update.reason}")
+            fw.publish(status, {"ok": False, "error": update.reason})
+            fw.alert("warning", "config_rejected", update.reason)
+            return
+        stored = store_config(fw.nvs_image(), fw.config, update)
+        if D.CONFIG_NOT_PERSISTED in fw.defects:
+            fw.ctx.rtc_memory["config_nvs"] = stored
+        else:
+            fw.write_nvs(stored)
+        applied = sorted(update.values)
+        fw.log("I", "config", f"saved {', '.join(applied)}; restarting")
+        fw.publish(status, {"ok": True, "applied": applied})
+        fw.spawn(self._ack_then_restart())
+
+    async def _ack_then_restart(self) -> None:
+        await self.fw.flushed(2.0)
+        self.fw.restart("SW")

@@ -1,0 +1,96 @@
+"""The health and metrics tasks: heartbeats every ``heartbeat_interval_s`` (and on the
+``report`` command), metrics every ``status_report_interval_s``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from hil.device import contract
+from hil.device import defects as D
+from hil.sim.firmware.tasks.shared import Firmware
+
+FREE_HEAP = 182_344
+
+
+class HealthTask:
+    """Heartbeats on ``health``; the task watchdog watches this task."""
+
+    def __init__(self, fw: Firmware) -> None:
+        self.fw = fw
+
+    def _health(self) -> dict[str, Any]:
+        fw = self.fw
+        age = None if fw.last_reading_at is None else round(time.monotonic() - fw.last_reading_at, 1)
+        if age is not None and D.READING_AGE_FROM_BOOT in fw.defects:
+            age = round(time.monotonic() - fw.boot_time, 1)  # the defect: counted from boot
+        return {
+            "uptime_s": round(time.monotonic() - fw.boot_time, 1),
+            "free_heap": FREE_HEAP,
+            "min_free_heap": FREE_HEAP - 4096,
+            "wifi_rssi": fw.rig.ap.rssi if fw.rig is not None and fw.wifi_up.is_set() else None,
+            "cpu_temp_c": 41.5,
+            "last_sensor_reading_age_s": age,
+            "version": fw.version,
+            "reset_reason": fw.reset_reason,
+            "boot_count": fw.boot_count,
+            "restart_count": fw.restart_count,
+            "dropped_readings": fw.outbox.dropped_readings,
+            "safe_mode": fw.safe_mode,
+        }
+
+    def publish_health(self) -> None:
+        self.fw.publish(contract.health_topic(self.fw.device_id), self._health())
+
+    async def run(self) -> None:
+        fw = self.fw
+        fw.watchdog.subscribe("health")
+        while not fw.connected.is_set():  # waiting for the broker is not hanging
+            if "health" not in fw.hang:
+                fw.watchdog.feed("health")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fw.connected.wait(), fw.watchdog.timeout_s / 2)
+        if fw.reset_reason == "TASK_WDT":
+            fw.alert("warning", "watchdog_reset", "the previous boot ended in a task watchdog reset")
+        if fw.safe_mode:
+            fw.alert("critical", "safe_mode", "boot loop detected: safe mode (broker and OTA only)")
+        while True:
+            self.publish_health()
+            await fw.wait("health", float(fw.config.heartbeat_interval_s))
+            if D.HEARTBEAT_DOUBLED in fw.defects:
+                await fw.wait("health", float(fw.config.heartbeat_interval_s))
+
+
+class MetricsTask:
+    """Metrics on ``metrics``; not watched."""
+
+    def __init__(self, fw: Firmware) -> None:
+        self.fw = fw
+
+    async def run(self) -> None:
+        fw = self.fw
+        while True:
+            period = fw.config.status_report_interval_s
+            if D.METRICS_AT_HEARTBEAT in fw.defects:
+                period = fw.config.heartbeat_interval_s  # the defect: copied from the health task
+            await asyncio.sleep(max(float(period), 0.1))
+            fw.publish(
+                contract.metrics_topic(fw.device_id),
+                {
+                    "device_id": fw.device_id,
+                    "timestamp": time.time(),
+                    "metrics": {
+                        "cpu_usage_percent": 3.5,
+                        "memory_usage_bytes": 327_680 - FREE_HEAP,
+                        "network_latency_ms": 2.0,
+                        "sensor_read_time_ms": round(getattr(fw, "read_time_ms", 0.0), 2),
+                        "mqtt_publish_time_ms": 1.0,
+                        "wifi_signal_strength_dbm": fw.rig.ap.rssi if fw.rig is not None else None,
+                        "uptime_seconds": round(time.monotonic() - fw.boot_time, 1),
+                        "restart_count": fw.restart_count,
+                        "error_count": fw.error_count,
+                    },
+                },
+            )

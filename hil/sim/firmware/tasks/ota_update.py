@@ -1,0 +1,132 @@
+"""OTA orchestration: ``ota/update/{id}`` requests, and what a boot after one owes.
+
+A request: version, size, SHA-256 and ECDSA P-256 signature checks; HTTP/HTTPS download
+with Range resume into the next slot; image checks; otadata NEW; reboot. At boot: a
+rolled-back update is reported once (``rolled_back``, alert ``ota_rolled_back``); an
+image pending verification runs its self-test (broker + sensor within
+``ota_selftest_timeout_s``), then marks itself valid, or invalid and reboots. The
+mechanics (partitions, otadata, download, checks) are ``hil.sim.firmware.ota``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hil.device import contract
+from hil.device import defects as D
+from hil.device.settings import DeviceConfig
+from hil.sim.firmware.http_client import ssl_context_for_ca
+from hil.sim.firmware.ota import (
+    OtaFailed,
+    OtaRejected,
+    OtaWriter,
+    download_to,
+    find_rollback,
+    mark_app_invalid,
+    mark_app_valid,
+    next_update_partition,
+    parse_ota_request,
+    precheck,
+    set_boot_partition,
+)
+from hil.sim.firmware.tasks.shared import STATS_NAMESPACE, Firmware
+
+
+class OtaTask:
+    """The boot-time OTA task (rollback report, self-test) and the update handler."""
+
+    def __init__(self, fw: Firmware) -> None:
+        self.fw = fw
+
+    async def run(self) -> None:
+        fw = self.fw
+        ctx = fw.ctx
+        status = contract.ota_status_topic(fw.device_id)
+        rolled = find_rollback(ctx.flash, ctx.table, ctx.running)
+        if rolled is not None and rolled.seq != fw.rollback_seq:
+            fw.log_mirrored("W", "ota", f"rollback detected: version {rolled.version} did not confirm itself")
+            fw.publish(status, {"state": "rolled_back", "version": rolled.version, "reason": "new image failed to confirm"})
+            fw.alert("warning", "ota_rolled_back", f"version {rolled.version} was rolled back")
+            fw.rollback_seq = rolled.seq
+            fw.store(STATS_NAMESPACE, {"rollback_seq": rolled.seq})
+        if not fw.pending_verify or D.NEVER_MARKS_VALID in fw.defects:
+            return
+        if D.VALID_WITHOUT_SELFTEST not in fw.defects:
+            selftest_s = float(fw.config.ota_selftest_timeout_s)
+            if D.OTA_SELFTEST_TIMEOUT_IGNORED in fw.defects:
+                selftest_s = float(DeviceConfig().ota_selftest_timeout_s)  # the built-in default
+            try:
+                async with asyncio.timeout(selftest_s):
+                    await fw.connected.wait()
+                    if not fw.safe_mode:
+                        await fw.sensor_ok.wait()
+            except TimeoutError:
+                fw.log_mirrored("E", "ota", "self-test failed; rollback to previously worked partition. Restart.")
+                mark_app_invalid(ctx.flash, ctx.table, ctx.running)
+                fw.restart("SW")
+                return
+        mark_app_valid(ctx.flash, ctx.table, ctx.running)
+        fw.pending_verify = False
+        fw.log("I", "ota", "app marked valid")
+        fw.publish(status, {"state": "success", "version": fw.version})
+
+    async def on_update(self, payload: bytes) -> None:
+        fw = self.fw
+        ctx = fw.ctx
+        status = contract.ota_status_topic(fw.device_id)
+        request = parse_ota_request(payload, require_signature=D.OTA_SIGNATURE_OPTIONAL not in fw.defects)
+        if isinstance(request, OtaRejected):
+            fw.log_mirrored("E", "ota", f"rejected: {request.reason}")
+            fw.publish(status, {"state": "rejected", "version": request.version, "reason": request.reason})
+            return
+        try:
+            target = next_update_partition(ctx.table, ctx.running, fixed_slot=D.OTA_FIXED_SLOT in fw.defects)
+        except OtaFailed as exc:
+            fw.publish(status, {"state": "rejected", "version": request.version, "reason": exc.reason})
+            return
+        reason = precheck(
+            request,
+            running_version=fw.version,
+            partition_size=target.size,
+            pubkey_pem=fw.prov.ota_pubkey,
+            allow_downgrade=D.ACCEPTS_DOWNGRADE in fw.defects,
+            check_signature=D.SKIPS_SIGNATURE_CHECK not in fw.defects,
+            signature_optional=D.OTA_SIGNATURE_OPTIONAL in fw.defects,
+            compare_as_strings=D.VERSIONS_COMPARED_AS_STRINGS in fw.defects,
+            check_size=D.OTA_SIZE_CHECKED_LATE not in fw.defects,
+        )
+        if reason is None and fw.pending_verify:
+            reason = "the running image is still pending verification"
+        if reason is not None:
+            fw.log_mirrored("E", "ota", f"rejected version={request.version}: {reason}")
+            fw.publish(status, {"state": "rejected", "version": request.version, "reason": reason})
+            return
+        fw.log("I", "ota", f"downloading version={request.version} into {target.label}")
+        fw.publish(status, {"state": "downloading", "version": request.version})
+        try:
+            ssl_context = None
+            if request.url.startswith("https"):
+                if not fw.prov.ca_cert:
+                    raise OtaFailed("https download but no CA provisioned")
+                try:
+                    ssl_context = ssl_context_for_ca(fw.prov.ca_cert)
+                except ValueError as exc:
+                    raise OtaFailed(f"provisioned CA unusable: {exc}") from None
+            writer = OtaWriter(ctx.flash, target, request, check_sha256=D.OTA_HASH_UNCHECKED not in fw.defects)
+            await download_to(
+                writer, request, ssl_context=ssl_context, resume=D.OTA_DOWNLOAD_RESTARTS not in fw.defects
+            )
+            fw.publish(status, {"state": "verifying", "version": request.version})
+            writer.end()
+            set_boot_partition(ctx.flash, ctx.table, target)
+            # The new image reuses sequence numbers; forget the last rollback we reported
+            # so that a rollback of this update is reported too.
+            fw.store(STATS_NAMESPACE, {"rollback_seq": 0})
+        except OtaFailed as exc:
+            fw.log_mirrored("E", "ota", f"failed version={request.version}: {exc.reason}")
+            fw.publish(status, {"state": "failed", "version": request.version, "reason": exc.reason})
+            return
+        fw.log("I", "ota", f"rebooting into version={request.version}")
+        fw.publish(status, {"state": "rebooting", "version": request.version})
+        await fw.flushed(2.0)
+        fw.restart("SW")

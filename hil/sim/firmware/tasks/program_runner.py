@@ -1,0 +1,77 @@
+"""The programs task: ``programs/{id}/deploy`` runs a Scheme-subset program with step and
+memory budgets (``hil.sim.firmware.programs``), one at a time, never blocking telemetry."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hil.device import contract
+from hil.device import defects as D
+from hil.sim.firmware.programs import (
+    MAX_PROGRAM_BYTES,
+    Budget,
+    ProgramError,
+    Rejection,
+    parse,
+    parse_deployment,
+    run_program,
+)
+from hil.sim.firmware.tasks.shared import Firmware
+
+
+class ProgramRunner:
+    """Accepts a deployment and runs it as ``fw.program_task``, replacing the one before."""
+
+    def __init__(self, fw: Firmware) -> None:
+        self.fw = fw
+
+    def on_deploy(self, payload: bytes) -> None:
+        fw = self.fw
+        status = contract.programs_status_topic(fw.device_id)
+        deployment = parse_deployment(
+            payload,
+            check_hash=D.PROGRAM_HASH_UNCHECKED not in fw.defects,
+            max_bytes=MAX_PROGRAM_BYTES - 1 if D.PROGRAM_SIZE_OFF_BY_ONE in fw.defects else MAX_PROGRAM_BYTES,
+        )
+        if isinstance(deployment, Rejection):
+            fw.publish(status, {"name": None, "state": "rejected", "error": deployment.reason})
+            return
+        if fw.program_task is not None and not fw.program_task.done():
+            fw.program_task.cancel()
+        fw.publish(status, {"name": deployment.name, "state": "accepted"})
+        fw.program_task = asyncio.ensure_future(self._run_program(deployment.name, deployment.source))
+
+    async def _run_program(self, name: str, source: str) -> None:
+        fw = self.fw
+        status = contract.programs_status_topic(fw.device_id)
+        fw.publish(status, {"name": name, "state": "running"})
+        try:
+            result = await run_program(parse(source), _ProgramHost(fw), Budget())
+        except ProgramError as exc:
+            fw.publish(status, {"name": name, "state": "failed", "error": f"{exc.kind}: {exc}"})
+            return
+        fw.publish(status, {"name": name, "state": "completed", "result": result})
+
+
+class _ProgramHost:
+    """What a deployed program may touch: the last readings, the LED, its own topics."""
+
+    def __init__(self, firmware: Firmware) -> None:
+        self._fw = firmware
+        self.integer_division = D.PROGRAM_INTEGER_DIVISION in firmware.defects
+
+    def sensor(self, quantity: str) -> float:
+        reading = self._fw.last_reading
+        if reading is None or quantity not in reading:
+            raise KeyError(quantity)
+        return reading[quantity]
+
+    def led(self, on: bool) -> None:
+        self._fw.led = on
+
+    def publish(self, suffix: str, value: Any) -> None:
+        self._fw.publish(contract.program_publish_topic(self._fw.device_id, suffix), {"value": value})
+
+    async def sleep(self, ms: int) -> None:
+        await asyncio.sleep(ms / 1000)

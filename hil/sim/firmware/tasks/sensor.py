@@ -1,0 +1,130 @@
+"""The sensor task: BME280 readings at the measurement interval, published as telemetry.
+
+Through the board's I2C bus and the project's driver (``hil.bme280.driver``), Bosch
+compensation, ``calibration_offset_temp``; out-of-range readings withheld with an alert;
+``sensor_failure`` once per episode, ``sensor_recovered`` after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from hil.bme280.driver import BME280Driver, SensorError
+from hil.device import contract
+from hil.device import defects as D
+from hil.device.settings import DeviceConfig
+from hil.sim.firmware.tasks.shared import Firmware
+
+
+class SensorTask:
+    """Reads, checks and queues one reading per measurement period."""
+
+    def __init__(self, fw: Firmware) -> None:
+        self.fw = fw
+
+    async def run(self) -> None:
+        fw = self.fw
+        fw.watchdog.subscribe("sensor")
+        if fw.behaviour.params.get("hang_at_boot") == "sensor":
+            fw.hang.add("sensor")  # an image whose sensor init never returns
+            await self._sensor_wait()
+        if fw.rig is None:
+            fw.log("E", "sensor", "no sensor bus")
+            return
+        driver = BME280Driver(fw.rig.bus, 0x76)
+        while True:
+            try:
+                await asyncio.to_thread(driver.initialise)
+                fw.log("I", "sensor", "bme280 id=0x60 addr=0x76")
+                break
+            except SensorError as exc:
+                fw.log_mirrored("E", "sensor", str(exc))
+                if "calibration" in str(exc).lower():
+                    fw.alert("warning", "sensor_calibration", str(exc))
+                self._sensor_failed()
+            except OSError as exc:
+                fw.log_mirrored("E", "sensor", f"i2c error: {exc}")
+                self._sensor_failed()
+            await self._sensor_wait()
+        due = time.monotonic()
+        while True:
+            started = time.monotonic()
+            # A fixed rate, as the firmware's ticker keeps it: each period is due one
+            # interval after the last was, however long the read or the wake-up took;
+            # fallen behind by more than an interval (a stall), it starts afresh rather
+            # than bursting catch-up readings.
+            interval = self._measurement_interval_s()
+            due = due + interval if started - due <= interval else started + interval
+            try:
+                reading = await asyncio.to_thread(driver.read)
+            except (SensorError, OSError) as exc:
+                fw.error_count += 1
+                fw.log_mirrored("E", "sensor", f"read failed: {exc}")
+                self._sensor_failed()
+            else:
+                fw.read_time_ms = (time.monotonic() - started) * 1000
+                self._on_reading(reading.temperature_c, reading.humidity_pct, reading.pressure_hpa)
+            await self._sensor_wait(due)
+
+    def _measurement_interval_s(self) -> float:
+        if D.MEASUREMENT_INTERVAL_IGNORED in self.fw.defects:
+            return float(DeviceConfig().measurement_interval_s)  # the built-in default
+        return float(self.fw.config.measurement_interval_s)
+
+    async def _sensor_wait(self, due: float | None = None) -> None:
+        """Wait until ``due`` (the next tick of the measurement period), or one interval."""
+        fw = self.fw
+        interval = self._measurement_interval_s()
+        await fw.wait("sensor", interval if due is None else due - time.monotonic())
+        if D.PROGRAMS_BLOCK_SENSOR in fw.defects and fw.program_task is not None:
+            await asyncio.wait({fw.program_task})  # the defect: programs run on this task
+        while "sensor" in fw.hang:
+            await asyncio.sleep(3600)  # a hung task: stuck, not feeding the watchdog
+
+    def _sensor_failed(self) -> None:
+        fw = self.fw
+        since = fw.last_reading_at or fw.boot_time
+        if (
+            (not fw.sensor_failure_raised or D.SENSOR_FAILURE_REPEATED in fw.defects)
+            and time.monotonic() - since >= fw.config.sensor_timeout_s
+            and D.IGNORES_SENSOR_TIMEOUT not in fw.defects
+        ):
+            fw.sensor_failure_raised = True
+            fw.alert("critical", "sensor_failure", f"no good reading for {fw.config.sensor_timeout_s} s")
+
+    def _on_reading(self, temperature: float, humidity: float, pressure: float) -> None:
+        fw = self.fw
+        temperature += float(fw.config.calibration_offset_temp)
+        if D.TEMPERATURE_HIGH_2C in fw.defects:
+            temperature += 2.0
+        t_lo, t_hi = contract.TEMPERATURE_RANGE_C
+        h_lo, h_hi = contract.HUMIDITY_RANGE_PCT
+        p_lo, p_hi = contract.PRESSURE_RANGE_HPA
+        # The defect: the range is checked on whole degrees (int32 centi-degrees / 100 in C).
+        checked = float(int(temperature)) if D.RANGE_CHECK_TRUNCATES in fw.defects else temperature
+        in_range = t_lo <= checked <= t_hi and h_lo <= humidity <= h_hi and p_lo <= pressure <= p_hi
+        if not in_range and D.OUT_OF_RANGE_PUBLISHED not in fw.defects:
+            fw.log_mirrored("W", "sensor", f"out of range t={temperature:.2f} h={humidity:.2f} p={pressure:.2f}")
+            fw.alert("warning", "sensor_out_of_range", f"t={temperature:.2f} h={humidity:.2f} p={pressure:.2f}")
+            return
+        fw.last_reading = {"temperature": temperature, "humidity": humidity, "pressure": pressure}
+        fw.last_reading_at = time.monotonic()
+        fw.sensor_ok.set()
+        if fw.sensor_failure_raised:
+            fw.sensor_failure_raised = False
+            fw.alert("warning" if D.RECOVERED_AS_WARNING in fw.defects else "info", "sensor_recovered", "readings are back")
+        payload = {
+            "device_id": fw.device_id,
+            "boot_count": fw.boot_count,
+            "seq": fw.seq,
+            "timestamp": time.time(),
+            "temperature_c": round(temperature, 2),
+            "humidity_pct": round(humidity, 2),
+            "pressure_hpa": round(pressure, 2),
+        }
+        fw.seq += 1
+        if not fw.connected.is_set() and D.OFFLINE_READINGS_DROPPED in fw.defects:
+            return  # the defect: "publish failed" is not retried, and nobody counts it
+        fw.outbox.put_reading(contract.sensors_topic(fw.device_id), json.dumps(payload).encode())
