@@ -30,6 +30,19 @@ _PR_SET_PDEATHSIG = 1
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
+# The pid of the process that forks, written just before every fork: the child reads it to
+# tell whether its parent died before the death signal was armed.
+_forking_pid = os.getpid()
+
+
+def _note_forking_pid() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+os.register_at_fork(before=_note_forking_pid)
+
+
 def die_with_parent() -> None:
     """``preexec_fn`` for Popen: SIGTERM this child when its parent process dies."""
     os.setsid()
@@ -38,6 +51,9 @@ def die_with_parent() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # A parent that died between fork and prctl sends no signal: we were re-parented.
+        if os.getppid() != _forking_pid:
+            os._exit(1)
 
 
 def stop_group(proc: subprocess.Popen[str], *, grace_s: float) -> int | None:

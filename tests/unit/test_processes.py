@@ -31,3 +31,18 @@ def test_dirs_of_dead_owners_are_cleared_and_live_ones_kept(tmp_path: Path) -> N
 
 def test_clearing_a_root_that_does_not_exist_yet_is_nothing(tmp_path: Path) -> None:
     assert clear_stale(tmp_path / "none") == []
+
+
+def test_a_child_whose_parent_died_before_the_death_signal_was_armed_does_not_run() -> None:
+    # The race itself cannot be timed from a test; what the child sees in it can: a parent
+    # pid that is not the one that forked it (here, a forking pid that is not our own).
+    import hil.processes as processes
+
+    def as_if_reparented() -> None:
+        processes._forking_pid = -1
+        processes.die_with_parent()
+
+    child = subprocess.run([sys.executable, "-c", "print('ran')"], preexec_fn=as_if_reparented, capture_output=True, text=True)
+    assert child.returncode != 0 and "ran" not in child.stdout
+    normal = subprocess.run([sys.executable, "-c", "print('ran')"], preexec_fn=processes.die_with_parent, capture_output=True, text=True)
+    assert normal.returncode == 0 and normal.stdout == "ran\n"
