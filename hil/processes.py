@@ -16,12 +16,14 @@ import contextlib
 import ctypes
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -54,6 +56,32 @@ def die_with_parent() -> None:
         # A parent that died between fork and prctl sends no signal: we were re-parented.
         if os.getppid() != _forking_pid:
             os._exit(1)
+
+
+#: Set by the pytest plugin to its own pid: a process a test starts detached (``hil sim up``,
+#: ``hil broker up``) still ends with the run, even a SIGKILLed one.
+OWNER_ENV = "HIL_OWNER_PID"
+
+
+def exit_with_owner() -> None:
+    """In a detached process: SIGTERM ourselves when the process named by ``HIL_OWNER_PID``
+    ends (waited on as an event, a pidfd), so the normal shutdown runs. Nothing without it."""
+    value = os.environ.get(OWNER_ENV, "")
+    if not value.isdigit():
+        return
+    try:
+        owner = os.pidfd_open(int(value))
+    except ProcessLookupError:  # gone already: we were started by a run that is over
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    except OSError:  # no pidfds here (Linux < 5.3): keep the detached behaviour
+        return
+
+    def watch() -> None:
+        select.select([owner], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
 def stop_group(proc: subprocess.Popen[str], *, grace_s: float) -> int | None:

@@ -42,6 +42,7 @@ from hil.bench.state import (
     spawn_detached,
     write_record,
 )
+from hil.processes import exit_with_owner
 from hil.secret import write_private
 from hil.services.broker import (
     CONNECTION_LOG_TYPES,
@@ -161,6 +162,7 @@ def cap_log(path: Path, cap: int = LOG_CAP_BYTES) -> bool:
 def serve(workdir: Path, kind: str, devices: Sequence[str]) -> int:
     """Run the broker until SIGTERM/SIGINT. First stdout line: JSON (urls, files, pid)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    exit_with_owner()  # its SIGTERM waits, blocked, for the sigwait below like any other
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
     try:

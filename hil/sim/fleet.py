@@ -48,6 +48,7 @@ from hil.device.settings import Provisioning, provisioning_image
 from hil.firmware.catalog import FirmwareError, cached_build, load_recipes
 from hil.images.layout import LAYOUT
 from hil.images.nvs import NvsError
+from hil.processes import exit_with_owner
 from hil.secret import Secret, optional_secret
 from hil.sim.board import Board
 from hil.sim.control import ControlServer, JsonLinesServer
@@ -335,6 +336,7 @@ async def serve_fleet(options: FleetOptions, *, out: IO[str] = sys.stdout) -> No
 
 
 def run_fleet(options: FleetOptions) -> int:
+    exit_with_owner()
     try:
         asyncio.run(serve_fleet(options))
     except (FleetError, StateDirBusy) as exc:

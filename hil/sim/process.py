@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from hil.processes import exit_with_owner
 from hil.sim.board import Board
 from hil.sim.control import ControlServer
 from hil.sim.firmware.reference import firmware_factory
@@ -188,6 +189,7 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
 
 
 def run_board(options: BoardOptions) -> int:
+    exit_with_owner()
     try:
         asyncio.run(serve_board(options))
     except (StateDirBusy, BoardSetupError) as exc:
