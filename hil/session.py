@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeVar
 
 from hil.device import contract
 from hil.device.settings import Provisioning, provisioning_image
@@ -34,24 +34,16 @@ from hil.firmware.catalog import cache_root
 from hil.firmware.selection import FirmwareSelection, select_firmware
 from hil.images.layout import FlashFile
 from hil.images.partitions import Partition
-from hil.link.console import Console, ConsoleError, LineReset, Mark
+from hil.link.console import Console, ConsoleError, Mark
 from hil.link.flasher import AfterReset, Flasher
 from hil.processes import clear_stale, owned_dir
 from hil.reporting.report import Redactor
-from hil.rig.backends import (
-    BootStrapPower,
-    Power,
-    ReferenceSensor,
-    SensorEmulator,
-    VirtualWifi,
-    WifiControl,
-)
+from hil.rig.attached import AttachedRig, RigNotStarted, reserve_rig
+from hil.rig.backends import BootStrapPower, Power, ReferenceSensor, SensorEmulator, WifiControl
 from hil.rig.model import Rig
-from hil.rig.reservation import ReservedRig, reserve
 from hil.rig.rigfile import load_rigs
-from hil.rig.selection import select_rigs
 from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
-from hil.rig.wiring import BackendUnavailable, RigBackends, download_mode, rig_flasher
+from hil.rig.wiring import BackendUnavailable, NoBackend, download_mode
 from hil.secret import Secret, optional_secret, write_private
 from hil.services.broker import (
     EMBEDDED_BROKERS,
@@ -64,9 +56,6 @@ from hil.services.mqtt import MqttObserver, ObserverTimeout
 from hil.services.netfault import FaultProxy
 from hil.services.ota import OtaServer, OtaSigner
 
-if TYPE_CHECKING:  # labgrid is an optional extra: its module is imported only when used
-    from hil.rig.labgrid import HeldPlace
-
 ONLINE_TIMEOUT_S = 60.0
 FAST_INTERVALS = {
     "measurement_interval_s": 1,
@@ -76,7 +65,6 @@ FAST_INTERVALS = {
     "sensor_timeout_s": 5,  # the contract's minimum: a sensor_failure episode in seconds
     "ota_selftest_timeout_s": 20,  # an update that cannot connect rolls back in seconds
 }
-VIRTUAL_AP = ("hil-lab", "hil-lab-password")
 
 
 class SessionError(Exception):
@@ -251,8 +239,8 @@ class RigSession:
         self.options = options
         self.redactor = Redactor()
         self._cleanups: list[Callable[[], None]] = []
-        self.reserved: ReservedRig | HeldPlace | None = None
-        self.board: VirtualBoardProcess | None = None
+        self.reserved: AttachedRig | None = None  # the rig, driven as its kind is (`reserve`)
+        self._started = False
         self.broker: MosquittoBroker | None = None
         self.observer: MqttObserver | None = None
         self.console: Console | None = None
@@ -262,7 +250,6 @@ class RigSession:
         self._dut: Dut | None = None
         self._run_dir: Path | None = None
         self._port: str | None = None
-        self._backends: RigBackends | None = None
         self._firmware: FirmwareSelection | None = None
         self.taken_out: str | None = None  # why the rig left the run (`take_out`)
 
@@ -286,46 +273,30 @@ class RigSession:
         its OS file lock, a labgrid rig by its coordinator's place. Waits up to
         ``rig_wait_s`` for a busy one (then `NoRigAvailable`)."""
         if self.reserved is None:
-            rigs = load_rigs(self.options.rigs_dir)
-            wanted = select_rigs(rigs, name=self.options.rig_name, tag=self.options.rig_tag)
-            if all(rig.kind == "labgrid" for rig in wanted):
-                # A shared lab: labgrid's coordinator hands out the place (no local lock).
-                from hil.rig.labgrid import reserve_place
-
-                self.reserved = reserve_place(wanted[0], timeout=self.options.rig_wait_s)
-            else:  # local rigs (a selection that also matches labgrid rigs takes these)
-                self.reserved = reserve(
-                    [rig for rig in rigs if rig.kind != "labgrid"],
-                    name=self.options.rig_name,
-                    tag=self.options.rig_tag,
-                    timeout=self.options.rig_wait_s,
-                )
+            self.reserved = reserve_rig(
+                load_rigs(self.options.rigs_dir),
+                name=self.options.rig_name,
+                tag=self.options.rig_tag,
+                timeout=self.options.rig_wait_s,
+            )
             self._cleanups.append(self.reserved.release)
         return self.reserved.rig
 
-    def start_board(self) -> None:
-        """Reserve, and on a virtual rig start its board process (nothing to start on a real
-        rig: its board is powered by the lab)."""
-        rig = self.reserve()
-        if not rig.is_virtual or self.board is not None:
-            return
-        # A stable state dir per rig: the flash survives between sessions, so an
-        # unchanged image is not written again (skip-unchanged), as on a real board.
-        state = cache_root() / "boards" / rig.name
-        self.board = VirtualBoardProcess(state)
-        self.board.start()
-        self._cleanups.append(self.board.stop)
+    def start_board(self) -> AttachedRig:
+        """Reserve, and start what the rig needs (a virtual rig's board process; nothing on a
+        real rig: its board is powered by the lab). Returns the rig being driven."""
+        self.reserve()
+        attached = self._attached()
+        if not self._started:  # once: a board that failed to start is not started again
+            self._started = True
+            self._cleanups.append(attached.stop)
+            attached.start()
+        return attached
 
     def start_port(self) -> str:
         """The rig's serial port URL, the board started first (`start_board`)."""
         if self._port is None:
-            self.start_board()
-            if self.board is not None and self.board.endpoints is not None:
-                self._port = self.board.endpoints.serial
-            elif self.rig.port is None:
-                raise SessionUsageError(f"rig {self.rig.name!r} has no port")
-            else:
-                self._port = self.rig.port
+            self._port = _rig_call(self.start_board().port)
         return self._port
 
     @property
@@ -335,12 +306,20 @@ class RigSession:
             raise SessionStateError("RigSession.run_dir read before prepare_run_dir(): no run dir yet")
         return self._run_dir
 
+    def _attached(self) -> AttachedRig:
+        if self.reserved is None:
+            raise SessionStateError("RigSession.rig read before reserve(): no rig is reserved yet")
+        return self.reserved
+
     @property
     def rig(self) -> Rig:
         """The rig `reserve` took."""
-        if self.reserved is None:
-            raise SessionStateError("RigSession.rig read before reserve(): no rig is reserved yet")
-        return self.reserved.rig
+        return self._attached().rig
+
+    @property
+    def board(self) -> VirtualBoardProcess | None:
+        """The process standing in for the board (a virtual rig's, once started), or None."""
+        return None if self.reserved is None else self.reserved.board
 
     @property
     def device_id(self) -> str:
@@ -356,9 +335,10 @@ class RigSession:
     @property
     def control(self) -> ControlClient | None:
         """The virtual board's control endpoint (None on a real rig), once `start_board` ran."""
-        if self.rig.is_virtual and self.board is None:
-            raise SessionStateError("RigSession.control read before start_board(): the virtual board is not running")
-        return None if self.board is None else self.board.control
+        try:
+            return self._attached().control()
+        except RigNotStarted:
+            raise SessionStateError("RigSession.control read before start_board(): the virtual board is not running") from None
 
     def start_broker(self) -> MosquittoBroker:
         if self.broker is None:
@@ -418,10 +398,7 @@ class RigSession:
             port = self.start_port()
             log = self.options.log_dir / self.rig.name / "console.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            # A USB-Serial-JTAG board is reset by the request its peripheral decodes, not
-            # the EN pulse of a UART bridge's auto-reset circuit (`Console.hard_reset`).
-            lines: LineReset = "usb-jtag" if self.rig.reset == "usb-jtag" else "classic"
-            self.console = Console(port, log, redact=self.redactor, reset=lines)
+            self.console = Console(port, log, redact=self.redactor, reset=self._attached().console_reset())
             self._cleanups.append(self.console.close)
         return self.console
 
@@ -442,14 +419,9 @@ class RigSession:
 
     def device_provisioning(self) -> Provisioning:
         """The identity, network and keys the session provisions the device with."""
-        rig = self.reserve()
+        self.reserve()
         access = self.broker_access()
-        ssid, password = VIRTUAL_AP
-        if not rig.is_virtual:
-            # Real rigs join the lab's AP; its password comes from the environment, never
-            # from the committed rig file.
-            ssid = rig.network.ssid
-            password = os.environ.get("HIL_WIFI_PASSWORD", "")
+        ssid, password = self._attached().wifi_credentials()  # the virtual AP's, or the lab's
         self.redactor.add(password)
         return Provisioning(
             device_id=self.device_id,
@@ -531,13 +503,10 @@ class RigSession:
         flash baud), with the board put into download mode as the rig needs; yields the
         flasher, the port and the ``after`` to flash with (the board boots its app after)."""
         with console.borrow() as port, download_mode(self.rig, self._boot_power, "hard-reset") as after:
-            yield rig_flasher(self.rig), port, after
+            yield self._attached().flasher(), port, after
 
     def _boot_power(self) -> BootStrapPower:
-        try:
-            return self.backends().boot_power()
-        except BackendUnavailable as exc:
-            raise SessionError(str(exc)) from exc  # a NoBackend is usage, else infrastructure
+        return _rig_call(self.start_board().boot_power)
 
     def _await_online(
         self, observer: MqttObserver, console: Console, version: str, *, since: int, what: str, boot: Mark | None = None
@@ -570,41 +539,20 @@ class RigSession:
         self._await_online(observer, console, dut.version, since=mark, what="after a fresh boot expected", boot=boot)
         return dut
 
-    # -- rig interfaces -----------------------------------------------------------------
-    def backends(self) -> RigBackends:
-        """The rig's power and sensor backends, as its rig file names them (the virtual
-        board's control endpoint, a GPIO expander or reference BME280 over smbus2, uhubctl)."""
-        if self._backends is None:
-            self.start_board()  # a virtual rig's backends are its board's control endpoint
-            self._backends = RigBackends(self.rig, control=self.control)
-            self._cleanups.append(self._backends.close)
-        return self._backends
-
+    # -- rig interfaces: what the rig's kind drives them with (`hil.rig.attached`) ----------
     def power(self) -> Power:
-        self.reserve()
-        if self.reserved is not None and not isinstance(self.reserved, ReservedRig):
-            if self.reserved.power is None:  # a labgrid place without a NetworkPowerPort
-                raise SessionUsageError(f"rig {self.rig.name!r}: labgrid place {self.reserved.place} has no power resource")
-            return self.reserved.power
-        try:
-            return self.backends().power()
-        except BackendUnavailable as exc:
-            raise SessionError(str(exc)) from exc  # a NoBackend is usage, else infrastructure
+        """The rig's power switch: the virtual board's, the rig file's backend (GPIO
+        expander, uhubctl) or a labgrid place's PDU."""
+        return _rig_call(self.start_board().power)
 
     def sensor(self) -> SensorEmulator | ReferenceSensor:
         """The sensor emulator (virtual rigs: set the environment, inject faults), or a
         real rig's reference BME280 (``get`` only: the truth beside the board)."""
-        try:
-            return self.backends().sensor()
-        except BackendUnavailable as exc:
-            raise SessionError(str(exc)) from exc  # a NoBackend is usage, else infrastructure
+        return _rig_call(self.start_board().sensor)
 
     def wifi(self) -> WifiControl:
-        self.start_board()
-        control = self.control
-        if control is None:
-            raise SessionUsageError(f"rig {self.rig.name!r}: no Wi-Fi control")
-        return VirtualWifi(control, password=VIRTUAL_AP[1])
+        """The access point the board joins (the virtual rig's)."""
+        return _rig_call(self.start_board().wifi)
 
     def ota_server(self) -> OtaServer:
         if self._ota_server is None:
@@ -680,6 +628,19 @@ class RigSession:
 
 
 PORT_GRACE_S = 5.0  # a lost console port that is back within this was only re-enumerating
+
+_T = TypeVar("_T")
+
+
+def _rig_call(call: Callable[[], _T]) -> _T:
+    """A rig interface, its errors said as the session's: a rig without the thing asked
+    for is usage (`NoBackend`), a bus or tool that failed is infrastructure (by cause)."""
+    try:
+        return call()
+    except NoBackend as exc:
+        raise SessionUsageError(str(exc)) from exc
+    except BackendUnavailable as exc:
+        raise SessionError(str(exc)) from exc
 
 
 def _exit_words(code: int) -> str:

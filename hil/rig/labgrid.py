@@ -17,7 +17,7 @@ same host by the next session and released (its reservation cancelled), as stale
 locks are.
 
 labgrid is an optional extra (``pip install 'hil[labgrid]'``). This module imports it only
-in `GrpcCoordinator` and `LabgridPower`, and ``hil.session`` imports this module only
+in `GrpcCoordinator` and `LabgridPower`, and ``hil.rig.attached`` imports this module only
 when a labgrid rig is reserved: without the extra, everything else works. The
 coordinator is reached through labgrid's own client (``ClientSession`` and its gRPC stub,
 what ``labgrid-client`` runs on) behind the small `Coordinator` protocol, which is where

@@ -165,8 +165,8 @@ class FakeBroker:
 
 def session_with(tmp_path: Path, *, board_rc: int | None = None, broker_rc: int | None = None) -> RigSession:
     session = RigSession(SessionOptions(rigs_dir=ROOT / "rigs", log_dir=tmp_path / "logs"))
-    session.reserved = SimpleNamespace(rig=SimpleNamespace(name="virtual-0"))  # type: ignore[assignment]
-    session.board = SimpleNamespace(returncode=board_rc, endpoints=SimpleNamespace(pid=4242))  # type: ignore[assignment]
+    board = SimpleNamespace(returncode=board_rc, endpoints=SimpleNamespace(pid=4242))
+    session.reserved = SimpleNamespace(rig=SimpleNamespace(name="virtual-0"), board=board)  # type: ignore[assignment]
     session.broker = FakeBroker(broker_rc)  # type: ignore[assignment]
     return session
 

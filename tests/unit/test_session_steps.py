@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from hil.session import RigSession, SessionOptions, SessionStateError
+from hil.errors import is_usage
+from hil.session import (
+    RigSession,
+    SessionError,
+    SessionOptions,
+    SessionStateError,
+    SessionUsageError,
+)
 
 RIG = """name = "bench-1"
 kind = "serial"
@@ -54,3 +62,21 @@ def test_the_steps_in_order(session: RigSession) -> None:
         session.close()
     assert not run_dir.exists()  # removed by close
 
+
+
+def test_what_a_rig_lacks_is_a_usage_error_naming_the_rig(session: RigSession) -> None:
+    """The session asks the rig's kind (`hil.rig.attached`) and says its refusals as its own."""
+    try:
+        with pytest.raises(SessionUsageError, match="rig 'bench-1': no Wi-Fi control"):
+            session.wifi()
+        with pytest.raises(SessionUsageError, match="no power backend"):
+            session.power()
+        assert is_usage(session_error(session.sensor))
+    finally:
+        session.close()
+
+
+def session_error(call: Callable[[], object]) -> SessionError:
+    with pytest.raises(SessionError) as info:
+        call()
+    return info.value

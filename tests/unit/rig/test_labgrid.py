@@ -485,7 +485,7 @@ def test_the_session_reserves_a_labgrid_rig_through_its_place(
         asked.append((rig.name, timeout))
         return reserve(coordinator, rig)
 
-    monkeypatch.setattr(lp, "reserve_place", fake_reserve_place)  # what hil.session imports
+    monkeypatch.setattr(lp, "reserve_place", fake_reserve_place)  # what hil.rig.attached imports
     session = RigSession(
         SessionOptions(rigs_dir=rigs, log_dir=tmp_path / "logs", rig_tag="lab", rig_wait_s=5.0)
     )

@@ -23,10 +23,11 @@ from serial.urlhandler import protocol_loop
 
 import hil.link.flasher
 from hil.link.console import Console, ConsoleError
+from hil.rig.attached import attach
 from hil.rig.errors import RigConfigError
 from hil.rig.model import FlashMethod, GpioExpanderSpec
 from hil.rig.rigfile import load_rigs
-from hil.rig.wiring import RigBackends, download_mode
+from hil.rig.wiring import download_mode
 from hil.session import RigSession, SessionOptions
 
 SERIAL = """\
@@ -198,9 +199,9 @@ class LendingConsole:
         yield self.port
 
 
-def session_on(tmp_path: Path, rig: Any, port: SpyPort) -> RigSession:
+def session_on(tmp_path: Path, rig: Any, port: SpyPort, *, open_bus: Any = None) -> RigSession:
     session = RigSession(SessionOptions(rigs_dir=tmp_path / "rigs", log_dir=tmp_path / "logs"))
-    session.reserved = SimpleNamespace(rig=rig, release=lambda: None)  # type: ignore[assignment]
+    session.reserved = attach(SimpleNamespace(rig=rig, release=lambda: None), open_bus=open_bus)
     session.console = LendingConsole(port)  # type: ignore[assignment]
     return session
 
@@ -256,9 +257,8 @@ def test_a_gpio_rig_is_power_cycled_into_download_mode_and_flashed_with_no_reset
     )
     bus = ExpanderBus()
     port = SpyPort()
-    session = session_on(tmp_path, rig, port)
-    session._backends = RigBackends(rig, open_bus=lambda number: bus)
-    session.backends().boot_power().sleep = lambda seconds: None  # type: ignore[attr-defined]
+    session = session_on(tmp_path, rig, port, open_bus=lambda number: bus)
+    session.start_board().boot_power().sleep = lambda seconds: None  # type: ignore[attr-defined]
     start = len(port.wire)
     with pytest.raises(Stop):
         session.erase_flash()
@@ -352,7 +352,7 @@ def test_the_session_opens_a_usb_jtag_rigs_console_with_its_reset(
 ) -> None:
     rig = rig_from_file(tmp_path, 'reset = "usb-jtag"\n')
     session = RigSession(SessionOptions(rigs_dir=tmp_path / "rigs", log_dir=tmp_path / "logs"))
-    session.reserved = SimpleNamespace(rig=rig, release=lambda: None)  # type: ignore[assignment]
+    session.reserved = attach(SimpleNamespace(rig=rig, release=lambda: None))
     try:
         assert session.open_console().reset == "usb-jtag"
     finally:
