@@ -34,7 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hil.load.run import LoadResult, LoadTarget, device_ids, run_load
+from hil.load.results import LoadResult
+from hil.load.run import run_load
+from hil.load.target import LoadTarget, device_ids
 from hil.reporting.gate import LoadProfile
 from hil.services.broker import OBSERVER_USER, MosquittoBroker
 

@@ -110,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from hil import session
     from hil.link.console import Console
     from hil.link.flasher import Flasher
-    from hil.load.run import FleetCollector
+    from hil.load.collector import FleetCollector
     from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
     from hil.services.broker import MosquittoBroker  # AmqttBroker inherits its start
     from hil.services.mqtt import MqttObserver

@@ -22,7 +22,10 @@ from typing import Any
 
 import pytest
 
-from hil.load.run import LoadResult, LoadUnsupported, run_load, session_target, write_metrics
+from hil.load.errors import LoadUnsupported
+from hil.load.results import LoadResult
+from hil.load.run import run_load, write_metrics
+from hil.load.target import session_target
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_load, pytest.mark.slow]
 

@@ -25,7 +25,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hil.device import contract
-from hil.load import run as load_run
+from hil.load import fleet as load_fleet
 from hil.rig.virtual_board import ControlClient
 from hil.services.broker import OBSERVER_USER, MosquittoBroker
 from hil.services.mqtt import MqttObserver, Received
@@ -33,8 +33,8 @@ from hil.services.mqtt import MqttObserver, Received
 FLEET_CONFIG = {"measurement_interval_s": 1}
 
 
-class FleetProcess(load_run.FleetProcess):
-    """``hil.load.run``'s fleet process (its own process group, always stopped), with a client
+class FleetProcess(load_fleet.FleetProcess):
+    """``hil.load.fleet``'s fleet process (its own process group, always stopped), with a client
     of the fleet's control endpoint."""
 
     def __init__(self, args: Sequence[str], log: Path) -> None:

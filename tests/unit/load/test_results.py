@@ -1,30 +1,16 @@
-"""The fleet load library's arithmetic (no fleet, no broker): latency basis, seq-gap loss
-against the devices' own drop counts, thresholds in words, "unknown" never 0; and the
-plugin's ``--hil-load-profile`` option and ``load_profile`` fixture."""
+"""A load run's arithmetic (no fleet, no broker): latency and its basis, the devices' own
+rate, seq-gap loss against the devices' own drop counts, thresholds in words, "unknown"
+never 0."""
 
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 import pytest
 
-from hil.load.run import (
-    CREDENTIALS_ENV,
-    LoadError,
-    LoadResult,
-    Reading,
-    Storm,
-    device_rates,
-    external_credentials,
-    latency,
-    loss,
-    percentile,
-)
+from hil.load.collector import Reading
+from hil.load.results import LoadResult, Storm, device_rates, latency, loss, percentile
 from hil.reporting.gate import LoadProfile
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def reading(seq: int, *, taken: float = 100.0, delay: float = 0.01, boot: int = 1) -> Reading:
@@ -122,87 +108,3 @@ def test_the_json_says_unknown_rather_than_zero() -> None:
     assert "broker dropped unknown" in data["summary"] and json.loads(json.dumps(data))["broker"] == "mosquitto"
     assert result(broker_dropped=None).violations(LoadProfile()) == []  # unknown is not judged
     assert result(storm=None).to_json()["storm"] is None
-
-
-def test_external_brokers_take_a_credentials_file_or_one_shared_account(tmp_path: Path) -> None:
-    ids = ["fleet-0000", "fleet-0001"]
-    assert external_credentials(ids, "staging", "pw", {}) == {d: ("staging", "pw") for d in ids}
-    assert external_credentials(ids, None, None, {}) is None
-    creds = tmp_path / "creds.json"
-    creds.write_text(json.dumps({"fleet-0000": {"username": "a", "password": "1"}}))
-    with pytest.raises(LoadError, match="no account for fleet-0001"):
-        external_credentials(ids, "staging", "pw", {CREDENTIALS_ENV: str(creds)})
-    creds.write_text(json.dumps({d: {"username": d, "password": "x"} for d in ids}))
-    assert external_credentials(ids, None, None, {CREDENTIALS_ENV: str(creds)}) == {d: (d, "x") for d in ids}
-
-
-# -- the plugin's option and fixture ------------------------------------------------------
-@pytest.fixture
-def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    monkeypatch.setenv("HIL_LOCK_DIR", str(tmp_path / "locks"))
-    pytester.makepyfile(
-        """
-        def test_profile(load_profile):
-            print("LOAD", load_profile.devices, load_profile.duration_s, load_profile.max_p99_latency_s)
-        """
-    )
-
-    def go(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", f"--rootdir={pytester.path}", "-s", *args
-        )
-
-    return go
-
-
-def test_without_a_load_profile_the_run_is_ci_sized(run) -> None:
-    result = run()
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*LOAD 20 15.0 1.0*"])
-
-
-def test_the_load_profile_option_reads_a_gate_profiles_load_table(run, tmp_path: Path) -> None:
-    profile = tmp_path / "mine.toml"
-    profile.write_text("[gate]\n[load]\ndevices = 7\nduration_s = 4\nmax_p99_latency_s = 0.25\n")
-    run(f"--hil-load-profile={profile}").stdout.fnmatch_lines(["*LOAD 7 4.0 0.25*"])
-    run(f"--hil-load-profile={ROOT / 'gates' / 'load.toml'}").stdout.fnmatch_lines(["*LOAD 200 60.0*"])
-
-
-@pytest.mark.parametrize(
-    ("text", "says"),
-    [("[gate]\n", "has no [load] table"), ("[gate]\n[load]\ndevices = -1\n", "[load].devices = -1")],
-)
-def test_a_bad_load_profile_is_a_usage_error(run, tmp_path: Path, text: str, says: str) -> None:
-    profile = tmp_path / "bad.toml"
-    profile.write_text(text)
-    result = run(f"--hil-load-profile={profile}")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert says in result.stderr.str() and str(profile) in result.stderr.str()
-
-
-# -- what the load run needs of the session's mosquitto -------------------------------------
-def test_mosquitto_takes_new_accounts_without_dropping_anyone_and_shows_its_drop_count(tmp_path: Path) -> None:
-    from hil.load.run import SYS_DROPPED, SYS_TICK, FleetCollector, LoadTarget
-    from hil.services.broker import OBSERVER_USER, MosquittoBroker
-
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.add_device("hil-virtual-0")
-    broker.start()
-    try:
-        target = LoadTarget(
-            name="mosquitto", host="127.0.0.1", port=broker.plain_port,
-            observer_user=OBSERVER_USER, observer_password=broker.observer_password,
-        )  # fmt: skip
-        with FleetCollector(target, ["fleet-0000"]) as collector:
-            assert collector.wait_sys(SYS_DROPPED, count=1, since=0.0, timeout=5)
-            assert collector.sys_value(SYS_DROPPED) == 0
-            account = broker.add_device("fleet-0000")
-            broker.reload()  # returns once the new account can log in
-            since = time.monotonic()
-            assert collector.wait_sys(SYS_TICK, count=2, since=since, timeout=5)  # sys_interval 1
-            assert collector.client.is_connected()  # the reload dropped nobody
-        assert account.username == "fleet-0000"
-        assert "Reloading config" in broker.log_path.read_text()
-    finally:
-        broker.kill()
