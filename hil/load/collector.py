@@ -10,7 +10,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -163,6 +163,13 @@ class FleetCollector:
                 return int(values[-1][1].split()[0])
             except (ValueError, IndexError):
                 return None
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Hold the collector still (no message is recorded meanwhile) while a caller reads
+        several of its fields that must agree with each other."""
+        with self._cond:
+            yield
 
     def count(self, device: str) -> int:
         return len(self.readings[device])

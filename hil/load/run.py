@@ -295,7 +295,7 @@ def _storm_times(run: _Run, t0: float, *, all_back: bool) -> tuple[float | None,
     """Seconds from the storm until every device was online again, and until every one had
     also published a reading (None: not every device did)."""
     collector, ids = run.collector, run.ids
-    with collector._cond:
+    with collector.frozen():
         onlines = [_back_online(collector, d, t0) for d in ids]
         reconnected = None if any(o is None for o in onlines) else max(o[0] for o in onlines if o) - t0
         recovery = None
@@ -323,7 +323,7 @@ def _health_reports(run: _Run) -> tuple[dict[str, list[Reading]], dict[str, tupl
     if mute:
         run.notes.append(f"{len(mute)} devices did not answer the report command, e.g. {sorted(mute)[:5]}")
     final = collector.snapshot()
-    with collector._cond:
+    with collector.frozen():
         health = {d: h for d, h in collector.health.items() if h[0] >= report_from}
     return final, health
 
@@ -390,7 +390,7 @@ def _result(
 
 def _sys_wait(collector: FleetCollector) -> float:
     """Long enough for two $SYS updates at the interval this broker has shown."""
-    with collector._cond:
+    with collector.frozen():
         ticks = [t for t, _ in collector.sys[SYS_TICK]]
     gaps = [b - a for a, b in itertools.pairwise(ticks) if b > a]
     return 2.5 * (statistics.median(gaps) if gaps else 10.0) + 1.0  # 10 s: mosquitto's default
