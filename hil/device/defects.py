@@ -170,6 +170,94 @@ FAILOVER_NO_WRAP = "failover_no_wrap"
 """Moves to the next of ``brokers`` but never wraps around: from the last URI it retries the
 last URI for ever, never the first again."""
 
+# -- §6 OTA: what a failed or refused update leaves behind, and what the serial port says
+OTA_BOOT_SET_BEFORE_HASH = "ota_boot_set_before_hash"
+"""Compares the image with the signed SHA-256 only after esp_https_ota_finish has set the boot
+partition: a tampered (self-consistent) image is reported ``failed``, yet the next reset boots
+it, and its self-test passes."""
+ROLLBACK_REPORTED_EVERY_BOOT = "rollback_reported_every_boot"
+"""Forgets which rollback it has reported (the NVS seq is never compared): every later boot
+reports ``rolled_back`` and raises ``ota_rolled_back`` again."""
+OTA_SIZE_TYPE_UNCHECKED = "ota_size_type_unchecked"
+"""Takes an offer's ``size`` as it comes (``cJSON->valueint`` without ``cJSON_IsNumber``): a
+size given as a string kills the OTA handler, which never answers on ``ota/status``."""
+OTA_FAILED_AS_WARNING = "ota_failed_as_warning"
+"""Logs a failed update with ESP_LOGW, not ESP_LOGE: no ``E ota:`` line for a ``failed``."""
+OTA_PARTITION_SIZE_EXCLUSIVE = "ota_partition_size_exclusive"
+"""Refuses an offer whose size *equals* the OTA partition (``>=`` where ``>`` was meant)."""
+OTA_PROGRESS_AT_DEBUG = "ota_progress_at_debug"
+"""Logs the download's progress with ESP_LOGD, below the default log level: nothing on the
+serial port while the image is being downloaded."""
+HEALTH_NOT_WATCHED = "health_not_watched"
+"""The health task never subscribes to the task watchdog (its esp_task_wdt_add forgotten;
+esp_task_wdt_reset from an unsubscribed task is ignored): a hung health task hangs for ever."""
+MQTT_NOT_WATCHED = "mqtt_not_watched"
+"""The mqtt task never subscribes to the task watchdog: a hung mqtt task hangs for ever."""
+BOOT_LOOP_GUARD_PANICS_ONLY = "boot_loop_guard_panics_only"
+"""The boot-loop guard counts panic resets only, not task-watchdog ones: a device looping on a
+hung I2C bus never enters safe mode."""
+OTA_OFF_IN_SAFE_MODE = "ota_off_in_safe_mode"
+"""Drops ``ota/update`` requests in safe mode (the handler hangs off the tasks safe mode
+skips): a boot-looping device can never be fixed remotely."""
+WATCHDOG_FED_ONCE_PER_LOOP = "watchdog_fed_once_per_loop"
+"""The sensor task checks in once per loop and then sleeps its whole period
+(``esp_task_wdt_reset(); vTaskDelay(interval)``): a measurement interval longer than
+``watchdog_timeout_s`` trips the watchdog on a healthy device."""
+WATCHDOG_RESET_ALERT_ON_PANIC = "watchdog_reset_alert_on_panic"
+"""Raises ``watchdog_reset`` after a panic too (any crash reset taken for a watchdog one):
+the backend counts hung tasks that never were."""
+SEQ_PER_MEASUREMENT = "seq_per_measurement"
+"""Numbers every measurement, not every published reading (``seq++`` before the read): a
+withheld out-of-range value or a failed read leaves a hole in ``seq``."""
+OUT_OF_RANGE_NOT_A_FAILURE = "out_of_range_not_a_failure"
+"""Counts only failed reads towards ``sensor_timeout_s``: a sensor stuck on garbage (the
+BME280's 0x80000 "skipped" raw value reads -144 °C) raises ``sensor_out_of_range`` for ever,
+never ``sensor_failure``."""
+RANGE_CHECKED_BEFORE_OFFSET = "range_checked_before_offset"
+"""Checks the range on the compensated value before ``calibration_offset_temp`` is added
+(validation in the driver, calibration at publish): with an offset of -10 °C an environment
+of -35 °C is published as -45 °C."""
+SENSOR_FAILURE_ONCE_PER_BOOT = "sensor_failure_once_per_boot"
+"""Latches ``sensor_failure`` per boot (its flag never cleared; ``sensor_recovered`` runs on
+another): the first episode looks right, a second one in the same boot raises nothing."""
+SENSOR_INIT_ERROR_NOT_MIRRORED = "sensor_init_error_not_mirrored"
+"""Logs a sensor that fails its checks at boot (chip id, calibration) with a plain ESP_LOGE,
+outside the mirroring logger: the error is on the serial port only, never on ``logs``."""
+WIFI_RSSI_FROM_JOIN = "wifi_rssi_from_join"
+"""Reports the RSSI of the connect event (cached when the station joined) in health and
+metrics, not the station's current one: a signal that fades is never seen."""
+PROGRAM_REJECTION_UNNAMED = "program_rejection_unnamed"
+"""Reports every refused deployment with ``name: null`` (the status is built before the
+request is looked at): a backend cannot tell which of its deployments was refused."""
+WIFI_AUTH_FAIL_LOGS_PASSPHRASE = "wifi_auth_fail_logs_passphrase"
+"""Logs the passphrase it tried when a Wi-Fi join fails with auth_fail (a debugging aid left
+in): a wrong AP password puts the right one on the serial port."""
+TLS_FAILURE_LOGS_CREDENTIALS = "tls_failure_logs_credentials"
+"""Logs a failed TLS handshake with the broker URI rebuilt with user and password in it
+(``mqtts://user:pass@host:port``): only on the failure path, so a happy run never shows it."""
+BACKOFF_WAITS_EXTRA_SECOND = "backoff_waits_extra_second"
+"""Waits one second more than the delay it announces before each reconnect attempt (a settle
+delay left over from debugging): attempts 1 s apart by the log are 2 s apart."""
+FAILOVER_COUNTS_THE_LOSS = "failover_counts_the_loss"
+"""Counts the end of a connected session as a failed attempt: it leaves a broker it was
+connected to after the loss and 2 failed attempts, not 3."""
+REPORTS_QOS0 = "reports_qos0"
+"""Publishes only readings at QoS 1 ("the rest is diagnostics"): health, metrics, alerts
+(a critical ``sensor_failure`` included) and logs go out at QoS 0, unacknowledged."""
+FACTORY_RESET_WRITES_DEFAULTS = "factory_reset_writes_defaults"
+"""``factory_reset`` writes the built-in defaults into ``config`` instead of erasing it: the
+settings provisioned in ``device`` no longer apply (10 s readings, a 600 s watchdog)."""
+PROGRAM_MEMORY_UNBOUNDED = "program_memory_unbounded"
+"""Runs programs with no memory budget: a program allocates until the heap is gone."""
+PROGRAM_OOM_PANICS = "program_oom_panics"
+"""A program that runs out of memory crashes the device (malloc's NULL dereferenced, or a
+recursive evaluator overflowing its task stack) instead of failing."""
+PROGRAM_PRESSURE_IN_PA = "program_pressure_in_pa"
+"""``(sensor 'pressure)`` returns the driver's pascals, not hPa as the readings do."""
+RESTARTS_ON_AUTH_REFUSAL = "restarts_on_auth_refusal"
+"""Treats a CONNACK "not authorised" as fatal and restarts ("start over from a clean
+state"): a wrong or rotated MQTT password boot-loops the device instead of backing off."""
+
 ALL = frozenset(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
 )

@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from hil.bme280.compensation import Environment
 from hil.bme280.driver import BME280Driver
@@ -23,6 +23,15 @@ class Power(Protocol):
     def on(self) -> None: ...
     def off(self) -> None: ...
     def cycle(self, off_s: float = 0.5) -> None: ...
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """A backend that can be reached without switching anything: what ``hil rigs check``
+    asks a power backend (a sensor is simply read). ``probe`` says what it found, or raises
+    the backend's own error (a bus that does not answer, a tool that failed)."""
+
+    def probe(self) -> str: ...
 
 
 class BootStrapPower(Power, Protocol):
@@ -49,8 +58,9 @@ class ReferenceSensor(Protocol):
 
 class WifiControl(Protocol):
     """The access point the board joins. ``password`` changes the AP's passphrase (one the
-    board was not provisioned with makes its joins fail); ``restore`` brings the AP back up
-    with the rig's own credentials, after a test that took it down or changed it."""
+    board was not provisioned with makes its joins fail), ``rssi`` the signal the board
+    receives; ``restore`` brings the AP back up with the rig's own credentials (and signal),
+    after a test that took it down or changed it."""
 
     def ap(self, *, up: bool | None = None, rssi: int | None = None, password: str | None = None) -> None: ...
     def restore(self) -> None: ...
@@ -75,6 +85,10 @@ class VirtualPower:
 
     def cycle(self, off_s: float = 0.5) -> None:
         self.control.request("power", action="cycle", off_s=off_s)
+
+    def probe(self) -> str:
+        powered = self.control.request("state")["state"]["powered"]
+        return f"the virtual board's supply is {'on' if powered else 'off'}"
 
 
 @dataclass
@@ -105,25 +119,30 @@ class VirtualWifi:
     control: Control
     # The rig's own passphrase, which ``restore`` puts back; kept out of repr (pytest -l).
     password: str | None = field(default=None, repr=False)
+    # The AP's own RSSI, read before the first change of it, which ``restore`` puts back.
+    _rssi: int | None = field(default=None, init=False, repr=False)
 
     def ap(self, *, up: bool | None = None, rssi: int | None = None, password: str | None = None) -> None:
         fields: dict[str, Any] = {}
         if up is not None:
             fields["up"] = up
         if rssi is not None:
+            if self._rssi is None:
+                self._rssi = int(self.control.request("ap.get")["ap"]["rssi"])
             fields["rssi"] = rssi
         if password is not None:
             fields["password"] = password
         self.control.request("ap.set", **fields)
 
     def restore(self) -> None:
-        self.ap(up=True, password=self.password)
+        self.ap(up=True, password=self.password, rssi=self._rssi)
 
 
 # -- real rigs -------------------------------------------------------------------------
 class ExpanderBus(Protocol):
     """The part of ``smbus2.SMBus`` the expanders use."""
 
+    def read_byte(self, i2c_addr: int, force: bool | None = None) -> int: ...
     def write_byte(self, i2c_addr: int, value: int, force: bool | None = None) -> None: ...
     def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int: ...
     def write_byte_data(self, i2c_addr: int, register: int, value: int, force: bool | None = None) -> None: ...
@@ -131,6 +150,9 @@ class ExpanderBus(Protocol):
 
 class ExpanderChip(Protocol):
     def write(self, bus: ExpanderBus, address: int, pin: int, level: bool) -> None: ...
+    def read(self, bus: ExpanderBus, address: int) -> int:
+        """The pins' levels as one byte (a read only: nothing is switched)."""
+        ...
 
 
 class PCF8574:
@@ -143,6 +165,9 @@ class PCF8574:
         self._state = (self._state | (1 << pin)) if level else (self._state & ~(1 << pin))
         bus.write_byte(address, self._state)
 
+    def read(self, bus: ExpanderBus, address: int) -> int:
+        return bus.read_byte(address)
+
 
 class MCP23017:
     """Port A pins: IODIRA (0x00) to output, then OLATA (0x14) read-modify-write."""
@@ -154,6 +179,9 @@ class MCP23017:
         bus.write_byte_data(address, self.IODIRA, bus.read_byte_data(address, self.IODIRA) & ~(1 << pin))
         latch = bus.read_byte_data(address, self.OLATA)
         bus.write_byte_data(address, self.OLATA, (latch | (1 << pin)) if level else (latch & ~(1 << pin)))
+
+    def read(self, bus: ExpanderBus, address: int) -> int:
+        return bus.read_byte_data(address, self.OLATA)
 
 
 STRAP_LATCH_S = 0.1
@@ -186,6 +214,16 @@ class GpioExpanderPower:
         self.off()
         self.sleep(off_s)  # the off time is the point of a power cycle
         self.on()
+
+    def probe(self) -> str:
+        """Read the expander (it acknowledges its address, or the bus raises OSError)."""
+        levels = self.chip.read(self.bus, self.address)
+        level = "high" if levels >> self.pin & 1 else "low"
+        on = level == ("high" if self.active_high else "low")
+        return (
+            f"{type(self.chip).__name__} at 0x{self.address:02x} answers; pin {self.pin} is "
+            f"{level} (supply {'on' if on else 'off'})"
+        )
 
     def cycle_into_download(self, off_s: float = 0.5) -> None:
         """Power-cycle with GPIO9 held low, so the chip boots its ROM loader; released after."""
@@ -222,6 +260,21 @@ class UhubctlPower:
 
     def cycle(self, off_s: float = 0.5) -> None:
         self._action("cycle", "-d", str(off_s))
+
+    def probe(self) -> str:
+        """``uhubctl -l HUB -p PORT`` (no action: it only lists the port's status)."""
+        args = ["uhubctl", "-l", self.hub, "-p", str(self.port)]
+        result = self.run(args)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed: {(result.stderr or result.stdout).strip()}")
+        lines = [line.strip() for line in result.stdout.splitlines()]
+        status = next((line for line in lines if line.startswith(f"Port {self.port}:")), None)
+        if status is None:
+            raise RuntimeError(
+                f"{' '.join(args)} lists no port {self.port} of hub {self.hub}: "
+                f"{result.stdout.strip() or result.stderr.strip()}"
+            )
+        return f"uhubctl hub {self.hub}: {status}"
 
 
 @dataclass

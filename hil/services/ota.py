@@ -74,8 +74,11 @@ FAILS_ITS_CHECKS = (
     "one byte",
     "truncated",
     "size mismatch",
+    "partition size",
 )
-"""Good-looking requests for bad images: downloaded, then refused by the image checks."""
+"""Good-looking requests for bad images: downloaded, then refused by the image checks.
+"partition size" announces exactly the OTA partition's size (the largest an offer may
+have, so not refused at once) for a smaller image: refused once the download shows it."""
 LOWER_VERSION = "0.1.0"
 SIZE_SHORTFALL = 4096  # "size mismatch": the request announces this many bytes too few
 
@@ -100,7 +103,8 @@ class BadUpdate:
 
 def bad_update(variant: str, image: bytes, *, running_version: str, partition_size: int) -> BadUpdate:
     """The IDT case ``variant`` (one of REJECTED_AT_ONCE or FAILS_ITS_CHECKS) made from a
-    good, newer ``image``; ``partition_size`` is the OTA slot's (for "oversize")."""
+    good, newer ``image``; ``partition_size`` is the OTA slot's (for "oversize" and
+    "partition size")."""
     def both(data: bytes, edit: Edit = _unchanged) -> tuple[bytes, bytes, Edit]:
         return data, data, edit
 
@@ -117,6 +121,7 @@ def bad_update(variant: str, image: bytes, *, running_version: str, partition_si
         "one byte": lambda: both(image[:1]),
         "truncated": lambda: both(image[: len(image) // 2]),
         "size mismatch": lambda: both(image, _with_field("size", len(image) - SIZE_SHORTFALL)),
+        "partition size": lambda: both(image, _with_field("size", partition_size)),
     }
     if variant not in builders:
         raise ValueError(f"unknown bad update {variant!r}; known: {sorted(builders)}")

@@ -10,6 +10,7 @@ import pytest
 
 from hil.bme280.compensation import Environment
 from hil.device import contract
+from hil.device.periodic import spacing_problems, wait_timeout
 from hil.firmware.selection import app_identity
 from hil.services.mqtt import ObserverTimeout
 from tests.hil.boot_log import ExpectedBoot, boot_problems
@@ -87,14 +88,22 @@ def test_reset_restarts_the_device_with_reason_sw(dut, mqtt, console, hil_sessio
 
 
 @pytest.mark.requires("sensor_emulation")
+@pytest.mark.guards("factory_reset_defaults")
 @pytest.mark.clause("C5.2", "C4.10", "C5.1")
-def test_factory_reset_erases_the_config_and_returns_to_the_provisioned_settings(restore_firmware, mqtt, sensor) -> None:
+def test_factory_reset_erases_the_config_and_returns_to_the_provisioned_settings(
+    restore_firmware, mqtt, sensor, hil_session
+) -> None:
+    """A saved update (+4 °C, readings every 2 s) is erased by `factory_reset`: after the
+    restart the offset is gone and readings come at the session's provisioned interval
+    again (in `device`, not the built-in 10 s default) on both clocks."""
     dut = restore_firmware  # a failure half way must not leave the offset behind
     device = dut.device_id
+    interval = setting(hil_session, "measurement_interval_s")
+    changed = 2 if interval != 2 else 3  # any interval other than the provisioned one
     env = Environment(21.0, 40.0, 1005.0)
     sensor.set(env)
     mark = mqtt.mark()
-    mqtt.publish(contract.config_update_topic(device), {"calibration_offset_temp": 4.0})
+    mqtt.publish(contract.config_update_topic(device), {"calibration_offset_temp": 4.0, "measurement_interval_s": changed})
     boot = online_after(mqtt, device, mark)["boot_count"]
     assert abs(reading_after(mqtt, device, mark, boot)["temperature_c"] - (env.temperature_c + 4.0)) <= 1.0
     mark = mqtt.mark()
@@ -104,6 +113,16 @@ def test_factory_reset_erases_the_config_and_returns_to_the_provisioned_settings
     assert status["reset_reason"] == "SW"
     reading = reading_after(mqtt, device, mark, status["boot_count"])
     assert abs(reading["temperature_c"] - env.temperature_c) <= contract.TEMPERATURE_ACCURACY_C, "the offset survived"
+    settled = mqtt.mark()  # after the boot's first reading: a backlog sent on connect is no period
+    received = mqtt.wait_for(
+        contract.sensors_topic(device), lambda m: m.json()["boot_count"] == status["boot_count"], since=settled,
+        count=4, timeout=wait_timeout(interval, 4),
+    )[:4]  # fmt: skip
+    problems = spacing_problems(
+        interval, device_times=[m.json()["timestamp"] for m in received], received_times=[m.at for m in received],
+        what=f"readings after the factory reset (provisioned every {interval:g} s)",
+    )  # fmt: skip
+    assert problems == [], problems
 
 
 @pytest.mark.parametrize(
@@ -228,19 +247,26 @@ def test_programs_compute_what_scheme_computes(dut, mqtt) -> None:
 
 
 @pytest.mark.requires("sensor_emulation")
+@pytest.mark.guards("program_pressure_in_pa")
 @pytest.mark.clause("C9.7", "C8.5")
 def test_a_program_reads_the_sensor_and_publishes_under_its_own_topic(dut, mqtt, sensor) -> None:
+    """Each of the three quantities in the readings' units (°C, %RH, hPa), within the
+    readings' accuracy of the environment."""
     env = Environment(24.0, 50.0, 990.0)
     sensor.set(env)
     reading_after(mqtt, dut.device_id, mqtt.mark())  # a reading taken in the new environment
     reading_after(mqtt, dut.device_id, mqtt.mark())
-    source = "(publish \"probe\" (sensor 'temperature))\n(led 'on)\n(sensor 'humidity)"
+    source = "(publish \"probe\" (sensor 'temperature))\n(publish \"p\" (sensor 'pressure))\n(led 'on)\n(sensor 'humidity)"
     mark = deploy(mqtt, dut.device_id, "probe", source)
     result = program_statuses(mqtt, dut.device_id, mark, "completed")[-1]["result"]
     assert abs(result - env.humidity_pct) <= contract.HUMIDITY_ACCURACY_PCT
-    published = mqtt.wait_for(contract.program_publish_topic(dut.device_id, "probe"), since=mark, timeout=5)[0].json()
-    value = published["value"] if isinstance(published, dict) else published
-    assert abs(value - env.temperature_c) <= contract.TEMPERATURE_ACCURACY_C, published
+    for suffix, expected, accuracy in (
+        ("probe", env.temperature_c, contract.TEMPERATURE_ACCURACY_C),
+        ("p", env.pressure_hpa, contract.PRESSURE_ACCURACY_HPA),
+    ):
+        published = mqtt.wait_for(contract.program_publish_topic(dut.device_id, suffix), since=mark, timeout=5)[0].json()
+        value = published["value"] if isinstance(published, dict) else published
+        assert abs(value - expected) <= accuracy, f"(publish {suffix!r} ...) gave {published}, the environment {expected}"
 
 
 @pytest.mark.clause("C9.5", "C4.13")
@@ -251,6 +277,36 @@ def test_a_program_over_its_step_budget_fails_and_the_device_carries_on(dut, mqt
     assert "budget" in statuses[-1]["error"], statuses[-1]
     reading_after(mqtt, dut.device_id, mqtt.mark())
     assert restarts_since(mqtt, dut.device_id, mark) == []
+
+
+# 2^(2^22): a 4 Mbit (512 KiB) integer, more than an ESP32-C3's whole 400 KiB of SRAM, so
+# over any memory budget the device can have; a runtime without big integers fails it on
+# overflow instead (also `failed`). In ~25 steps: not the step budget's doing.
+_OVER_MEMORY = "(define (square-times x n) (if (= n 0) x (square-times (* x x) (- n 1))))\n(define big (square-times 2 22))\n(> big 0)"
+# A non-tail recursion 2000 deep: within the budget it completes, beyond it it fails; it
+# must not overflow a stack and take the device down (a recursive evaluator in C would).
+_DEEP_RECURSION = "(define (depth n) (if (= n 0) 0 (+ 1 (depth (- n 1)))))\n(depth 2000)"
+
+
+@pytest.mark.guards("program_memory_unbounded", "program_oom_panics")
+@pytest.mark.clause("C9.5", "C9.6", "C4.13")
+def test_a_program_over_its_memory_budget_fails_and_the_device_carries_on(dut, mqtt) -> None:
+    device = dut.device_id
+    boot = reading_after(mqtt, device, mqtt.mark())["boot_count"]
+    mark = deploy(mqtt, device, "hog", _OVER_MEMORY)
+    hog = program_statuses(mqtt, device, mark, "failed", timeout=15)
+    assert ran(hog, "failed") and hog[-1]["error"], hog
+    deep = deploy(mqtt, device, "deep", _DEEP_RECURSION)
+    topic = contract.programs_status_topic(device)
+    mqtt.wait_for(topic, lambda m: m.json()["state"] in PROGRAM_VERDICTS, since=deep, timeout=15)
+    statuses = [m.json() for m in mqtt.collect(topic, since=deep)]
+    verdict = next(s for s in statuses if s["state"] in PROGRAM_VERDICTS)
+    assert not contract.validate_payload("programs_status", verdict), verdict
+    assert verdict in ({"name": "deep", "state": "completed", "result": 2000},) or (
+        verdict["state"] == "failed" and verdict["error"]
+    ), f"a 2000-deep recursion ended {verdict}: completed with 2000 or failed"
+    after = reading_after(mqtt, device, mqtt.mark())
+    assert restarts_since(mqtt, device, mark) == [] and after["boot_count"] == boot, "the device restarted"
 
 
 def countdown(n: int) -> str:
@@ -294,7 +350,7 @@ _TOO_LARGE_IN_BYTES = '"' + "\u00e9" * (contract.PROGRAM_MAX_BYTES // 2) + '"'  
 @pytest.mark.parametrize(
     ("source", "sha256", "why"),
     [
-        pytest.param("(+ 1 2", None, "parse", id="parse-error"),
+        pytest.param("(+ 1 2", None, "parse", id="parse-error", marks=pytest.mark.guards("program_rejection_unnamed")),
         pytest.param(
             "(+ 1 2)", hashlib.sha256(b"(+ 1 3)").hexdigest(), "hash", id="hash-mismatch",
             marks=pytest.mark.guards("program_no_hash"),
@@ -309,6 +365,9 @@ def test_a_bad_program_is_rejected_without_running(dut, mqtt, source, sha256, wh
     statuses = program_statuses(mqtt, dut.device_id, mark, "rejected", timeout=15)
     assert [s["state"] for s in statuses] == ["rejected"], statuses
     assert why in statuses[-1]["error"].lower(), statuses[-1]
+    # The deployment had a usable name: the refusal says which one it was (null is only
+    # for a deployment that carried none, see test_a_malformed_deployment_is_rejected).
+    assert statuses[-1]["name"] == "bad", statuses[-1]
     assert restarts_since(mqtt, dut.device_id, mark) == []
 
 

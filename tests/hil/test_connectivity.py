@@ -24,6 +24,7 @@ from hil.device import contract
 from hil.reporting.charts import Instant, Span, timeline_chart
 from hil.reporting.report import attach_svg
 from hil.services.broker import free_port
+from tests.hil.leaks import leaked, secret_texts
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
@@ -185,9 +186,12 @@ def test_the_device_rejoins_a_returning_ap_with_no_reading_lost(dut, mqtt, wifi,
 
 
 @pytest.mark.requires("wifi_control")
-@pytest.mark.clause("C3.5", "C2.6")
-@pytest.mark.guards("wifi_fail_reboot")
-def test_a_wrong_wifi_passphrase_is_retried_and_logged_without_a_reboot(dut, mqtt, wifi, console) -> None:
+@pytest.mark.clause("C3.5", "C2.6", "C1.4")
+@pytest.mark.guards("wifi_fail_reboot", "wifi_fail_logs_pass")
+def test_a_wrong_wifi_passphrase_is_retried_and_logged_without_a_reboot(dut, mqtt, wifi, console, hil_session) -> None:
+    """The AP's passphrase changed: each failed join says so, none ends in a reset, and
+    none names the provisioned passphrase (or any other secret); the right one back:
+    rejoined in the same boot."""
     topic = contract.sensors_topic(dut.device_id)
     mark = mqtt.mark()
     before = mqtt.wait_for(topic, since=mark, timeout=15)[0].json()
@@ -202,6 +206,9 @@ def test_a_wrong_wifi_passphrase_is_retried_and_logged_without_a_reboot(dut, mqt
     console.expect(contract.WIFI_CONNECTED, timeout=30)
     back = mqtt.wait_for(contract.status_topic(dut.device_id), state_is("online"), since=mark, timeout=40)
     assert back[0].json()["boot_count"] == before["boot_count"], "rebooted instead of rejoining"
+    # The failed joins and the return (the backlog and the mirrored warnings included).
+    secrets = secret_texts(hil_session.device_provisioning(), access=hil_session.broker_access())
+    assert leaked(secrets, console.lines(since=quiet), mqtt.collect("#", since=mark)) == []
 
 
 # -- reconnect policy ---------------------------------------------------------------------
@@ -216,9 +223,17 @@ def backoff_schedule() -> list[float]:
     return [*delays, cap]
 
 
+# How long one failed attempt may add to the announced delay between two attempts: a TCP
+# connect on the rig's own host, answered at once by the proxy's reset (the broker behind it
+# stopped), plus the scheduling noise of a loaded host. A delay is ±20 % by the contract and
+# the announced one already carries its jitter: a device that waits a second more than it
+# says (a settle delay on top of the backoff) is 2 s apart where it says 1 s.
+REFUSED_ATTEMPT_S = 0.5
+
+
 @pytest.mark.requires("network_faults")
 @pytest.mark.clause("C3.6", "C3.7", "C3.10", "C4.3", "C2.8")
-@pytest.mark.guards("no_backoff", "backoff_cap_60s")
+@pytest.mark.guards("no_backoff", "backoff_cap_60s", "backoff_extra_1s")
 def test_reconnect_attempts_back_off_exponentially_to_the_cap_with_jitter(dut, mqtt, broker, network, console) -> None:
     """The whole schedule to the cap: about 90 s of broker downtime, the only way to see the
     cap held (the first delay at the cap, 30 s, is within 20 % of an uncapped 32 s)."""
@@ -246,10 +261,13 @@ def test_reconnect_attempts_back_off_exponentially_to_the_cap_with_jitter(dut, m
     at_cap = [d for d, base in zip(delays, nominal, strict=True) if base == cap]
     assert len(at_cap) >= 2, f"delays {delays}: the cap {cap} s is not reached and held"
     assert any(abs(d - b) > 0.001 for d, b in zip(delays, nominal, strict=True)), f"no jitter: {delays}"
-    # The attempts really are that far apart (device clock, from one line to the next).
+    # The attempts really are that far apart, and no further (device clock, from one line to
+    # the next: the announced delay, then one attempt that a stopped broker refuses at once).
     spacing = [(int(b["ms"]) - int(a["ms"])) / 1000 for a, b in itertools.pairwise(lost)]
     for gap, delay in zip(spacing, delays, strict=False):
-        assert gap >= delay - 0.05, f"attempts {spacing} s apart, announced {delays}"
+        assert delay - 0.05 <= gap <= delay + REFUSED_ATTEMPT_S, (
+            f"attempts {spacing} s apart on the device clock, announced {delays} (+ at most {REFUSED_ATTEMPT_S} s an attempt)"
+        )
     # On the wire, by the host's clock: the attempts that reached the proxy while the broker
     # was down are as far apart as the device said they would be (a log is not a proof).
     attempts = [at for at, event in network.timeline[since:] if event.startswith("conn ") and ": accepted" in event]
@@ -257,7 +275,9 @@ def test_reconnect_attempts_back_off_exponentially_to_the_cap_with_jitter(dut, m
     assert len(attempts) >= failed, f"{len(attempts)} connection attempts reached the broker's path: {network.timeline[since:]}"
     wire = [b - a for a, b in itertools.pairwise(attempts[:failed])]
     for gap, delay in zip(wire, delays[1:], strict=False):
-        assert delay - 0.1 <= gap <= delay + 2.0, f"attempts {wire} s apart on the wire, announced {delays}"
+        assert delay - 0.1 <= gap <= delay + REFUSED_ATTEMPT_S, (
+            f"attempts {wire} s apart on the wire, announced {delays} (+ at most {REFUSED_ATTEMPT_S} s an attempt)"
+        )
     console.expect(contract.MQTT_CONNECTED, timeout=cap * (1 + jitter) + 15)
     mqtt.wait_for(topic, since=mqtt.mark(), timeout=15)  # session up
     network.reset_all()  # after a successful connect the backoff starts over
@@ -329,13 +349,14 @@ def mqtt_lines_to_first_connect(console, since) -> list[str]:
 
 @pytest.mark.requires("network_faults")
 @pytest.mark.clause("C3.8", "C2.7", "C2.8")
-@pytest.mark.guards("no_failover", "failover_no_wrap")
+@pytest.mark.guards("no_failover", "failover_no_wrap", "failover_counts_loss")
 def test_the_device_fails_over_round_robin_after_the_contracts_failed_attempts(
-    dut, mqtt, restore_firmware, network, console
+    dut, mqtt, restore_firmware, network, console, broker
 ) -> None:
     """``brokers`` = [an address nobody listens on, the proxied path to the broker]: after
     exactly `BROKER_FAILOVER_ATTEMPTS` failed attempts at the first the device connects to
-    the second; when that one fails as many times, it goes round to the first again."""
+    the second; when that one fails (its broker stopped), exactly as many attempts reach
+    the second's path after the loss, and then it goes round to the first again."""
     dead = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: refused at once
     reachable = f"mqtt://{network.host}:{network.port}"
     attempts = contract.BROKER_FAILOVER_ATTEMPTS
@@ -353,12 +374,23 @@ def test_the_device_fails_over_round_robin_after_the_contracts_failed_attempts(
     boot = mqtt.wait_for(contract.status_topic(did), state_is("online"), since=mark, timeout=30)[0].json()
     mqtt.wait_for(contract.sensors_topic(did), lambda m: m.json()["boot_count"] == boot["boot_count"], since=mark, timeout=15)
     # Now the second fails: the loss, then as many failed attempts, then round to the first.
-    partition(network)
-    console.expect(contract.MQTT_DISCONNECTED, timeout=30)  # the loss
-    for _ in range(attempts):
-        last = console.expect(contract.MQTT_DISCONNECTED, timeout=45)
-    since = len(network.timeline)
-    network.heal()  # the second is reachable again: only round robin keeps the device from it
+    # Its broker is stopped, not its path cut: the proxy still takes each attempt (and
+    # resets it), so the attempts at the second are counted on its path, where the first's
+    # dead port never shows (the disconnect lines cannot tell the two URIs apart).
+    stopped = len(network.timeline)
+    broker.stop()
+    try:
+        console.expect(contract.MQTT_DISCONNECTED, timeout=30)  # the loss
+        for _ in range(attempts):
+            last = console.expect(contract.MQTT_DISCONNECTED, timeout=45)
+        at_second = [event for _, event in network.timeline[stopped:] if event.startswith("conn ") and ": accepted" in event]
+    finally:
+        since = len(network.timeline)
+        broker.start()  # the second is up again: only round robin keeps the device from it
+    assert len(at_second) == attempts, (
+        f"after the loss of the second broker {len(at_second)} attempt(s) reached it before the {attempts} "
+        f"failure lines were out, contract {attempts}: {network.timeline[stopped:]}"
+    )
     wait_s = int(last["retry_ms"]) / 1000
     next_line = console.expect(MQTT_EITHER, timeout=wait_s * (1 + contract.RECONNECT_JITTER) + 15)
     text = next_line.string
@@ -367,4 +399,3 @@ def test_the_device_fails_over_round_robin_after_the_contracts_failed_attempts(
         f"after {attempts} failed attempts at the second (last) broker the device did not go round to "
         f"the first ({dead}): next it said {text.strip()!r}, connections on the second's path: {reached}"
     )
-    network.heal()  # before restore_firmware brings back the provisioned (proxied) broker

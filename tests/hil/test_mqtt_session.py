@@ -103,20 +103,45 @@ def test_the_device_subscribes_to_exactly_its_own_topics(dut, broker, network, c
     assert not connect.unsubscribed, f"unsubscribed {connect.unsubscribed}"
 
 
+def telemetry_topics(did: str) -> tuple[str, ...]:
+    """What C3.9's "telemetry" covers here: what the device reports of its own accord on
+    §4's topics (readings, health, metrics, alerts, mirrored logs). Not the answers to a
+    request (command/ack, config/status, ota/status, programs/status), the status (its QoS
+    is the will's, C3.4) or a program's own `programs/<suffix>`: the contract gives them no
+    QoS."""
+    return (contract.sensors_topic(did), contract.health_topic(did), contract.metrics_topic(did),
+            contract.alerts_topic(did), contract.logs_topic(did))  # fmt: skip
+
+
 @pytest.mark.requires("broker_protocol_log")
 @pytest.mark.clause("C3.9")
-@pytest.mark.guards("telemetry_qos0")
+@pytest.mark.guards("telemetry_qos0", "reports_qos0")
 def test_telemetry_is_published_at_qos_1(dut, broker, mqtt, hil_session) -> None:
-    sensors = contract.sensors_topic(dut.device_id)
+    """Three readings, a heartbeat, metrics, and the alert and mirrored warning of a rejected
+    config update: each PUBLISH at QoS 1 in the broker's log; readings not retained, and
+    delivered to the observer at QoS 1."""
+    did = dut.device_id
+    sensors = contract.sensors_topic(did)
+    telemetry = telemetry_topics(did)
     log = broker.protocol_log()
     mark, since = log.mark(), mqtt.mark()
-    wait_s = readings_within(hil_session, 3)
-    seen = log.wait_for(lambda log: len([p for p in log.publishes if p.topic == sensors]) >= 3, since=mark, timeout=wait_s, what="three readings")
-    published = [p for p in seen.publishes if p.topic == sensors]
-    assert {p.qos for p in published} == {1}, f"readings published at QoS {sorted({p.qos for p in published})}: {published}"
-    assert not any(p.retain for p in published), "readings published retained"
+    mqtt.publish(contract.config_update_topic(did), {"measurement_interval_s": 0})  # an alert and a log
+    periods = [3 * setting(hil_session, "measurement_interval_s"), setting(hil_session, "heartbeat_interval_s"),
+               setting(hil_session, "status_report_interval_s")]  # fmt: skip
+    wait_s = max(periods) * 1.5 + 10
+
+    def each_seen(log) -> bool:
+        counts = {topic: len([p for p in log.publishes if p.topic == topic]) for topic in telemetry}
+        return counts[sensors] >= 3 and all(counts.values())
+
+    seen = log.wait_for(each_seen, since=mark, timeout=wait_s, what=f"three readings and a publish on each of {telemetry}")
+    published = [p for p in seen.publishes if p.topic in telemetry]
+    not_qos1 = sorted({(p.topic, p.qos) for p in published if p.qos != 1})
+    assert not_qos1 == [], f"telemetry published below QoS 1 (topic, QoS): {not_qos1}"
+    readings = [p for p in published if p.topic == sensors]
+    assert not any(p.retain for p in readings), "readings published retained"
     # The observer (subscribed at QoS 1) gets them at the QoS they were sent with.
-    received = mqtt.wait_for(sensors, since=since, count=3, timeout=wait_s)
+    received = mqtt.wait_for(sensors, since=since, count=3, timeout=readings_within(hil_session, 3))
     assert {m.qos for m in received} == {1}, f"delivered at QoS {[m.qos for m in received]}"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import re
 import ssl
 import threading
@@ -21,41 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from hil.device import contract
 from hil.secret import Secret
 from hil.services.tls_front import TlsFront
+from tests.hil.leaks import leaked, secret_texts
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_security]
-
-
-def secret_texts(*provisionings: Any, access: Any = None) -> dict[Secret, str]:
-    """Every secret (§1: wifi_pass, mqtt_pass, client_key) of these provisionings and of
-    the broker access, as the texts a leak would show (text -> what it is): a password
-    whole, a private key whole and each line of its PEM body (a log line may carry one).
-    Each text stays a `Secret`, so a failure shown with ``pytest -l`` does not print it."""
-    values: list[tuple[str, Secret | None]] = []
-    for prov in provisionings:
-        values += [("wifi_pass", prov.wifi_pass), ("mqtt_pass", prov.mqtt_pass), ("client_key", prov.client_key)]
-    if access is not None:
-        values += [("mqtt_pass", access.password), ("client_key", access.client_key)]
-    texts: dict[Secret, str] = {}
-    for name, value in values:
-        if not value:
-            continue
-        texts.setdefault(value, name)
-        if "-----BEGIN" in value.reveal():
-            for n, line in enumerate(value.reveal().splitlines()):
-                if line.strip() and not line.startswith("-----"):
-                    texts.setdefault(Secret(line.strip()), f"{name} (PEM line {n})")
-    return texts
-
-
-def leaked(secrets: dict[Secret, str], serial: list[str], payloads: list[Any]) -> list[str]:
-    """Where each secret shows (the secret itself masked): on the serial port, or on
-    which topic."""
-    found = []
-    for held, name in secrets.items():
-        secret = held.reveal()
-        found += [f"{name} on the serial port: {line.replace(secret, '<' + name + '>')[:160]!r}" for line in serial if secret in line][:1]
-        found += [f"{name} in a message on {m.topic}" for m in payloads if secret.encode() in m.payload][:1]
-    return found
 
 
 def ota_offer_under(version: str) -> dict[str, Any]:
@@ -288,13 +257,14 @@ def test_over_tls_with_the_provisioned_ca_the_device_comes_online(tls_provisioni
 
 @pytest.mark.destructive
 @pytest.mark.requires("broker_tls")
-@pytest.mark.guards("tls_no_verify")
-@pytest.mark.clause("C8.1", "C8.3", "C2.8")
+@pytest.mark.guards("tls_no_verify", "tls_fail_logs_creds")
+@pytest.mark.clause("C8.1", "C8.3", "C2.8", "C1.4")
 def test_the_device_refuses_a_broker_whose_certificate_is_from_another_ca(tls_provisioning, hil_session, dut, mqtt, console) -> None:
     stranger_ca = trustme.CA().cert_pem.bytes().decode()
+    prov = tls_provisioning("tls", ca_pem=stranger_ca)
     mark = mqtt.mark()
-    since = hil_session.reprovision(tls_provisioning("tls", ca_pem=stranger_ca))
-    assert_refused_over_tls(console, mqtt, dut.device_id, since, mark)
+    since = hil_session.reprovision(prov)
+    assert_refused_over_tls(console, mqtt, dut.device_id, since, mark, prov)
 
 
 @pytest.fixture
@@ -311,7 +281,7 @@ def other_host_front(broker):
 @pytest.mark.destructive
 @pytest.mark.requires("broker_tls")
 @pytest.mark.guards("tls_no_hostname", "tls_no_verify")
-@pytest.mark.clause("C8.1", "C8.4", "C2.8")
+@pytest.mark.clause("C8.1", "C8.4", "C2.8", "C1.4")
 def test_the_device_refuses_a_broker_whose_certificate_names_another_host(
     tls_provisioning, other_host_front, hil_session, dut, mqtt, console
 ) -> None:
@@ -321,14 +291,54 @@ def test_the_device_refuses_a_broker_whose_certificate_names_another_host(
     prov = dataclasses.replace(tls_provisioning("tls"), mqtt_uri=other_host_front.uri())
     mark = mqtt.mark()
     since = hil_session.reprovision(prov)
-    assert_refused_over_tls(console, mqtt, dut.device_id, since, mark)
+    assert_refused_over_tls(console, mqtt, dut.device_id, since, mark, prov)
     handshakes = other_host_front.handshakes
     assert handshakes and all(h.startswith("failed") for h in handshakes), f"TLS sessions: {handshakes}"
 
 
-def assert_refused_over_tls(console, mqtt, device: str, since, mark: int) -> None:
+@pytest.mark.destructive
+@pytest.mark.guards("auth_refusal_restarts")
+@pytest.mark.clause("C3.6", "C2.8", "C1.4")
+def test_a_broker_refusing_the_credentials_is_retried_with_backoff_without_a_reboot(
+    restore_firmware, hil_session, dut, mqtt, console
+) -> None:
+    """Provisioned with a wrong `mqtt_pass`, the broker refuses every CONNECT (not
+    authorised): each attempt says `disconnected` with its delay, the delays back off from
+    the first (1, 2, 4 s ±20 %, waited on the device clock), no reboot, never online, and
+    neither password (the wrong one tried, the right one) shows anywhere."""
+    device = dut.device_id
+    right = hil_session.device_provisioning()
+    prov = dataclasses.replace(right, mqtt_pass=Secret(f"not-{uuid.uuid4().hex}"))
+    first, _ = contract.RECONNECT_BACKOFF_S
+    jitter = contract.RECONNECT_JITTER
+    nominal = [first * 2**n for n in range(3)]
+    mark = mqtt.mark()
+    since = hil_session.reprovision(prov)
+    lost = [console.expect(contract.MQTT_DISCONNECTED, timeout=60, since=since)]
+    for base in nominal[:-1]:
+        lost.append(console.expect(contract.MQTT_DISCONNECTED, timeout=base * (1 + jitter) + 15))
+    lines = console.lines(since)
+    banners = [line for line in lines if contract.ROM_RESET.search(line)]
+    assert len(banners) == 1, f"a refused login made the device reboot: {len(banners) - 1} more boot(s) after the reflash"
+    delays = [int(m["retry_ms"]) / 1000 for m in lost]
+    for delay, expected in zip(delays, nominal, strict=True):
+        assert expected * (1 - jitter) - 0.001 <= delay <= expected * (1 + jitter), (
+            f"delays {delays} s after refused logins, contract {nominal} s ±{jitter:.0%}"
+        )
+    spacing = [(int(b["ms"]) - int(a["ms"])) / 1000 for a, b in itertools.pairwise(lost)]
+    assert all(gap >= delay - 0.05 for gap, delay in zip(spacing, delays, strict=False)), (
+        f"attempts {spacing} s apart on the device clock, announced {delays}"
+    )
+    assert not any(contract.MQTT_CONNECTED.search(line) for line in lines), "connected with a wrong password"
+    online = [m for m in mqtt.collect(contract.status_topic(device), since=mark) if m.json()["state"] == "online"]
+    assert online == [], "online with a wrong password"
+    assert leaked(secret_texts(prov, right), lines, mqtt.collect("#", since=mark)) == []
+
+
+def assert_refused_over_tls(console, mqtt, device: str, since, mark: int, prov) -> None:
     """Each connection attempt ends refused, saying why on the serial port (two of them:
-    not a one-off); never connected, never online."""
+    not a one-off); never connected, never online; and saying why names no secret of
+    ``prov`` (the failure path is where a debugging print is left in)."""
     for attempt in (1, 2):
         ended = console.expect(ATTEMPT_ENDED, timeout=60, since=since if attempt == 1 else None)
         refused = contract.MQTT_DISCONNECTED.search(ended.string)
@@ -337,3 +347,4 @@ def assert_refused_over_tls(console, mqtt, device: str, since, mark: int) -> Non
     assert not any(contract.MQTT_CONNECTED.search(line) for line in console.lines(since)), "connected anyway"
     online = [m for m in mqtt.collect(contract.status_topic(device), since=mark) if m.json()["state"] == "online"]
     assert online == [], "the device came online through a broker it cannot have verified"
+    assert leaked(secret_texts(prov), console.lines(since), mqtt.collect("#", since=mark)) == []

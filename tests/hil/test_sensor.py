@@ -133,11 +133,15 @@ def test_readings_at_the_extremes_of_the_range_are_published(dut, mqtt, environm
     assert not accuracy_problems(reading, env), f"{env}: {reading}"
 
 
-@pytest.mark.clause("C7.4", "C4.8", "C4.4")
+@pytest.mark.clause("C7.4", "C7.5", "C7.6", "C4.3", "C4.8", "C4.4")
 @pytest.mark.parametrize(
     "env",
     [
-        pytest.param(Environment(T_LO - 5 * ACC_T, 45.0, 1013.25), id="too-cold"),
+        pytest.param(
+            Environment(T_LO - 5 * ACC_T, 45.0, 1013.25),
+            id="too-cold",
+            marks=pytest.mark.guards("out_of_range_not_a_failure", "seq_per_measurement"),
+        ),
         pytest.param(
             Environment(T_HI + 5 * ACC_T, 45.0, 1013.25), id="too-hot", marks=pytest.mark.guards("publishes_out_of_range")
         ),
@@ -148,13 +152,22 @@ def test_readings_at_the_extremes_of_the_range_are_published(dut, mqtt, environm
 @pytest.mark.requires("sensor_emulation")
 def test_out_of_range_values_are_withheld_with_an_alert(dut, mqtt, environment, hil_session, env) -> None:
     did = dut.device_id
-    interval = setting(hil_session, "measurement_interval_s")
+    alerts, readings = contract.alerts_topic(did), contract.sensors_topic(did)
+    interval, timeout_s = setting(hil_session, "measurement_interval_s"), setting(hil_session, "sensor_timeout_s")
+    # A reading before the episode: the seq check at the end spans it.
+    before = mqtt.mark()
+    mqtt.wait_for(readings, since=before, timeout=10 * interval + 10)
     mark = mqtt.mark()
     environment.set(env)
-    first = mqtt.wait_for(contract.alerts_topic(did), alert("sensor_out_of_range"), since=mark, timeout=10 * interval + 10)
+    first = mqtt.wait_for(alerts, alert("sensor_out_of_range"), since=mark, timeout=10 * interval + 10)
     warning = first[0].json()
     assert not contract.validate_payload("alerts", warning, device_id=did)
     assert warning["level"] == contract.ALERT_LEVEL_BY_CODE["sensor_out_of_range"] == "warning", warning
+    # A value withheld is no good reading (C7.5): sensor_timeout_s after the last reading
+    # published, sensor_failure.
+    failure = mqtt.wait_for(alerts, alert("sensor_failure"), since=mark, timeout=timeout_s + 10 * interval + 10)[0].json()
+    assert not contract.validate_payload("alerts", failure, device_id=did)
+    assert failure["level"] == contract.ALERT_LEVEL_BY_CODE["sensor_failure"] == "critical", failure
     # Time passes with no good reading (health says how long), and none is published.
     mqtt.wait_for(
         contract.health_topic(did),
@@ -162,12 +175,28 @@ def test_out_of_range_values_are_withheld_with_an_alert(dut, mqtt, environment, 
         since=mark,
         timeout=setting(hil_session, "heartbeat_interval_s") + 10 * interval + 10,
     )
-    published = [m.json() for m in mqtt.collect(contract.sensors_topic(did), since=mark)]
+    published = [m.json() for m in mqtt.collect(readings, since=before)]
     late = [r for r in published if r["timestamp"] > warning["timestamp"]]
     assert not late, f"published while the environment was {env}: {late}"
-    # Back in range, readings return.
+    assert_failure_timed(failure, max(published, key=lambda r: r["timestamp"]), timeout_s, interval)
+    # Back in range, readings return, and the failure is cleared.
     back = reading_of(mqtt, did, ROOM, environment, interval)
     assert not accuracy_problems(back, ROOM), back
+    recovered = mqtt.wait_for(alerts, alert("sensor_recovered"), since=mark, timeout=10 * interval + 10)[0].json()
+    assert recovered["level"] == contract.ALERT_LEVEL_BY_CODE["sensor_recovered"] == "info", recovered
+    episode = [c for m in mqtt.collect(alerts, since=mark) if (c := m.json()["code"]) in ("sensor_failure", "sensor_recovered")]
+    assert episode == ["sensor_failure", "sensor_recovered"], f"once per episode, then cleared: got {episode}"
+    # C4.3: a value withheld takes no seq; the numbering runs on across the episode.
+    mqtt.assert_gapless(readings, since=before, single_boot=True)
+
+
+def assert_failure_timed(failure: dict, last_good: dict, timeout_s: float, interval: float) -> None:
+    """sensor_failure no sooner than sensor_timeout_s after the last good reading, and at the
+    first measurement past it: within one (long) measurement period more."""
+    held = failure["timestamp"] - last_good["timestamp"]
+    assert held >= timeout_s - 0.5, f"raised {held:.2f} s after the last reading: before sensor_timeout_s ({timeout_s:g} s)"
+    late = timeout_s + DEFAULT_TOLERANCE.max_ratio * interval + DEFAULT_TOLERANCE.latency_s
+    assert held <= late, f"raised {held:.2f} s after the last reading (sensor_timeout_s {timeout_s:g} s)"
 
 
 # Just outside each edge by half the accuracy: the device may read such an environment as
@@ -213,12 +242,49 @@ def test_no_value_outside_the_range_is_published_at_its_edges(dut, mqtt, environ
     assert not outside, f"published while the environment was {env}: {outside}"
 
 
-# -- sensor faults ----------------------------------------------------------------------
-@pytest.mark.clause("C7.5", "C7.6", "C4.8")
+# The range holds for the value published, the calibration offset included (C7.4 with
+# C7.3): with the lowest offset, an environment inside the range reads outside it. A device
+# that checks the range before it adds the offset (validation in the driver, calibration
+# at publish) publishes -45 °C.
+@pytest.mark.clause("C7.4", "C7.3", "C4.8")
 @pytest.mark.requires("sensor_emulation")
-@pytest.mark.guards("ignores_sensor_timeout", "repeats_sensor_failure", "recovered_as_warning")
-def test_a_sensor_that_stops_answering_raises_sensor_failure_once_and_recovers(dut, mqtt, sensor, hil_session) -> None:
+@pytest.mark.guards("range_before_offset")
+def test_the_range_is_checked_on_the_calibrated_value(restore_firmware, mqtt, environment, hil_session) -> None:
+    dut = restore_firmware  # the session's config (no offset) is put back afterwards
     did = dut.device_id
+    interval = setting(hil_session, "measurement_interval_s")
+    offset = contract.CALIBRATION_OFFSET_RANGE[0]
+    env = Environment(T_LO + 5 * ACC_T, 45.0, 1013.25)  # -35 °C; with the offset, -45 °C
+    assert env.temperature_c + offset < T_LO - 4 * ACC_T, "out of range by more than the accuracy"
+    environment.set(env)
+    mark = mqtt.mark()
+    mqtt.publish(contract.config_update_topic(did), {"calibration_offset_temp": offset})
+    status = mqtt.wait_for(contract.config_status_topic(did), since=mark, timeout=10)[0].json()
+    assert status["ok"] is True, status
+    online = online_again(mqtt, did, mark)
+    # Three measurements of this boot: each out of range, so withheld with its alert.
+    alerts, readings = contract.alerts_topic(did), contract.sensors_topic(did)
+    measured = mqtt.wait_for(
+        contract.device_publish_prefix(did) + "#",
+        lambda m: (m.topic == alerts and alert("sensor_out_of_range")(m))
+        or (m.topic == readings and m.json()["boot_count"] == online["boot_count"]),
+        since=mark,
+        count=3,
+        timeout=wait_timeout(interval, 3),
+    )
+    published = [m.json() for m in measured if m.topic == readings]
+    assert not published, f"published with calibration_offset_temp {offset:g} in {env}: {published}"
+    for warning in (m.json() for m in measured):
+        assert not contract.validate_payload("alerts", warning, device_id=did)
+        assert warning["level"] == contract.ALERT_LEVEL_BY_CODE["sensor_out_of_range"] == "warning", warning
+
+
+# -- sensor faults ----------------------------------------------------------------------
+def nack_episode(mqtt, sensor, did: str, hil_session, *, linger: bool) -> None:
+    """The sensor stops answering until `sensor_failure`, then answers again: one
+    `sensor_failure` (critical, timed from the last reading), then `sensor_recovered`
+    (info) and readings. ``linger``: the fault lasts a while past the alert, which must not
+    come again meanwhile."""
     alerts, readings = contract.alerts_topic(did), contract.sensors_topic(did)
     interval, timeout_s = setting(hil_session, "measurement_interval_s"), setting(hil_session, "sensor_timeout_s")
     last_good = mqtt.wait_for(readings, since=mqtt.mark(), timeout=10 * interval + 10)[0].json()
@@ -228,17 +294,14 @@ def test_a_sensor_that_stops_answering_raises_sensor_failure_once_and_recovers(d
     assert not contract.validate_payload("alerts", failure, device_id=did)
     assert failure["level"] == contract.ALERT_LEVEL_BY_CODE["sensor_failure"] == "critical", failure
     last_good = max([last_good, *(m.json() for m in mqtt.collect(readings, since=mark))], key=lambda r: r["timestamp"])
-    assert failure["timestamp"] - last_good["timestamp"] >= timeout_s - 0.5, "raised before sensor_timeout_s"
-    # ... and at the first failed read past it: within one (long) measurement period more.
-    late = timeout_s + DEFAULT_TOLERANCE.max_ratio * interval + DEFAULT_TOLERANCE.latency_s
-    assert failure["timestamp"] - last_good["timestamp"] <= late, f"raised {failure['timestamp'] - last_good['timestamp']:.2f} s after the last reading"
-    # The episode goes on for a while: no second sensor_failure.
-    mqtt.wait_for(
-        contract.health_topic(did),
-        lambda m: (m.json().get("last_sensor_reading_age_s") or 0) >= timeout_s + 4 * interval,
-        since=mark,
-        timeout=setting(hil_session, "heartbeat_interval_s") + timeout_s + 10 * interval + 10,
-    )
+    assert_failure_timed(failure, last_good, timeout_s, interval)
+    if linger:  # the episode goes on for a while: no second sensor_failure
+        mqtt.wait_for(
+            contract.health_topic(did),
+            lambda m: (m.json().get("last_sensor_reading_age_s") or 0) >= timeout_s + 4 * interval,
+            since=mark,
+            timeout=setting(hil_session, "heartbeat_interval_s") + timeout_s + 10 * interval + 10,
+        )
     sensor.clear_faults()
     recovered = mqtt.wait_for(alerts, alert("sensor_recovered"), since=mark, timeout=10 * interval + 10)[0].json()
     assert not contract.validate_payload("alerts", recovered, device_id=did)
@@ -249,25 +312,51 @@ def test_a_sensor_that_stops_answering_raises_sensor_failure_once_and_recovers(d
     assert episode == ["sensor_failure", "sensor_recovered"], f"once per episode, then cleared: got {episode}"
 
 
-def reset_and_wait_online(dut, mqtt, timeout: float = 60) -> tuple[int, dict]:
-    """Restart the device (`reset` command); the mark before it and its new online status."""
-    mark = mqtt.mark()
-    mqtt.publish(contract.command_topic(dut.device_id), {"cmd": "reset"})
-    online = mqtt.wait_for(
-        contract.status_topic(dut.device_id),
+@pytest.mark.clause("C7.5", "C7.6", "C4.8", "C4.3")
+@pytest.mark.requires("sensor_emulation")
+@pytest.mark.guards(
+    "ignores_sensor_timeout", "repeats_sensor_failure", "recovered_as_warning", "sensor_failure_once_per_boot",
+    "seq_per_measurement",
+)  # fmt: skip
+def test_a_sensor_that_stops_answering_raises_sensor_failure_once_and_recovers(dut, mqtt, sensor, hil_session) -> None:
+    did = dut.device_id
+    before = mqtt.mark()
+    nack_episode(mqtt, sensor, did, hil_session, linger=True)
+    # Once per episode, not once per boot: a second episode raises it again.
+    nack_episode(mqtt, sensor, did, hil_session, linger=False)
+    # C4.3: the failed reads took no seq; the numbering runs on across both episodes.
+    mqtt.assert_gapless(contract.sensors_topic(did), since=before, single_boot=True)
+
+
+def online_again(mqtt, device_id: str, mark: int, timeout: float = 60) -> dict:
+    """The online status of the boot a software restart after ``mark`` began."""
+    return mqtt.wait_for(
+        contract.status_topic(device_id),
         lambda m: m.json().get("state") == "online" and m.json().get("reset_reason") == "SW",
         since=mark,
         timeout=timeout,
     )[0].json()
-    return mark, online
 
 
-@pytest.mark.clause("C7.1", "C7.2", "C7.5", "C2.4", "C2.5", "C5.1")
+def reset_and_wait_online(dut, mqtt, timeout: float = 60) -> tuple[int, dict]:
+    """Restart the device (`reset` command); the mark before it and its new online status."""
+    mark = mqtt.mark()
+    mqtt.publish(contract.command_topic(dut.device_id), {"cmd": "reset"})
+    return mark, online_again(mqtt, dut.device_id, mark, timeout)
+
+
+@pytest.mark.clause("C7.1", "C7.2", "C7.5", "C2.4", "C2.5", "C4.9", "C5.1")
 @pytest.mark.requires("sensor_emulation")
 @pytest.mark.parametrize(
     ("fault", "error", "code"),
     [
-        pytest.param(Fault.CORRUPT_CALIBRATION_T, "calibration", "sensor_calibration", id="dig_T1-zero"),
+        pytest.param(
+            Fault.CORRUPT_CALIBRATION_T,
+            "calibration",
+            "sensor_calibration",
+            id="dig_T1-zero",
+            marks=pytest.mark.guards("sensor_init_error_not_mirrored"),
+        ),
         pytest.param(Fault.CORRUPT_CALIBRATION_H, "calibration", "sensor_calibration", id="dig_H1-zero"),
         pytest.param(Fault.WRONG_CHIP_ID, "chip id", None, id="wrong-chip-id"),
     ],
@@ -282,6 +371,13 @@ def test_a_sensor_failing_its_checks_at_boot_is_reported_and_nothing_is_publishe
     mark, online = reset_and_wait_online(dut, mqtt)
     line = console.expect(contract.SENSOR_ERROR, since=serial, timeout=30)
     assert error in line.group("message"), line.group(0)
+    # ... mirrored to `logs` (C4.9): level error, its tag and message.
+    mqtt.wait_for(
+        contract.logs_topic(did),
+        lambda m: (m.json()["level"], m.json()["tag"], m.json()["message"]) == ("error", "sensor", line.group("message")),
+        since=mark,
+        timeout=30,
+    )
     if code is not None:
         warning = mqtt.wait_for(contract.alerts_topic(did), alert(code), since=mark, timeout=30)[0].json()
         assert not contract.validate_payload("alerts", warning, device_id=did)

@@ -102,16 +102,17 @@ def test_sensors_health_and_metrics_come_at_their_intervals_with_consistent_valu
 
 
 @pytest.mark.requires("sensor_emulation")
-@pytest.mark.clause("C4.9", "C2.5", "C5.6")
-@pytest.mark.guards("warnings_not_mirrored")
+@pytest.mark.clause("C4.9", "C2.5", "C5.6", "C4.3")
+@pytest.mark.guards("warnings_not_mirrored", "seq_per_measurement")
 def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, mqtt, console, sensor, hil_session) -> None:
     did = dut.device_id
-    logs = contract.logs_topic(did)
+    logs, readings = contract.logs_topic(did), contract.sensors_topic(did)
     interval = setting(hil_session, "measurement_interval_s")
     serial, mark = console.mark(), mqtt.mark()
     # A warning: a rejected config update (§5), which the device logs as one.
     mqtt.publish(contract.config_update_topic(did), {"colour": "red"})
     mqtt.wait_for(contract.config_status_topic(did), since=mark, timeout=10)
+    mqtt.wait_for(readings, since=mark, timeout=10 * interval + 10)  # one before the failed reads
     # Errors: a sensor that stops answering, for two reads (well inside sensor_timeout_s).
     sensor.fault(Fault.NACK.value)
     try:
@@ -119,7 +120,9 @@ def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, 
         mqtt.wait_for(logs, lambda m: m.json()["level"] == "error", since=mark, count=2, timeout=10 * interval + 10)
     finally:
         sensor.clear_faults()
-    mqtt.wait_for(contract.sensors_topic(did), since=mqtt.mark(), timeout=10 * interval + 10)
+    mqtt.wait_for(readings, since=mqtt.mark(), timeout=10 * interval + 10)
+    # C4.3: the failed reads took no seq; the numbering runs on across them.
+    mqtt.assert_gapless(readings, since=mark, single_boot=True)
 
     lines = [m for line in console.lines(serial) if (m := contract.LOG_LINE.search(line))]
     on_serial = [(MIRRORED[m["level"]], m["tag"], m["message"]) for m in lines if m["level"] in MIRRORED]
@@ -142,3 +145,32 @@ def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, 
     assert not strays, f"mirrored but never logged as a warning or an error: {strays}"
     stamps = [e["timestamp"] for e in mirrored]
     assert stamps == sorted(stamps), f"mirrored out of order: {stamps}"
+
+
+@pytest.mark.requires("wifi_control")
+@pytest.mark.clause("C4.4", "C4.7")
+@pytest.mark.guards("rssi_from_join")
+def test_health_and_metrics_carry_the_stations_rssi(dut, mqtt, wifi, hil_session) -> None:
+    did = dut.device_id
+    heartbeat = setting(hil_session, "heartbeat_interval_s")
+    report = setting(hil_session, "status_report_interval_s")
+    # The signal changes after the join (a value the device does not report now).
+    mark = mqtt.mark()
+    mqtt.publish(contract.command_topic(did), {"cmd": "report"})
+    now = mqtt.wait_for(contract.health_topic(did), since=mark, timeout=heartbeat + 10)[0].json()
+    rssi = -71 if now["wifi_rssi"] != -71 else -64
+    wifi.ap(rssi=rssi)
+    # Health on `report` and the next metrics say so (one already on its way may not; a
+    # timeout shows what they said instead).
+    mark = mqtt.mark()
+    mqtt.publish(contract.command_topic(did), {"cmd": "report"})
+    health = mqtt.wait_for(
+        contract.health_topic(did), lambda m: m.json()["wifi_rssi"] == rssi, since=mark, timeout=heartbeat + 10
+    )[0].json()
+    assert not contract.validate_payload("health", health, device_id=did), health
+    mqtt.wait_for(
+        contract.metrics_topic(did),
+        lambda m: m.json()["metrics"]["wifi_signal_strength_dbm"] == rssi,
+        since=mark,
+        timeout=wait_timeout(report, 2),
+    )

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from hil.bme280.compensation import Environment
 from hil.device import contract
-from hil.device.periodic import spacing_problems, wait_timeout
+from hil.device.periodic import DEFAULT_TOLERANCE, spacing_problems, wait_timeout
 from hil.services.mqtt import ObserverTimeout
 from tests.hil.provisioned import setting
 
@@ -81,39 +81,63 @@ WATCHDOG_LATE = 0.2  # of the timeout
 CHECKIN_BEFORE_READING_S = 0.25
 
 
+# What each watched task's hang must fail on: the sensor task's, the watchdog's timing both
+# ways (only that task's last check-in is known, from its last reading); the mqtt and health
+# tasks', that the watchdog watches them at all.
+HANG_GUARDS = {
+    "sensor": ("no_watchdog", "watchdog_late", "watchdog_early", "restart_count_stuck"),
+    "mqtt": ("mqtt_unwatched",),
+    "health": ("health_unwatched",),
+}
+
+
 @pytest.mark.requires("test_hooks")
-@pytest.mark.clause("C5.3", "C7.8", "C7.9", "C2.10", "C4.8", "C4.9", "C4.14")
-@pytest.mark.guards("no_watchdog", "watchdog_late", "watchdog_early", "restart_count_stuck")
-def test_a_hung_task_trips_the_task_watchdog_at_its_timeout(dut, mqtt, console, hil_session, forget_crashes) -> None:
+@pytest.mark.clause("C5.3", "C7.8", "C7.9", "C2.10", "C4.8", "C4.14")
+@pytest.mark.parametrize(
+    "task",
+    [
+        pytest.param(
+            task,
+            id=task,
+            marks=[pytest.mark.guards(*HANG_GUARDS[task]), *([pytest.mark.clause("C4.9")] if task == "sensor" else [])],
+        )
+        for task in contract.WATCHED_TASKS
+    ],
+)
+def test_a_hung_task_trips_the_task_watchdog_at_its_timeout(dut, mqtt, console, hil_session, forget_crashes, task) -> None:
     did = dut.device_id
     timeout_s = setting(hil_session, "watchdog_timeout_s")
     interval = setting(hil_session, "measurement_interval_s")
     start = mqtt.mark()
     before = health_now(mqtt, did)
-    mqtt.wait_for(contract.sensors_topic(did), since=start, timeout=10 * interval + 10)  # the task runs
+    mqtt.wait_for(contract.sensors_topic(did), since=start, timeout=10 * interval + 10)  # the tasks run
     serial, mark = console.mark(), mqtt.mark()
-    mqtt.publish(contract.command_topic(did), {"cmd": "hang", "task": "sensor"})
+    mqtt.publish(contract.command_topic(did), {"cmd": "hang", "task": task})
     hang = console.expect(contract.TEST_HOOK_HANG, since=serial, timeout=15)
-    assert hang["task"] == "sensor", hang[0]
-    # Waited for generously; judged on the device's clock below.
+    assert hang["task"] == task, hang[0]
+    # Waited for generously; judged on the device's clock below. Soon after the timeout
+    # whichever task hangs: its last check-in was at the hang at the latest.
     fired = console.expect(contract.TASK_WDT, since=serial, timeout=3 * timeout_s + 10)
     latency = (int(fired["ms"]) - int(hang["ms"])) / 1000
     assert latency <= timeout_s * (1 + WATCHDOG_LATE), (
-        f"task_wdt {latency:.3f} s after the hang (device clock), timeout {timeout_s:g} s"
+        f"task_wdt {latency:.3f} s after the hang of {task} (device clock), timeout {timeout_s:g} s"
     )
-    # Not before the timeout: the task's last check-in was at its last reading at the
-    # earliest. The hang's mirrored warning ties the serial clock to the payloads' clock.
-    hung = mqtt.wait_for(
-        contract.logs_topic(did), lambda m: "hang task=sensor" in m.json()["message"], since=mark, timeout=10
-    )[0].json()
-    last = max(
-        (r for m in mqtt.collect(contract.sensors_topic(did), since=start) if (r := m.json())["timestamp"] <= hung["timestamp"]),
-        key=lambda r: r["timestamp"],
-    )
-    silent = latency + (hung["timestamp"] - last["timestamp"])
-    assert silent >= timeout_s - CHECKIN_BEFORE_READING_S, (
-        f"task_wdt {silent:.3f} s after the task's last reading, timeout {timeout_s:g} s"
-    )
+    if task == "sensor":
+        # Not before the timeout: the sensor task's last check-in was at its last reading
+        # at the earliest. (When the mqtt or health task last checked in before its hang,
+        # nothing the device publishes says, so theirs has no lower bound.) The hang's
+        # mirrored warning ties the serial clock to the payloads' clock.
+        hung = mqtt.wait_for(
+            contract.logs_topic(did), lambda m: "hang task=sensor" in m.json()["message"], since=mark, timeout=10
+        )[0].json()
+        last = max(
+            (r for m in mqtt.collect(contract.sensors_topic(did), since=start) if (r := m.json())["timestamp"] <= hung["timestamp"]),
+            key=lambda r: r["timestamp"],
+        )
+        silent = latency + (hung["timestamp"] - last["timestamp"])
+        assert silent >= timeout_s - CHECKIN_BEFORE_READING_S, (
+            f"task_wdt {silent:.3f} s after the task's last reading, timeout {timeout_s:g} s"
+        )
     serial_text = "\n".join(console.lines(serial))
     assert not contract.PANIC.search(serial_text), "a panic, not the task watchdog"
     # C7.9: the next boot says why, counts it, and raises watchdog_reset at its level.
@@ -126,21 +150,48 @@ def test_a_hung_task_trips_the_task_watchdog_at_its_timeout(dut, mqtt, console, 
     assert alert["level"] == contract.ALERT_LEVEL_BY_CODE["watchdog_reset"], alert
 
 
-@pytest.mark.clause("C7.8", "C7.9", "C2.10")
+@pytest.mark.clause("C7.8", "C7.9", "C2.10", "C4.8")
 @pytest.mark.requires("sensor_emulation")
-@pytest.mark.guards("no_watchdog", "restart_count_stuck")
-def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, sensor, forget_crashes) -> None:
-    before = health_now(mqtt, dut.device_id)
-    mark = mqtt.mark()
+@pytest.mark.guards("no_watchdog", "watchdog_late", "watchdog_early", "restart_count_stuck")
+def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, sensor, hil_session, forget_crashes) -> None:
+    did = dut.device_id
+    timeout_s = setting(hil_session, "watchdog_timeout_s")
+    interval = setting(hil_session, "measurement_interval_s")
+    tol = DEFAULT_TOLERANCE
+    before = health_now(mqtt, did)
+    mqtt.wait_for(contract.sensors_topic(did), since=mqtt.mark(), timeout=wait_timeout(interval, 1))  # the task runs
+    serial, mark = console.mark(), mqtt.mark()
     sensor.fault("bus_held_low")  # the sensor task blocks in its next I2C transfer
-    console.expect(contract.TASK_WDT, timeout=30)
+    # That transfer is at most one (long) measurement period after the last reading, and
+    # the watchdog fires soon after the timeout from the task's last check-in before it.
+    late = tol.max_ratio * interval + timeout_s * (1 + WATCHDOG_LATE)
+    console.expect(contract.TASK_WDT, since=serial, timeout=2 * late + 10)
     sensor.fault("bus_held_low", active=False)  # else the next boot hangs on the bus again
-    assert online_after(mqtt, dut.device_id, mark)["reset_reason"] == "TASK_WDT"
-    after = health_after(mqtt, dut.device_id, mark, lambda h: h["reset_reason"] == "TASK_WDT")
-    assert after["restart_count"] == before["restart_count"] + 1
+    # Judged on the host's clock (nothing ties the serial port's to the readings' here):
+    # the watchdog line's arrival against the last reading's, each late by a delivery.
+    fired_at = next(r.monotonic for r in console.records(serial) if not r.marker and contract.TASK_WDT.search(r.text))
+    last = max(
+        (m for m in mqtt.collect(contract.sensors_topic(did)) if m.json()["boot_count"] == before["boot_count"]),
+        key=lambda m: m.json()["seq"],
+    )
+    silent = fired_at - last.at
+    assert timeout_s - CHECKIN_BEFORE_READING_S - tol.latency_s <= silent <= late + tol.latency_s, (
+        f"task_wdt {silent:.3f} s after the last reading (host clock), timeout {timeout_s:g} s, "
+        f"measurement interval {interval:g} s"
+    )
+    status = online_after(mqtt, did, mark)
+    assert status["reset_reason"] == "TASK_WDT", status
+    after = health_after(mqtt, did, mark, lambda h: h["boot_count"] == status["boot_count"])
+    assert after["reset_reason"] == "TASK_WDT" and after["restart_count"] == before["restart_count"] + 1, (before, after)
     assert after["safe_mode"] is False
-    alert_after(mqtt, dut.device_id, "watchdog_reset", mark)
-    mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mark, timeout=20)  # the sensor is back
+    alert = alert_after(mqtt, did, "watchdog_reset", mark)
+    assert alert["level"] == contract.ALERT_LEVEL_BY_CODE["watchdog_reset"], alert
+    mqtt.wait_for(  # the sensor is back: a reading of the new boot
+        contract.sensors_topic(did),
+        lambda m: m.json()["boot_count"] == status["boot_count"],
+        since=mark,
+        timeout=wait_timeout(interval, 1),
+    )
 
 
 @pytest.mark.clause("C4.14", "C2.1", "C5.1", "C5.3", "C7.9")
@@ -151,7 +202,9 @@ def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, s
         pytest.param("power cycle", "POWERON", id="poweron"),
         pytest.param("reset command", "SW", id="sw"),
         pytest.param("hung task", "TASK_WDT", id="task_wdt"),
-        pytest.param("crash command", "PANIC", id="panic", marks=pytest.mark.guards("restart_count_stuck")),
+        pytest.param(
+            "crash command", "PANIC", id="panic", marks=pytest.mark.guards("restart_count_stuck", "watchdog_alert_on_panic")
+        ),
     ],
 )
 def test_the_reset_reason_on_the_serial_port_matches_health(dut, mqtt, console, power, request, trigger, reason) -> None:
@@ -180,25 +233,43 @@ def test_the_reset_reason_on_the_serial_port_matches_health(dut, mqtt, console, 
         assert health["restart_count"] == before["restart_count"] + 1
     if reason == "POWERON":
         assert health["restart_count"] == before["restart_count"]
+    # watchdog_reset on the boot after a watchdog reset, and after no other (C7.9); judged
+    # once the new boot's health is in (a stray one raised later would pass unseen).
+    if reason == "TASK_WDT":
+        alert_after(mqtt, device, "watchdog_reset", mark)
+    raised = [a for m in mqtt.collect(contract.alerts_topic(device), since=mark) if (a := m.json())["code"] == "watchdog_reset"]
+    assert bool(raised) == (reason == "TASK_WDT"), f"after a {reason} reset: {raised}"
+
+
+# The crash of the boot-loop run that is a watchdog reset (C7.10 counts both kinds).
+HUNG_CRASH = 3
 
 
 @pytest.mark.clause("C7.10", "C5.3")
 @pytest.mark.requires("test_hooks", "power_control")
-@pytest.mark.guards("no_safe_mode")
+@pytest.mark.guards("no_safe_mode", "wdt_not_counted", "ota_off_in_safe_mode")
 def test_quick_repeated_crashes_enter_safe_mode_and_a_power_cycle_leaves_it(dut, mqtt, power, forget_crashes) -> None:
     device = dut.device_id
     mark = mqtt.mark()
     power.cycle()  # the guard counts crashes since power-on: start from none
     online_after(mqtt, device, mark)
     for crash in range(1, contract.BOOT_LOOP_RESETS + 1):
+        hung = crash == HUNG_CRASH
         mark = mqtt.mark()
-        command(mqtt, device, {"cmd": "crash"})
+        command(mqtt, device, {"cmd": "hang", "task": "sensor"} if hung else {"cmd": "crash"})
         status = online_after(mqtt, device, mark)
         health = health_after(mqtt, device, mark, lambda h, boot=status["boot_count"]: h["boot_count"] == boot)
-        assert health["reset_reason"] == "PANIC"
+        assert health["reset_reason"] == ("TASK_WDT" if hung else "PANIC"), health
         assert health["safe_mode"] is (crash == contract.BOOT_LOOP_RESETS), f"after {crash} crash(es): {health}"
     assert alert_after(mqtt, device, "safe_mode", mark)["level"] == "critical"
     quiet = mqtt.mark()  # safe mode: broker and OTA only, no sensor task
+    # OTA is alive: a stale offer (the running version) is judged and refused at once,
+    # which needs no download and no OTA server.
+    stale = {"version": dut.version, "url": "http://127.0.0.1:9/never.bin", "size": 1024, "sha256": "0" * 64, "signature": "AA=="}
+    mqtt.publish(contract.ota_update_topic(device), stale)
+    verdict = mqtt.wait_for(contract.ota_status_topic(device), since=quiet, timeout=15)[0].json()
+    assert not contract.validate_payload("ota_status", verdict), verdict
+    assert verdict["state"] == "rejected" and verdict["version"] == dut.version, f"in safe mode: {verdict}"
     with pytest.raises(ObserverTimeout):
         mqtt.wait_for(contract.sensors_topic(device), since=quiet, timeout=5)
     mark = mqtt.mark()
@@ -313,8 +384,8 @@ def edges(uri: str, end: str) -> dict:
 
 
 @pytest.mark.requires("sensor_emulation")
-@pytest.mark.clause("C5.5", "C5.8", "C5.1", "C4.2", "C4.5", "C4.7", "C4.9", "C4.11", "C7.3")
-@pytest.mark.guards("config_max_exclusive")
+@pytest.mark.clause("C5.5", "C5.8", "C5.1", "C4.2", "C4.5", "C4.7", "C4.9", "C4.11", "C7.3", "C7.8")
+@pytest.mark.guards("config_max_exclusive", "watchdog_fed_once")
 def test_both_edges_of_every_range_are_accepted_and_applied(restore_firmware, mqtt, console, sensor, hil_session) -> None:
     dut = restore_firmware
     did = dut.device_id
@@ -370,7 +441,30 @@ def test_both_edges_of_every_range_are_accepted_and_applied(restore_firmware, mq
     mark, online = apply_config(mqtt, console, did, {"log_level": contract.LOG_LEVELS[1], "calibration_offset_temp": 0})
     reading = readings_after(mqtt, did, mark, count=2, boot=online["boot_count"])[-1]
     assert abs(reading["temperature_c"] - env.temperature_c) <= contract.TEMPERATURE_ACCURACY_C, reading
-    apply_config(mqtt, console, did, {"log_level": contract.LOG_LEVELS[2]})
+
+    # Every setting is independent (C7.8): tasks whose periods are twice the watchdog's
+    # timeout still check in within it, so the watchdog leaves a healthy device alone. Three
+    # readings of one boot, spaced by that period (so it is in force): four timeouts.
+    watchdog_s = contract.CONFIG_INT_SETTINGS["watchdog_timeout_s"].minimum
+    slow = 2 * watchdog_s
+    update = {"log_level": contract.LOG_LEVELS[2], "watchdog_timeout_s": watchdog_s, "measurement_interval_s": slow, "heartbeat_interval_s": slow}
+    serial = console.mark()
+    mark, online = apply_config(mqtt, console, did, update)
+    count = 3
+    got = mqtt.wait_for(
+        contract.sensors_topic(did),
+        lambda m: m.json()["boot_count"] >= online["boot_count"],
+        since=mark,
+        count=count,
+        timeout=wait_timeout(slow, count),
+    )
+    fired = [line for line in console.lines(serial) if contract.TASK_WDT.search(line)]
+    assert fired == [], f"the watchdog fired on healthy tasks with {update}: {fired}"
+    assert {m.json()["boot_count"] for m in got} == {online["boot_count"]}, f"the device restarted: {[m.json() for m in got]}"
+    problems = spacing_problems(
+        slow, device_times=[m.json()["timestamp"] for m in got], received_times=[m.at for m in got], what="sensors"
+    )
+    assert not problems, "\n".join(problems)
 
 
 def just_outside(uri: str) -> list[tuple[str, dict | bytes]]:

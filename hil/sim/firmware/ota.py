@@ -17,7 +17,8 @@ does it on flash. The pieces, in the order the firmware's OTA task uses them:
 
 The injected defects of the contract's negative tests are parameters
 (``allow_downgrade``, ``check_signature=False``, ``signature_optional``, ``check_sha256=False``,
-``resume=False``, ``fixed_slot``), not forks of this code.
+``resume=False``, ``fixed_slot``, ``check_size_type=False``, ``size_limit_exclusive``), not
+forks of this code.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ class OtaRejected:
     version: str | None = None
 
 
-def parse_ota_request(payload: bytes, *, require_signature: bool = True) -> OtaRequest | OtaRejected:
+def parse_ota_request(
+    payload: bytes, *, require_signature: bool = True, check_size_type: bool = True
+) -> OtaRequest | OtaRejected:
     """Decode and type-check an ``ota/update`` payload.
 
     Checks JSON, that all five fields are there with the right types, a non-empty version
@@ -121,7 +124,9 @@ def parse_ota_request(payload: bytes, *, require_signature: bool = True) -> OtaR
     size, digest format, signature) are ``precheck``'s job. Unknown extra keys are
     ignored, so a server may add fields without bricking the fleet's OTA.
     ``require_signature=False`` is the "signature optional" defect: a request without
-    one parses, with an empty ``signature``.
+    one parses, with an empty ``signature``. ``check_size_type=False`` is the "size taken
+    as it comes" defect: a ``size`` that is not an integer gets through, and ``precheck``
+    then dies on it (the handler ends with no ``ota/status`` at all).
     """
     try:
         doc = json.loads(payload)
@@ -140,7 +145,7 @@ def parse_ota_request(payload: bytes, *, require_signature: bool = True) -> OtaR
         if not isinstance(doc[name], str):
             return OtaRejected(f"field '{name}' must be a string", version)
     size = doc["size"]
-    if not isinstance(size, int) or isinstance(size, bool):
+    if check_size_type and (not isinstance(size, int) or isinstance(size, bool)):
         return OtaRejected("field 'size' must be an integer", version)
     if version is None:
         return OtaRejected("field 'version' is empty")
@@ -200,6 +205,7 @@ def precheck(
     signature_optional: bool = False,
     compare_as_strings: bool = False,
     check_size: bool = True,
+    size_limit_exclusive: bool = False,
 ) -> str | None:
     """Why the request must be rejected before any download, or None if it may proceed.
 
@@ -212,13 +218,15 @@ def precheck(
     a development build, install it" one (a signature, when there is one, is checked).
     """
     # ``compare_as_strings`` is the strcmp defect; ``check_size=False`` leaves the size to
-    # esp_ota_begin, after the download has started.
+    # esp_ota_begin, after the download has started; ``size_limit_exclusive`` is the ``>=``
+    # for ``>`` defect (an image of exactly the partition's size refused).
     newer = req.version > running_version if compare_as_strings else compare_versions(req.version, running_version) > 0
     if not allow_downgrade and not newer:
         return f"version {req.version} is not newer than running {running_version}"
     if req.size <= 0:
         return f"size {req.size} is not positive"
-    if check_size and req.size > partition_size:
+    too_big = req.size >= partition_size if size_limit_exclusive else req.size > partition_size
+    if check_size and too_big:
         return f"size {req.size} exceeds the OTA partition ({partition_size} bytes)"
     try:
         digest = req.digest

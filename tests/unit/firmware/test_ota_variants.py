@@ -87,6 +87,7 @@ def test_a_bad_image_passes_the_request_checks_and_fails_after_the_download(
         "one byte": "invalid image",
         "truncated": "invalid image",
         "size mismatch": "size mismatch",
+        "partition size": "size mismatch",
     }[variant]
     assert reason is not None and reason.startswith(expected), reason
 

@@ -112,6 +112,25 @@ def test_virtual_wifi_changes_the_passphrase_and_restores_the_rigs_own() -> None
     ]
 
 
+def test_virtual_wifi_puts_the_aps_own_rssi_back() -> None:
+    class ApControl(FakeControl):
+        def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
+            self.sent.append((cmd, fields))
+            return {"ok": True, "ap": {"ssid": "lab", "up": True, "rssi": -55}}
+
+    control = ApControl()
+    wifi = VirtualWifi(control, password="rig-pass")
+    wifi.ap(rssi=-71)
+    wifi.ap(rssi=-80)
+    wifi.restore()
+    assert control.sent == [
+        ("ap.get", {}),
+        ("ap.set", {"rssi": -71}),
+        ("ap.set", {"rssi": -80}),
+        ("ap.set", {"up": True, "password": "rig-pass", "rssi": -55}),
+    ]
+
+
 def test_reference_sensor_through_smbus() -> None:
     bus = SimulatedSMBus(devices=[BME280(environment=Environment(19.5, 55.0, 990.0))])
     driver = BME280Driver(bus, 0x76)

@@ -33,9 +33,15 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Rejection:
-    """Why a deploy request was refused, worded for `programs/status` (state "rejected")."""
+    """Why a deploy request was refused, worded for `programs/status` (state "rejected").
+
+    `name` is the request's own name when it had a usable one (a string that passes the
+    name rule), so a backend can tell which deployment was refused; None otherwise
+    (malformed JSON, not an object, no name, a name that is not one).
+    """
 
     reason: str
+    name: str | None = None
 
 
 def parse_deployment(
@@ -63,38 +69,41 @@ def parse_deployment(
         return Rejection("malformed JSON: nested too deeply")
     if not isinstance(document, dict):
         return Rejection('payload must be a JSON object {"name", "source", "sha256"}')
+    given = document.get("name")
+    # From here on a refusal names the deployment, when it has a usable name.
+    usable = given if isinstance(given, str) and _NAME_RE.fullmatch(given) else None
     missing = [field for field in _DEPLOY_FIELDS if field not in document]
     if missing:
-        return Rejection(f"missing field(s): {', '.join(missing)}")
+        return Rejection(f"missing field(s): {', '.join(missing)}", usable)
     unknown = sorted(field for field in document if field not in _DEPLOY_FIELDS)
     if unknown:
-        return Rejection(f"unknown field(s): {', '.join(_clip(field) for field in unknown)}")
+        return Rejection(f"unknown field(s): {', '.join(_clip(field) for field in unknown)}", usable)
     for field in _DEPLOY_FIELDS:
         if not isinstance(document[field], str):
             kind = type(document[field]).__name__
-            return Rejection(f"field '{field}' must be a string, not {_JSON_TYPES.get(kind, kind)}")
+            return Rejection(f"field '{field}' must be a string, not {_JSON_TYPES.get(kind, kind)}", usable)
     name: str = document["name"]
     source: str = document["source"]
     sha256: str = document["sha256"]
-    if not _NAME_RE.fullmatch(name):
+    if usable is None:
         return Rejection(f"name {_clip(name, 40)!r} must be 1 to 32 letters, digits, '_' or '-'")
     try:
         encoded = source.encode("utf-8")
     except UnicodeEncodeError:
-        return Rejection("source is not valid Unicode text (lone surrogate)")
+        return Rejection("source is not valid Unicode text (lone surrogate)", name)
     if len(encoded) > max_bytes:
         return Rejection(
-            f"source too large: {len(encoded)} bytes, over the {max_bytes}-byte limit"
+            f"source too large: {len(encoded)} bytes, over the {max_bytes}-byte limit", name
         )
     if not _SHA256_RE.fullmatch(sha256):
-        return Rejection("sha256 must be 64 hexadecimal digits (the SHA-256 of the source)")
+        return Rejection("sha256 must be 64 hexadecimal digits (the SHA-256 of the source)", name)
     digest = hashlib.sha256(encoded).hexdigest()
     if check_hash and digest != sha256.lower():
-        return Rejection(f"hash mismatch: the source hashes to {digest}, not {sha256.lower()}")
+        return Rejection(f"hash mismatch: the source hashes to {digest}, not {sha256.lower()}", name)
     try:
         parse(source)
     except ProgramError as error:
-        return Rejection(f"parse error: {error}")
+        return Rejection(f"parse error: {error}", name)
     return Deployment(name=name, source=source, sha256=digest)
 
 

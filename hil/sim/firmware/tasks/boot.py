@@ -130,7 +130,8 @@ def _boot_loop_guard(fw: Firmware) -> bool:
         return False  # the defect: the crash count is kept in RAM, lost at every reset
     crashes: list[float] = fw.ctx.rtc_memory.setdefault("crash_times", [])
     now = time.monotonic()
-    if fw.reset_reason in ("PANIC", "TASK_WDT", "INT_WDT", "WDT"):
+    counted = ("PANIC",) if D.BOOT_LOOP_GUARD_PANICS_ONLY in fw.defects else ("PANIC", "TASK_WDT", "INT_WDT", "WDT")
+    if fw.reset_reason in counted:
         crashes.append(now)
     crashes[:] = [t for t in crashes if now - t < CRASH_WINDOW_S]
     return len(crashes) >= CRASHES_FOR_SAFE_MODE

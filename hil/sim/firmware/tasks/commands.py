@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from hil.device import contract
-from hil.device.settings import factory_reset
+from hil.device import defects as D
+from hil.device.settings import DeviceConfig, factory_reset
 from hil.sim.firmware.tasks.health import HealthTask
 from hil.sim.firmware.tasks.shared import Firmware
 
@@ -42,7 +43,10 @@ class CommandHandler:
             fw.publish(ack, {"cmd": cmd, "ok": True})
             self.health.publish_health()
         elif cmd == "factory_reset":
-            fw.write_nvs(factory_reset(fw.nvs_image()))
+            if D.FACTORY_RESET_WRITES_DEFAULTS in fw.defects:
+                fw.store(contract.CONFIG_NAMESPACE, DeviceConfig().nvs_values())  # "defaults", not erased
+            else:
+                fw.write_nvs(factory_reset(fw.nvs_image()))
             await self._ack_then(ack, cmd, lambda: fw.restart("SW"))
         elif cmd == "hang" and fw.test_hooks:
             task = request.get("task", "sensor")

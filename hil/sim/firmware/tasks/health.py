@@ -15,6 +15,15 @@ from hil.sim.firmware.tasks.shared import Firmware
 FREE_HEAP = 182_344
 
 
+def station_rssi(fw: Firmware) -> int | None:
+    """The station's RSSI now (``esp_wifi_sta_get_ap_info``), for health and metrics."""
+    if fw.rig is None:
+        return None
+    if D.WIFI_RSSI_FROM_JOIN in fw.defects:
+        return fw.joined_rssi  # the defect: the connect event's, however the signal changed since
+    return fw.rig.ap.rssi
+
+
 class HealthTask:
     """Heartbeats on ``health``; the task watchdog watches this task."""
 
@@ -30,7 +39,7 @@ class HealthTask:
             "uptime_s": round(time.monotonic() - fw.boot_time, 1),
             "free_heap": FREE_HEAP,
             "min_free_heap": FREE_HEAP - 4096,
-            "wifi_rssi": fw.rig.ap.rssi if fw.rig is not None and fw.wifi_up.is_set() else None,
+            "wifi_rssi": station_rssi(fw) if fw.wifi_up.is_set() else None,
             "cpu_temp_c": 41.5,
             "last_sensor_reading_age_s": age,
             "version": fw.version,
@@ -46,13 +55,14 @@ class HealthTask:
 
     async def run(self) -> None:
         fw = self.fw
-        fw.watchdog.subscribe("health")
+        if D.HEALTH_NOT_WATCHED not in fw.defects:  # the defect: never subscribed
+            fw.watchdog.subscribe("health")
         while not fw.connected.is_set():  # waiting for the broker is not hanging
             if "health" not in fw.hang:
                 fw.watchdog.feed("health")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fw.connected.wait(), fw.watchdog.timeout_s / 2)
-        if fw.reset_reason == "TASK_WDT":
+        if fw.reset_reason == "TASK_WDT" or (fw.reset_reason == "PANIC" and D.WATCHDOG_RESET_ALERT_ON_PANIC in fw.defects):
             fw.alert("warning", "watchdog_reset", "the previous boot ended in a task watchdog reset")
         if fw.safe_mode:
             fw.alert("critical", "safe_mode", "boot loop detected: safe mode (broker and OTA only)")
@@ -87,7 +97,7 @@ class MetricsTask:
                         "network_latency_ms": 2.0,
                         "sensor_read_time_ms": round(getattr(fw, "read_time_ms", 0.0), 2),
                         "mqtt_publish_time_ms": 1.0,
-                        "wifi_signal_strength_dbm": fw.rig.ap.rssi if fw.rig is not None else None,
+                        "wifi_signal_strength_dbm": station_rssi(fw),
                         "uptime_seconds": round(time.monotonic() - fw.boot_time, 1),
                         "restart_count": fw.restart_count,
                         "error_count": fw.error_count,

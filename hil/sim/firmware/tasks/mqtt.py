@@ -61,7 +61,8 @@ class MqttTask:
 
     async def run(self) -> None:
         fw = self.fw
-        fw.watchdog.subscribe("mqtt")
+        if D.MQTT_NOT_WATCHED not in fw.defects:  # the defect: never subscribed
+            fw.watchdog.subscribe("mqtt")
         brokers = self._brokers()
         index = 0
         failures = 0
@@ -92,6 +93,8 @@ class MqttTask:
             if self._ever_connected_now:
                 backoff.reset()  # the backoff restarts after every successful connect
                 failures = 0
+                if D.FAILOVER_COUNTS_THE_LOSS in fw.defects:
+                    failures = 1  # the lost session counted as a failed attempt
             else:
                 failures += 1
             if len(brokers) > 1 and failures >= FAILOVER_AFTER:
@@ -102,6 +105,11 @@ class MqttTask:
                 failures = 0
             delay = backoff.next_delay()
             fw.log_mirrored("W", "mqtt", f"disconnected reason={reason} retry_ms={int(delay * 1000)}")
+            if reason == "not_authorized" and D.RESTARTS_ON_AUTH_REFUSAL in fw.defects:
+                fw.restart("SW")  # "a refused login is fatal: start over"
+                return
+            if D.BACKOFF_WAITS_EXTRA_SECOND in fw.defects:
+                await fw.wait("mqtt", 1.0)  # a settle delay left over from debugging, not announced
             await fw.wait("mqtt", delay)
 
     async def _session(self, uri: BrokerUri) -> str | None:
@@ -173,7 +181,10 @@ class MqttTask:
         except aiomqtt.MqttError as exc:
             text = str(exc)
             if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
-                fw.log("E", "mqtt", f"tls handshake failed uri={uri}: server certificate not trusted")
+                shown = str(uri)
+                if D.TLS_FAILURE_LOGS_CREDENTIALS in fw.defects:
+                    shown = f"{uri.scheme}://{prov.mqtt_user}:{reveal(prov.mqtt_pass)}@{uri.host}:{uri.port}"
+                fw.log("E", "mqtt", f"tls handshake failed uri={shown}: server certificate not trusted")
                 ended = "tls_verify_failed"
             elif "Not authorized" in text or "not authorised" in text.lower() or "Bad user name" in text:
                 ended = "not_authorized"
@@ -211,6 +222,8 @@ class MqttTask:
                 queue, (topic, payload, retain) = item
                 try:
                     qos = 0 if D.TELEMETRY_QOS0 in fw.defects and topic.endswith("/sensors") else 1
+                    if D.REPORTS_QOS0 in fw.defects and not topic.endswith("/sensors"):
+                        qos = 0  # "only readings matter": health, metrics, alerts, logs, acks unacknowledged
                     await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
                 except aiomqtt.MqttError:
                     if not stop.done():
@@ -256,6 +269,8 @@ class MqttTask:
         elif topic == contract.config_update_topic(did):
             self.handlers.config(payload)
         elif topic == contract.ota_update_topic(did):
+            if fw.safe_mode and D.OTA_OFF_IN_SAFE_MODE in fw.defects:
+                return  # the defect: no OTA in safe mode
             fw.spawn(self.handlers.ota(payload))
         elif topic == contract.programs_deploy_topic(did):
             self.handlers.program(payload)

@@ -11,6 +11,7 @@ mechanics (partitions, otadata, download, checks) are ``hil.sim.firmware.ota``'s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 from hil.device import contract
 from hil.device import defects as D
@@ -43,7 +44,7 @@ class OtaTask:
         ctx = fw.ctx
         status = contract.ota_status_topic(fw.device_id)
         rolled = find_rollback(ctx.flash, ctx.table, ctx.running)
-        if rolled is not None and rolled.seq != fw.rollback_seq:
+        if rolled is not None and (rolled.seq != fw.rollback_seq or D.ROLLBACK_REPORTED_EVERY_BOOT in fw.defects):
             fw.log_mirrored("W", "ota", f"rollback detected: version {rolled.version} did not confirm itself")
             fw.publish(status, {"state": "rolled_back", "version": rolled.version, "reason": "new image failed to confirm"})
             fw.alert("warning", "ota_rolled_back", f"version {rolled.version} was rolled back")
@@ -74,7 +75,11 @@ class OtaTask:
         fw = self.fw
         ctx = fw.ctx
         status = contract.ota_status_topic(fw.device_id)
-        request = parse_ota_request(payload, require_signature=D.OTA_SIGNATURE_OPTIONAL not in fw.defects)
+        request = parse_ota_request(
+            payload,
+            require_signature=D.OTA_SIGNATURE_OPTIONAL not in fw.defects,
+            check_size_type=D.OTA_SIZE_TYPE_UNCHECKED not in fw.defects,
+        )
         if isinstance(request, OtaRejected):
             fw.log_mirrored("E", "ota", f"rejected: {request.reason}")
             fw.publish(status, {"state": "rejected", "version": request.version, "reason": request.reason})
@@ -94,6 +99,7 @@ class OtaTask:
             signature_optional=D.OTA_SIGNATURE_OPTIONAL in fw.defects,
             compare_as_strings=D.VERSIONS_COMPARED_AS_STRINGS in fw.defects,
             check_size=D.OTA_SIZE_CHECKED_LATE not in fw.defects,
+            size_limit_exclusive=D.OTA_PARTITION_SIZE_EXCLUSIVE in fw.defects,
         )
         if reason is None and fw.pending_verify:
             reason = "the running image is still pending verification"
@@ -101,7 +107,8 @@ class OtaTask:
             fw.log_mirrored("E", "ota", f"rejected version={request.version}: {reason}")
             fw.publish(status, {"state": "rejected", "version": request.version, "reason": reason})
             return
-        fw.log("I", "ota", f"downloading version={request.version} into {target.label}")
+        if D.OTA_PROGRESS_AT_DEBUG not in fw.defects:  # with it: ESP_LOGD, below the default level
+            fw.log("I", "ota", f"downloading version={request.version} into {target.label}")
         fw.publish(status, {"state": "downloading", "version": request.version})
         try:
             ssl_context = None
@@ -117,16 +124,32 @@ class OtaTask:
                 writer, request, ssl_context=ssl_context, resume=D.OTA_DOWNLOAD_RESTARTS not in fw.defects
             )
             fw.publish(status, {"state": "verifying", "version": request.version})
-            writer.end()
-            set_boot_partition(ctx.flash, ctx.table, target)
+            if D.OTA_BOOT_SET_BEFORE_HASH in fw.defects:
+                self._finish_then_compare(writer)
+            else:
+                writer.end()
+                set_boot_partition(ctx.flash, ctx.table, target)
             # The new image reuses sequence numbers; forget the last rollback we reported
             # so that a rollback of this update is reported too.
             fw.store(STATS_NAMESPACE, {"rollback_seq": 0})
         except OtaFailed as exc:
-            fw.log_mirrored("E", "ota", f"failed version={request.version}: {exc.reason}")
+            level = "W" if D.OTA_FAILED_AS_WARNING in fw.defects else "E"
+            fw.log_mirrored(level, "ota", f"failed version={request.version}: {exc.reason}")
             fw.publish(status, {"state": "failed", "version": request.version, "reason": exc.reason})
             return
         fw.log("I", "ota", f"rebooting into version={request.version}")
         fw.publish(status, {"state": "rebooting", "version": request.version})
         await fw.flushed(2.0)
         fw.restart("SW")
+
+    def _finish_then_compare(self, writer: OtaWriter) -> None:
+        """The OTA_BOOT_SET_BEFORE_HASH defect: esp_https_ota_finish (esp_ota_end's image
+        checks, then esp_ota_set_boot_partition) first, the signed SHA-256 compared after,
+        and a mismatch reported without undoing the switch."""
+        ctx = self.fw.ctx
+        writer.check_sha256 = False
+        writer.end()
+        set_boot_partition(ctx.flash, ctx.table, writer.partition)
+        actual = hashlib.sha256(ctx.flash.read(writer.partition.offset, writer.request.size)).hexdigest()
+        if actual != writer.request.sha256.lower():
+            raise OtaFailed(f"sha256 mismatch: image is {actual}, expected {writer.request.sha256.lower()}")

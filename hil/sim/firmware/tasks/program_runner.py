@@ -35,7 +35,8 @@ class ProgramRunner:
             max_bytes=MAX_PROGRAM_BYTES - 1 if D.PROGRAM_SIZE_OFF_BY_ONE in fw.defects else MAX_PROGRAM_BYTES,
         )
         if isinstance(deployment, Rejection):
-            fw.publish(status, {"name": None, "state": "rejected", "error": deployment.reason})
+            name = None if D.PROGRAM_REJECTION_UNNAMED in fw.defects else deployment.name
+            fw.publish(status, {"name": name, "state": "rejected", "error": deployment.reason})
             return
         if fw.program_task is not None and not fw.program_task.done():
             fw.program_task.cancel()
@@ -47,8 +48,14 @@ class ProgramRunner:
         status = contract.programs_status_topic(fw.device_id)
         fw.publish(status, {"name": name, "state": "running"})
         try:
-            result = await run_program(parse(source), _ProgramHost(fw), Budget())
+            # The program_memory_unbounded defect: no cap (in the model, "no cap" is a budget
+            # far beyond any device's RAM; a C runtime would malloc until the heap is gone).
+            budget = Budget(memory_bytes=64 * 2**20) if D.PROGRAM_MEMORY_UNBOUNDED in fw.defects else Budget()
+            result = await run_program(parse(source), _ProgramHost(fw), budget)
         except ProgramError as exc:
+            if exc.kind == "memory_budget" and D.PROGRAM_OOM_PANICS in fw.defects:
+                fw.panic("Load access fault")  # malloc's NULL dereferenced: out of memory is a crash
+                return
             fw.publish(status, {"name": name, "state": "failed", "error": f"{exc.kind}: {exc}"})
             return
         fw.publish(status, {"name": name, "state": "completed", "result": result})
@@ -65,6 +72,8 @@ class _ProgramHost:
         reading = self._fw.last_reading
         if reading is None or quantity not in reading:
             raise KeyError(quantity)
+        if quantity == "pressure" and D.PROGRAM_PRESSURE_IN_PA in self._fw.defects:
+            return reading[quantity] * 100  # the BME280 driver's Pa, never converted to hPa
         return reading[quantity]
 
     def led(self, on: bool) -> None:

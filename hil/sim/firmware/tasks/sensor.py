@@ -2,7 +2,8 @@
 
 Through the board's I2C bus and the project's driver (``hil.bme280.driver``), Bosch
 compensation, ``calibration_offset_temp``; out-of-range readings withheld with an alert;
-``sensor_failure`` once per episode, ``sensor_recovered`` after.
+``sensor_failure`` once per episode with no good reading (reads failing, or every value out
+of range) for ``sensor_timeout_s``, ``sensor_recovered`` after.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class SensorTask:
 
     def __init__(self, fw: Firmware) -> None:
         self.fw = fw
+        self.failure_alerted = False
+        """Whether this boot has raised ``sensor_failure`` at all (any episode)."""
 
     async def run(self) -> None:
         fw = self.fw
@@ -40,7 +43,9 @@ class SensorTask:
                 fw.log("I", "sensor", "bme280 id=0x60 addr=0x76")
                 break
             except SensorError as exc:
-                fw.log_mirrored("E", "sensor", str(exc))
+                # The defect: a plain ESP_LOGE, outside the mirroring logger.
+                log = fw.log if D.SENSOR_INIT_ERROR_NOT_MIRRORED in fw.defects else fw.log_mirrored
+                log("E", "sensor", str(exc))
                 if "calibration" in str(exc).lower():
                     fw.alert("warning", "sensor_calibration", str(exc))
                 self._sensor_failed()
@@ -57,6 +62,7 @@ class SensorTask:
             # than bursting catch-up readings.
             interval = self._measurement_interval_s()
             due = due + interval if started - due <= interval else started + interval
+            seq_before = fw.seq
             try:
                 reading = await asyncio.to_thread(driver.read)
             except (SensorError, OSError) as exc:
@@ -66,6 +72,8 @@ class SensorTask:
             else:
                 fw.read_time_ms = (time.monotonic() - started) * 1000
                 self._on_reading(reading.temperature_c, reading.humidity_pct, reading.pressure_hpa)
+            if D.SEQ_PER_MEASUREMENT in fw.defects and fw.seq == seq_before:
+                fw.seq += 1  # the defect: the measurement's number is spent, published or not
             await self._sensor_wait(due)
 
     def _measurement_interval_s(self) -> float:
@@ -77,7 +85,12 @@ class SensorTask:
         """Wait until ``due`` (the next tick of the measurement period), or one interval."""
         fw = self.fw
         interval = self._measurement_interval_s()
-        await fw.wait("sensor", interval if due is None else due - time.monotonic())
+        if D.WATCHDOG_FED_ONCE_PER_LOOP in fw.defects:
+            if "sensor" not in fw.hang:
+                fw.watchdog.feed("sensor")  # the defect: once, then the whole period asleep
+            await asyncio.sleep(max(interval if due is None else due - time.monotonic(), 0.1))
+        else:
+            await fw.wait("sensor", interval if due is None else due - time.monotonic())
         if D.PROGRAMS_BLOCK_SENSOR in fw.defects and fw.program_task is not None:
             await asyncio.wait({fw.program_task})  # the defect: programs run on this task
         while "sensor" in fw.hang:
@@ -90,8 +103,10 @@ class SensorTask:
             (not fw.sensor_failure_raised or D.SENSOR_FAILURE_REPEATED in fw.defects)
             and time.monotonic() - since >= fw.config.sensor_timeout_s
             and D.IGNORES_SENSOR_TIMEOUT not in fw.defects
+            and not (self.failure_alerted and D.SENSOR_FAILURE_ONCE_PER_BOOT in fw.defects)
         ):
             fw.sensor_failure_raised = True
+            self.failure_alerted = True
             fw.alert("critical", "sensor_failure", f"no good reading for {fw.config.sensor_timeout_s} s")
 
     def _on_reading(self, temperature: float, humidity: float, pressure: float) -> None:
@@ -104,10 +119,16 @@ class SensorTask:
         p_lo, p_hi = contract.PRESSURE_RANGE_HPA
         # The defect: the range is checked on whole degrees (int32 centi-degrees / 100 in C).
         checked = float(int(temperature)) if D.RANGE_CHECK_TRUNCATES in fw.defects else temperature
+        if D.RANGE_CHECKED_BEFORE_OFFSET in fw.defects:
+            checked -= float(fw.config.calibration_offset_temp)  # the defect: the driver's check, uncalibrated
         in_range = t_lo <= checked <= t_hi and h_lo <= humidity <= h_hi and p_lo <= pressure <= p_hi
         if not in_range and D.OUT_OF_RANGE_PUBLISHED not in fw.defects:
             fw.log_mirrored("W", "sensor", f"out of range t={temperature:.2f} h={humidity:.2f} p={pressure:.2f}")
             fw.alert("warning", "sensor_out_of_range", f"t={temperature:.2f} h={humidity:.2f} p={pressure:.2f}")
+            # C7.5: a value withheld is no good reading; the sensor timeout runs on (the
+            # defect: only failed reads count).
+            if D.OUT_OF_RANGE_NOT_A_FAILURE not in fw.defects:
+                self._sensor_failed()
             return
         fw.last_reading = {"temperature": temperature, "humidity": humidity, "pressure": pressure}
         fw.last_reading_at = time.monotonic()

@@ -68,6 +68,8 @@ class Firmware:
     pending_verify: bool
     read_time_ms: float
     """Set by the sensor task after its first good read; the metrics read it."""
+    joined_rssi: int | None = None
+    """The AP's RSSI when the station last joined (the connect event's), set by the wifi task."""
 
     def __init__(self, behaviour: BehaviourRecord, peripherals: RigPeripherals | None) -> None:
         self.behaviour = behaviour

@@ -33,6 +33,7 @@ class WifiTask:
                     joinable = False
                 if joinable and not fw.wifi_up.is_set():
                     fw.log("I", "wifi", f"connected ssid={ap.ssid} rssi={ap.rssi}")
+                    fw.joined_rssi = ap.rssi
                     fw.wifi_down.clear()
                     fw.wifi_up.set()
                 elif not joinable and fw.wifi_up.is_set():
@@ -42,7 +43,10 @@ class WifiTask:
                     fw.log_mirrored("W", "wifi", "disconnected reason=beacon_timeout")
                 elif not joinable:
                     reason = "no_ap_found" if not ap.up or ap.ssid != fw.prov.wifi_ssid else "auth_fail"
-                    fw.log("W", "wifi", f"connect failed ssid={fw.prov.wifi_ssid} reason={reason}")
+                    said = f"connect failed ssid={fw.prov.wifi_ssid} reason={reason}"
+                    if reason == "auth_fail" and D.WIFI_AUTH_FAIL_LOGS_PASSPHRASE in fw.defects:
+                        said += f" pass={reveal(fw.prov.wifi_pass)}"  # "which passphrase did it try?"
+                    fw.log("W", "wifi", said)
                     if D.REBOOTS_ON_WIFI_FAILURE in fw.defects:
                         fw.restart("SW")  # the defect: "cannot join, try a reboot"
                         return

@@ -93,3 +93,32 @@ def test_with_the_signature_optional_an_unsigned_request_passes_and_a_bad_signat
     assert precheck(parsed, **checks, signature_optional=True) is None
     forged = request_for(image("1.1.0"), signer=OTHER_SIGNER)
     assert "does not verify" in (precheck(forged, **checks, signature_optional=True) or "")
+
+
+def test_with_the_size_type_unchecked_a_string_size_parses_and_the_precheck_dies_on_it() -> None:
+    from dataclasses import asdict
+
+    from hil.sim.firmware.ota import OtaRequest, parse_ota_request, precheck
+    from tests.unit.sim.firmware.test_ota import PUBKEY
+
+    good = request_for(image("1.1.0"))
+    payload = json.dumps({**asdict(good), "size": str(good.size)}).encode()
+    rejected = parse_ota_request(payload)
+    assert not isinstance(rejected, OtaRequest) and rejected.reason == "field 'size' must be an integer"
+    parsed = parse_ota_request(payload, check_size_type=False)
+    assert isinstance(parsed, OtaRequest)
+    with pytest.raises(TypeError):  # the handler dies: no ota/status at all
+        precheck(parsed, running_version="1.0.0", partition_size=OTA_0.size, pubkey_pem=PUBKEY)
+
+
+def test_with_the_size_limit_exclusive_exactly_the_partition_size_is_refused() -> None:
+    from dataclasses import replace
+
+    from hil.sim.firmware.ota import precheck
+    from tests.unit.sim.firmware.test_ota import PUBKEY
+
+    edge = replace(request_for(image("1.1.0")), size=OTA_0.size)
+    checks = {"running_version": "1.0.0", "partition_size": OTA_0.size, "pubkey_pem": PUBKEY}
+    assert precheck(edge, **checks) is None
+    assert "exceeds the OTA partition" in (precheck(edge, **checks, size_limit_exclusive=True) or "")
+    assert "exceeds the OTA partition" in (precheck(replace(edge, size=OTA_0.size + 1), **checks) or "")

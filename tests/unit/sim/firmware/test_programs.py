@@ -749,6 +749,23 @@ def test_deployment_rejections(raw: bytes, reason: str) -> None:
     assert reason in result.reason, result.reason
 
 
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        (deploy(sha256="0" * 64), "blink"),  # a usable name: the refusal says which deployment
+        (deploy(source="(led 'on"), "blink"),
+        (deploy(source="1" + ";" * MAX_PROGRAM_BYTES), "blink"),
+        (payload(name="blink", source="1"), "blink"),  # a field missing
+        (b'{"name": "blink", "source": ', None),  # malformed JSON: no name to give
+        (payload(name=7, source="1", sha256="0" * 64), None),
+        (deploy(name="has space"), None),  # a name that is not one
+    ],
+)
+def test_a_rejection_carries_the_deployments_usable_name(raw: bytes, name: str | None) -> None:
+    result = parse_deployment(raw)
+    assert isinstance(result, Rejection) and result.name == name, result
+
+
 def test_hash_mismatch_names_both_hashes() -> None:
     result = parse_deployment(deploy(sha256="0" * 64))
     assert isinstance(result, Rejection)

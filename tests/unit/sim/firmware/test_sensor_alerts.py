@@ -1,7 +1,9 @@
-"""The firmware model's sensor alerts (DEVICE_CONTRACT.md §7), and the two defects that
-break them: ``sensor_failure`` once per episode (``sensor_failure_repeated`` raises it on
-every failed read) and out-of-range values withheld with an alert
-(``out_of_range_published`` publishes them as readings).
+"""The firmware model's sensor alerts (DEVICE_CONTRACT.md §7), and the defects that break
+them: ``sensor_failure`` once per episode (``sensor_failure_repeated`` raises it on every
+failed read, ``sensor_failure_once_per_boot`` only in the first episode), also when the
+values are out of range (``out_of_range_not_a_failure`` counts failed reads only), and
+out-of-range values withheld with an alert (``out_of_range_published`` publishes them as
+readings, ``range_checked_before_offset`` checks them before the calibration offset).
 
 Host level: ``SensorTask._sensor_failed`` and ``_on_reading`` as ``SensorTask.run`` calls
 them, their output taken from the model's outbox.
@@ -93,3 +95,41 @@ def test_the_measurement_period_waits_for_its_tick_not_a_whole_interval() -> Non
     asyncio.run(sensor._sensor_wait(time.monotonic() + 0.6))
     asyncio.run(sensor._sensor_wait())  # no read to account for (the init retries): a whole interval
     assert 0.5 < waits[0] <= 0.6 and waits[1] == 1.0
+
+
+def out_of_range_after_the_timeout(sensor: SensorTask, count: int) -> None:
+    sensor.fw.last_reading_at = time.monotonic() - TIMEOUT_S - 1
+    for _ in range(count):
+        sensor._on_reading(-45.0, 45.0, 1013.25)
+
+
+def test_values_out_of_range_for_the_sensor_timeout_raise_sensor_failure_once() -> None:
+    """C7.5: a value withheld is no good reading either."""
+    sensor = firmware()
+    out_of_range_after_the_timeout(sensor, 3)
+    assert alert_codes(sensor) == ["sensor_out_of_range", "sensor_failure", "sensor_out_of_range", "sensor_out_of_range"]
+    sensor._on_reading(22.0, 45.0, 1013.25)
+    assert alert_codes(sensor)[-1] == "sensor_recovered"
+
+
+def test_the_out_of_range_not_a_failure_defect_never_raises_it() -> None:
+    sensor = firmware([D.OUT_OF_RANGE_NOT_A_FAILURE])
+    out_of_range_after_the_timeout(sensor, 3)
+    assert alert_codes(sensor) == ["sensor_out_of_range"] * 3
+
+
+@pytest.mark.parametrize(("defects", "published"), [((), []), ((D.RANGE_CHECKED_BEFORE_OFFSET,), [-45.0])])
+def test_the_range_is_checked_on_the_calibrated_value(defects: Sequence[str], published: list[float]) -> None:
+    sensor = firmware(defects)
+    sensor.fw.config = DeviceConfig(sensor_timeout_s=TIMEOUT_S, calibration_offset_temp=-10.0)
+    sensor.fw.last_reading_at = time.monotonic()
+    sensor._on_reading(-35.0, 45.0, 1013.25)
+    assert [r["temperature_c"] for r in readings(sensor)] == published
+
+
+def test_the_once_per_boot_defect_misses_the_second_episode() -> None:
+    sensor = firmware([D.SENSOR_FAILURE_ONCE_PER_BOOT])
+    failed_reads_after_the_timeout(sensor, 2)
+    sensor._on_reading(22.0, 45.0, 1013.25)
+    failed_reads_after_the_timeout(sensor, 2)
+    assert alert_codes(sensor) == ["sensor_failure", "sensor_recovered"]
