@@ -25,6 +25,8 @@ def _firmware_build(args: argparse.Namespace) -> int:
 
 
 def _rigs(args: argparse.Namespace) -> int:
+    if args.rigs_command == "check":
+        return _rigs_check(args)
     import json
 
     from hil.rig.errors import RigError
@@ -44,21 +46,48 @@ def _rigs(args: argparse.Namespace) -> int:
                 "name": rig.name,
                 "kind": rig.kind,
                 "chip": rig.chip,
-                "port": rig.port or "(started by the session)",
+                "port": rig.port or ("(the acquired place's)" if rig.kind == "labgrid" else "(started by the session)"),
                 "tags": list(rig.tags),
                 "capabilities": sorted(rig.capabilities),
                 "held_by": None if holder is None else holder.describe(),
+                "twin_of": rig.twin_of,
             }
         )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    width = max([16, *(len(row["name"]) for row in rows)])
     for row in rows:
         held = f"held by {row['held_by']}" if row["held_by"] else "free"
-        print(f"{row['name']:<16} {row['kind']:<8} {row['chip']:<9} {held}")
-        print(f"{'':<16} port {row['port']}; tags {', '.join(row['tags']) or '-'}")
-        print(f"{'':<16} capabilities {', '.join(row['capabilities'])}")
+        twin = f"; virtual twin of {row['twin_of']}" if row["twin_of"] else ""
+        print(f"{row['name']:<{width}} {row['kind']:<8} {row['chip']:<9} {held}")
+        print(f"{'':<{width}} port {row['port']}; tags {', '.join(row['tags']) or '-'}{twin}")
+        print(f"{'':<{width}} capabilities {', '.join(row['capabilities'])}")
     return 0
+
+
+def _rigs_check(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from hil.rig.check import check_rigs
+    from hil.rig.errors import RigError, UnknownRig
+    from hil.rig.rigfile import default_rigs_dir, load_rigs
+
+    try:
+        rigs = load_rigs(args.rigs_dir or default_rigs_dir())
+    except RigError as exc:
+        print(f"hil rigs check: {exc}", file=sys.stderr)
+        return 2
+    failed = False
+    try:
+        with contextlib.closing(check_rigs(rigs, args.name, lock_dir=args.lock_dir)) as results:
+            for result in results:
+                print(result.line(), flush=True)
+                failed = failed or result.failed
+    except UnknownRig as exc:
+        print(f"hil rigs check: {exc}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
 
 
 def _gate(args: argparse.Namespace) -> int:
@@ -153,7 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     rigs.add_argument("--rigs-dir", default=None, help="rig inventory directory (default: ./rigs, else the packaged virtual rig)")
     rigs.add_argument("--lock-dir", help="reservation lock directory (default: $HIL_LOCK_DIR or the system one)")
     rigs.add_argument("--json", action="store_true", help="machine-readable output")
-    rigs.set_defaults(func=_rigs)
+    rigs.set_defaults(func=_rigs, rigs_command=None)
+    rigs_sub = rigs.add_subparsers(dest="rigs_command", metavar="SUBCOMMAND")
+    check = rigs_sub.add_parser(
+        "check",
+        help="check a rig without flashing it: port, chip, MAC, power, sensor",
+        description="Check everything about a rig that can be checked without flashing, one "
+        "line per check (ok, FAIL with the fix, or skip where it does not apply): reserved, "
+        "port present and free, the chip answers esptool with the rig's reset method and flash "
+        "baud, chip id and MAC as the rig file says, the power backend reachable, the sensor "
+        "answering. Stops at the first failure and exits 1 (2: a bad inventory or an unknown "
+        "name). A virtual rig's board is started for the check and stopped after it.",
+    )
+    check.add_argument(
+        "name", nargs="?", default=None,
+        help="a rig or pool of the inventory (default: the rig a bare session takes, the virtual one)",
+    )  # fmt: skip
+    # Also after the subcommand (hil rigs check NAME --rigs-dir DIR); SUPPRESS keeps a value
+    # given before it (hil rigs --rigs-dir DIR check NAME).
+    check.add_argument("--rigs-dir", default=argparse.SUPPRESS, help="rig inventory directory")
+    check.add_argument("--lock-dir", default=argparse.SUPPRESS, help="reservation lock directory")
 
     gate = sub.add_parser(
         "gate",

@@ -77,6 +77,7 @@ __all__ = [
     "CHIP",
     "AfterReset",
     "BeforeReset",
+    "ChipInfo",
     "FileReport",
     "FlashReport",
     "Flasher",
@@ -162,6 +163,21 @@ class FlashReport:
             state = "unchanged, skipped" if f.skipped else "written"
             lines.append(f"  0x{f.offset:06x} {f.name}: {f.size} bytes, {state}, {f.seconds:.2f} s")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ChipInfo:
+    """What a board's ROM loader says about itself (``esptool chip-id`` and ``read-mac``),
+    read by `Flasher.identify` without writing anything."""
+
+    port: str
+    chip: str | None  # esptool's target name for the chip id read ("esp32c3"), None: unknown
+    chip_id: int | None  # the ROM's GET_SECURITY_INFO chip id (ESP32-C3: 5)
+    description: str  # esptool's, e.g. "ESP32-C3 (QFN32) (revision v0.4)"
+    mac: str  # the base MAC, as esptool read-mac prints it ("58:cf:79:a1:b2:c3")
+    flash_size: str | None  # what the flash chip's id says ("4MB"), None: not detected
+    before: BeforeReset
+    baud: int  # the rate the loader was talked to at, after any switch to flash_baud
 
 
 # -- the flasher -----------------------------------------------------------------------------------
@@ -296,6 +312,51 @@ class Flasher:
                 raise FlashError(f"esptool failed on {port_name}: {exc}\n{_tail(capture.lines)}") from exc
             finally:
                 link.release()
+
+    def identify(self, port: str | serial.SerialBase, *, after: AfterReset = "hard-reset") -> ChipInfo:
+        """Connect as a flash job does (this flasher's ``before`` and ``flash_baud``, one
+        retry), read the chip id, description, base MAC and flash size, reset as asked: the
+        checks `hil rigs check` makes without writing anything. Errors as for `flash`."""
+        from esptool.targets import ROM_LIST
+
+        port_name = _port_name(port)
+        with capture_esptool_log() as capture:
+            link, esp, attempts = self._connect(port, capture, stub=False)
+            try:
+                try:
+                    chip_id: int | None = int(esp.get_chip_id())
+                except FatalError:  # a ROM without the chip id in its security info
+                    chip_id = None
+                chip = next(
+                    (
+                        cls.CHIP_NAME.lower().replace("-", "")
+                        for cls in ROM_LIST
+                        if not cls.USES_MAGIC_VALUE and chip_id == cls.IMAGE_CHIP_ID
+                    ),
+                    None,
+                )
+                info = ChipInfo(
+                    port=port_name,
+                    chip=chip,
+                    chip_id=chip_id,
+                    description=str(esp.get_chip_description()),
+                    mac=":".join(f"{b:02x}" for b in esp.read_mac("BASE_MAC")),
+                    flash_size=detect_flash_size(esp),
+                    before=self.before,
+                    baud=int(esp._port.baudrate),
+                )
+                reset_chip(esp, after)
+            except (serial.SerialException, OSError) as exc:
+                raise FlashInfrastructureError(
+                    f"lost the board on {port_name} while reading its chip id: {exc}\n{_tail(capture.lines)}",
+                    attempts=attempts,
+                    causes=[str(exc)],
+                ) from exc
+            except FatalError as exc:
+                raise FlashError(f"esptool failed on {port_name}: {exc}\n{_tail(capture.lines)}") from exc
+            finally:
+                link.release()
+        return info
 
     def _flash_regions(
         self,

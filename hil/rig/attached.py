@@ -294,14 +294,20 @@ def attach(held: Held, *, open_bus: BusOpener | None = None, run: Runner | None 
 
 
 def reserve_rig(
-    rigs: Sequence[Rig], *, name: str | None = None, tag: str | None = None, timeout: float = 0.0
+    rigs: Sequence[Rig],
+    *,
+    name: str | None = None,
+    tag: str | None = None,
+    timeout: float = 0.0,
+    lock_dir: Path | str | None = None,
 ) -> AttachedRig:
     """Reserve a rig matching ``name`` and ``tag`` (with neither, a virtual one) and attach
     it. A selection of labgrid rigs only is a shared lab: its coordinator hands out the
-    place. Otherwise local rigs are taken by their file lock (a selection that also matches
-    labgrid rigs takes the local ones). Waits up to ``timeout`` for a busy one."""
+    place. Otherwise local rigs are taken by their file lock in ``lock_dir`` (None: the
+    default, ``$HIL_LOCK_DIR``; a selection that also matches labgrid rigs takes the local
+    ones). Waits up to ``timeout`` for a busy one."""
     wanted = select_rigs(rigs, name=name, tag=tag)
     if all(rig.kind == "labgrid" for rig in wanted):
         return LabgridRig.reserve(wanted[0], timeout=timeout)
     local = [rig for rig in rigs if rig.kind in LOCAL_KINDS]
-    return attach(reserve(local, name=name, tag=tag, timeout=timeout))
+    return attach(reserve(local, name=name, tag=tag, timeout=timeout, lock_dir=lock_dir))

@@ -475,6 +475,10 @@ class LabgridPower:
         self._sleep(off_s)  # the off time is the point of a power cycle
         self.on()
 
+    def probe(self) -> str:
+        """The outlet's state, asked of the PDU (``NetworkPowerDriver.get``): nothing switched."""
+        return f"the place's power outlet is {'on' if self._driver.get() else 'off'}"
+
 
 class GrpcCoordinator:
     """labgrid's coordinator through labgrid's own client session, on an event loop in a

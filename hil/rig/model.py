@@ -23,6 +23,11 @@ EXPANDER_CHIPS: tuple[str, ...] = get_args(ExpanderChipName)
 POWER_KINDS = ("none", "virtual", "gpio-expander", "uhubctl")
 SENSOR_KINDS = ("none", "virtual", "reference-bme280")
 CHIPS = ("esp32c3",)
+VIRTUAL_RESETS: tuple[ResetMethod, ...] = ("classic",)
+"""The reset circuits the virtual board has: a virtual rig (and the twin of a real rig) may
+use these. A twin of a rig whose reset is not among them resets the classic way."""
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+"""A base MAC as a rig file writes it (lower case, colons), as ``esptool read-mac`` prints it."""
 
 #: What a rig can declare; a test asks for these with ``@pytest.mark.requires(...)``.
 KNOWN_CAPABILITIES: frozenset[str] = frozenset(
@@ -159,6 +164,11 @@ class Rig:
     source: Path | None = field(default=None, compare=False)
     labgrid: LabgridSpec | None = None
     flash_baud: int | None = None
+    # The board's base MAC as the rig file pins it (None: any board on the port will do).
+    mac: str | None = None
+    # The real rig this virtual rig stands in for in CI (a rig file's [twin] table): never
+    # part of the default selection, taken only when named (`hil.rig.selection`).
+    twin_of: str | None = None
 
     @property
     def is_virtual(self) -> bool:

@@ -8,6 +8,7 @@ A rig is data: one TOML file per rig, or per pool of virtual rigs::
     port = "/dev/serial/by-id/usb-Silicon_Labs_CP2102N_0001-if00-port0"
     reset = "classic"                    # classic | usb-jtag | gpio
     flash_baud = 460800                  # optional: esptool's rate once connected (default 115200)
+    mac = "58:cf:79:a1:b2:c3"            # optional: the board's base MAC (hil rigs check proves it)
     capabilities = ["power_control", "ota"]
     tags = ["bench", "cp2102n"]
 
@@ -28,9 +29,19 @@ A rig is data: one TOML file per rig, or per pool of virtual rigs::
     ssid = "hil-lab"
     broker_host = "192.168.50.2"
 
+    [twin]                               # optional: a virtual stand-in for CI
+    name = "bench-1-twin"                # optional (default "<name>-twin")
+
 A ``kind = "virtual"`` file needs only a name: the virtual rig defaults to everything
 it can do (all capabilities, virtual power and sensor, the loopback broker). ``count = N``
 makes a pool ``<name>-0`` … ``<name>-<N-1>`` so that pytest-xdist workers each get one.
+
+A real rig's ``[twin]`` adds a second rig to the inventory: a virtual board with the real
+rig's capabilities, reset method (where the virtual board has that circuit:
+`VIRTUAL_RESETS`) and flash baud, virtual power and sensor where the real rig has such
+backends, on the virtual network, tagged ``twin``. CI runs the suites on it
+(``--rig bench-1-twin``) so the rig file's choices are exercised without the board; the
+default selection never takes a twin (`hil.rig.selection`).
 
 Loading checks everything before anything is touched, and reports every problem of every
 file at once, each with the file, the line when it can be found, the table and key, and
@@ -52,11 +63,13 @@ from hil.rig.model import (
     CHIPS,
     EXPANDER_CHIPS,
     KNOWN_CAPABILITIES,
+    MAC_RE,
     POWER_KINDS,
     RESET_METHODS,
     RIG_KINDS,
     RIG_NAME_RE,
     SENSOR_KINDS,
+    VIRTUAL_RESETS,
     ExpanderChipName,
     GpioExpanderSpec,
     LabgridSpec,
@@ -101,6 +114,8 @@ _TOP_KEYS = (
     "count",
     "description",
     "labgrid",
+    "mac",
+    "twin",
 )
 
 
@@ -350,6 +365,8 @@ class _FileReader:
         network = self._network(data, kind)
         tags = self.string_list(data, "tags", pattern=_TAG_RE) or ()
         labgrid = self._labgrid(data, kind)
+        mac = self._mac(data, kind)
+        twin = self._twin(data, kind, name)
         capabilities = self._capabilities(data, virtual, power, sensor)
         count = self._count(data, kind)
         description = data.get("description", "")
@@ -386,10 +403,12 @@ class _FileReader:
                 source=self.path,
                 labgrid=labgrid,
                 flash_baud=flash_baud,
+                mac=mac,
             )
 
         if count is None:
-            return [rig(name, None)]
+            single = rig(name, None)
+            return [single] if twin is None else [single, make_twin(single, twin)]
         return [rig(f"{name}-{index}", name) for index in range(count)]
 
     def _chip(self, data: Mapping[str, Any], kind: RigKind | None) -> str | None:
@@ -483,10 +502,10 @@ class _FileReader:
         )
         if reset is None:
             return None
-        if kind == "virtual" and reset != "classic":
+        if kind == "virtual" and reset not in VIRTUAL_RESETS:
             self.problem(
                 "the virtual rig has the devkit's DTR/RTS auto-reset circuit; "
-                'use reset = "classic" or remove reset',
+                f"use reset = {or_list(VIRTUAL_RESETS)} or remove reset",
                 key="reset",
             )
             return None
@@ -822,6 +841,71 @@ class _FileReader:
             return None
         return LabgridSpec(tags=tuple(pairs), coordinator=coordinator)
 
+    def _mac(self, data: Mapping[str, Any], kind: RigKind | None) -> str | None:
+        """The board's base MAC, normalized as esptool prints it: what `hil rigs check`
+        holds the board on the port to (a by-id path can outlive a board swap)."""
+        value = data.get("mac", _MISSING)
+        if value is _MISSING:
+            return None
+        if kind == "virtual":
+            self.problem(
+                "a virtual board's MAC is its own (stable per state dir); remove mac", key="mac"
+            )
+            return None
+        if kind == "labgrid":
+            self.problem(
+                "a labgrid rig stands for any place with its tags, whichever board it holds; "
+                "pin a board by its place's tags and remove mac",
+                key="mac",
+            )
+            return None
+        example = 'mac = "58:cf:79:a1:b2:c3"'
+        if not isinstance(value, str):
+            self.problem(f"must be a string, like {example} (esptool read-mac)", key="mac")
+            return None
+        normalized = value.strip().lower().replace("-", ":")
+        if not MAC_RE.fullmatch(normalized):
+            self.problem(
+                f"{value!r} is not a MAC address; write six hex bytes as esptool read-mac "
+                f"prints them, like {example}",
+                key="mac",
+            )
+            return None
+        return normalized
+
+    def _twin(self, data: Mapping[str, Any], kind: RigKind | None, name: str | None) -> str | None:
+        """The name of the rig's virtual twin (None: it has none)."""
+        value = data.get("twin", _MISSING)
+        if value is _MISSING:
+            return None
+        if kind == "virtual":
+            self.problem("a virtual rig needs no twin (it is virtual already); remove [twin]", key="twin")
+            return None
+        example = f'[twin] with name = "{name or "bench-1"}-twin" (or an empty [twin] table)'
+        if not isinstance(value, dict):
+            self.problem(f"must be a table: write {example}", key="twin")
+            return None
+        self.unknown_keys(value, ("name",), table="twin")
+        twin = value.get("name", _MISSING)
+        if twin is _MISSING:
+            return f"{name}-twin" if name is not None else None
+        if not isinstance(twin, str) or not RIG_NAME_RE.fullmatch(twin):
+            self.problem(
+                f"{_toml(twin)} is not a valid rig name: use up to 64 letters, digits, '.', "
+                "'_', '-'",
+                table="twin",
+                key="name",
+            )
+            return None
+        if twin == name:
+            self.problem(
+                f"the twin needs a name of its own, not the rig's; like name = \"{name}-twin\"",
+                table="twin",
+                key="name",
+            )
+            return None
+        return twin
+
     def _count(self, data: Mapping[str, Any], kind: RigKind | None) -> int | None:
         if "count" not in data:
             return None
@@ -840,6 +924,37 @@ class _FileReader:
             )
             return None
         return value
+
+
+def make_twin(rig: Rig, name: str) -> Rig:
+    """The virtual twin of the real ``rig``: what CI runs the suites on in its place.
+
+    It keeps what the rig file decides about the board (capabilities, reset method, flash
+    baud) and swaps the lab for the virtual rig's own: the board process, virtual power
+    where the rig has a power backend, the virtual BME280 where it has a sensor, the virtual
+    network. Its only tag is ``twin``, so ``--rig-tag`` of the real rig never lands on it."""
+    reset: ResetMethod = rig.reset if rig.reset in VIRTUAL_RESETS else "classic"
+    note = (
+        ""
+        if reset == rig.reset
+        else f"; resets the classic way: the virtual board has no {rig.reset!r} circuit yet"
+    )
+    return Rig(
+        name=name,
+        kind="virtual",
+        chip=rig.chip,
+        port=None,
+        reset=reset,
+        power=NoPowerSpec() if isinstance(rig.power, NoPowerSpec) else VirtualPowerSpec(),
+        sensor=NoSensorSpec() if isinstance(rig.sensor, NoSensorSpec) else VirtualSensorSpec(),
+        network=Network(ssid=VIRTUAL_NETWORK_SSID, broker_host=VIRTUAL_BROKER_HOST),
+        capabilities=rig.capabilities,
+        tags=("twin",),
+        description=f"virtual twin of {rig.name}{note}",
+        source=rig.source,
+        flash_baud=rig.flash_baud,
+        twin_of=rig.name,
+    )
 
 
 def _toml(value: object) -> str:

@@ -1,5 +1,6 @@
 """Picking rigs: by name (a rig or a pool) and tag, the virtual rigs when nothing is asked
-for, so that a bench or CI run never lands on a real board nobody asked for."""
+for, so that a bench or CI run never lands on a real board nobody asked for (nor on a real
+rig's virtual twin, which stands in for that board only when named)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ def select_rigs(
     """The rigs matching ``name`` (a rig or a pool) and ``tag``; with neither, the virtual rigs.
 
     The virtual rig is the default so that a bench or CI run never lands on a real board
-    nobody asked for. Raises ``UnknownRig`` when nothing matches.
+    nobody asked for. A twin (a virtual rig standing in for a real one: its reset, baud and
+    capabilities) is not: a bare run gets the virtual rig with everything it can do, a twin
+    only when named. Raises ``UnknownRig`` when nothing matches.
     """
     if name is None and tag is None:
-        matching = [rig for rig in rigs if rig.is_virtual]
+        matching = [rig for rig in rigs if rig.is_virtual and rig.twin_of is None]
         if not matching:
             raise UnknownRig(
                 "no rig named and no virtual rig in the inventory to default to; "

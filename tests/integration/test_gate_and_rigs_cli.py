@@ -40,7 +40,7 @@ def test_rigs_lists_the_inventory_and_who_holds_a_rig(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows] == [r.name for r in rigs] and all(r["held_by"] is None for r in rows)
-    with reserve([rigs[0]], lock_dir=tmp_path):
+    with reserve([rigs[0]], name=rigs[0].name, lock_dir=tmp_path):
         held = hil("rigs", "--lock-dir", str(tmp_path))
     assert held.returncode == 0
     first = held.stdout.splitlines()[0]
