@@ -22,6 +22,7 @@ from typing import Any
 
 from hil.images.app import IMAGE_MAGIC, ImageError, check_image, find_behaviour
 from hil.sim.app import AppContext, AppFactory
+from hil.sim.bootclock import APP_START_MS, ROM_LOAD_AND_BOOTLOADER_INIT_MS, BootClock
 from hil.sim.bootloader import BootFailure, Bootloader, BootloaderConfig
 from hil.sim.download import (
     BaudRateChanged,
@@ -30,6 +31,7 @@ from hil.sim.download import (
     Reboot,
     RunUserCode,
 )
+from hil.sim.efuse import EfuseArray
 from hil.sim.flash import SpiFlash
 from hil.sim.registers import ChipIdentity, RegisterSpace
 from hil.sim.resets import POWER_ON, ResetCause, RomResetCode
@@ -60,7 +62,21 @@ BOOTLOADER_RESET_DELAY_S = 0.2
 BOOTLOADER_MAX_SIZE = 0x8000  # the bootloader must end before the partition table
 SAVED_PC = 0x4038121E
 TX_HISTORY_BYTES = 256 * 1024
-RTC_WDT_TIMEOUT_S = 0.02
+RTC_WDT_HOST_GRACE_S = 0.3
+"""How long an armed RTC WDT waits for the host's re-lock write before it resets anyway.
+
+esptool's ``--after watchdog-reset`` arms the WDT (stage 0 hold 2000 slow-clock cycles,
+≈ 14.7 ms) and then still writes the WDT's write protection back on, expecting a reply,
+before it sleeps 0.5 s. On a bench that write and its reply take a few ms at 115200 Bd,
+well inside the hold time, so on silicon esptool reads its reply and then the chip
+resets. Across RFC 2217 and a busy host the round trip can take longer than the hold
+time, so the board counts the hold time from the arming write but lets the reset take
+effect no earlier than its reply to the re-lock write, and at the latest this long after
+arming (a host that never re-locks, inside esptool's 0.5 s)."""
+
+# ESP-IDF's SPI flash chip drivers by JEDEC manufacturer id (spi_flash_chip_*.c ``chip_name``);
+# anything else is driven by the generic driver and logged as "generic".
+IDF_FLASH_CHIP_NAMES = {0xC8: "gd", 0xEF: "winbond", 0xC2: "mxic", 0x9D: "issi", 0x68: "boya", 0xCD: "th"}
 _STRAP_RELATCHING = frozenset({RomResetCode.POWERON, RomResetCode.RTCWDT_RTC_RST})
 
 
@@ -86,6 +102,7 @@ class Board:
         bootloader_config: BootloaderConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         timing: ChipTiming | None = None,
+        efuse: EfuseArray | None = None,
     ) -> None:
         self.flash = flash
         self.identity = identity
@@ -95,7 +112,16 @@ class Board:
         self._boot_cfg = bootloader_config or BootloaderConfig()
         self._clock = clock
         self._tx: Callable[[bytes], None] = lambda data: None
-        self._registers = RegisterSpace(identity, flash, self._on_rtc_watchdog)
+        self._registers = RegisterSpace(
+            identity,
+            flash,
+            self._on_rtc_watchdog,
+            efuse=efuse,
+            on_watchdog_locked=self._on_rtc_watchdog_locked,
+        )
+        self._wdt_expiry: float | None = None  # loop time the armed RTC WDT's hold runs out
+        self._wdt_handle: asyncio.TimerHandle | None = None
+        self._boot_clock = BootClock()
 
         self._powered = False
         self._dtr = False
@@ -107,7 +133,7 @@ class Board:
         self._latch: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._session: DownloadSession | None = None
-        self._t0 = clock()
+        self._t_app = clock()  # when the app started (its log time counts from the boot's)
         self._changed = asyncio.Event()
 
         self.mode = Mode.OFF
@@ -222,9 +248,34 @@ class Board:
             self.restart(POWER_ON)
 
     def _on_rtc_watchdog(self) -> None:
-        # esptool arms the RTC WDT (~13 ms) and still expects replies to its last register
-        # writes, so the reset comes after the timeout, not inside the write.
-        self.restart(ResetCause(RomResetCode.RTCWDT_RTC_RST), delay_s=RTC_WDT_TIMEOUT_S)
+        """The RTC WDT was armed (inside the WRITE_REG, before its reply goes out)."""
+        loop = asyncio.get_running_loop()
+        timeout = self._registers.rtc_wdt_timeout_s
+        self._wdt_expiry = loop.time() + timeout
+        self._schedule_wdt(max(timeout, RTC_WDT_HOST_GRACE_S))
+
+    def _on_rtc_watchdog_locked(self) -> None:
+        """The host re-locked the armed WDT: reset when the hold time is up, after the
+        reply to this write (a timer never runs inside the command that set it)."""
+        if self._wdt_expiry is None:
+            return
+        self._schedule_wdt(max(0.0, self._wdt_expiry - asyncio.get_running_loop().time()))
+
+    def _schedule_wdt(self, delay_s: float) -> None:
+        if self._wdt_handle is not None:
+            self._wdt_handle.cancel()
+        self._wdt_handle = asyncio.get_running_loop().call_later(delay_s, self._rtc_watchdog_fires)
+
+    def _rtc_watchdog_fires(self) -> None:
+        self._wdt_handle = None
+        self._wdt_expiry = None
+        self._restart_now(ResetCause(RomResetCode.RTCWDT_RTC_RST))
+
+    def _cancel_wdt(self) -> None:
+        if self._wdt_handle is not None:
+            self._wdt_handle.cancel()
+        self._wdt_handle = None
+        self._wdt_expiry = None
 
     # -- what the chip runs ---------------------------------------------------------
     def _stop(self, mode: Mode) -> None:
@@ -232,13 +283,16 @@ class Board:
             self._task.cancel()
         self._task = None
         self._session = None
+        self._cancel_wdt()  # any reset or power loss stops the RTC WDT too
         self.app_info = None
         self.flash.flush()
         self._set_mode(mode)
 
     def _start(self, cause: ResetCause, *, download: bool, rom_banner: bool = True) -> None:
         self._stop(Mode.BOOTING)
-        self._t0 = self._clock()
+        self._boot_clock.reset()
+        if rom_banner:  # a real chip reset (not the loader handing over to the app)
+            self._registers.chip_reset()
         self.boots += 1
         self.last_cause = cause
         if cause.code in _STRAP_RELATCHING:
@@ -281,7 +335,8 @@ class Board:
         if not await self._rom_load_bootloader():
             return
 
-        target = Bootloader(self.flash, self.log, self._boot_cfg).run()
+        self._boot_clock.spend(ROM_LOAD_AND_BOOTLOADER_INIT_MS)
+        target = Bootloader(self.flash, self.log, self._boot_cfg, spend_ms=self._boot_clock.spend).run()
         if isinstance(target, BootFailure):
             await asyncio.sleep(BOOTLOADER_RESET_DELAY_S)
             self.restart(ResetCause(RomResetCode.RTC_SW_SYS_RST))
@@ -298,7 +353,10 @@ class Board:
             "model": behaviour.model if behaviour else None,
             "defects": list(behaviour.defects) if behaviour else [],
         }
+        self._boot_clock.spend(APP_START_MS)
         self._print_app_startup(desc.project_name if desc else "", desc, image.entry)
+        self._boot_clock.stop()  # FreeRTOS runs: log time is the host's from here on
+        self._t_app = self._clock()
         self._set_mode(Mode.APP)
         ctx = AppContext(
             flash=self.flash,
@@ -354,7 +412,8 @@ class Board:
         self.log("I", "efuse_init", f"Chip rev:         v{major}.{minor}")
         self.log("I", "heap_init", "Initializing. RAM available for dynamic allocation:")
         self.log("I", "heap_init", "At 3FC94A10 len 0002B5F0 (173 KiB): RAM")
-        self.log("I", "spi_flash", "detected chip: generic")
+        chip = IDF_FLASH_CHIP_NAMES.get(self.flash.jedec_id & 0xFF, "generic")
+        self.log("I", "spi_flash", f"detected chip: {chip}")
         self.log("I", "spi_flash", "flash io: dio")
         self.log("I", "main_task", "Started on CPU0")
         self.log("I", "main_task", "Calling app_main()")
@@ -410,10 +469,17 @@ class Board:
         return bytes(self._tx_history[offset:]), self.tx_total
 
     def _println(self, text: str) -> None:
-        self._send(text.encode() + b"\r\n")
+        line = text.encode() + b"\r\n"
+        self._send(line)
+        self._boot_clock.transmit(len(line), self.baudrate)  # the CPU waits on a full FIFO
 
     def uptime_ms(self) -> int:
-        return int((self._clock() - self._t0) * 1000)
+        """ms since the last chip reset, as the chip's log prints them: the modelled boot
+        time (`hil.sim.bootclock`; the host's own time does not count until the app
+        runs, so boot stamps are the same on every run), then the host's time."""
+        if self._boot_clock.running:
+            return int(self._boot_clock.now_ms)
+        return int(self._boot_clock.now_ms + (self._clock() - self._t_app) * 1000)
 
     def log(self, level: str, tag: str, message: str) -> None:
         """ESP-IDF's log format: ``L (ms since reset) tag: message``."""

@@ -24,6 +24,7 @@ from hil.images.partitions import (
     PartitionTableError,
     boot_log_rows,
 )
+from hil.sim.bootclock import IMAGE_LOAD_BYTES_PER_MS
 
 LogFn = Callable[[str, str, str], None]
 """log(level letter, tag, message), printed as ``L (ms) tag: message``."""
@@ -69,10 +70,18 @@ class BootloaderConfig:
 class Bootloader:
     """One run of the 2nd-stage bootloader over a flash chip."""
 
-    def __init__(self, flash: FlashIO, log: LogFn, config: BootloaderConfig | None = None) -> None:
+    def __init__(
+        self,
+        flash: FlashIO,
+        log: LogFn,
+        config: BootloaderConfig | None = None,
+        *,
+        spend_ms: Callable[[float], None] | None = None,
+    ) -> None:
         self._flash = flash
         self._log = log
         self._config = config or BootloaderConfig()
+        self._spend_ms = spend_ms or (lambda ms: None)  # the chip's clock (hil.sim.bootclock)
 
     def run(self) -> BootTarget | BootFailure:
         cfg = self._config
@@ -213,6 +222,7 @@ class Bootloader:
                 f"segment {number}: paddr={paddr:08x} vaddr={segment.load_addr:08x} "
                 f"size={len(segment.data):05x}h ({len(segment.data):6d}) {segment.kind}".rstrip(),
             )
+            self._spend_ms(len(segment.data) / IMAGE_LOAD_BYTES_PER_MS)  # read and hash it
         try:
             check_image(
                 data,

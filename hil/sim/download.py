@@ -92,7 +92,6 @@ STUB_GREETING = b"OHAI"
 """The unsolicited frame the stub sends once it runs (esptool ``run_stub``)."""
 ROM_DEFAULT_FLASH_SIZE = 2 * 1024 * 1024
 """The ROM assumes 2 MB until SPI_SET_PARAMS (esptool cmds.py ``erase_region`` comment)."""
-C3_CHIP_ID = 5
 STUB_MAX_READ_PACKET = 4096
 
 _HEADER = struct.Struct("<BBHI")
@@ -311,9 +310,9 @@ class _Loader(ABC):
         return _Reply()
 
     def _security_info(self, payload: bytes, checksum: int) -> _Reply:
-        """20 bytes: flags, crypt_cnt, 7 key purposes, chip_id, api version (all blank)."""
+        """20 bytes: flags, crypt_cnt, 7 key purposes, chip_id, api version, from eFuse."""
         _unpack("", payload)
-        return _Reply(data=struct.pack("<IB7BII", 0, 0, *[0] * 7, C3_CHIP_ID, 0))
+        return _Reply(data=self._chip.registers.security_info())
 
     @abstractmethod
     def _spi_attach(self, payload: bytes, checksum: int) -> _Reply:

@@ -4,8 +4,9 @@ The first stdout line is a JSON object other tools rely on (keep its fields stab
 ``serial`` (the port URL or pty path), ``control`` (the control endpoint URL), ``pid``,
 ``mac`` and ``state_dir``. The process then runs until SIGTERM or SIGINT.
 
-The state dir holds the board's persistent parts: the 4 MB flash image (kept across
-power cycles and process restarts) and ``board.json`` with its identity. A lock on
+The state dir holds the board's persistent parts: the 4 MB flash image and the eFuse
+bits burned since the factory (``efuse.bin``), both kept across power cycles and process
+restarts, and ``board.json`` with its identity. A lock on
 ``board.lock`` keeps two processes from driving the same flash; the OS drops it when
 the holder dies, so a SIGKILLed board never blocks the next one.
 """
@@ -26,15 +27,17 @@ from typing import IO
 from hil.processes import exit_with_owner
 from hil.sim.board import Board
 from hil.sim.control import ControlServer
+from hil.sim.efuse import EfuseArray
 from hil.sim.firmware.reference import firmware_factory
 from hil.sim.firmware.rig import RigPeripherals
 from hil.sim.flash import SpiFlash
-from hil.sim.registers import ChipIdentity, parse_mac
+from hil.sim.registers import ChipIdentity, efuse_array_for, parse_mac
 from hil.sim.timing import ChipTiming
 from hil.sim.uart import PtyTransport, Rfc2217Server
 
 FLASH_FILE = "flash.bin"
 IDENTITY_FILE = "board.json"
+EFUSE_FILE = "efuse.bin"
 LOCK_FILE = "board.lock"
 
 
@@ -97,10 +100,11 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return handle
 
 
-def _prepare(options: BoardOptions) -> tuple[IO[str], SpiFlash, ChipIdentity]:
-    """The state dir held, its flash file open and the chip's identity; BoardSetupError
-    (and nothing left held) for a bad MAC, a state dir that cannot be one, a flash file of
-    the wrong size or a state file that is a symlink (it would write through the link)."""
+def _prepare(options: BoardOptions) -> tuple[IO[str], SpiFlash, ChipIdentity, EfuseArray]:
+    """The state dir held, its flash file open, the chip's identity and eFuses;
+    BoardSetupError (and nothing left held) for a bad MAC, a state dir that cannot be one,
+    a flash or eFuse file of the wrong size or a state file that is a symlink (it would
+    write through the link)."""
     state = options.state_dir
     if state.exists() and not state.is_dir():
         raise BoardSetupError(f"--state-dir {state}: is a file, not a directory; give a directory")
@@ -108,7 +112,7 @@ def _prepare(options: BoardOptions) -> tuple[IO[str], SpiFlash, ChipIdentity]:
         state.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BoardSetupError(f"--state-dir {state}: cannot create it ({exc.strerror}); give a writable directory") from None
-    for name in (FLASH_FILE, IDENTITY_FILE, LOCK_FILE):
+    for name in (FLASH_FILE, IDENTITY_FILE, LOCK_FILE, EFUSE_FILE):
         if (state / name).is_symlink():
             raise BoardSetupError(f"--state-dir {state}: {name} is a symlink; the board writes its state only to plain files")
     if options.mac is not None:
@@ -131,11 +135,17 @@ def _prepare(options: BoardOptions) -> tuple[IO[str], SpiFlash, ChipIdentity]:
         flash.close()
         lock.close()
         raise BoardSetupError(f"{state / IDENTITY_FILE}: {exc}; delete it to start from the default MAC") from None
-    return lock, flash, identity
+    try:
+        efuse = efuse_array_for(identity, flash, state / EFUSE_FILE)
+    except (ValueError, OSError) as exc:
+        flash.close()
+        lock.close()
+        raise BoardSetupError(str(exc)) from None
+    return lock, flash, identity, efuse
 
 
 async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> None:
-    lock, flash, identity = _prepare(options)
+    lock, flash, identity, efuse = _prepare(options)
     rig = RigPeripherals()
     board = Board(
         flash=flash,
@@ -143,6 +153,7 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
         app_factory=firmware_factory(rig),
         peripherals=rig,
         timing=ChipTiming() if options.realistic_timing else None,
+        efuse=efuse,
     )
     control = ControlServer(board)
     control.require_token(options.state_dir)

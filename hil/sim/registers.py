@@ -2,17 +2,21 @@
 
 esptool identifies the chip, reads its MAC and revision from eFuse words, talks to
 the SPI flash by driving the SPI1 peripheral's "user command" registers, and arms
-the RTC watchdog for ``--after watchdog-reset`` (SPEC_FACTS §1.3, §1.4). Everything
-else reads 0 and swallows writes, which is what esptool sees on a chip with blank
-eFuses and idle peripherals.
+the RTC watchdog for ``--after watchdog-reset`` (SPEC_FACTS §1.3, §1.4); espefuse reads
+every eFuse block and burns through the eFuse controller (`hil.sim.efuse`). UART0's
+version registers read their reset values. Everything else reads 0 and swallows
+writes, which is what esptool sees of idle peripherals.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from hil.sim.efuse import EfuseArray, EfuseController, factory_blocks
 from hil.sim.flash import SpiFlash
 
 _WORD = 0xFFFFFFFF
@@ -21,16 +25,28 @@ CHIP_MAGIC_ADDR = 0x40001000
 CHIP_MAGIC_VALUE = 0x1B31506F
 """One of the ESP32-C3 values at 0x40001000; tools older than GET_SECURITY_INFO detect by it."""
 
-# eFuse read registers (EFUSE_BASE 0x60008800). Zero in the BLOCK0 words means no
-# flash encryption, no secure boot and manual encrypted download allowed.
+# eFuse read registers (EFUSE_BASE 0x60008800; the whole controller is hil.sim.efuse).
+# Zero in the BLOCK0 words means no flash encryption, no secure boot and manual
+# encrypted download allowed.
+EFUSE_RD_WR_DIS = 0x6000882C
 EFUSE_RD_REPEAT_DATA0 = 0x60008830
 EFUSE_RD_REPEAT_DATA1 = 0x60008834
 EFUSE_RD_REPEAT_DATA2 = 0x60008838
+EFUSE_RD_REPEAT_DATA3 = 0x6000883C
 EFUSE_MAC0 = 0x60008844
 EFUSE_MAC1 = 0x60008848
 EFUSE_SYS_DATA3 = 0x60008850
 EFUSE_SYS_DATA4 = 0x60008854
 EFUSE_SYS_DATA5 = 0x60008858
+
+# UART0's version registers (ESP-IDF soc/esp32c3/register/soc/uart_reg.h): R/W, and
+# these are their reset values. esptool's targets name UART_DATE (and write it with a
+# zero mask as an excuse for a delay).
+UART_DATE = 0x6000007C
+UART_DATE_RESET = 0x02008270
+UART_ID = 0x60000080
+UART_ID_RESET = 0x40000500  # UART_HIGH_SPEED (bit 30) | UART_ID 0x500
+_PERIPHERAL_RESET_VALUES = {UART_DATE: UART_DATE_RESET, UART_ID: UART_ID_RESET}
 
 # SPI1 (the flash controller) "user command" registers, base 0x60002000.
 SPI1_BASE = 0x60002000
@@ -58,9 +74,15 @@ RTC_SWD_WPROTECT = 0x600080B0
 RTC_WDT_WKEY = 0x50D83AA1
 RTC_SWD_WKEY = 0x8F1D312A
 _WDT_EN = 1 << 31
+RTC_SLOW_CLOCK_HZ = 136_000
+"""The C3's default RTC slow clock (the internal ~136 kHz RC oscillator, RC_SLOW_CLK): the
+unit of the RTC WDT's stage hold times (esptool writes 2000 cycles, ≈ 14.7 ms)."""
 
 # Flash vendor codes in EFUSE_SYS_DATA4[2:0] for chips with in-package flash.
 _EFUSE_FLASH_VENDOR = {0x20: 1, 0xC8: 2}  # XMC, GD
+
+C3_CHIP_ID = 5
+"""The chip id GET_SECURITY_INFO reports for an ESP32-C3 (esptool's IMAGE_CHIP_ID)."""
 
 _MAC_TEXT = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
 
@@ -108,15 +130,32 @@ def format_mac(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
+def efuse_array_for(identity: ChipIdentity, flash: SpiFlash, path: Path | None = None) -> EfuseArray:
+    """The eFuses of this chip: its factory blocks, and what was burned since (kept in
+    ``path`` when given)."""
+    vendor = _EFUSE_FLASH_VENDOR.get(flash.jedec_id & 0xFF, 0) if identity.flash_cap else 0
+    factory = factory_blocks(
+        mac=identity.mac,
+        major_rev=identity.major_rev,
+        minor_rev=identity.minor_rev,
+        pkg=identity.pkg,
+        flash_cap=identity.flash_cap,
+        flash_vendor=vendor,
+    )
+    return EfuseArray(factory, path)
+
+
 class RegisterSpace:
     """Registers behind READ_REG/WRITE_REG, for both the ROM loader and the stub.
 
-    ``on_watchdog_reset`` is called, synchronously and in the middle of the
-    WRITE_REG that arms the RTC WDT, when esptool enables it for
-    ``--after watchdog-reset``. esptool still expects a reply to that write and to
-    the following write that re-locks the WDT, so the board should let the
-    configured timeout (RTC_WDT_CONFIG1, 2000 slow-clock cycles ≈ 13 ms) pass
-    before it resets the chip.
+    ``on_watchdog_reset`` is called, synchronously and in the middle of the WRITE_REG
+    that arms the RTC WDT, when esptool enables it for ``--after watchdog-reset``;
+    ``on_watchdog_locked`` when the armed WDT is write-protected again (esptool's last
+    write of that sequence). The WDT's timeout is `rtc_wdt_timeout_s`. The board, not
+    this class, decides when the reset happens: esptool expects replies to its writes
+    that follow the arming one.
+
+    ``efuse`` is the chip's eFuse array (factory blocks only, in memory, if not given).
     """
 
     def __init__(
@@ -124,32 +163,80 @@ class RegisterSpace:
         identity: ChipIdentity,
         flash: SpiFlash,
         on_watchdog_reset: Callable[[], None],
+        *,
+        efuse: EfuseArray | None = None,
+        on_watchdog_locked: Callable[[], None] | None = None,
     ) -> None:
         self.identity = identity
         self._on_watchdog_reset = on_watchdog_reset
-        self._efuse = _efuse_words(identity, flash)
+        self._on_watchdog_locked = on_watchdog_locked or (lambda: None)
+        self.efuse = EfuseController(efuse if efuse is not None else efuse_array_for(identity, flash))
         self._stored: dict[int, int] = {}
         self._spi = _SpiFlashCommands(flash)
+
+    def chip_reset(self) -> None:
+        """A chip reset: peripherals back to their reset values, eFuses read afresh."""
+        self._stored.clear()
+        self.efuse.reset()
 
     def read(self, addr: int) -> int:
         """The 32-bit word at ``addr``; 0 for anything not modelled."""
         if addr == CHIP_MAGIC_ADDR:
             return CHIP_MAGIC_VALUE
-        if addr in self._efuse:
-            return self._efuse[addr]
-        return self._stored.get(addr, 0)
+        if self.efuse.handles(addr):
+            return self.efuse.read(addr)
+        if addr in self._stored:
+            return self._stored[addr]
+        return _PERIPHERAL_RESET_VALUES.get(addr, 0)
 
     def write(self, addr: int, value: int, mask: int = _WORD) -> None:
         """Write the ``mask``ed bits of ``value`` (WRITE_REG semantics)."""
         new = (self.read(addr) & ~mask | value & mask) & _WORD
         if SPI1_BASE <= addr <= SPI_W15:
             self._write_spi(addr, new)
-        elif addr in (RTC_WDT_WPROTECT, RTC_SWD_WPROTECT):
+        elif self.efuse.handles(addr):
+            self.efuse.write(addr, new)
+        elif addr in _PERIPHERAL_RESET_VALUES:
             self._stored[addr] = new
+        elif addr in (RTC_WDT_WPROTECT, RTC_SWD_WPROTECT):
+            self._write_wprotect(addr, new)
         elif addr in (RTC_WDT_CONFIG0, RTC_WDT_CONFIG1):
             self._write_rtc_wdt(addr, new)
         elif addr == RTC_SWD_CONF and self._stored.get(RTC_SWD_WPROTECT) == RTC_SWD_WKEY:
             self._stored[addr] = new
+
+    @property
+    def rtc_wdt_timeout_s(self) -> float:
+        """Stage 0 hold time of the RTC WDT as configured (RTC_CNTL_WDTCONFIG1)."""
+        return self._stored.get(RTC_WDT_CONFIG1, 0) / RTC_SLOW_CLOCK_HZ
+
+    def security_info(self) -> bytes:
+        """GET_SECURITY_INFO's 20 bytes, from the eFuses as the ROM reads them: flags
+        (esptool's SECURITY_INFO_FLAG_MAP order), SPI_BOOT_CRYPT_CNT, the six key
+        purposes and a zero, chip id 5, then the API/ECO word."""
+        data0 = self.read(EFUSE_RD_REPEAT_DATA0)
+        data1 = self.read(EFUSE_RD_REPEAT_DATA1)
+        data2 = self.read(EFUSE_RD_REPEAT_DATA2)
+        data3 = self.read(EFUSE_RD_REPEAT_DATA3)
+        flags = 0
+        for bit, on in enumerate(
+            (
+                data2 >> 20 & 1,  # SECURE_BOOT_EN
+                data2 >> 21 & 1,  # SECURE_BOOT_AGGRESSIVE_REVOKE
+                data3 >> 5 & 1,  # ENABLE_SECURITY_DOWNLOAD
+                data1 >> 21 & 1,  # SECURE_BOOT_KEY_REVOKE0..2
+                data1 >> 22 & 1,
+                data1 >> 23 & 1,
+                bin(data0 >> 16 & 0x7).count("1") % 2,  # SOFT_DIS_JTAG (odd = disabled)
+                data0 >> 19 & 1,  # DIS_PAD_JTAG
+                data0 >> 11 & 1,  # DIS_USB_SERIAL_JTAG
+                0,  # no data cache on the C3
+                data0 >> 10 & 1,  # DIS_DOWNLOAD_ICACHE
+            )
+        ):
+            flags |= on << bit
+        purposes = [data1 >> 24 & 0xF, data1 >> 28 & 0xF] + [data2 >> (4 * i) & 0xF for i in range(4)]
+        return struct.pack("<IB7BII", flags, data1 >> 18 & 0x7, *purposes, 0, C3_CHIP_ID, 0)
 
     def _write_spi(self, addr: int, value: int) -> None:
         if addr == SPI_CMD and value & SPI_CMD_USR:
@@ -157,11 +244,19 @@ class RegisterSpace:
             value &= ~SPI_CMD_USR  # the hardware clears USR when the command is done
         self._stored[addr] = value
 
+    def _write_wprotect(self, addr: int, value: int) -> None:
+        was_unlocked = self._stored.get(addr) == RTC_WDT_WKEY
+        self._stored[addr] = value
+        armed = self._stored.get(RTC_WDT_CONFIG0, 0) & _WDT_EN
+        if addr == RTC_WDT_WPROTECT and was_unlocked and value != RTC_WDT_WKEY and armed:
+            self._on_watchdog_locked()
+
     def _write_rtc_wdt(self, addr: int, value: int) -> None:
         if self._stored.get(RTC_WDT_WPROTECT) != RTC_WDT_WKEY:
             return  # write-protected, as after reset
+        was_armed = self._stored.get(RTC_WDT_CONFIG0, 0) & _WDT_EN
         self._stored[addr] = value
-        if addr == RTC_WDT_CONFIG0 and value & _WDT_EN:
+        if addr == RTC_WDT_CONFIG0 and value & _WDT_EN and not was_armed:
             self._on_watchdog_reset()
 
     def _run_spi_user_command(self) -> None:
@@ -235,25 +330,6 @@ class _SpiFlashCommands:
             out += self._flash.read(addr, chunk)
             addr += chunk
         return bytes(out)
-
-
-def _efuse_words(identity: ChipIdentity, flash: SpiFlash) -> dict[int, int]:
-    """The eFuse read registers esptool decodes (esptool targets/esp32c3.py)."""
-    mac = identity.mac
-    return {
-        EFUSE_RD_REPEAT_DATA0: 0,
-        EFUSE_RD_REPEAT_DATA1: 0,
-        EFUSE_RD_REPEAT_DATA2: 0,
-        EFUSE_MAC0: int.from_bytes(mac[2:], "big"),
-        EFUSE_MAC1: int.from_bytes(mac[:2], "big"),
-        EFUSE_SYS_DATA3: (identity.minor_rev & 0x7) << 18
-        | identity.pkg << 21
-        | identity.flash_cap << 27,
-        EFUSE_SYS_DATA4: _EFUSE_FLASH_VENDOR.get(flash.jedec_id & 0xFF, 0)
-        if identity.flash_cap
-        else 0,
-        EFUSE_SYS_DATA5: (identity.minor_rev >> 3) << 23 | identity.major_rev << 24,
-    }
 
 
 def _sfdp_table(flash: SpiFlash) -> bytes:

@@ -78,6 +78,22 @@ def test_sim_board_does_not_write_through_a_symlinked_flash_file(tmp_path: Path)
     assert target.read_bytes() == b"keep me"
 
 
+def test_sim_board_refuses_an_efuse_file_of_the_wrong_size(tmp_path: Path) -> None:
+    (tmp_path / "efuse.bin").write_bytes(b"\x00" * 100)
+    one_line_error(hil("sim", "board", "--state-dir", str(tmp_path)), 2, "efuse.bin: eFuse file is 100 bytes", "delete it")
+    assert (tmp_path / "efuse.bin").read_bytes() == b"\x00" * 100
+
+
+def test_sim_board_does_not_write_through_a_symlinked_efuse_file(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me")
+    state = tmp_path / "board"
+    state.mkdir()
+    (state / "efuse.bin").symlink_to(target)
+    one_line_error(hil("sim", "board", "--state-dir", str(state)), 2, "efuse.bin is a symlink")
+    assert target.read_bytes() == b"keep me"
+
+
 # -- hil provision ------------------------------------------------------------------------
 BROKER = ["--broker", "mqtt://127.0.0.1:1883"]
 

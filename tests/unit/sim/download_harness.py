@@ -78,12 +78,13 @@ class PtyBoard:
         for fd in (self._master, self._slave, self._stop_r, self._stop_w):
             os.close(fd)
 
-    def esptool(self, *args: str, cwd: Path, stub: bool = True) -> EsptoolResult:
-        """Run the real esptool CLI against this board and capture its output."""
+    def esptool(self, *args: str, cwd: Path, stub: bool = True, tool: str = "esptool") -> EsptoolResult:
+        """Run the real esptool CLI (or ``tool="espefuse"``) against this board and
+        capture its output."""
         cmd = [
             sys.executable,
             "-m",
-            "esptool",
+            tool,
             "--port",
             self.port,
             "--before",

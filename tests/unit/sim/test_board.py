@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from hil.sim.control import ControlServer
 from hil.sim.flash import SpiFlash
 from hil.sim.registers import ChipIdentity, parse_mac
 from hil.sim.resets import ResetCause, RomResetCode
+from hil.sim.slip import slip_encode
 
 MAC = parse_mac("58:cf:79:01:02:03")
 
@@ -219,3 +222,111 @@ def test_control_endpoint_rejects_bad_requests(tmp_path: Path) -> None:
         assert reply["ok"] is False and "no match" in reply["error"]
 
     run(scenario, SpiFlash(tmp_path / "flash.bin"))
+
+
+# -- the boot log's clock and the flash chip's name -----------------------------------
+_STAMP = re.compile(r"^[IWE] \((\d+)\) ([\w.]+): (.*)$")
+
+
+def _stamps(out: str) -> list[tuple[int, str, str]]:
+    return [(int(m[1]), m[2], m[3]) for line in out.splitlines() if (m := _STAMP.match(line))]
+
+
+def test_boot_log_timestamps_run_like_a_board(tmp_path: Path, firmware: Path) -> None:
+    """The ROM banner and the bootloader's lines go out through UART0 at 115200 Bd, so the
+    bootloader starts ~24 ms after reset and its table rows are ~6 ms apart (SPEC_FACTS
+    §5); the same on every run, however busy the host."""
+
+    async def scenario(board: Board, out: bytearray) -> None:
+        board.power(True)
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+
+    first = _stamps(run(scenario, flashed(tmp_path, firmware)).decode())
+    boot = [(ms, msg) for ms, tag, msg in first if tag.startswith("boot")]
+    assert 18 <= boot[0][0] <= 30, boot[0]
+    rows = [ms for ms, msg in boot if re.match(r" \d ", msg)]
+    assert len(rows) == 6 and all(4 <= b - a <= 9 for a, b in itertools.pairwise(rows)), rows
+    loaded = next(ms for ms, msg in boot if msg.startswith("Loaded app"))
+    app_start = next(ms for ms, tag, _ in first if tag == "cpu_start")
+    assert 100 <= loaded < app_start <= loaded + 30
+    ms = [ms for ms, _, _ in first]
+    assert ms == sorted(ms) and ms[-1] > ms[0]
+    assert ("spi_flash", "detected chip: gd") in [(tag, msg) for _, tag, msg in first]
+
+    (tmp_path / "again").mkdir()
+    second = _stamps(run(scenario, flashed(tmp_path / "again", firmware)).decode())
+    until_app = next(i for i, (_, tag, _) in enumerate(first) if tag == "main_task")
+    assert [s[0] for s in second[:until_app]] == [s[0] for s in first[:until_app]]
+
+
+# -- esptool --after watchdog-reset ---------------------------------------------------
+_WDT_ARM = [(0x600080A8, 0x50D83AA1), (0x60008094, 2000), (0x60008090, 1 << 31 | 5 << 28 | 1 << 8 | 2)]
+_WDT_LOCK = (0x600080A8, 0)
+
+
+def _write_reg(addr: int, value: int) -> bytes:
+    payload = struct.pack("<IIII", addr, value, 0xFFFFFFFF, 0)
+    return slip_encode(struct.pack("<BBHI", 0, 0x09, len(payload), 0) + payload)
+
+
+async def _into_download(board: Board) -> None:
+    board.power(True)
+    await board.wait_for(lambda: board.mode is not Mode.OFF, timeout=1)
+    await board.pulse_reset(download=True)
+    await board.wait_for(lambda: board.mode is Mode.DOWNLOAD, timeout=1)
+
+
+@pytest.mark.parametrize("host_delay_s", [0.001, 0.08])
+def test_watchdog_reset_answers_the_relock_before_resetting(tmp_path: Path, firmware: Path, host_delay_s: float) -> None:
+    """esptool arms the RTC WDT, then re-locks it and expects that reply too. Quick
+    hosts see the reset when the 2000-cycle hold (~14.7 ms) is up; slow hosts (RFC 2217
+    on a busy machine) still get the reply to the re-lock first, then the reset."""
+    marks: dict[str, int] = {}
+
+    async def scenario(board: Board, out: bytearray) -> None:
+        await _into_download(board)
+        del out[:]
+        boots = board.boots
+        loop = asyncio.get_running_loop()
+        for addr, value in _WDT_ARM:
+            board.uart_rx(_write_reg(addr, value))
+        armed = loop.time()
+        await asyncio.sleep(host_delay_s)
+        assert board.boots == boots, "reset before the host's re-lock write"
+        board.uart_rx(_write_reg(*_WDT_LOCK))
+        marks["replies"] = out.count(b"\xc0\x01\x09")
+        await board.wait_for(lambda: board.boots > boots, timeout=1)
+        assert loop.time() - armed >= 0.014
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+
+    out = run(scenario, flashed(tmp_path, firmware))
+    assert marks["replies"] == 4
+    banner = out.index(b"ESP-ROM:")
+    assert out[:banner].count(b"\xc0\x01\x09") == 4  # every reply went out before the reset
+    assert b"rst:0x10 (RTCWDT_RTC_RST),boot:0xc (SPI_FAST_FLASH_BOOT)" in out
+
+
+def test_watchdog_armed_and_never_relocked_still_resets(tmp_path: Path, firmware: Path) -> None:
+    async def scenario(board: Board, out: bytearray) -> None:
+        await _into_download(board)
+        boots = board.boots
+        for addr, value in _WDT_ARM:
+            board.uart_rx(_write_reg(addr, value))
+        await board.wait_for(lambda: board.boots > boots, timeout=1)
+        assert board.last_cause is not None and board.last_cause.code is RomResetCode.RTCWDT_RTC_RST
+
+    run(scenario, flashed(tmp_path, firmware))
+
+
+def test_a_reset_in_between_disarms_the_watchdog(tmp_path: Path, firmware: Path) -> None:
+    async def scenario(board: Board, out: bytearray) -> None:
+        await _into_download(board)
+        for addr, value in _WDT_ARM:
+            board.uart_rx(_write_reg(addr, value))
+        await board.pulse_reset()  # EN pulled: the chip (and its RTC WDT) starts afresh
+        await board.wait_for(lambda: board.mode is Mode.APP, timeout=5)
+        boots = board.boots
+        await asyncio.sleep(0.4)
+        assert board.boots == boots
+
+    run(scenario, flashed(tmp_path, firmware))
