@@ -348,29 +348,29 @@ def reset_and_wait_online(dut, mqtt, timeout: float = 60) -> tuple[int, dict]:
 @pytest.mark.clause("C7.1", "C7.2", "C7.5", "C2.4", "C2.5", "C4.9", "C5.1")
 @pytest.mark.requires("sensor_emulation")
 @pytest.mark.parametrize(
-    ("fault", "error", "code"),
+    ("fault", "code"),
     [
         pytest.param(
             Fault.CORRUPT_CALIBRATION_T,
-            "calibration",
             "sensor_calibration",
             id="dig_T1-zero",
             marks=pytest.mark.guards("sensor_init_error_not_mirrored"),
         ),
-        pytest.param(Fault.CORRUPT_CALIBRATION_H, "calibration", "sensor_calibration", id="dig_H1-zero"),
-        pytest.param(Fault.WRONG_CHIP_ID, "chip id", None, id="wrong-chip-id"),
+        pytest.param(Fault.CORRUPT_CALIBRATION_H, "sensor_calibration", id="dig_H1-zero"),
+        pytest.param(Fault.WRONG_CHIP_ID, None, id="wrong-chip-id"),
     ],
 )
 def test_a_sensor_failing_its_checks_at_boot_is_reported_and_nothing_is_published(
-    dut, mqtt, console, sensor, hil_session, fault, error, code
+    dut, mqtt, console, sensor, hil_session, fault, code
 ) -> None:
     did = dut.device_id
     timeout_s = setting(hil_session, "sensor_timeout_s")
     sensor.fault(fault.value)
     serial = console.mark()
     mark, online = reset_and_wait_online(dut, mqtt)
+    # An `E sensor:` line that says something (the contract fixes no wording).
     line = console.expect(contract.SENSOR_ERROR, since=serial, timeout=30)
-    assert error in line.group("message"), line.group(0)
+    assert line.group("message").strip(), line.group(0)
     # ... mirrored to `logs` (C4.9): level error, its tag and message.
     mqtt.wait_for(
         contract.logs_topic(did),
