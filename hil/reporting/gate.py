@@ -9,22 +9,39 @@ Outcomes follow Allure's words: a *failed* test is a product defect (an assertio
 the device did not hold) and is never re-run; a *broken* test is one whose setup or
 harness raised, or infrastructure stopped it (a rig, broker, port or board process that
 failed, told by type in ``hil.errors``): only those are re-run, up to ``retries`` times.
+
+While pytest runs, its output goes to ``pytest-N.log`` and the gate shows its progress
+(`hil.reporting.progress`, fed by `hil.reporting.gate_events`). What it decided goes to
+``summary.json``, whose form is ``summary.schema.json`` (`SUMMARY_SCHEMA_VERSION`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hil.reporting.progress import (
+    DURATIONS_FILE,
+    EventTail,
+    Progress,
+    load_durations,
+    save_durations,
+)
 from hil.reporting.report import BROKEN_PROPERTY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +50,14 @@ OUTCOMES = ("passed", "failed", "broken", "skipped")
 SESSION_RECORD_GLOB = "session-*.json"  # written by the plugin into --hil-log-dir
 LOAD_METRICS_FILE = "load-metrics.json"  # written by gate_load tests into --hil-log-dir
 MAX_LOAD_DEVICES = 10_000  # what one `hil sim fleet` runs
+SUMMARY_SCHEMA_VERSION = 1
+"""summary.json's form (``hil/reporting/summary.schema.json``): raised when a field is
+removed or changes its meaning; a new field does not raise it."""
+SUMMARY_SCHEMA = Path(__file__).with_name("summary.schema.json")
+GATE_ENV = "HIL_GATE"
+"""Set to the profile's name in the gate's pytest run: a repository's own end-of-run
+sections (this one's meta-suite table) leave the gate's output alone."""
+EMBEDDED_BROKERS = ("embedded", "mosquitto", "amqtt")  # hil.services.broker's, by value
 
 
 class GateError(Exception):
@@ -203,6 +228,8 @@ class CaseResult:
     suite: str
     outcome: str  # one of OUTCOMES
     message: str = ""
+    duration_s: float = 0.0  # setup, call and teardown (JUnit's time), of the run that counts
+    attempts: int = 1  # runs of this test: more than one when infrastructure broke it
 
 
 def read_junit(path: Path, root: Path = ROOT) -> list[CaseResult]:
@@ -216,6 +243,10 @@ def read_junit(path: Path, root: Path = ROOT) -> list[CaseResult]:
         classname, name = case.get("classname", ""), case.get("name", "")
         suite, nodeid = _nodeid(classname, name, root)
         outcome, message = "passed", ""
+        try:
+            duration = round(float(case.get("time", "0")), 3)
+        except ValueError:
+            duration = 0.0
         broken = BROKEN_PROPERTY in {(p.get("name"), p.get("value")) for p in case.iter("property")}
         for child in case:
             kind = {"failure": "broken" if broken else "failed", "error": "broken", "skipped": "skipped"}.get(child.tag)
@@ -223,7 +254,7 @@ def read_junit(path: Path, root: Path = ROOT) -> list[CaseResult]:
                 outcome, message = kind, child.get("message", "")
                 if kind != "skipped":
                     break  # a teardown error after a failure: the failure is what counts
-        cases.append(CaseResult(nodeid=nodeid, suite=suite, outcome=outcome, message=message))
+        cases.append(CaseResult(nodeid=nodeid, suite=suite, outcome=outcome, message=message, duration_s=duration))
     return _merge_phases(cases)
 
 
@@ -244,8 +275,35 @@ def _merge_phases(cases: list[CaseResult]) -> list[CaseResult]:
     for case in cases:
         seen = merged.get(case.nodeid)
         if seen is None or worst[case.outcome] > worst[seen.outcome]:
-            merged[case.nodeid] = case
+            duration = max(case.duration_s, seen.duration_s) if seen is not None else case.duration_s
+            merged[case.nodeid] = replace(case, duration_s=duration)
     return list(merged.values())
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """Which broker the gate's tests ran against: ``requested`` is ``--broker`` (embedded,
+    mosquitto, amqtt or a URI); ``name`` and ``version`` the broker the session started
+    for an embedded one (from its session record), ``url`` an external one's address
+    without credentials; ``description`` says it in a few words (the verdict line's)."""
+
+    requested: str
+    description: str
+    name: str | None = None
+    version: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class PytestRun:
+    """One pytest run of a gate: the first, or a re-run of broken tests."""
+
+    attempt: int
+    tests: int  # how many it was asked to run by node id (the first: the profile's paths)
+    exit_code: int
+    duration_s: float
+    junit: str
+    log: str | None  # its output (None: the runner kept it)
 
 
 @dataclass(frozen=True)
@@ -257,16 +315,27 @@ class GateResult:
     suites: Mapping[str, Mapping[str, int]]
     firmware: Mapping[str, str]
     rigs: tuple[str, ...]
-    broker: str
+    broker: BrokerInfo
     retried: tuple[str, ...]
     cases: tuple[CaseResult, ...]
     out_dir: str
     load: Mapping[str, Any] = field(default_factory=dict)  # gate_load test -> its metrics
+    profile_path: str = ""
+    description: str = ""
+    requested: Mapping[str, Any] = field(default_factory=dict)  # the profile's selection, overrides applied
+    thresholds: Mapping[str, int] = field(default_factory=dict)
+    started_at: str = ""  # ISO 8601, UTC
+    ended_at: str = ""
+    duration_s: float = 0.0
+    commit: str | None = None
+    host: str = ""
+    runs: tuple[PytestRun, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        """summary.json (``summary.schema.json``)."""
+        data = {"schema_version": SUMMARY_SCHEMA_VERSION, **asdict(self)}
         data["cases"] = [asdict(c) for c in self.cases]
-        return data
+        return dict(json.loads(json.dumps(data)))  # JSON's own types: lists, not tuples
 
 
 def judge(profile: GateProfile, cases: Sequence[CaseResult]) -> tuple[str, tuple[str, ...]]:
@@ -286,14 +355,48 @@ def judge(profile: GateProfile, cases: Sequence[CaseResult]) -> tuple[str, tuple
 Runner = Callable[[Sequence[str], Mapping[str, str]], int]
 
 
-def run_pytest(argv: Sequence[str], env: Mapping[str, str]) -> int:
-    """pytest in its own process (its output streams to ours): a gate must survive a
-    crashing session and never share a rig session with its caller."""
-    return subprocess.run([sys.executable, "-m", "pytest", *argv], cwd=ROOT, env=dict(env), check=False).returncode
+PYTEST_FINISHED = (0, 1, 5)  # all passed, some failed, none collected (min_passed judges that)
+PYTEST_EXITS = {2: "interrupted", 3: "an internal error", 4: "a usage error"}
+INTERRUPT_GRACE_S = 60.0  # Ctrl-C: how long pytest may take to release its rigs
+
+
+def run_pytest(argv: Sequence[str], env: Mapping[str, str], *, output: Path | None = None, cwd: Path = ROOT) -> int:
+    """pytest in its own process: a gate must survive a crashing session and never share
+    a rig session with its caller. Its output goes to ``output`` (else to ours). Stopped
+    (Ctrl-C, which pytest gets too), the gate lets pytest release its rigs: a moment to
+    stop by itself, then SIGTERM (which unwinds like Ctrl-C), then SIGKILL."""
+    log = output.open("wb") if output is not None else None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", *argv], cwd=cwd, env=dict(env), stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+        )  # fmt: skip
+        try:
+            return proc.wait()
+        except BaseException:
+            _stop(proc)
+            raise
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    for send, wait in ((None, 2.0), (signal.SIGTERM, INTERRUPT_GRACE_S), (signal.SIGKILL, None)):
+        if send is not None:
+            proc.send_signal(send)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:  # a second Ctrl-C: on to the next signal
+            continue
 
 
 def pytest_argv(profile: GateProfile, out: Path, attempt: int, tests: Sequence[str]) -> list[str]:
     argv = [*tests, "-p", "no:cacheprovider", "--junitxml", str(out / f"junit-{attempt}.xml")]
+    argv += ["-p", "hil.reporting.gate_events", "--hil-gate-events", str(out / f"events-{attempt}.jsonl")]
     argv += ["--alluredir", str(out / "allure-results"), "--hil-log-dir", str(out / "logs")]
     argv += ["--broker", profile.broker, "-o", "console_output_style=classic"]
     if profile.markers and attempt == 0:
@@ -312,33 +415,68 @@ def run_gate(
     profile: GateProfile,
     out: Path,
     *,
-    runner: Runner = run_pytest,
+    runner: Runner | None = None,
     env: Mapping[str, str] | None = None,
     root: Path = ROOT,
+    progress: Progress | None = None,
 ) -> GateResult:
+    """Run the profile's tests (and re-run the broken ones), judge, write summary.json.
+
+    ``runner`` stands in for pytest (tests); the default runs it with its output in
+    ``out/pytest-N.log``. ``progress`` shows the run as it goes (``hil gate``: stdout)."""
+    out = out.resolve()  # pytest runs in ``root``
     out.mkdir(parents=True, exist_ok=True)
-    environ = dict(os.environ if env is None else env)
+    for stale in ("junit-*.xml", "events-*.jsonl", "pytest-*.log"):  # a previous run's re-runs: not this run's
+        for path in out.glob(stale):
+            path.unlink()
+    environ = {**(os.environ if env is None else env), GATE_ENV: profile.name}
+    started_at, started = _now(), time.monotonic()
+    history = load_durations(out / DURATIONS_FILE)
     tests: Sequence[str] = profile.tests
     results: dict[str, CaseResult] = {}
+    attempts: Counter[str] = Counter()
     retried: list[str] = []
+    runs: list[PytestRun] = []
     for attempt in range(profile.retries + 1):
-        runner(pytest_argv(profile, out, attempt, tests), environ)
+        argv = pytest_argv(profile, out, attempt, tests)
+        events = out / f"events-{attempt}.jsonl"
+        events.write_text("")
+        log = out / f"pytest-{attempt}.log" if runner is None else None
+        if progress is not None:
+            title = f"gate {profile.name}" if attempt == 0 else f"re-run {attempt} of {len(tests)} test(s) broken by infrastructure"
+            note = _progress_note(history, out, log) if attempt == 0 else ""
+            progress.begin(title, history, workers=profile.workers, note=note)
+        run_started = time.monotonic()
+        with EventTail(events, progress) if progress is not None else contextlib.nullcontext():
+            if runner is None:
+                code = run_pytest(argv, environ, output=log, cwd=root)
+            else:
+                code = runner(argv, environ)
         junit = out / f"junit-{attempt}.xml"
+        took = round(time.monotonic() - run_started, 3)
+        runs.append(PytestRun(attempt, len(tests), code, took, junit.name, log.name if log is not None else None))
         if not junit.is_file():
-            raise GateError(f"pytest wrote no {junit}: the run did not start (see its output above)")
+            raise GateError(f"pytest wrote no {junit}: the run did not start ({_see_output(log)})")
         for case in read_junit(junit, root):
+            attempts[case.nodeid] += 1
             results[case.nodeid] = case
         broken = sorted(nodeid for nodeid, case in results.items() if case.outcome == "broken")
         if not broken or attempt == profile.retries:
             break
         retried += broken
         tests = broken
-    cases = tuple(sorted(results.values(), key=lambda c: c.nodeid))
+    cases = tuple(sorted((replace(c, attempts=attempts[c.nodeid]) for c in results.values()), key=lambda c: c.nodeid))
+    # A skipped or broken test's time says nothing of how long it takes when it runs.
+    save_durations(out / DURATIONS_FILE, {c.nodeid: c.duration_s for c in cases if c.outcome in ("passed", "failed")})
     verdict, reasons = judge(profile, cases)
+    unfinished = [_unfinished(run) for run in runs if run.exit_code not in PYTEST_FINISHED]
+    if unfinished:  # what its JUnit holds may be part of the run only
+        verdict, reasons = "no-go", (*reasons, *unfinished)
     suites: dict[str, Counter[str]] = {}
     for case in cases:
         suites.setdefault(case.suite, Counter())[case.outcome] += 1
-    firmware, rigs = _session_records(out / "logs")
+    records = _session_records(out / "logs")
+    firmware = {k: v for record in records for k, v in record.items() if k.startswith("firmware")}
     result = GateResult(
         profile=profile.name,
         verdict=verdict,
@@ -346,26 +484,113 @@ def run_gate(
         counts={o: sum(1 for c in cases if c.outcome == o) for o in OUTCOMES},
         suites={suite: {o: counts[o] for o in OUTCOMES} for suite, counts in sorted(suites.items())},
         firmware=firmware,
-        rigs=rigs,
-        broker=profile.broker,
+        rigs=tuple(sorted({str(r.get("rig", "no-rig")) for r in records})),
+        broker=broker_info(profile.broker, records),
         retried=tuple(retried),
         cases=cases,
         out_dir=str(out),
         load=_load_metrics(out / "logs"),
+        profile_path=str(profile.path),
+        description=profile.description,
+        requested={
+            "tests": list(profile.tests),
+            "markers": profile.markers or None,
+            "rig": profile.rig,
+            "rig_tag": profile.rig_tag,
+            "broker": _without_credentials(profile.broker),
+            "firmware": profile.firmware,
+            "retries": profile.retries,
+            "workers": profile.workers,
+        },
+        thresholds=asdict(profile.thresholds),
+        started_at=started_at,
+        ended_at=_now(),
+        duration_s=round(time.monotonic() - started, 3),
+        commit=git_commit(root),
+        host=socket.gethostname(),
+        runs=tuple(runs),
     )
     (out / "summary.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
 
-def _session_records(log_dir: Path) -> tuple[dict[str, str], tuple[str, ...]]:
-    """The firmware and rigs the sessions used, from the records the plugin leaves."""
-    firmware: dict[str, str] = {}
-    rigs: set[str] = set()
+def _unfinished(run: PytestRun) -> str:
+    why = PYTEST_EXITS.get(run.exit_code, "an unexpected exit")
+    return f"pytest run {run.attempt} ended with exit code {run.exit_code} ({why}; its output: {run.log or 'above'})"
+
+
+def _now() -> str:
+    """Now, ISO 8601 in UTC (``2025-06-01T12:00:00.123Z``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _progress_note(history: Mapping[str, float], out: Path, log: Path | None) -> str:
+    eta = (
+        f"ETA from the previous run's durations ({out / DURATIONS_FILE})"
+        if history
+        else "no previous run to time it by: ETA from this run's pace"
+    )
+    return f"{eta}; pytest's output: {log}" if log is not None else eta
+
+
+def _see_output(log: Path | None) -> str:
+    if log is None or not log.is_file():
+        return "see its output above"
+    tail = log.read_text(errors="replace").splitlines()[-30:]
+    return f"its output, {log}, ends:\n" + "\n".join(tail)
+
+
+def git_commit(root: Path) -> str | None:
+    """The commit ``root`` is checked out at, or None (not a git work tree, no git)."""
+    try:
+        run = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--verify", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = run.stdout.strip()
+    return commit if run.returncode == 0 and commit else None
+
+
+def broker_info(requested: str, records: Sequence[Mapping[str, Any]]) -> BrokerInfo:
+    """Which broker it was: an embedded one by the name and version its sessions
+    recorded (``broker_name``, ``broker_version``), an external one by its URL, any user
+    information (credentials) taken out."""
+    if requested not in EMBEDDED_BROKERS:
+        url = _without_credentials(requested)
+        return BrokerInfo(requested=url, description=url, url=url)
+    for record in records:
+        name = record.get("broker_name")
+        if name:
+            version = record.get("broker_version")
+            version = None if version in (None, "", "unknown") else str(version)
+            what = f"{name} {version}" if version else f"{name} (version unknown)"
+            return BrokerInfo(requested=requested, description=f"{what}, embedded", name=str(name), version=version)
+    return BrokerInfo(requested=requested, description=f"{requested} (no session started one)")
+
+
+def _without_credentials(uri: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return uri.rpartition("@")[2]
+    if "@" not in parts.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _session_records(log_dir: Path) -> list[dict[str, Any]]:
+    """What each pytest session (one per xdist worker) ran on: rig, firmware, broker;
+    the records the plugin leaves in the log dir."""
+    records: list[dict[str, Any]] = []
     for record_file in sorted(log_dir.rglob(SESSION_RECORD_GLOB)):  # one per xdist worker dir
-        record = json.loads(record_file.read_text())
-        rigs.add(record.get("rig", record_file.stem))
-        firmware.update({k: v for k, v in record.items() if k.startswith("firmware")})
-    return firmware, tuple(sorted(rigs))
+        try:
+            record = json.loads(record_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            records.append({"rig": record_file.stem.removeprefix("session-"), **record})
+    return records
 
 
 def _load_metrics(log_dir: Path) -> dict[str, Any]:
@@ -398,10 +623,13 @@ def verdict_table(result: GateResult) -> str:
     lines.insert(len(lines) - 1, lines[1])
     version = result.firmware.get("firmware_version") or result.firmware.get("firmware", "?")
     lines.append("")
-    lines.append(f"gate {result.profile}: firmware {version} on {', '.join(result.rigs) or 'no rig'}, broker {result.broker}")
+    rigs = ", ".join(result.rigs) or "no rig"
+    lines.append(f"gate {result.profile}: firmware {version} on {rigs}, broker {result.broker.description}")
     if result.retried:
         lines.append(f"re-run for infrastructure errors: {', '.join(result.retried)}")
     for test, metrics in result.load.items():
         lines.append(f"load ({test}): {metrics.get('summary', metrics)}")
+    took = f"{result.duration_s:.0f} s" if result.duration_s < 120 else f"{result.duration_s / 60:.1f} min"
+    lines.append(f"took {took}; commit {(result.commit or 'unknown')[:12]} on {result.host or 'unknown host'}")
     lines.append(f"VERDICT: {result.verdict.upper()}" + (f" ({'; '.join(result.reasons)})" if result.reasons else ""))
     return "\n".join(lines)

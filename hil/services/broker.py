@@ -14,9 +14,12 @@ crashed broker would.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -127,6 +130,17 @@ class MosquittoBroker:
 
     def _command(self, config: Path) -> list[str]:
         return [self.executable, "-c", str(config)]
+
+    @functools.cached_property
+    def version(self) -> str | None:
+        """The broker's version (``mosquitto -h`` says it), or None when it does not say:
+        what a gate's summary names besides "embedded"."""
+        try:
+            run = subprocess.run([self.executable, "-h"], capture_output=True, text=True, timeout=5, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        match = re.search(r"mosquitto version (\S+)", run.stdout + run.stderr)
+        return match.group(1) if match else None
 
     @property
     def listeners(self) -> dict[str, int]:
@@ -369,6 +383,14 @@ class AmqttBroker(MosquittoBroker):
 
     def _command(self, config: Path) -> list[str]:
         return [self.executable, "-m", "hil.services.amqtt_broker", str(config)]
+
+    @functools.cached_property
+    def version(self) -> str | None:
+        """The installed amqtt's version."""
+        try:
+            return importlib.metadata.version("amqtt")
+        except importlib.metadata.PackageNotFoundError:
+            return None
 
     def protocol_log(self) -> BrokerLogReader:
         raise BrokerUnsupported("amqtt does not log the packets clients send (no 'protocol_log' feature)")

@@ -1,6 +1,8 @@
 """``hil gate`` and ``hil rigs`` run the way a person runs them: a subprocess, its exit code
 and its output. The gate runs against a local mosquitto with mutual TLS standing in for
-staging: go on the baseline, no-go (exit 1, the right counts) on a defect image."""
+staging: go on the baseline, no-go (exit 1, the right counts) on a defect image. Its output
+is progress (counts, an ETA from the previous run) and the verdict table, never the
+meta-suite's table; its summary.json validates against the committed schema."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from hil.services.broker import OBSERVER_USER, MosquittoBroker
+from tests.jsonschema_subset import validate
 
 ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "hil" / "reporting" / "summary.schema.json").read_text())
 
 
 def hil(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -82,6 +86,9 @@ def test_gate_against_a_mutual_tls_broker_go_then_no_go(tmp_path: Path) -> None:
     staging.start()
     try:
         go = hil("gate", str(profile), "--broker", staging.uri("mtls"), "--out", str(tmp_path / "go"), env=env, timeout=400)
+        (tmp_path / "no-go").mkdir()
+        if (tmp_path / "go" / "durations.json").is_file():  # the same gate's previous run times the next
+            (tmp_path / "no-go" / "durations.json").write_text((tmp_path / "go" / "durations.json").read_text())
         no_go = hil(
             "gate", str(profile), "--broker", staging.uri("mtls"), "--firmware", "temp_high_2c",
             "--out", str(tmp_path / "no-go"), env=env, timeout=400,
@@ -90,14 +97,25 @@ def test_gate_against_a_mutual_tls_broker_go_then_no_go(tmp_path: Path) -> None:
         staging.stop()
     assert go.returncode == 0, go.stdout[-4000:] + go.stderr[-2000:]
     assert "VERDICT: GO" in go.stdout
+    assert f"broker {staging.uri('mtls')}\n" in go.stdout  # which broker, not "embedded"
+    assert "no previous run to time it by" in go.stdout and "  3/3 done: 2 passed, 0 failed, 0 broken, 1 skipped;" in go.stdout
+    assert "defects caught by the HIL suites" not in go.stdout + go.stderr  # the meta-suite's table
+    assert "defects caught by the HIL suites" not in (tmp_path / "go" / "pytest-0.log").read_text()
     summary = json.loads((tmp_path / "go" / "summary.json").read_text())
+    assert validate(summary, SCHEMA) == [], summary
+    assert summary["broker"]["url"] == staging.uri("mtls") and summary["broker"]["requested"] == staging.uri("mtls")
+    assert summary["started_at"] < summary["ended_at"] and summary["duration_s"] > 0
+    assert all(c["duration_s"] > 0 for c in summary["cases"] if c["outcome"] == "passed")
     assert summary["counts"] == {"passed": 2, "failed": 0, "broken": 0, "skipped": 1}  # no fault proxy in front of an external broker
     assert summary["rigs"] == ["virtual-0"] and summary["firmware"]["firmware_version"]
     assert (tmp_path / "go" / "allure-results" / "environment.properties").is_file()
 
     assert no_go.returncode == 1, no_go.stdout[-4000:]
     assert "VERDICT: NO-GO (1 failed" in no_go.stdout
+    assert "ETA from the previous run's durations" in no_go.stdout
+    assert "  FAILED tests/hil/test_smoke.py::test_a_reading_matches_the_sensor_environment" in no_go.stdout
     summary = json.loads((tmp_path / "no-go" / "summary.json").read_text())
+    assert validate(summary, SCHEMA) == [], summary
     assert summary["counts"] == {"passed": 1, "failed": 1, "broken": 0, "skipped": 1}
     assert summary["firmware"]["firmware"] == "temp_high_2c"
     failed = [c for c in summary["cases"] if c["outcome"] == "failed"]

@@ -81,6 +81,8 @@ def test_two_rigs_two_workers_each_on_its_own_rig_both_pass(tmp_path: Path, cach
     assert set(held) == {"gw0", "gw1"}, held
     assert {record["rig"] for record in held.values()} == {"duo-0", "duo-1"}, held  # a rig each, different
     assert {record["device_id"] for record in held.values()} == {"hil-duo-0", "hil-duo-1"}, held
+    # which broker, as `hil gate` names it ("mosquitto 2.0.11, embedded")
+    assert all(r["broker_name"] in ("mosquitto", "amqtt") and r["broker_version"] != "unknown" for r in held.values()), held
 
 
 def test_one_rig_two_workers_the_second_skips_saying_no_rig_is_available(tmp_path: Path, cache_dir: Path) -> None:

@@ -13,16 +13,21 @@ Each row starts with the firmware its guards ran on: a defect recipe, the baseli
 (the meta-suite's own baseline case), or, for the guards this session ran in
 ``tests/hil``, the session's ``--firmware`` (the baseline recipe when none is given). A run
 with ``--firmware X`` judged X, and its row says so instead of passing for the baseline.
+
+Not in a gate's run (``hil gate`` sets ``HIL_GATE``, `GATE_ENV`): a release manager reads the gate's
+verdict table, and the meta-suite's "baseline passed 41" beside "108 passed" only confuses it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from typing import Any
 
 import pytest
 
+from hil.reporting.gate import GATE_ENV
 from hil.reporting.report import is_broken
 
 GUARDS_PROPERTY = "hil_guards"
@@ -67,6 +72,8 @@ def session_firmware(option: str | None) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if os.environ.get(GATE_ENV):
+        return
     rows: list[tuple[str, str, str]] = []
     baseline: list[tuple[str, str, str, list[list[str]]]] = []
     firmware = terminalreporter.config.getoption("--firmware", None)

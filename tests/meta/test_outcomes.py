@@ -187,3 +187,23 @@ def test_the_session_row_names_the_firmware_it_judged(pytester: pytest.Pytester)
     alone = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hil", "--import-mode=importlib", "tests/hil", "--firmware", "fw.bin")
     alone.stdout.re_match_lines([r"fw.bin +FAILED +1 failed, 1 passed \(this session's tests/hil\)"])
     assert not any(line.startswith("baseline") for line in alone.stdout.lines)
+
+
+def test_a_gates_run_prints_no_table(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hil gate` (which sets HIL_GATE) has a verdict table of its own: the meta-suite's
+    "baseline passed 41" beside the gate's "108 passed" is not printed."""
+    hil = pytester.mkdir("tests") / "hil"
+    hil.mkdir()
+    (hil / "test_guarded.py").write_text("import pytest\n@pytest.mark.guards('no_lwt')\ndef test_good(): pass\n")
+    args = ("-p", "no:cacheprovider", "-p", "no:hil", "--import-mode=importlib", "tests", "--firmware", "fw.bin")
+    pytester.makeconftest(
+        'pytest_plugins = ["tests.meta.table"]\n'
+        "def pytest_addoption(parser):\n"
+        '    parser.addoption("--firmware")\n'
+        "def pytest_configure(config):\n"
+        '    config.addinivalue_line("markers", "guards(*recipes): the defects a test guards")\n'
+    )
+    assert "defects caught by the HIL suites" in pytester.runpytest(*args).stdout.str()
+    monkeypatch.setenv("HIL_GATE", "staging")
+    result = pytester.runpytest(*args)
+    assert result.ret == 0 and "defects caught by the HIL suites" not in result.stdout.str()

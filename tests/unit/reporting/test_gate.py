@@ -113,6 +113,7 @@ class ScriptedRuns:
     def __init__(self, attempts: list[list[tuple[str, str, str]]]) -> None:
         self.attempts = attempts
         self.argvs: list[list[str]] = []
+        self.envs: list[dict[str, str]] = []
 
     def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
         self.argvs.append(list(argv))
@@ -120,7 +121,9 @@ class ScriptedRuns:
         out.write_text(junit(self.attempts[len(self.argvs) - 1]))
         logs = Path(argv[argv.index("--hil-log-dir") + 1])
         logs.mkdir(parents=True, exist_ok=True)
-        (logs / "session-virtual-0.json").write_text(json.dumps({"rig": "virtual-0", "firmware_version": "1.0.0"}))
+        record = {"rig": "virtual-0", "firmware_version": "1.0.0", "broker_name": "mosquitto", "broker_version": "2.0.11"}
+        (logs / "session-virtual-0.json").write_text(json.dumps(record))
+        self.envs.append(dict(env))
         return 0
 
 
@@ -174,6 +177,18 @@ def test_thresholds_decide_the_verdict() -> None:
 def test_a_run_that_writes_no_junit_is_a_gate_error(tmp_path: Path) -> None:
     with pytest.raises(GateError, match="wrote no"):
         run_gate(GateProfile(name="g", path=Path("g")), tmp_path, runner=lambda argv, env: 4, env={}, root=ROOT)
+
+
+def test_a_run_pytest_did_not_finish_is_a_no_go_whatever_its_junit_says(tmp_path: Path) -> None:
+    class Crashing(ScriptedRuns):
+        def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
+            super().__call__(argv, env)
+            return 3  # INTERNAL_ERROR: the JUnit file holds the tests before it only
+
+    runs = Crashing([[("tests.hil.test_smoke", "test_online", "passed")]])
+    result = run_gate(GateProfile(name="g", path=tmp_path / "g.toml"), tmp_path / "o", runner=runs, env={}, root=ROOT)
+    assert result.verdict == "no-go"
+    assert result.reasons == ("pytest run 0 ended with exit code 3 (an internal error; its output: above)",)
 
 
 # -- the [load] table (fleet load gate) ----------------------------------------------------
@@ -262,3 +277,143 @@ def pytest_argv_without_load(tmp_path: Path) -> list[str]:
     from hil.reporting.gate import pytest_argv
 
     return pytest_argv(GateProfile(name="staging", path=tmp_path / "staging.toml"), tmp_path, 0, ["tests/hil"])
+
+
+# -- summary.json: its schema, and what it says -------------------------------------------------
+SCHEMA = ROOT / "hil" / "reporting" / "summary.schema.json"
+
+
+def test_summary_json_validates_against_the_committed_schema_and_says_what_ran(tmp_path: Path) -> None:
+    from tests.jsonschema_subset import validate
+
+    runs = ScriptedRuns(
+        [
+            [("tests.hil.test_smoke", "test_online", "passed"), ("tests.hil.test_smoke", "test_partition", "broken")],
+            [("tests.hil.test_smoke", "test_partition", "passed")],
+        ]
+    )
+    profile = GateProfile(
+        name="staging", path=tmp_path / "staging.toml", rig_tag="virtual", markers="gate_e2e",
+        thresholds=Thresholds(max_failed=0, max_broken=0, min_passed=2),
+    )  # fmt: skip
+    run_gate(profile, tmp_path / "out", runner=runs, env={}, root=ROOT)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert validate(summary, json.loads(SCHEMA.read_text())) == []
+    assert summary["schema_version"] == 1 and summary["verdict"] == "go"
+    assert summary["thresholds"] == {"max_failed": 0, "max_broken": 0, "min_passed": 2}
+    assert summary["requested"]["rig_tag"] == "virtual" and summary["requested"]["markers"] == "gate_e2e"
+    assert summary["started_at"].endswith("Z") and summary["started_at"] <= summary["ended_at"]
+    assert summary["duration_s"] >= 0 and summary["host"]
+    assert summary["commit"] is None or len(summary["commit"]) in (40, 64)
+    assert summary["broker"] == {
+        "requested": "embedded", "description": "mosquitto 2.0.11, embedded", "name": "mosquitto",
+        "version": "2.0.11", "url": None,
+    }  # fmt: skip
+    cases = {c["nodeid"]: c for c in summary["cases"]}
+    assert cases["tests/hil/test_smoke.py::test_partition"]["attempts"] == 2
+    assert cases["tests/hil/test_smoke.py::test_online"] == {
+        "nodeid": "tests/hil/test_smoke.py::test_online", "suite": "tests/hil/test_smoke.py", "outcome": "passed",
+        "message": "", "duration_s": 1.0, "attempts": 1,
+    }  # fmt: skip
+    assert [(r["attempt"], r["tests"], r["exit_code"]) for r in summary["runs"]] == [(0, 1, 0), (1, 1, 0)]
+
+
+def test_the_schema_check_catches_a_summary_that_drifted(tmp_path: Path) -> None:
+    """The validator is no rubber stamp: what the schema says is checked."""
+    from tests.jsonschema_subset import unsupported, validate
+
+    schema = json.loads(SCHEMA.read_text())
+    assert unsupported(schema) == set()
+    runs = ScriptedRuns([[("tests.hil.test_smoke", "test_online", "failed")]])
+    summary = run_gate(GateProfile(name="g", path=tmp_path / "g.toml"), tmp_path / "o", runner=runs, env={}, root=ROOT).to_json()
+    assert validate(summary, schema) == []
+    bad = {**summary, "verdict": "maybe", "started_at": "2025-06-01 12:00", "surprise": 1}
+    del bad["host"]
+    bad["cases"] = [{**summary["cases"][0], "duration_s": -1}]
+    bad["counts"] = {**summary["counts"], "passed": "2"}
+    errors = validate(bad, schema)
+    for says in ("$.verdict", "$.started_at", "'surprise' is not allowed", "'host' is required", "$.cases[0].duration_s",
+                 "$.counts.passed"):  # fmt: skip
+        assert any(says in error for error in errors), (says, errors)
+    with pytest.raises(ValueError, match="does not check"):
+        validate(summary, {"type": "object", "minProperties": 1})
+
+
+def test_the_schema_is_in_the_wheel() -> None:
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["hil"]
+    assert "reporting/summary.schema.json" in data and SCHEMA.is_file()
+    from hil.reporting.gate import SUMMARY_SCHEMA, SUMMARY_SCHEMA_VERSION
+
+    assert SUMMARY_SCHEMA == SCHEMA and json.loads(SCHEMA.read_text())["properties"]["schema_version"]["const"] == SUMMARY_SCHEMA_VERSION
+
+
+@pytest.mark.parametrize(
+    ("requested", "records", "description", "url"),
+    [
+        ("embedded", [{"broker_name": "mosquitto", "broker_version": "2.0.11"}], "mosquitto 2.0.11, embedded", None),
+        ("embedded", [{"broker_name": "amqtt", "broker_version": "unknown"}], "amqtt (version unknown), embedded", None),
+        ("mosquitto", [{"rig": "virtual-0"}], "mosquitto (no session started one)", None),
+        ("mqtts://broker.staging:8883", [], "mqtts://broker.staging:8883", "mqtts://broker.staging:8883"),
+        ("mqtts://ci:s3cret@broker.staging:8883", [], "mqtts://broker.staging:8883", "mqtts://broker.staging:8883"),
+    ],
+)
+def test_the_broker_is_named_never_with_credentials(
+    requested: str, records: list[dict[str, str]], description: str, url: str | None
+) -> None:
+    from hil.reporting.gate import broker_info
+
+    info = broker_info(requested, records)
+    assert info.description == description and info.url == url and "s3cret" not in repr(info)
+
+
+def test_the_verdict_line_names_the_broker(tmp_path: Path) -> None:
+    runs = ScriptedRuns([[("tests.hil.test_smoke", "test_online", "passed")]])
+    result = run_gate(GateProfile(name="staging", path=tmp_path / "s.toml"), tmp_path / "o", runner=runs, env={}, root=ROOT)
+    table = verdict_table(result)
+    assert "gate staging: firmware 1.0.0 on virtual-0, broker mosquitto 2.0.11, embedded" in table
+    assert table.splitlines()[-1] == "VERDICT: GO"
+
+
+def test_the_gate_tells_its_pytest_run_it_is_a_gate_and_asks_for_its_events(tmp_path: Path) -> None:
+    runs = ScriptedRuns([[("tests.hil.test_smoke", "test_online", "passed")]])
+    run_gate(GateProfile(name="staging", path=tmp_path / "s.toml"), tmp_path / "o", runner=runs, env={"A": "1"}, root=ROOT)
+    argv = runs.argvs[0]
+    assert runs.envs[0] == {"A": "1", "HIL_GATE": "staging"}  # no meta-suite table in a gate's output
+    assert argv[argv.index("-p", argv.index("--junitxml")) + 1] == "hil.reporting.gate_events"
+    assert argv[argv.index("--hil-gate-events") + 1] == str(tmp_path / "o" / "events-0.jsonl")
+
+
+def test_the_durations_are_kept_for_the_next_runs_eta(tmp_path: Path) -> None:
+    import io
+
+    from hil.reporting.progress import Progress, load_durations
+
+    first = [("tests.hil.test_smoke", "test_online", "passed"), ("tests.hil.test_smoke", "test_power", "skipped")]
+    run_gate(GateProfile(name="g", path=tmp_path / "g.toml"), tmp_path / "o", runner=ScriptedRuns([first]), env={}, root=ROOT)
+    assert load_durations(tmp_path / "o" / "durations.json") == {"tests/hil/test_smoke.py::test_online": 1.0}
+
+    class Timed(ScriptedRuns):  # a run that says what it is doing, as the events plugin does
+        def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
+            events = Path(argv[argv.index("--hil-gate-events") + 1])
+            events.write_text(json.dumps({"event": "collected", "nodeids": ["tests/hil/test_smoke.py::test_online"]}) + "\n")
+            return super().__call__(argv, env)
+
+    shown = io.StringIO()
+    progress = Progress(shown, tty=False)
+    run_gate(GateProfile(name="g", path=tmp_path / "g.toml"), tmp_path / "o", runner=Timed([first]), env={}, root=ROOT, progress=progress)
+    lines = shown.getvalue().splitlines()
+    assert lines[0].startswith("gate g: ETA from the previous run's durations"), lines
+    assert lines[1].startswith("  0/1 done: 0 passed, 0 failed, 0 broken, 0 skipped;") and lines[1].endswith("ETA 1s"), lines
+
+
+def test_a_previous_runs_files_do_not_pass_for_this_runs(tmp_path: Path) -> None:
+    """A CI job that collects junit-*.xml must not find the re-run of a run before."""
+    out = tmp_path / "o"
+    out.mkdir()
+    for stale in ("junit-1.xml", "events-1.jsonl", "pytest-1.log"):
+        (out / stale).write_text("from the run before")
+    runs = ScriptedRuns([[("tests.hil.test_smoke", "test_online", "passed")]])
+    run_gate(GateProfile(name="g", path=tmp_path / "g.toml"), out, runner=runs, env={}, root=ROOT)
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".xml", ".jsonl", ".log")) == ["events-0.jsonl", "junit-0.xml"]

@@ -45,3 +45,19 @@ def test_a_broker_that_says_why_it_failed_is_not_retried(tmp_path: Path) -> None
     with pytest.raises(BrokerError, match="exited with 3"):
         broker.start()
     assert "starting it once more" not in broker.log_path.read_text()
+
+
+def test_the_broker_says_its_version_for_the_gates_summary(tmp_path: Path) -> None:
+    """`hil gate` names the broker ("mosquitto 2.0.11, embedded") from the session record."""
+    import importlib.metadata
+    import re
+
+    from hil.services.broker import AmqttBroker
+
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?\S*", MosquittoBroker(tmp_path / "m").version or "")
+    assert MosquittoBroker(tmp_path / "f", executable=launcher(tmp_path, "echo nothing to say")).version is None
+    try:
+        expected = importlib.metadata.version("amqtt")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("amqtt is not installed")
+    assert AmqttBroker(tmp_path / "a").version == expected
