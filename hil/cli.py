@@ -92,6 +92,7 @@ def _rigs_check(args: argparse.Namespace) -> int:
 
 def _gate(args: argparse.Namespace) -> int:
     from hil.reporting.gate import GateError, load_profile, override, run_gate, verdict_table
+    from hil.reporting.progress import Progress
 
     try:
         profile = override(
@@ -103,13 +104,14 @@ def _gate(args: argparse.Namespace) -> int:
         )
         out = Path(args.out or f"gate-results/{profile.name}")
         print(f"hil gate {profile.name}: {profile.description or profile.path}", flush=True)
-        result = run_gate(profile, out)
+        result = run_gate(profile, out, progress=Progress(sys.stdout))
     except GateError as exc:
         print(f"hil gate: {exc}", file=sys.stderr)
         return 2
     print()
     print(verdict_table(result))
-    print(f"summary: {out / 'summary.json'}; JUnit: {out}/junit-*.xml; Allure results: {out / 'allure-results'}")
+    print(f"summary: {out / 'summary.json'}; JUnit: {out}/junit-*.xml; pytest's output: {out}/pytest-*.log; "
+          f"Allure results: {out / 'allure-results'}")  # fmt: skip
     return 0 if result.verdict == "go" else 1
 
 
@@ -208,9 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a validation gate profile and decide go / no-go",
         description="Run the tests a gate profile (gates/PROFILE.toml) selects, on its rig, "
         "broker and firmware; re-run tests broken by infrastructure errors (never failed "
-        "ones) up to the profile's retries; write JUnit XML, Allure results and "
-        "summary.json (passed, failed, broken, skipped, per suite, firmware version, rigs) "
-        "into --out; print a verdict table. Exit 0 on go, 1 on no-go, 2 on a profile error. "
+        "ones) up to the profile's retries; show progress as tests finish (counts, done/total, "
+        "an ETA from the previous run's durations; pytest's own output goes to OUT/pytest-N.log); "
+        "write JUnit XML, Allure results and summary.json (schema: hil/reporting/summary.schema.json; "
+        "verdict, counts per outcome and suite, thresholds, start and end, durations of the run and "
+        "of every test, commit, host, firmware, rigs, broker) into --out; print a verdict table. "
+        "Exit 0 on go, 1 on no-go, 2 on a profile error. "
         "For a staging broker give --broker mqtts://HOST:PORT and its credentials in "
         "HIL_BROKER_CA_FILE, HIL_BROKER_CLIENT_CERT_FILE, HIL_BROKER_CLIENT_KEY_FILE, "
         "HIL_BROKER_USERNAME, HIL_BROKER_PASSWORD.",

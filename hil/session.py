@@ -16,7 +16,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -41,7 +41,7 @@ from hil.reporting.report import Redactor
 from hil.rig.attached import AttachedRig, RigNotStarted, reserve_rig
 from hil.rig.backends import BootStrapPower, Power, ReferenceSensor, SensorEmulator, WifiControl
 from hil.rig.model import Rig
-from hil.rig.rigfile import load_rigs
+from hil.rig.rigfile import load_rigs, with_profile
 from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
 from hil.rig.wiring import BackendUnavailable, NoBackend, download_mode
 from hil.secret import Secret, optional_secret, write_private
@@ -53,6 +53,7 @@ from hil.services.broker import (
     broker_class,
 )
 from hil.services.mqtt import MqttObserver, ObserverTimeout
+from hil.services.mqtt_login import LoginError, write_login
 from hil.services.netfault import FaultProxy
 from hil.services.ota import OtaServer, OtaSigner
 
@@ -221,6 +222,22 @@ class SessionOptions:
     config: dict[str, Any] = field(default_factory=lambda: dict(FAST_INTERVALS))
     keep_on_failure: bool = False
     rig_wait_s: float = 0.0  # how long to wait for a busy rig before giving up
+    rig_profile: str | None = None  # a virtual board's profile for this run (None: the rig file's)
+
+
+@dataclass(frozen=True)
+class KeptRig:
+    """What a person needs to attach to a rig kept by ``--keep-on-failure`` (`RigSession.keep`)."""
+
+    rig: str
+    device_id: str
+    port: str | None  # the serial port, let go by the session (None: it never opened one)
+    port_problem: str | None  # why the console could not lend it (it was closed instead)
+    control: str | None  # a virtual board's control endpoint (its URL names the token file)
+    login_file: Path | None  # the observer's login: mosquitto_sub's options file, 0600
+    broker: str | None  # the broker that login is for
+    login_problem: str | None  # why there is no login file although there is a broker
+    log_dir: Path
 
 
 @dataclass
@@ -274,7 +291,7 @@ class RigSession:
         ``rig_wait_s`` for a busy one (then `NoRigAvailable`)."""
         if self.reserved is None:
             self.reserved = reserve_rig(
-                load_rigs(self.options.rigs_dir),
+                with_profile(load_rigs(self.options.rigs_dir), self.options.rig_profile),
                 name=self.options.rig_name,
                 tag=self.options.rig_tag,
                 timeout=self.options.rig_wait_s,
@@ -457,16 +474,17 @@ class RigSession:
         what differs is written (an OTA slot's otadata, say), then reset and wait online."""
         self.flash_and_boot()
 
-    def reprovision(self, prov: Provisioning | None) -> Mark:
+    def reprovision(self, prov: Provisioning | None, *, omit: Collection[str] = ()) -> Mark:
         """Flash another provisioning (with the session's config), or with None an erased
-        NVS partition (a device never provisioned), and reset. Nothing is awaited: what
-        the device does next is the test's to see, from the returned console mark.
-        `restore` puts the session's provisioning back."""
+        NVS partition (a device never provisioned), and reset; ``omit`` leaves provisioning
+        keys out (``device_id``: partly provisioned). Nothing is awaited: what the device
+        does next is the test's to see, from the returned console mark. `restore` puts the
+        session's provisioning back."""
         nvs_partition = self._nvs()
         image = b"\xff" * nvs_partition.size
         if prov is not None:
             self.redactor.add(*prov.secrets())
-            image = provisioning_image(prov, self.options.config, size=nvs_partition.size)
+            image = provisioning_image(prov, self.options.config, size=nvs_partition.size, omit=omit)
         console = self.open_console()
         mark = console.mark()
         with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.prepare_run_dir()) as private:
@@ -610,14 +628,80 @@ class RigSession:
         env = {"esptool": esptool.__version__, "broker": self.options.broker}
         if self.broker is not None:  # which one 'embedded' turned out to be, and its limits
             env["broker"] = f"{self.options.broker} ({self.broker.name}: {', '.join(sorted(self.broker.features))})"
+            env["broker_name"] = self.broker.name
+            env["broker_version"] = self.broker.version or "unknown"
         if self.reserved is not None:
             env.update({"rig": self.rig.name, "rig_kind": self.rig.kind, "chip": self.rig.chip})
+            if self.board is not None:  # a process stands in for the board: how real it is
+                env["rig_profile"] = self.board.profile
         if self._dut is not None:
             env.update({"firmware_version": self._dut.version, "device_id": self._dut.device_id})
             env["firmware"] = self.firmware().choice or "baseline"
         if self._firmware is not None:
             env["firmware_sha256"] = self._firmware.sha256
         return env
+
+    @contextlib.contextmanager
+    def keep(self) -> Iterator[KeptRig]:
+        """Keep the rig for a person to attach to (``--keep-on-failure``), as the failure
+        left it: still reserved and powered; the serial port let go (the console closes it,
+        so that ``hil monitor`` and esptool can open it; on exit the console opens it again,
+        as a test's teardown may need it); the observer's login written to a 0600 file
+        (mosquitto_sub's options file, which ``hil mqtt watch --credentials`` reads too),
+        removed on exit."""
+        attached = self._attached()
+        login_dir = self.prepare_run_dir() / "mqtt-login"
+        login_problem = None
+        try:
+            login = self._write_observer_login(login_dir)
+        except LoginError as exc:  # an external broker's password mosquitto_sub cannot take
+            login, login_problem = None, str(exc)
+        board = attached.board
+        control = board.endpoints.control if board is not None and board.endpoints is not None else None
+        try:
+            with contextlib.ExitStack() as stack:
+                problem = None
+                if self.console is not None:
+                    try:
+                        stack.enter_context(self.console.let_go(to="a person (--keep-on-failure)"))
+                    except ConsoleError as exc:  # lost, and reopening: closed, so it lets go for good
+                        problem = f"{exc}; the console is closed"
+                        self.console.close()
+                yield KeptRig(
+                    rig=attached.rig.name,
+                    device_id=self.device_id,
+                    port=self._port,
+                    port_problem=problem,
+                    control=control,
+                    login_file=login[0] if login is not None else None,
+                    broker=login[1] if login is not None else None,
+                    login_problem=login_problem,
+                    log_dir=self.options.log_dir,
+                )
+        finally:
+            shutil.rmtree(login_dir, ignore_errors=True)  # the password goes with the hold
+
+    def _write_observer_login(self, directory: Path) -> tuple[Path, str] | None:
+        """The session observer's login written into ``directory`` (`write_login`): the
+        file and the broker's URL; None while the session has no broker to watch."""
+        if self.broker is not None:
+            path = write_login(directory, host="127.0.0.1", port=self.broker.plain_port, username=OBSERVER_USER,
+                               password=self.broker.observer_password)  # fmt: skip
+            return path, self.broker.uri("plain")
+        if self.external_broker and self.observer is not None:
+            access = external_access(self.options.broker, os.environ)
+            path = write_login(
+                directory,
+                host=access.observer_host,
+                port=access.observer_port,
+                username=access.observer_user,
+                password=access.observer_password,
+                ca_pem=access.ca_pem if access.observer_tls else None,
+                client_cert_pem=access.observer_client_cert,
+                client_key_pem=access.observer_client_key,
+            )
+            return path, self.options.broker
+        return None
 
     def close(self) -> None:
         while self._cleanups:

@@ -1,7 +1,7 @@
 """The bench subcommands of ``hil``: argument parsing and printing only.
 
 `hil.cli` calls `add_sim_commands` (``hil sim up|down|status``) and `add_bench_commands`
-(``flash``, ``provision``, ``monitor``, ``sensor``, ``power``, ``broker``). The work is in
+(``flash``, ``provision``, ``monitor``, ``sensor``, ``power``, ``broker``, ``mqtt``). The work is in
 the modules next to this one. Bad input exits 2 with one line naming the problem; a rig or
 process that fails exits 1; success exits 0.
 """
@@ -582,6 +582,62 @@ def _add_monitor(sub: Any) -> None:
     mo.set_defaults(func=_guard("monitor", _monitor))
 
 
+# -- hil mqtt watch ---------------------------------------------------------------------------------
+def _mqtt_watch(args: argparse.Namespace) -> int:
+    from hil.bench import mqtt_watch
+
+    request = mqtt_watch.WatchRequest(
+        state_dir=state_dir(args.state_dir),
+        device=args.device,
+        topics=args.topic or (),
+        broker=args.broker,
+        credentials=Path(args.credentials).expanduser() if args.credentials else None,
+        count=args.count,
+        timeout=args.timeout,
+        as_json=args.json,
+    )
+    return mqtt_watch.run(
+        request,
+        emit=lambda line: print(line, flush=True),
+        note=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+
+
+def _add_mqtt(sub: Any) -> None:
+    group = _parser(
+        sub,
+        "mqtt",
+        help="watch what the devices say over MQTT, live and readable",
+        description="MQTT at the bench, as the test observer sees it.",
+        example="  hil mqtt watch --device bench-1",
+    )
+    msub = group.add_subparsers(dest="mqtt_command", required=True, metavar="SUBCOMMAND")
+    watch = _parser(
+        msub,
+        "watch",
+        help="print each message live: time, device, topic, [retained], compact payload",
+        description="Subscribe as the test observer and print one line per message: the time it "
+        "arrived, the device, the topic after esp32/<id>/, [retained] for what the broker kept, "
+        "and the payload compacted (JSON as key=value, numbers to two decimals; fields named like "
+        "a password or token show ***). The login: --credentials FILE (the mosquitto_sub options "
+        "file a --keep-on-failure run prints, or hil broker up's credentials.json), else the "
+        "bench broker's (hil broker up, found in the state dir). Passwords are never printed. "
+        "Ctrl-C or SIGTERM quits (exit 0); --count and --timeout stop it for scripts.",
+        example="  hil mqtt watch --device bench-1               # the bench broker of hil broker up\n"
+        "  hil mqtt watch --credentials /path/to/mosquitto_sub --device hil-virtual-0   # a kept rig\n"
+        "  hil mqtt watch --topic 'esp32/+/status' --count 5 --json",
+    )
+    watch.add_argument("--device", help="only this device's topics (esp32/ID/#); default: every device (esp32/#)")
+    watch.add_argument("--topic", action="append", metavar="FILTER", help="an MQTT topic filter instead (repeatable)")
+    watch.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT (default: the login file's, else the bench broker's)")
+    watch.add_argument("--credentials", metavar="FILE", help="login file: a mosquitto_sub options file or a credentials.json")
+    watch.add_argument("--count", type=int, metavar="N", help="quit after N messages")
+    watch.add_argument("--timeout", type=float, metavar="S", help="quit after S seconds")
+    watch.add_argument("--json", action="store_true", help="one JSON object per message")
+    _state_option(watch)
+    watch.set_defaults(func=_guard("mqtt watch", _mqtt_watch))
+
+
 # -- hil sensor | power -----------------------------------------------------------------------------
 def _print_sensor(values: dict[str, Any], args: argparse.Namespace) -> None:
     if args.json:
@@ -689,9 +745,10 @@ def _add_power(sub: Any) -> None:
 
 
 def add_bench_commands(sub: Any) -> None:
-    """``hil flash``, ``provision``, ``monitor``, ``sensor``, ``power`` and ``broker``."""
+    """``hil flash``, ``provision``, ``monitor``, ``sensor``, ``power``, ``broker`` and ``mqtt``."""
     _add_flash(sub)
     _add_monitor(sub)
     _add_sensor(sub)
     _add_power(sub)
     _add_broker(sub)
+    _add_mqtt(sub)

@@ -257,6 +257,62 @@ PROGRAM_PRESSURE_IN_PA = "program_pressure_in_pa"
 RESTARTS_ON_AUTH_REFUSAL = "restarts_on_auth_refusal"
 """Treats a CONNACK "not authorised" as fatal and restarts ("start over from a clean
 state"): a wrong or rotated MQTT password boot-loops the device instead of backing off."""
+FACTORY_RESET_ERASES_STATS = "factory_reset_erases_stats"
+"""``factory_reset`` erases namespace ``stats`` (boot and restart counts) along with ``config``
+("erase everything but the identity"): ``boot_count`` starts again at 1, and a backend that
+keys readings on ``(boot_count, seq)`` takes the new boot's for ones it already has."""
+PROGRAM_TOPIC_UNCHECKED = "program_topic_unchecked"
+"""Builds a program's publish topic by appending the suffix unchecked: ``(publish "x/#" 1)``
+reaches the MQTT client, which refuses a wildcard topic; the publisher dies on it and nothing
+more goes out in this boot (on a C firmware the broker closes the connection, and every
+reconnect sends the message at the head of the outbox again)."""
+ACK_JSON_UNESCAPED = "ack_json_unescaped"
+"""Builds the ack of an unknown command with snprintf (``{"cmd":"%s",...}``): a ``cmd`` with a
+quote or a backslash in it makes the ack invalid JSON."""
+PROGRAM_RESULT_UNESCAPED = "program_result_unescaped"
+"""Builds a completed program's status with snprintf (``"result":"%s"``): a string result with
+a quote or a backslash in it makes the status invalid JSON."""
+PROGRAM_DIVISION_BY_ZERO_IS_ZERO = "program_division_by_zero_is_zero"
+"""``(/ x 0)`` gives 0 ("avoid the trap") instead of failing the program: the C shape of
+RISC-V's non-trapping ``div``, or of a double ``inf`` that cJSON prints as null."""
+MQTT_USER_IGNORED = "mqtt_user_ignored"
+"""Logs in to the broker with the device id as user name, not the provisioned ``mqtt_user``:
+works only where the two happen to be equal."""
+PARTIAL_PROVISIONING_ABORTS = "partial_provisioning_aborts"
+"""Takes the device for unprovisioned only when ``nvs_open("device")`` fails; with the namespace
+there but no ``device_id`` (a factory that writes the Wi-Fi keys first and the identity at
+deployment), ``ESP_ERROR_CHECK(nvs_get_str(...))`` aborts at every boot: a boot loop."""
+
+WATCHDOG_TIMEOUT_IDF_DEFAULT = "watchdog_timeout_idf_default"
+"""Never calls ``esp_task_wdt_reconfigure()``: the task watchdog keeps ESP-IDF's
+``CONFIG_ESP_TASK_WDT_TIMEOUT_S`` (5 s) whatever ``watchdog_timeout_s`` says."""
+SENSOR_TIMEOUT_FROM_PROVISIONING = "sensor_timeout_from_provisioning"
+"""The sensor task reads ``sensor_timeout_s`` once from the provisioned namespace ``device``:
+an update saves it in ``config``, where the sensor task never looks."""
+BOOT_COUNT_IN_RTC = "boot_count_in_rtc"
+"""Keeps ``boot_count`` in RTC memory (``RTC_NOINIT_ATTR``), not NVS: it survives software,
+panic and watchdog resets, and starts again at 1 after every power-on."""
+CONFIG_UPDATE_REPLACES_SAVED = "config_update_replaces_saved"
+"""Saves an update by erasing namespace ``config`` and writing only the keys it carries
+("no stale keys"): every earlier update is undone, the provisioned values show through."""
+CONFIG_ERROR_UNSPECIFIC = "config_error_unspecific"
+"""The validator returns only a bool: a rejected update's ``config/status`` error (and its
+alert and log line) is "invalid config" whatever was wrong."""
+READINGS_STAMPED_WHEN_SENT = "readings_stamped_when_sent"
+"""Queues raw readings and stamps ``timestamp`` when the publisher serialises them
+(``time(NULL)`` at send): a backlog sent on reconnect reads as several readings of one
+instant, ``seq`` still gapless."""
+OTA_SUCCESS_EVERY_BOOT = "ota_success_every_boot"
+"""Runs the self-test and marks the app valid at every boot of an OTA slot, not only on
+trial (the IDF example's unconditional mark-valid): ``success`` and ``ota: app marked valid``
+again at every power-on and reset."""
+HEAP_REPORTED_IN_KIB = "heap_reported_in_kib"
+"""Reports ``free_heap`` and ``min_free_heap`` in KiB (a debug print's ``/ 1024`` turned into
+the payload): 178 "bytes" free, below the low-memory line, with no ``low_memory`` alert."""
+OTA_MARKED_VALID_EVERY_BOOT = "ota_marked_valid_every_boot"
+"""Marks the app valid and logs ``ota: app marked valid`` at every boot of an OTA slot (the
+IDF example's unconditional mark-valid), while ``success`` is reported once: the serial
+port says a self-test passed at boots that had none."""
 
 ALL = frozenset(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)

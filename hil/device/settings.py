@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -158,15 +158,21 @@ class Provisioning:
 
 
 def provisioning_image(
-    p: Provisioning, config: Mapping[str, object] | None = None, size: int = NVS_SIZE
+    p: Provisioning,
+    config: Mapping[str, object] | None = None,
+    size: int = NVS_SIZE,
+    *,
+    omit: Collection[str] = (),
 ) -> bytes:
     """The NVS partition image the provisioning step flashes at 0x9000.
 
     ``config`` holds optional §5 settings by their JSON names (as in a config update), stored
     in namespace ``device`` as the device's factory settings; it is validated like a config
     update and a ValueError names the problem. Raises `NvsError` when the values do not fit.
+    ``omit`` names provisioning keys left out: a partly provisioned device (``device_id``
+    omitted: namespace ``device`` is there, the identity is not).
     """
-    values = p.nvs_values()
+    values = {key: value for key, value in p.nvs_values().items() if key not in omit}
     if config:
         parsed = _from_object(dict(config), validate=True)
         if isinstance(parsed, ConfigRejected):

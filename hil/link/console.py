@@ -404,6 +404,27 @@ class Console:
         chip prints while nobody holds it (the boot after ``--after hard-reset``) is gone.
         Left open, those bytes wait in the port and the console logs them on return.
         """
+        lent = "--- port lent to a flasher; what it reads is not logged ---"
+        with self._lent(timeout, lent=lent, returned="--- port returned by the flasher ---", holder="the flasher") as port:
+            yield port
+
+    @contextlib.contextmanager
+    def let_go(self, *, to: str, timeout: float = 10.0) -> Iterator[None]:
+        """Close the port for a while so that another program can open it (a person's
+        ``hil monitor`` or esptool on a rig kept by ``--keep-on-failure``); ``to`` names
+        who for the log. The console keeps its lines, marks and log; on exit it opens the
+        port again (lines released first: no reset). If the other program still holds the
+        port then, the reader keeps trying, as after a lost port."""
+        lent = f"--- port let go for {to}: closed, nothing is logged until it is taken back ---"
+        with self._lent(timeout, lent=lent, returned="--- port taken back ---", holder=to) as port:
+            with contextlib.suppress(serial.SerialException, OSError):
+                port.close()
+            yield
+
+    @contextlib.contextmanager
+    def _lent(self, timeout: float, *, lent: str, returned: str, holder: str) -> Iterator[Any]:
+        """Park the reader and hand out the port (`borrow`, `let_go`); on exit take it back
+        as the reader wants it (reopened if closed) and let the reader carry on."""
         with self._borrow_lock:
             deadline = time.monotonic() + timeout
             with self._cond:
@@ -421,23 +442,23 @@ class Console:
                     self._cond.wait(remaining)
                 port = self._port
                 self._flush_partial()
-                self._add_marker("--- port lent to a flasher; what it reads is not logged ---")
+                self._add_marker(lent)
                 self._cursor = self._end()
             try:
                 yield port
             finally:
-                problem = self._restore(port)
+                problem = self._restore(port, holder)
                 with self._cond:
                     if problem is not None:
                         self._port = None
                         self.losses += 1
                         self._add_marker(f"--- port lost: {problem} ---")
                     else:
-                        self._add_marker("--- port returned by the flasher ---")
+                        self._add_marker(returned)
                     self._pause = False
                     self._cond.notify_all()
 
-    def _restore(self, port: Any) -> str | None:
+    def _restore(self, port: Any, holder: str) -> str | None:
         """Put the port back as the reader wants it; a reason if that failed."""
         try:
             if not port.is_open:
@@ -450,7 +471,7 @@ class Console:
         except (serial.SerialException, OSError, ValueError) as exc:
             with contextlib.suppress(serial.SerialException, OSError):
                 port.close()
-            return f"cannot take the port back from the flasher: {exc}"
+            return f"cannot take the port back from {holder}: {exc}"
         return None
 
     # -- lifecycle -------------------------------------------------------------------

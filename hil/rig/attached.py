@@ -48,7 +48,8 @@ VIRTUAL_AP = ("hil-lab", "hil-lab-password")
 WIFI_PASSWORD_ENV = "HIL_WIFI_PASSWORD"
 """Where a real rig's Wi-Fi password comes from: the environment, never the rig file."""
 
-BoardFactory = Callable[[Path], VirtualBoardProcess]  # a state dir -> a board process (not started)
+BoardFactory = Callable[..., VirtualBoardProcess]
+"""A state dir (and ``profile=``, the rig's board profile) -> a board process, not started."""
 
 
 class RigNotStarted(RuntimeError):
@@ -207,7 +208,7 @@ class VirtualRig(_Attached):
         # A stable state dir per rig: the flash survives between sessions, so an unchanged
         # image is not written again (skip-unchanged), as on a real board.
         state = (self._boards_dir or cache_root() / "boards") / self.rig.name
-        self._board = self._board_factory(state)
+        self._board = self._board_factory(state, profile=self.rig.profile)
         self._board.start()
 
     def stop(self) -> None:

@@ -62,6 +62,13 @@ class WifiControl(Protocol):
     receives; ``restore`` brings the AP back up with the rig's own credentials (and signal),
     after a test that took it down or changed it."""
 
+    @property
+    def rssi_tolerance_db(self) -> int:
+        """How far the RSSI the board measures may be from the one ``ap(rssi=...)`` set: 0
+        where the setting is the measurement (the virtual AP); an attenuator in an RF box
+        declares its calibration's."""
+        ...
+
     def ap(self, *, up: bool | None = None, rssi: int | None = None, password: str | None = None) -> None: ...
     def restore(self) -> None: ...
 
@@ -121,6 +128,11 @@ class VirtualWifi:
     password: str | None = field(default=None, repr=False)
     # The AP's own RSSI, read before the first change of it, which ``restore`` puts back.
     _rssi: int | None = field(default=None, init=False, repr=False)
+
+    @property
+    def rssi_tolerance_db(self) -> int:
+        """0: the simulated station reports exactly the signal its AP is set to."""
+        return 0
 
     def ap(self, *, up: bool | None = None, rssi: int | None = None, password: str | None = None) -> None:
         fields: dict[str, Any] = {}

@@ -23,6 +23,13 @@ EXPANDER_CHIPS: tuple[str, ...] = get_args(ExpanderChipName)
 POWER_KINDS = ("none", "virtual", "gpio-expander", "uhubctl")
 SENSOR_KINDS = ("none", "virtual", "reference-bme280")
 CHIPS = ("esp32c3",)
+VIRTUAL_PROFILES: tuple[str, ...] = ("default", "real-board")
+"""How real a virtual board is (``hil sim board --profile``): ``default``, as fast as the
+host; ``real-board``, a C3's boot, Wi-Fi, TLS and connect times and silent TCP on power
+cuts and resets. The simulator's ``hil.sim.profiles.PROFILES`` holds the figures under
+the same names (the test side never imports the simulator; a unit test holds the two
+lists together)."""
+DEFAULT_PROFILE = "default"
 VIRTUAL_RESETS: tuple[ResetMethod, ...] = ("classic",)
 """The reset circuits the virtual board has: a virtual rig (and the twin of a real rig) may
 use these. A twin of a rig whose reset is not among them resets the classic way."""
@@ -169,6 +176,10 @@ class Rig:
     # The real rig this virtual rig stands in for in CI (a rig file's [twin] table): never
     # part of the default selection, taken only when named (`hil.rig.selection`).
     twin_of: str | None = None
+    # A virtual board's profile (`VIRTUAL_PROFILES`): the rig file's ``profile`` (a twin's
+    # from its [twin] table), overridden for a run by ``--rig-profile``. A real board is
+    # real: its rig keeps the default, which means nothing for it.
+    profile: str = DEFAULT_PROFILE
 
     @property
     def is_virtual(self) -> bool:

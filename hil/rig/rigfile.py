@@ -31,10 +31,16 @@ A rig is data: one TOML file per rig, or per pool of virtual rigs::
 
     [twin]                               # optional: a virtual stand-in for CI
     name = "bench-1-twin"                # optional (default "<name>-twin")
+    profile = "real-board"               # optional: default | real-board (see below)
 
 A ``kind = "virtual"`` file needs only a name: the virtual rig defaults to everything
 it can do (all capabilities, virtual power and sensor, the loopback broker). ``count = N``
 makes a pool ``<name>-0`` … ``<name>-<N-1>`` so that pytest-xdist workers each get one.
+``profile = "real-board"`` makes its boards as slow and unforgiving as a C3 on a lab
+Wi-Fi (boot, UART, flash, Wi-Fi join, DHCP, DNS, TLS and connect times; power cuts and
+resets that kill TCP silently); ``"default"`` (the default) is as fast as the host.
+``pytest --rig-profile`` overrides it for a run. A real rig has no profile (its board is
+real); its ``[twin]`` may name one.
 
 A real rig's ``[twin]`` adds a second rig to the inventory: a virtual board with the real
 rig's capabilities, reset method (where the virtual board has that circuit:
@@ -54,6 +60,7 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -61,6 +68,7 @@ from urllib.parse import urlsplit
 from hil.rig.errors import Problem, RigConfigError, or_list, suggest
 from hil.rig.model import (
     CHIPS,
+    DEFAULT_PROFILE,
     EXPANDER_CHIPS,
     KNOWN_CAPABILITIES,
     MAC_RE,
@@ -69,6 +77,7 @@ from hil.rig.model import (
     RIG_KINDS,
     RIG_NAME_RE,
     SENSOR_KINDS,
+    VIRTUAL_PROFILES,
     VIRTUAL_RESETS,
     ExpanderChipName,
     GpioExpanderSpec,
@@ -116,6 +125,7 @@ _TOP_KEYS = (
     "labgrid",
     "mac",
     "twin",
+    "profile",
 )
 
 
@@ -366,6 +376,7 @@ class _FileReader:
         tags = self.string_list(data, "tags", pattern=_TAG_RE) or ()
         labgrid = self._labgrid(data, kind)
         mac = self._mac(data, kind)
+        profile = self._profile(data, kind)
         twin = self._twin(data, kind, name)
         capabilities = self._capabilities(data, virtual, power, sensor)
         count = self._count(data, kind)
@@ -404,11 +415,12 @@ class _FileReader:
                 labgrid=labgrid,
                 flash_baud=flash_baud,
                 mac=mac,
+                profile=profile or DEFAULT_PROFILE,
             )
 
         if count is None:
             single = rig(name, None)
-            return [single] if twin is None else [single, make_twin(single, twin)]
+            return [single] if twin is None else [single, make_twin(single, twin[0], profile=twin[1])]
         return [rig(f"{name}-{index}", name) for index in range(count)]
 
     def _chip(self, data: Mapping[str, Any], kind: RigKind | None) -> str | None:
@@ -873,8 +885,24 @@ class _FileReader:
             return None
         return normalized
 
-    def _twin(self, data: Mapping[str, Any], kind: RigKind | None, name: str | None) -> str | None:
-        """The name of the rig's virtual twin (None: it has none)."""
+    def _profile(self, data: Mapping[str, Any], kind: RigKind | None) -> str | None:
+        """A virtual rig's board profile (None: the default, or a problem reported)."""
+        value = data.get("profile", _MISSING)
+        if value is _MISSING:
+            return None
+        if kind not in ("virtual", None):
+            self.problem(
+                "a real board is as real as it gets: profile is for virtual boards; remove it, "
+                'or give this rig\'s virtual twin one: [twin] with profile = "real-board"',
+                key="profile",
+            )
+            return None
+        return self.choice(value, VIRTUAL_PROFILES, "board profile", table=None, key="profile")
+
+    def _twin(
+        self, data: Mapping[str, Any], kind: RigKind | None, name: str | None
+    ) -> tuple[str, str] | None:
+        """The rig's virtual twin: its name and board profile (None: it has none)."""
         value = data.get("twin", _MISSING)
         if value is _MISSING:
             return None
@@ -885,10 +913,18 @@ class _FileReader:
         if not isinstance(value, dict):
             self.problem(f"must be a table: write {example}", key="twin")
             return None
-        self.unknown_keys(value, ("name",), table="twin")
+        self.unknown_keys(value, ("name", "profile"), table="twin")
+        profile = DEFAULT_PROFILE
+        if "profile" in value:
+            chosen = self.choice(
+                value["profile"], VIRTUAL_PROFILES, "board profile", table="twin", key="profile"
+            )
+            if chosen is None:
+                return None
+            profile = chosen
         twin = value.get("name", _MISSING)
         if twin is _MISSING:
-            return f"{name}-twin" if name is not None else None
+            return (f"{name}-twin", profile) if name is not None else None
         if not isinstance(twin, str) or not RIG_NAME_RE.fullmatch(twin):
             self.problem(
                 f"{_toml(twin)} is not a valid rig name: use up to 64 letters, digits, '.', "
@@ -904,7 +940,7 @@ class _FileReader:
                 key="name",
             )
             return None
-        return twin
+        return twin, profile
 
     def _count(self, data: Mapping[str, Any], kind: RigKind | None) -> int | None:
         if "count" not in data:
@@ -926,13 +962,15 @@ class _FileReader:
         return value
 
 
-def make_twin(rig: Rig, name: str) -> Rig:
+def make_twin(rig: Rig, name: str, *, profile: str = DEFAULT_PROFILE) -> Rig:
     """The virtual twin of the real ``rig``: what CI runs the suites on in its place.
 
     It keeps what the rig file decides about the board (capabilities, reset method, flash
     baud) and swaps the lab for the virtual rig's own: the board process, virtual power
     where the rig has a power backend, the virtual BME280 where it has a sensor, the virtual
-    network. Its only tag is ``twin``, so ``--rig-tag`` of the real rig never lands on it."""
+    network. Its board runs ``profile`` (the [twin] table's ``profile``; ``real-board`` makes
+    it as slow and unforgiving as the board it stands in for). Its only tag is ``twin``, so
+    ``--rig-tag`` of the real rig never lands on it."""
     reset: ResetMethod = rig.reset if rig.reset in VIRTUAL_RESETS else "classic"
     note = (
         ""
@@ -954,7 +992,18 @@ def make_twin(rig: Rig, name: str) -> Rig:
         source=rig.source,
         flash_baud=rig.flash_baud,
         twin_of=rig.name,
+        profile=profile,
     )
+
+
+def with_profile(rigs: Sequence[Rig], profile: str | None) -> list[Rig]:
+    """``rigs`` with every virtual one (twins too) running ``profile``: ``pytest
+    --rig-profile`` for one run. None keeps each rig's own; a real rig is left as it is."""
+    if profile is None:
+        return list(rigs)
+    if profile not in VIRTUAL_PROFILES:
+        raise ValueError(f"unknown board profile {profile!r}; use one of {or_list(VIRTUAL_PROFILES)}")
+    return [replace(rig, profile=profile) if rig.is_virtual else rig for rig in rigs]
 
 
 def _toml(value: object) -> str:

@@ -133,9 +133,16 @@ class VirtualBoardProcess:
     """A ``hil sim board`` child process; a context manager that always cleans up."""
 
     def __init__(
-        self, state_dir: Path, *, mac: str | None = None, pty: bool = False, realistic_timing: bool = False
+        self,
+        state_dir: Path,
+        *,
+        mac: str | None = None,
+        pty: bool = False,
+        realistic_timing: bool = False,
+        profile: str = "default",
     ) -> None:
         self.state_dir = state_dir
+        self.profile = profile
         self._args = [sys.executable, "-m", "hil", "sim", "board", "--state-dir", str(state_dir)]
         if mac:
             self._args += ["--mac", mac]
@@ -143,6 +150,8 @@ class VirtualBoardProcess:
             self._args.append("--pty")
         if realistic_timing:  # a paced UART and real flash durations (benchmarks); slow
             self._args.append("--realistic-timing")
+        if profile != "default":  # e.g. real-board: a C3's timing, silent TCP on power cuts
+            self._args += ["--profile", profile]
         self._proc: subprocess.Popen[str] | None = None
         self.endpoints: BoardEndpoints | None = None
         self.control: ControlClient | None = None

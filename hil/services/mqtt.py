@@ -204,10 +204,17 @@ class MqttObserver:
         client_key_pem: str | Secret | None = None,
         subscribe: str | Sequence[str] = "#",
         persistent: bool = True,
+        on_receive: Callable[[Received], None] | None = None,
+        keep: bool = True,
     ) -> None:
+        """``on_receive`` is called with each message as it arrives (on the network
+        thread); ``keep=False`` keeps none in memory (a watch that runs for hours)."""
         self._messages: list[Received] = []
         self._cond = threading.Condition()
         self._connected = threading.Event()
+        self._refused: str | None = None  # the broker's CONNACK said no (bad login)
+        self._on_receive = on_receive
+        self._keep = keep
         self.client_id = f"hil-observer-{os.getpid()}-{time.monotonic_ns()}"
         self.fence_topic = f"hil/fence/{self.client_id}"
         """Where `sync` publishes to itself (the observer account may write anywhere)."""
@@ -239,11 +246,20 @@ class MqttObserver:
         except OSError as exc:  # refused, unreachable, TLS handshake failed
             raise ObserverConnectError(f"observer could not connect to {host}:{port}: {exc}") from exc
         self.client.loop_start()
-        if not self._connected.wait(10):
+        if not self._connected.wait(10) or self._refused is not None:
+            refused = self._refused
             self.close()
+            if refused is not None:
+                who = f" as {username}" if username else " without a login"
+                raise ObserverConnectError(f"broker {host}:{port} refused the observer{who}: {refused}")
             raise ObserverConnectError(f"observer could not connect to {host}:{port} (no CONNACK in 10 s)")
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            if not self._connected.is_set():  # the first CONNACK: the constructor says so
+                self._refused = str(reason)
+                self._connected.set()
+            return
         # Subscriptions do not survive a reconnect in paho: renew them every time.
         client.subscribe([(topic_filter, 1) for topic_filter in self._topic_filters])
         self._connected.set()
@@ -253,8 +269,11 @@ class MqttObserver:
             received = Received(
                 message.topic, bytes(message.payload), bool(message.retain), time.monotonic(), qos=int(message.qos)
             )
-            self._messages.append(received)
+            if self._keep or mqtt.topic_matches_sub(self.fence_topic, received.topic):
+                self._messages.append(received)
             self._cond.notify_all()
+        if self._on_receive is not None:
+            self._on_receive(received)
 
     @property
     def messages(self) -> list[Received]:

@@ -10,6 +10,7 @@ idle device costs nothing: they wait on timers and events, never poll.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,7 +18,9 @@ from typing import Any, Protocol
 from hil.images.app import AppImage, BehaviourRecord
 from hil.images.partitions import Partition, PartitionTable
 from hil.sim.flash import SpiFlash
+from hil.sim.profiles import DEFAULT, BoardProfile
 from hil.sim.resets import ResetCause
+from hil.sim.sockets import ChipSockets
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,13 @@ class AppContext:
     """RTC slow memory: survives software and watchdog resets, lost at power-on."""
     peripherals: Any = None
     """The rig around the chip (sensor bus, access point), when the board has one."""
+    profile: BoardProfile = DEFAULT
+    """How long the radio and the network take on this board (`hil.sim.profiles`)."""
+    jitter: random.Random = field(default_factory=lambda: random.Random(0))
+    """Draws the profile's delays for this boot (seeded by the board's MAC and boot count)."""
+    sockets: ChipSockets | None = None
+    """The chip's TCP connections: the firmware hands its broker connection to it, so a
+    silent board can abandon it when the chip stops (`hil.sim.sockets`)."""
 
 
 class AppModel(Protocol):

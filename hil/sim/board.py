@@ -33,8 +33,10 @@ from hil.sim.download import (
 )
 from hil.sim.efuse import EfuseArray
 from hil.sim.flash import SpiFlash
+from hil.sim.profiles import DEFAULT, BoardProfile, boot_rng
 from hil.sim.registers import ChipIdentity, RegisterSpace
 from hil.sim.resets import POWER_ON, ResetCause, RomResetCode
+from hil.sim.sockets import ChipSockets
 from hil.sim.timing import BusyClock, ChipTiming, PacedLine, TimedFlash
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,13 @@ class Board:
         clock: Callable[[], float] = time.monotonic,
         timing: ChipTiming | None = None,
         efuse: EfuseArray | None = None,
+        profile: BoardProfile = DEFAULT,
     ) -> None:
         self.flash = flash
+        self.profile = profile
+        # The firmware's TCP connections: on a silent profile they are abandoned, not
+        # closed, when the chip stops (no FIN reaches the broker, as from a real chip).
+        self.sockets = ChipSockets(silent=profile.silent_tcp_on_reset)
         self.identity = identity
         self._app_factory = app_factory
         self.peripherals = peripherals
@@ -134,6 +141,7 @@ class Board:
         self._task: asyncio.Task[None] | None = None
         self._session: DownloadSession | None = None
         self._t_app = clock()  # when the app started (its log time counts from the boot's)
+        self._t_reset = clock()  # when the chip last came out of reset (host time)
         self._changed = asyncio.Event()
 
         self.mode = Mode.OFF
@@ -279,6 +287,9 @@ class Board:
 
     # -- what the chip runs ---------------------------------------------------------
     def _stop(self, mode: Mode) -> None:
+        # First the network: a silent board's connections die with the chip, before the
+        # firmware's cancelled task could close them (or write one more packet).
+        self.sockets.chip_stopped()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None
@@ -291,6 +302,7 @@ class Board:
     def _start(self, cause: ResetCause, *, download: bool, rom_banner: bool = True) -> None:
         self._stop(Mode.BOOTING)
         self._boot_clock.reset()
+        self._t_reset = self._clock()
         if rom_banner:  # a real chip reset (not the loader handing over to the app)
             self._registers.chip_reset()
         self.boots += 1
@@ -355,6 +367,9 @@ class Board:
         }
         self._boot_clock.spend(APP_START_MS)
         self._print_app_startup(desc.project_name if desc else "", desc, image.entry)
+        if self.profile.boot_in_real_time:
+            # The boot takes as long on the wall clock as its log stamps say it took.
+            await asyncio.sleep(max(0.0, self._boot_clock.now_ms / 1000 - (self._clock() - self._t_reset)))
         self._boot_clock.stop()  # FreeRTOS runs: log time is the host's from here on
         self._t_app = self._clock()
         self._set_mode(Mode.APP)
@@ -372,6 +387,9 @@ class Board:
             uptime_ms=self.uptime_ms,
             rtc_memory=self.rtc_memory,
             peripherals=self.peripherals,
+            profile=self.profile,
+            jitter=boot_rng(self.identity.mac, self.boots),
+            sockets=self.sockets,
         )
         await self._app_factory(behaviour).run(ctx)
 
@@ -509,6 +527,9 @@ class Board:
             "stub_running": bool(self._session and self._session.stub_running),
             "baudrate": self.baudrate,
             "app": self.app_info,
+            "profile": self.profile.name,
+            "abandoned_connections": self.sockets.abandoned,
+            "held_connections": self.sockets.held,
         }
 
     async def close(self) -> None:
@@ -522,4 +543,5 @@ class Board:
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.sockets.close()
         self.flash.flush()

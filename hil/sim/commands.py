@@ -11,13 +11,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hil.sim.profiles import PROFILES
+
 
 def _sim_board(args: argparse.Namespace) -> int:
     from hil.sim.process import BoardOptions, run_board
 
     return run_board(
         BoardOptions(
-            state_dir=Path(args.state_dir), mac=args.mac, pty=args.pty, realistic_timing=args.realistic_timing
+            state_dir=Path(args.state_dir),
+            mac=args.mac,
+            pty=args.pty,
+            realistic_timing=args.realistic_timing,
+            profile=args.profile,
         )
     )
 
@@ -65,6 +71,15 @@ def add_simulator_commands(sub: Any) -> None:
         action="store_true",
         help="take a real chip's time: UART paced at the baud rate (10 bits/byte), SPI flash "
         "program/erase and MD5 at datasheet durations (for benchmarks; off by default: slow)",
+    )
+    board.add_argument(
+        "--profile",
+        default="default",
+        choices=sorted(PROFILES),
+        help="how real the board is: 'default' (as fast as the host; a reset closes the firmware's "
+        "connections) or 'real-board' (a C3's boot, UART, flash, Wi-Fi, DHCP, DNS, TLS and MQTT "
+        "connect times with seeded jitter, and power cuts and resets that kill TCP silently: the "
+        "broker waits out 1.5 x keepalive). Figures: hil/sim/profiles.py, docs/virtual-rig.md",
     )
     board.set_defaults(func=_sim_board)
 

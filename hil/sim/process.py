@@ -31,6 +31,7 @@ from hil.sim.efuse import EfuseArray
 from hil.sim.firmware.reference import firmware_factory
 from hil.sim.firmware.rig import RigPeripherals
 from hil.sim.flash import SpiFlash
+from hil.sim.profiles import PROFILES, profile_named
 from hil.sim.registers import ChipIdentity, efuse_array_for, parse_mac
 from hil.sim.timing import ChipTiming
 from hil.sim.uart import PtyTransport, Rfc2217Server
@@ -56,6 +57,7 @@ class BoardOptions:
     mac: str | None = None
     pty: bool = False
     realistic_timing: bool = False  # pace the UART, give flash work its real duration
+    profile: str = "default"  # hil.sim.profiles: "real-board" is as slow and unforgiving as a C3
 
 
 def default_mac(state_dir: Path) -> bytes:
@@ -106,6 +108,8 @@ def _prepare(options: BoardOptions) -> tuple[IO[str], SpiFlash, ChipIdentity, Ef
     a flash or eFuse file of the wrong size or a state file that is a symlink (it would
     write through the link)."""
     state = options.state_dir
+    if options.profile not in PROFILES:
+        raise BoardSetupError(f"--profile {options.profile}: unknown; use one of {', '.join(sorted(PROFILES))}")
     if state.exists() and not state.is_dir():
         raise BoardSetupError(f"--state-dir {state}: is a file, not a directory; give a directory")
     try:
@@ -146,14 +150,16 @@ def _prepare(options: BoardOptions) -> tuple[IO[str], SpiFlash, ChipIdentity, Ef
 
 async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> None:
     lock, flash, identity, efuse = _prepare(options)
+    profile = profile_named(options.profile)
     rig = RigPeripherals()
     board = Board(
         flash=flash,
         identity=identity,
         app_factory=firmware_factory(rig),
         peripherals=rig,
-        timing=ChipTiming() if options.realistic_timing else None,
+        timing=ChipTiming() if options.realistic_timing or profile.realistic_timing else None,
         efuse=efuse,
+        profile=profile,
     )
     control = ControlServer(board)
     control.require_token(options.state_dir)
@@ -183,6 +189,7 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
             "pid": os.getpid(),
             "mac": format_mac(identity.mac),
             "state_dir": str(options.state_dir.resolve()),
+            "profile": profile.name,
         }
         out.write(json.dumps(hello) + "\n")
         out.flush()

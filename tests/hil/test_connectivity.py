@@ -3,8 +3,10 @@
 DEVICE_CONTRACT.md §3: persistent session, last will on an ungraceful loss, reconnect with
 exponential backoff and jitter to its cap (reset after a connect), failover over `brokers`
 round robin, readings queued while offline and sent in order (`seq` without gaps, and in
-order within a boot: `assert_gapless` checks both). What the broker itself sees (CONNECT,
-SUBSCRIBE, QoS, retained status) is in test_mqtt_session.py.
+order within a boot: `assert_gapless` checks both), each the reading it was when measured:
+its `timestamp` is the measurement's, so a backlog sent in one burst still reads one
+measurement interval apart on the device's clock (`assert_measured_apart`). What the broker
+itself sees (CONNECT, SUBSCRIBE, QoS, retained status) is in test_mqtt_session.py.
 
 Not asserted here: the offline queue's overflow at 512 readings (C3.11). At the fastest
 measurement interval the contract allows (1 s) it takes 8.5 minutes offline to fill, more
@@ -21,6 +23,7 @@ import time
 import pytest
 
 from hil.device import contract
+from hil.device.periodic import DEFAULT_TOLERANCE, spacing_problems
 from hil.reporting.charts import Instant, Span, timeline_chart
 from hil.reporting.report import attach_svg
 from hil.services.broker import free_port
@@ -57,10 +60,46 @@ def state_is(state: str):
     return lambda m: m.json()["state"] == state
 
 
-@pytest.mark.clause("C3.10", "C4.3")
-@pytest.mark.guards("offline_drop", "backlog_lifo")
+def wait_until_live(mqtt, topic: str, since: int, interval: float, timeout: float = 60) -> None:
+    """Wait until the backlog sent on reconnect is all in: the queue goes out in order, in one
+    burst, so once two readings in a row have each come at least half an interval
+    (`Tolerance.min_ratio`) after the one before, the live cadence is back. A reading heard
+    again (a copy a healed path delivers late, then the resend) counts at its first arrival.
+    Until then a check of the backlog would judge part of it, and the rest would land in the
+    next test's window."""
+    deadline = time.monotonic() + timeout
+    count = 3
+    while True:
+        got = mqtt.wait_for(topic, since=since, count=count, timeout=max(deadline - time.monotonic(), 0.01))
+        arrived: dict[int, float] = {}
+        for message in got:
+            arrived.setdefault(message.json()["seq"], message.at)
+        times = list(arrived.values())
+        if len(times) >= 3 and all(b - a >= DEFAULT_TOLERANCE.min_ratio * interval for a, b in itertools.pairwise(times[-3:])):
+            return
+        count += 1
+
+
+def assert_measured_apart(mqtt, topic: str, since: int, interval: float) -> None:
+    """C3.10, C4.1: a reading queued while offline is the same reading sent later, with the
+    `timestamp` of its measurement. Ordered by `seq` (a repeat counted once), the readings
+    since ``since`` are one measurement interval apart on the device's clock
+    (`spacing_problems`, no receive times: the backlog arrives as a burst by design); a
+    backlog stamped when it is sent reads as several readings of one instant."""
+    first: dict[int, float] = {}
+    for message in mqtt.collect(topic, since=since):
+        body = message.json()
+        first.setdefault(body["seq"], body["timestamp"])
+    stamps = [first[seq] for seq in sorted(first)]
+    problems = spacing_problems(interval, device_times=stamps, what="readings by seq, queued ones included")
+    assert not problems, "\n".join(problems) + f"\n  timestamps by seq: {[round(t, 3) for t in stamps]}"
+
+
+@pytest.mark.clause("C3.10", "C4.3", "C4.1")
+@pytest.mark.guards("offline_drop", "backlog_lifo", "backlog_stamped_when_sent")
 def test_a_broker_restart_loses_no_reading(dut, mqtt, broker, hil_session) -> None:
     topic = contract.sensors_topic(dut.device_id)
+    interval = setting(hil_session, "measurement_interval_s")
     mark, serial = mqtt.mark(), dut.console.mark()
     mqtt.wait_for(topic, since=mark, timeout=15)
     outage = [time.monotonic()]
@@ -70,8 +109,9 @@ def test_a_broker_restart_loses_no_reading(dut, mqtt, broker, hil_session) -> No
         broker.start()
         outage.append(time.monotonic())
         after = mqtt.mark()
-        mqtt.wait_for(topic, since=after, count=3, timeout=60)
+        wait_until_live(mqtt, topic, after, interval)  # the queue, then live readings
         mqtt.assert_gapless(topic, since=mark, single_boot=True)
+        assert_measured_apart(mqtt, topic, mark, interval)
     finally:
         attach_reconnect_timeline(dut, mqtt, topic, mark, serial, outage)
 
@@ -122,11 +162,13 @@ def half_open(network) -> None:
 
 
 @pytest.mark.requires("network_faults")
-@pytest.mark.clause("C3.10", "C4.3")
+@pytest.mark.clause("C3.10", "C4.3", "C4.1")
 @pytest.mark.parametrize(
     ("fault", "retries_refused"),
     [
-        pytest.param(partition, True, id="partition", marks=pytest.mark.guards("offline_drop", "backlog_lifo")),
+        pytest.param(
+            partition, True, id="partition", marks=pytest.mark.guards("offline_drop", "backlog_lifo", "backlog_stamped_when_sent")
+        ),
         pytest.param(blackhole, False, id="blackhole"),
         pytest.param(half_open, False, id="half-open"),
     ],
@@ -135,6 +177,7 @@ def test_a_network_fault_ends_in_a_reconnect_with_no_reading_lost(
     dut, mqtt, network, console, hil_session, fault, retries_refused
 ) -> None:
     topic = contract.sensors_topic(dut.device_id)
+    interval = setting(hil_session, "measurement_interval_s")
     mark = mqtt.mark()
     mqtt.wait_for(topic, since=mark, timeout=15)
     fault(network)
@@ -143,10 +186,11 @@ def test_a_network_fault_ends_in_a_reconnect_with_no_reading_lost(
     # has been offline long enough to measure while offline.
     stay_offline(console, offline_long_enough(hil_session) if retries_refused else 0.0)
     network.heal()
-    console.expect(contract.MQTT_CONNECTED, timeout=45)
     after = mqtt.mark()
-    mqtt.wait_for(topic, since=after, count=3, timeout=60)  # the queue, then live readings
+    console.expect(contract.MQTT_CONNECTED, timeout=45)
+    wait_until_live(mqtt, topic, after, interval)  # the queue, then live readings
     mqtt.assert_gapless(topic, since=mark, single_boot=True)
+    assert_measured_apart(mqtt, topic, mark, interval)
 
 
 @pytest.mark.requires("network_faults")
@@ -232,9 +276,11 @@ REFUSED_ATTEMPT_S = 0.5
 
 
 @pytest.mark.requires("network_faults")
-@pytest.mark.clause("C3.6", "C3.7", "C3.10", "C4.3", "C2.8")
+@pytest.mark.clause("C3.6", "C3.7", "C3.10", "C4.3", "C2.8", "C4.1")
 @pytest.mark.guards("no_backoff", "backoff_cap_60s", "backoff_extra_1s")
-def test_reconnect_attempts_back_off_exponentially_to_the_cap_with_jitter(dut, mqtt, broker, network, console) -> None:
+def test_reconnect_attempts_back_off_exponentially_to_the_cap_with_jitter(
+    dut, mqtt, broker, network, console, hil_session
+) -> None:
     """The whole schedule to the cap: about 90 s of broker downtime, the only way to see the
     cap held (the first delay at the cap, 30 s, is within 20 % of an uncapped 32 s)."""
     first, cap = contract.RECONNECT_BACKOFF_S
@@ -282,13 +328,16 @@ def test_reconnect_attempts_back_off_exponentially_to_the_cap_with_jitter(dut, m
     mqtt.wait_for(topic, since=mqtt.mark(), timeout=15)  # session up
     network.reset_all()  # after a successful connect the backoff starts over
     again = console.expect(contract.MQTT_DISCONNECTED, timeout=30)
+    replay = mqtt.mark()  # offline now: nothing arrives until the reconnect
     assert first * (1 - jitter) - 0.001 <= int(again["retry_ms"]) / 1000 <= first * (1 + jitter), (
         f"after a connect the backoff did not start over: {again.group(0)}"
     )
     console.expect(contract.MQTT_CONNECTED, timeout=30)
-    # A minute and a half of readings queued and replayed: none lost, none reordered.
-    mqtt.wait_for(topic, since=mqtt.mark(), timeout=15)
+    # A minute and a half of readings queued and replayed: none lost, none reordered, each
+    # with the time it was measured at.
+    wait_until_live(mqtt, topic, replay, setting(hil_session, "measurement_interval_s"))
     mqtt.assert_gapless(topic, since=mark, single_boot=True, ordered=True)
+    assert_measured_apart(mqtt, topic, mark, setting(hil_session, "measurement_interval_s"))
 
 
 # -- last will ------------------------------------------------------------------------------

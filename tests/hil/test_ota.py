@@ -353,16 +353,19 @@ def test_two_updates_back_to_back_with_versions_compared_part_by_part(
 
 
 @pytest.mark.requires("ota", "power_control")
-@pytest.mark.guards("never_valid")
-@pytest.mark.clause("C6.7", "C6.9")
+@pytest.mark.guards("never_valid", "ota_success_every_boot", "ota_marked_valid_every_boot")
+@pytest.mark.clause("C6.7", "C6.9", "C2.9", "C4.12")
 def test_a_confirmed_update_stays_across_a_power_cycle_and_a_reset(
     restore_firmware, mqtt, ota_server, ota_signer, update, power
 ) -> None:
+    """The confirmed app boots again after a power cycle and a reset, and neither boot
+    says anything of an OTA: `success` and `ota: app marked valid` belong to the self-test
+    of a new app (C6.7), once; a boot of an app already valid reports no verdict at all."""
     dut = restore_firmware
     version = later(dut.version)
     mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version), version, "confirmed.bin")
     wait_state(mqtt, dut.device_id, "success", mark)
-    cycled = mqtt.mark()
+    cycled, serial = mqtt.mark(), dut.console.mark()
     power.cycle()
     status = online(mqtt, dut.device_id, cycled)
     assert (status["version"], status["reset_reason"]) == (version, "POWERON")
@@ -371,6 +374,16 @@ def test_a_confirmed_update_stays_across_a_power_cycle_and_a_reset(
     status = online(mqtt, dut.device_id, reset)
     assert (status["version"], status["reset_reason"]) == (version, "SW")
     assert "rolled_back" not in states(mqtt, dut.device_id, mark)
+    # The reset's boot has had its chance to say more: a reading (the sensor half of a
+    # self-test), then a `report` answered, which goes out after anything the boot queued
+    # before it.
+    mqtt.wait_for(contract.sensors_topic(dut.device_id), lambda m: m.json()["boot_count"] == status["boot_count"], since=reset, timeout=15)
+    answered = mqtt.mark()
+    mqtt.publish(contract.command_topic(dut.device_id), {"cmd": "report"})
+    mqtt.wait_for(contract.command_ack_topic(dut.device_id), lambda m: m.json()["cmd"] == "report", since=answered, timeout=15)
+    assert states(mqtt, dut.device_id, cycled) == [], "a boot of the confirmed app reported an OTA verdict again"
+    again = [line for line in dut.console.lines(serial) if contract.OTA_MARKED_VALID.search(line)]
+    assert again == [], f"a boot of the confirmed app marked itself valid again: {again}"
 
 
 @pytest.mark.requires("ota")

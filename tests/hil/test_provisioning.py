@@ -69,11 +69,22 @@ def another_identity(dut, hil_session, broker, mqtt):
         mqtt.publish(contract.status_topic(other), b"", retain=True)
 
 
-@pytest.mark.guards("unprovisioned_reboot")
+@pytest.mark.parametrize(
+    "nvs",
+    [
+        pytest.param("erased", marks=pytest.mark.guards("unprovisioned_reboot")),
+        # Namespace `device` there (the session's Wi-Fi, broker and keys, its settings), no
+        # `device_id`: a factory that writes the identity last. As unprovisioned as erased.
+        pytest.param("no-device-id", marks=pytest.mark.guards("partial_provisioning_aborts")),
+    ],
+)
 @pytest.mark.clause("C1.3")
-def test_a_blank_device_says_it_is_not_provisioned_and_waits(provision, hil_session, dut, mqtt, console) -> None:
+def test_a_blank_device_says_it_is_not_provisioned_and_waits(provision, hil_session, dut, mqtt, console, nvs) -> None:
     mark = mqtt.mark()
-    since = provision(None)
+    if nvs == "erased":
+        since = provision(None)
+    else:
+        since = provision(hil_session.device_provisioning(), omit=("device_id",))
     console.expect(contract.NOT_PROVISIONED, timeout=30, since=since)
     try:  # a reboot prints the ROM banner
         reboot = console.expect(contract.ROM_RESET, timeout=no_reboot_window_s(hil_session))

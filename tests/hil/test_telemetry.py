@@ -24,6 +24,8 @@ pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
 # The serial port's level letters and the `logs` topic's levels (§4).
 MIRRORED = {"W": "warning", "E": "error"}
+# The ESP32-C3's SRAM (its datasheet: 400 KiB): no free heap, in bytes, is larger.
+C3_SRAM_BYTES = 400 * 1024
 
 
 def one_boot_of_metrics(messages: list[dict]) -> list[dict]:
@@ -37,7 +39,7 @@ def one_boot_of_metrics(messages: list[dict]) -> list[dict]:
 
 
 @pytest.mark.clause("C4.1", "C4.2", "C4.3", "C4.4", "C4.5", "C4.7", "C4.14")
-@pytest.mark.guards("interval_ignored", "heartbeat_2x", "metrics_at_heartbeat", "reading_age_from_boot")
+@pytest.mark.guards("interval_ignored", "heartbeat_2x", "metrics_at_heartbeat", "reading_age_from_boot", "heap_in_kib")
 def test_sensors_health_and_metrics_come_at_their_intervals_with_consistent_values(dut, mqtt, hil_session) -> None:
     did = dut.device_id
     measure = setting(hil_session, "measurement_interval_s")
@@ -49,7 +51,8 @@ def test_sensors_health_and_metrics_come_at_their_intervals_with_consistent_valu
     metrics_got = mqtt.wait_for(contract.metrics_topic(did), since=mark, count=4, timeout=wait_timeout(report, 4))
     health_got = mqtt.wait_for(contract.health_topic(did), since=mark, count=3, timeout=wait_timeout(heartbeat, 3))
     sensors_got = mqtt.collect(contract.sensors_topic(did), since=mark)
-    online = [m.json() for m in mqtt.collect(contract.status_topic(did)) if m.json()["state"] == "online"][-1]
+    online_got = [m for m in mqtt.collect(contract.status_topic(did)) if m.json()["state"] == "online"][-1]
+    online = online_got.json()
 
     readings = [m.json() for m in sensors_got]
     health = [m.json() for m in health_got]
@@ -83,11 +86,22 @@ def test_sensors_health_and_metrics_come_at_their_intervals_with_consistent_valu
     assert not problems, "\n".join(problems)
 
     # C4.4: health's values are this boot's, and agree with each other and the other topics.
+    # The heap in bytes (§7 draws its low-memory line at 5000 bytes of free heap): no more
+    # than the chip's SRAM, and below that line only with `low_memory` raised this boot.
+    # (Whether `min_free_heap` is the low-water mark since boot, and so never rises, the
+    # contract does not say: only that it is a minimum, so never above `free_heap`.)
+    low_memory = [
+        m.json() for m in mqtt.collect(contract.alerts_topic(did)) if m.at >= online_got.at and m.json()["code"] == "low_memory"
+    ]
     for h in health:
         assert h["version"] == online["version"] == dut.version, h
         assert h["reset_reason"] == online["reset_reason"], (h, online)
         assert h["safe_mode"] is False, h
-        assert h["min_free_heap"] <= h["free_heap"], h
+        assert h["min_free_heap"] <= h["free_heap"] <= C3_SRAM_BYTES, f"not the free heap of a C3 in bytes: {h}"
+        assert h["free_heap"] >= contract.LOW_MEMORY_THRESHOLD_BYTES or low_memory, (
+            f"free heap {h['free_heap']} (bytes) is below {contract.LOW_MEMORY_THRESHOLD_BYTES}, "
+            f"yet no `low_memory` alert in this boot: {h}"
+        )
         # Readings flow: the last one is at most one (long) measurement period old (null
         # only before the first reading of the boot).
         age, settled = h["last_sensor_reading_age_s"], h["uptime_s"] > tol.max_ratio * measure + tol.latency_s
@@ -154,23 +168,32 @@ def test_health_and_metrics_carry_the_stations_rssi(dut, mqtt, wifi, hil_session
     did = dut.device_id
     heartbeat = setting(hil_session, "heartbeat_interval_s")
     report = setting(hil_session, "status_report_interval_s")
-    # The signal changes after the join (a value the device does not report now).
+    # The rig's own bound on what the board measures against what it was set to: exact on
+    # the virtual AP (0 dB), an RF box's calibration on a real one.
+    tolerance = wifi.rssi_tolerance_db
+    # The signal changes after the join, by more than twice the tolerance: the value the
+    # device reports now (and at the join) cannot pass for the new one.
     mark = mqtt.mark()
     mqtt.publish(contract.command_topic(did), {"cmd": "report"})
-    now = mqtt.wait_for(contract.health_topic(did), since=mark, timeout=heartbeat + 10)[0].json()
-    rssi = -71 if now["wifi_rssi"] != -71 else -64
+    now = mqtt.wait_for(contract.health_topic(did), since=mark, timeout=heartbeat + 10)[0].json()["wifi_rssi"]
+    step = 2 * tolerance + 10
+    rssi = now - step if now - step >= -90 else now + step
     wifi.ap(rssi=rssi)
+
+    def station(value: int | None) -> bool:
+        return value is not None and abs(value - rssi) <= tolerance
+
     # Health on `report` and the next metrics say so (one already on its way may not; a
     # timeout shows what they said instead).
     mark = mqtt.mark()
     mqtt.publish(contract.command_topic(did), {"cmd": "report"})
     health = mqtt.wait_for(
-        contract.health_topic(did), lambda m: m.json()["wifi_rssi"] == rssi, since=mark, timeout=heartbeat + 10
+        contract.health_topic(did), lambda m: station(m.json()["wifi_rssi"]), since=mark, timeout=heartbeat + 10
     )[0].json()
     assert not contract.validate_payload("health", health, device_id=did), health
     mqtt.wait_for(
         contract.metrics_topic(did),
-        lambda m: m.json()["metrics"]["wifi_signal_strength_dbm"] == rssi,
+        lambda m: station(m.json()["metrics"]["wifi_signal_strength_dbm"]),
         since=mark,
         timeout=wait_timeout(report, 2),
     )

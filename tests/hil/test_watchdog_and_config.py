@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from itertools import combinations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hil.bme280.compensation import Environment
+from hil.bme280.faults import Fault
 from hil.device import contract
 from hil.device.periodic import DEFAULT_TOLERANCE, spacing_problems, wait_timeout
 from hil.services.mqtt import ObserverTimeout
@@ -91,23 +93,80 @@ HANG_GUARDS = {
 }
 
 
+# ESP-IDF's task watchdog runs at CONFIG_ESP_TASK_WDT_TIMEOUT_S (5 s) until the firmware
+# reconfigures it: values from an update must differ from it and from what was provisioned.
+IDF_TASK_WDT_TIMEOUT_S = 5
+
+
+def updated_timeouts(hil_session) -> dict[str, int]:
+    """A watchdog and a sensor timeout other than the provisioned ones and the IDF default,
+    short enough to time in seconds."""
+    provisioned = {key: setting(hil_session, key) for key in ("watchdog_timeout_s", "sensor_timeout_s")}
+    return {
+        "watchdog_timeout_s": next(s for s in (3, 4) if s not in (provisioned["watchdog_timeout_s"], IDF_TASK_WDT_TIMEOUT_S)),
+        "sensor_timeout_s": next(s for s in (8, 9) if s != provisioned["sensor_timeout_s"]),
+    }
+
+
+def sensor_failure_timed(mqtt, sensor, did: str, timeout_s: float, interval: float) -> None:
+    """The sensor NACKs until `sensor_failure`: raised no sooner than ``timeout_s`` after the
+    last good reading, and at the first measurement past it (within one long measurement
+    period more; as test_sensor's NACK episode). Then it answers again and readings return."""
+    readings = contract.sensors_topic(did)
+    last_good = mqtt.wait_for(readings, since=mqtt.mark(), timeout=10 * interval + 10)[0].json()
+    mark = mqtt.mark()
+    sensor.fault(Fault.NACK.value)
+    failure = alert_after(mqtt, did, "sensor_failure", mark, timeout=timeout_s + 10 * interval + 10)
+    last_good = max([last_good, *(m.json() for m in mqtt.collect(readings, since=mark))], key=lambda r: r["timestamp"])
+    held = failure["timestamp"] - last_good["timestamp"]
+    late = timeout_s + DEFAULT_TOLERANCE.max_ratio * interval + DEFAULT_TOLERANCE.latency_s
+    assert timeout_s - 0.5 <= held <= late, (
+        f"sensor_failure {held:.2f} s after the last good reading, sensor_timeout_s {timeout_s:g} s"
+    )
+    sensor.clear_faults()
+    mqtt.wait_for(readings, lambda m: m.json()["timestamp"] >= failure["timestamp"], since=mark, timeout=10 * interval + 10)
+
+
 @pytest.mark.requires("test_hooks")
 @pytest.mark.clause("C5.3", "C7.8", "C7.9", "C2.10", "C4.8", "C4.14")
 @pytest.mark.parametrize(
-    "task",
+    ("task", "after_update"),
     [
+        *(
+            pytest.param(
+                task,
+                False,
+                id=task,
+                marks=[pytest.mark.guards(*HANG_GUARDS[task]), *([pytest.mark.clause("C4.9")] if task == "sensor" else [])],
+            )
+            for task in contract.WATCHED_TASKS
+        ),
+        # C5.8 for the two supervision timeouts: the update's, not the provisioned ones nor
+        # IDF's default, time a sensor failure (C7.5) and the hang.
         pytest.param(
-            task,
-            id=task,
-            marks=[pytest.mark.guards(*HANG_GUARDS[task]), *([pytest.mark.clause("C4.9")] if task == "sensor" else [])],
-        )
-        for task in contract.WATCHED_TASKS
+            "sensor",
+            True,
+            id="sensor-after-update",
+            marks=[
+                pytest.mark.requires("sensor_emulation"),
+                pytest.mark.clause("C4.9", "C5.8", "C7.5"),
+                pytest.mark.guards("watchdog_timeout_idf_default", "sensor_timeout_from_provisioning"),
+            ],
+        ),
     ],
 )
-def test_a_hung_task_trips_the_task_watchdog_at_its_timeout(dut, mqtt, console, hil_session, forget_crashes, task) -> None:
+def test_a_hung_task_trips_the_task_watchdog_at_its_timeout(
+    dut, mqtt, console, hil_session, forget_crashes, request, task, after_update
+) -> None:
     did = dut.device_id
     timeout_s = setting(hil_session, "watchdog_timeout_s")
     interval = setting(hil_session, "measurement_interval_s")
+    if after_update:
+        request.getfixturevalue("restore_firmware")  # the provisioned timeouts back afterwards
+        update = updated_timeouts(hil_session)
+        apply_config(mqtt, console, did, update)
+        sensor_failure_timed(mqtt, request.getfixturevalue("sensor"), did, update["sensor_timeout_s"], interval)
+        timeout_s = update["watchdog_timeout_s"]
     start = mqtt.mark()
     before = health_now(mqtt, did)
     mqtt.wait_for(contract.sensors_topic(did), since=start, timeout=10 * interval + 10)  # the tasks run
@@ -159,7 +218,8 @@ def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, s
     interval = setting(hil_session, "measurement_interval_s")
     tol = DEFAULT_TOLERANCE
     before = health_now(mqtt, did)
-    mqtt.wait_for(contract.sensors_topic(did), since=mqtt.mark(), timeout=wait_timeout(interval, 1))  # the task runs
+    running = mqtt.mark()
+    mqtt.wait_for(contract.sensors_topic(did), since=running, timeout=wait_timeout(interval, 1))  # the task runs
     serial, mark = console.mark(), mqtt.mark()
     sensor.fault("bus_held_low")  # the sensor task blocks in its next I2C transfer
     # That transfer is at most one (long) measurement period after the last reading, and
@@ -170,8 +230,10 @@ def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, s
     # Judged on the host's clock (nothing ties the serial port's to the readings' here):
     # the watchdog line's arrival against the last reading's, each late by a delivery.
     fired_at = next(r.monotonic for r in console.records(serial) if not r.marker and contract.TASK_WDT.search(r.text))
+    # This boot's readings since the task was seen running (an earlier boot of the session
+    # can carry the same boot_count after a reprovisioning, with higher seqs).
     last = max(
-        (m for m in mqtt.collect(contract.sensors_topic(did)) if m.json()["boot_count"] == before["boot_count"]),
+        (m for m in mqtt.collect(contract.sensors_topic(did), since=running) if m.json()["boot_count"] == before["boot_count"]),
         key=lambda m: m.json()["seq"],
     )
     silent = fired_at - last.at
@@ -194,12 +256,12 @@ def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, s
     )
 
 
-@pytest.mark.clause("C4.14", "C2.1", "C5.1", "C5.3", "C7.9")
+@pytest.mark.clause("C4.14", "C2.1", "C5.1", "C5.3", "C7.9", "C3.5", "C4.4")
 @pytest.mark.requires("test_hooks", "power_control")
 @pytest.mark.parametrize(
     ("trigger", "reason"),
     [
-        pytest.param("power cycle", "POWERON", id="poweron"),
+        pytest.param("power cycle", "POWERON", id="poweron", marks=pytest.mark.guards("boot_count_in_rtc")),
         pytest.param("reset command", "SW", id="sw"),
         pytest.param("hung task", "TASK_WDT", id="task_wdt"),
         pytest.param(
@@ -225,6 +287,9 @@ def test_the_reset_reason_on_the_serial_port_matches_health(dut, mqtt, console, 
     status = online_after(mqtt, device, mark)
     health = health_after(mqtt, device, mark, lambda h: h["boot_count"] == status["boot_count"])
     assert status["reset_reason"] == health["reset_reason"] == reason
+    # C3.5/C4.4: boot_count numbers the boots, whatever ended the last one: a power-on too
+    # ((boot_count, seq) names a reading across boots; a count kept in RTC memory restarts).
+    assert status["boot_count"] == before["boot_count"] + 1, f"after a {reason} reset: {before} then {status}"
     assert reason in contract.RESET_REASONS_BY_ROM_RESET[rom["name"]], f"serial: {rom[0]}, health: {reason}"
     serial = "\n".join(console.lines(since))
     assert bool(contract.PANIC.search(serial)) == (reason == "PANIC"), serial[-2000:]
@@ -301,9 +366,9 @@ def readings_after(mqtt, device: str, mark: int, count: int = 3, boot: int | Non
 
 @pytest.mark.clause("C5.8", "C4.2", "C4.11", "C7.3")
 @pytest.mark.requires("sensor_emulation", "power_control")
-@pytest.mark.guards("config_not_persisted")
+@pytest.mark.guards("config_not_persisted", "config_update_replaces_saved")
 def test_a_valid_config_is_applied_from_the_next_boot_and_survives_a_power_cycle(
-    restore_firmware, mqtt, sensor, power
+    restore_firmware, mqtt, console, sensor, power
 ) -> None:
     dut = restore_firmware
     env = Environment(20.0, 45.0, 1000.0)
@@ -316,7 +381,10 @@ def test_a_valid_config_is_applied_from_the_next_boot_and_survives_a_power_cycle
     assert set(status.get("applied", update)) == set(update)
     status = online_after(mqtt, dut.device_id, mark)
     assert status["reset_reason"] == "SW"
-    for when in ("after the update", "after a power cycle"):
+    # A second update carries only the offset (C5.8: "any of" the keys): the interval the
+    # first one saved stays, the new offset applies.
+    second = {"calibration_offset_temp": 1.0}
+    for when, offset in (("after the update", 3.0), ("after a power cycle", 3.0), ("after a second update of the offset alone", 1.0)):
         got = mqtt.wait_for(
             contract.sensors_topic(dut.device_id),
             lambda m, boot=status["boot_count"]: m.json()["boot_count"] == boot,
@@ -332,12 +400,14 @@ def test_a_valid_config_is_applied_from_the_next_boot_and_survives_a_power_cycle
             what=f"sensors {when}",
         )
         assert not problems, "\n".join(problems)
-        assert abs(readings[-1]["temperature_c"] - (env.temperature_c + 3.0)) <= contract.TEMPERATURE_ACCURACY_C, when
+        assert abs(readings[-1]["temperature_c"] - (env.temperature_c + offset)) <= contract.TEMPERATURE_ACCURACY_C, (when, readings[-1])
         if when == "after the update":
             mark = mqtt.mark()
             power.cycle()
             status = online_after(mqtt, dut.device_id, mark)
             assert status["reset_reason"] == "POWERON"
+        elif when == "after a power cycle":
+            mark, status = apply_config(mqtt, console, dut.device_id, second)
 
 
 def check_applied(status: dict, update: dict) -> None:
@@ -467,34 +537,51 @@ def test_both_edges_of_every_range_are_accepted_and_applied(restore_firmware, mq
     assert not problems, "\n".join(problems)
 
 
-def just_outside(uri: str) -> list[tuple[str, dict | bytes]]:
+# What is wrong with an invalid update: the key at fault (None: the payload as a whole) and
+# how it is wrong. None where a compliant device may read it either way (bytes that are not
+# UTF-8 are a malformed payload, or an unknown log level to a parser that does not check).
+Why = tuple[str | None, str] | None
+
+
+def just_outside(uri: str) -> list[tuple[str, dict | bytes, Why]]:
     """One invalid update per way to be wrong: every range just outside both edges, every
     wrong type, the brokers' count, unknown keys, payloads that are no JSON object."""
     low, high = contract.CALIBRATION_OFFSET_RANGE
-    cases: list[tuple[str, dict | bytes]] = []
+    cases: list[tuple[str, dict | bytes, Why]] = []
     for key, s in contract.CONFIG_INT_SETTINGS.items():
-        cases += [(f"{key} below", {key: s.minimum - 1}), (f"{key} above", {key: s.maximum + 1})]
+        cases += [(f"{key} below", {key: s.minimum - 1}, (key, "value")), (f"{key} above", {key: s.maximum + 1}, (key, "value"))]
     cases += [
-        ("offset below", {"calibration_offset_temp": round(low - 0.01, 2)}),
-        ("offset above", {"calibration_offset_temp": round(high + 0.01, 2)}),
-        ("no broker", {"brokers": []}),
-        ("too many brokers", {"brokers": [uri] * (contract.MAX_BROKERS + 1)}),
-        ("broker not mqtt", {"brokers": ["http://127.0.0.1:1883"]}),
-        ("brokers not a list", {"brokers": uri}),
-        ("boolean for integer", {"measurement_interval_s": True}),
-        ("float for integer", {"status_report_interval_s": 2.5}),
-        ("string for integer", {"watchdog_timeout_s": "5"}),
-        ("null for integer", {"heartbeat_interval_s": None}),
-        ("string for number", {"calibration_offset_temp": "1.5"}),
-        ("boolean for number", {"calibration_offset_temp": True}),
-        ("unknown log level", {"log_level": "chatty"}),
-        ("log level not a string", {"log_level": 2}),
-        ("unknown key", {"colour": "red"}),
-        ("malformed JSON", b'{"measurement_interval_s": 2'),
-        ("not an object", b"[2]"),
-        ("not UTF-8", b'{"log_level": "\xff"}'),
+        ("offset below", {"calibration_offset_temp": round(low - 0.01, 2)}, ("calibration_offset_temp", "value")),
+        ("offset above", {"calibration_offset_temp": round(high + 0.01, 2)}, ("calibration_offset_temp", "value")),
+        ("no broker", {"brokers": []}, ("brokers", "value")),
+        ("too many brokers", {"brokers": [uri] * (contract.MAX_BROKERS + 1)}, ("brokers", "value")),
+        ("broker not mqtt", {"brokers": ["http://127.0.0.1:1883"]}, ("brokers", "value")),
+        ("brokers not a list", {"brokers": uri}, ("brokers", "type")),
+        ("boolean for integer", {"measurement_interval_s": True}, ("measurement_interval_s", "type")),
+        ("float for integer", {"status_report_interval_s": 2.5}, ("status_report_interval_s", "type")),
+        ("string for integer", {"watchdog_timeout_s": "5"}, ("watchdog_timeout_s", "type")),
+        ("null for integer", {"heartbeat_interval_s": None}, ("heartbeat_interval_s", "type")),
+        ("string for number", {"calibration_offset_temp": "1.5"}, ("calibration_offset_temp", "type")),
+        ("boolean for number", {"calibration_offset_temp": True}, ("calibration_offset_temp", "type")),
+        ("unknown log level", {"log_level": "chatty"}, ("log_level", "value")),
+        ("log level not a string", {"log_level": 2}, ("log_level", "type")),
+        ("unknown key", {"colour": "red"}, ("colour", "unknown key")),
+        ("malformed JSON", b'{"measurement_interval_s": 2', (None, "not JSON")),
+        ("not an object", b"[2]", (None, "not an object")),
+        ("not UTF-8", b'{"log_level": "\xff"}', None),
     ]
     return cases
+
+
+def unspecific_errors(errors: dict[str, str], why: dict[str, Why]) -> list[str]:
+    """C5.6 "config/status says why": an error names what was wrong, the key or the way it is
+    wrong (the contract asks no more, so either will do). Two updates wrong in other keys and
+    in other ways with one error between them: that error says neither."""
+    return [
+        f"{a!r} and {b!r} both answered {errors[a]!r}"
+        for a, b in combinations(errors, 2)
+        if (wa := why[a]) and (wb := why[b]) and wa[0] != wb[0] and wa[1] != wb[1] and errors[a] == errors[b]
+    ]
 
 
 # Valid keys sent along with each invalid one, each a change a device applying part of a
@@ -504,7 +591,7 @@ COMPANIONS = {"measurement_interval_s": 2, "heartbeat_interval_s": 2, "status_re
 
 @pytest.mark.requires("sensor_emulation")
 @pytest.mark.clause("C5.6", "C5.7", "C4.11", "C4.8", "C4.2", "C4.5", "C4.7", "C7.3")
-@pytest.mark.guards("config_unvalidated", "rejected_config_leaks")
+@pytest.mark.guards("config_unvalidated", "rejected_config_leaks", "config_error_unspecific")
 def test_an_invalid_config_is_rejected_as_a_whole_and_changes_nothing(dut, mqtt, console, sensor, hil_session) -> None:
     did = dut.device_id
     intervals = {key: setting(hil_session, key) for key in ("measurement_interval_s", "heartbeat_interval_s", "status_report_interval_s")}
@@ -514,13 +601,17 @@ def test_an_invalid_config_is_rejected_as_a_whole_and_changes_nothing(dut, mqtt,
     serial, mark = console.mark(), mqtt.mark()
     boot = [m.json() for m in mqtt.collect(contract.status_topic(did)) if m.json()["state"] == "online"][-1]["boot_count"]
     cases = just_outside(hil_session.device_provisioning().mqtt_uri)
-    for name, case in cases:
+    errors: dict[str, str] = {}
+    for name, case, _ in cases:
         payload = case if isinstance(case, bytes) else json.dumps({**{k: v for k, v in COMPANIONS.items() if k not in case}, **case})
         sent = mqtt.mark()
         mqtt.publish(contract.config_update_topic(did), payload)
         status = mqtt.wait_for(contract.config_status_topic(did), since=sent, timeout=10)[0].json()
         assert status["ok"] is False, f"{name}: accepted {payload!r}"
         assert not contract.validate_payload("config_status", status) and status["error"], (name, status)
+        errors[name] = status["error"]
+    unspecific = unspecific_errors(errors, {name: why for name, _, why in cases})
+    assert not unspecific, "config/status does not say why:\n" + "\n".join(unspecific[:5])
     alerts = mqtt.wait_for(
         contract.alerts_topic(did), lambda m: m.json()["code"] == "config_rejected", since=mark, count=len(cases), timeout=30
     )

@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +60,8 @@ HELP = {
     ("broker", "up"): "credentials file",
     ("broker", "down"): "hil broker down",
     ("broker", "status"): "hil broker status --json",
+    ("mqtt",): "hil mqtt watch --device bench-1",
+    ("mqtt", "watch"): "never printed",
 }
 
 
@@ -86,6 +88,7 @@ TOP_LEVEL = {
     "sensor": "BME280",
     "power": "on, off, cycle",
     "broker": "mutual TLS",
+    "mqtt": "live and readable",
 }
 
 
@@ -147,6 +150,9 @@ def refused_before_anything_starts(tmp_path: Path) -> None:
     one_line_error(hil("provision", "--device-id", "d1", "--bench-broker", *sd), "no broker is up")
     one_line_error(hil("flash", "--recipe", "baseline", "--rig", "virtual-0", *sd), "virtual rig has no fixed port")
     one_line_error(hil("power", "on", "--rig", "bench-9", *sd), "bench-9")
+    one_line_error(hil("mqtt", "watch", "--device", "bench-1", *sd), "no login", "hil broker up")
+    one_line_error(hil("mqtt", "watch", "--device", "a/b", *sd), "a/b")
+    one_line_error(hil("mqtt", "watch", "--credentials", str(tmp_path / "none"), *sd), "none")
     assert not (tmp_path / "sim.json").exists() and not (tmp_path / "broker.json").exists()
 
 
@@ -305,6 +311,71 @@ def test_sensor_set_fault_and_get(online: tuple[Path, dict[str, object]]) -> Non
     assert values["faults"] == ["nack"] and values["humidity_pct"] == 55.0
     cleared = hil("sensor", "fault", "none", *sd)
     assert cleared.returncode == 0 and "faults: none" in cleared.stdout
+
+
+def test_mqtt_watch_shows_the_next_reading_after_a_sensor_set(online: tuple[Path, dict[str, object]]) -> None:
+    """`hil mqtt watch --device bench-1` in a terminal (a pty, as in tmux): readable lines,
+    the retained status marked, the login found from the bench state and never printed;
+    after `hil sensor set` the new value shows at the next reading (interval 1 s here);
+    Ctrl-C (SIGINT) ends it cleanly."""
+    import pty
+    import re
+    import select
+    import time
+
+    state, info = online
+    sd = ["--state-dir", str(state)]
+    reading = re.compile(r"^\d\d:\d\d:\d\d\.\d{3}  bench-1\s+sensors\s+.*temperature_c=(?P<t>-?[\d.]+)")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hil.cli", "mqtt", "watch", "--device", "bench-1", *sd],
+        cwd=ROOT, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    lines: list[tuple[float, str]] = []  # (when it arrived, the line)
+    pending = b""
+
+    def until(found: Callable[[str], object], timeout: float, since: int = 0) -> float:
+        """When the first line since ``since`` for which ``found`` holds arrived."""
+        nonlocal pending
+        deadline = time.monotonic() + timeout
+        while True:
+            for at, line in lines[since:]:
+                if found(line):
+                    return at
+            since = len(lines)
+            left = deadline - time.monotonic()
+            assert left > 0 and proc.poll() is None, "\n".join(line for _, line in lines)[-3000:]
+            if select.select([master], [], [], min(left, 0.5))[0]:
+                pending += os.read(master, 65536)
+                *complete, pending = pending.split(b"\n")
+                lines.extend((time.monotonic(), raw.decode(errors="replace").rstrip("\r")) for raw in complete)
+
+    try:
+        until(lambda line: "hil mqtt watch: esp32/bench-1/# on mqtt://127.0.0.1:" in line, timeout=30)
+        until(re.compile(r"  bench-1\s+status\s+\[retained\] state=online").search, timeout=30)
+        until(reading.search, timeout=30)
+
+        def new_value(line: str) -> bool:
+            match = reading.search(line)
+            return match is not None and abs(float(match["t"]) - 33.3) < 1.0
+
+        changed = hil("sensor", "set", "--temperature", "33.3", *sd)
+        assert changed.returncode == 0, changed.stderr
+        set_at, mark = time.monotonic(), len(lines)
+        shown_at = until(new_value, timeout=20, since=mark)
+        # At the next reading: within one measurement interval (1 s), with room for a busy host.
+        assert shown_at - set_at < 1.0 + 2.0, (shown_at - set_at, [text for _, text in lines[mark:]])
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=15) == 0, "\n".join(text for _, text in lines)[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    creds = json.loads(Path(str(info["broker"]["credentials_file"])).read_text())  # type: ignore[index]
+    shown = "\n".join(text for _, text in lines)
+    assert creds["hil-observer"]["password"] not in shown and "Traceback" not in shown, shown
 
 
 def test_power_off_on_and_cycle(online: tuple[Path, dict[str, object]]) -> None:

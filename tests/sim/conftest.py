@@ -84,6 +84,7 @@ def make_board(
         ota_pubkey: str | None = None,
         wifi_pass: str = WIFI_PASS,
         ca_pem: str | None = None,
+        profile: str = "default",
     ) -> SimBoard:
         creds = broker.credentials(device_id)
         prov = Provisioning(
@@ -100,6 +101,6 @@ def make_board(
         )
         state = tmp_path / f"board-{device_id}"
         write_factory_flash(state, images, app, provisioning_image(prov, {**FAST, **(config or {})}))
-        return SimBoard(virtual_board_factory(state_dir=state), device_id, creds)
+        return SimBoard(virtual_board_factory(state_dir=state, profile=profile), device_id, creds)
 
     return make

@@ -49,6 +49,14 @@ def test_sim_board_refuses_a_bad_mac(tmp_path: Path, args: list[str], needle: st
     assert not (state / "flash.bin").exists()
 
 
+def test_sim_board_refuses_an_unknown_profile_naming_the_known_ones(tmp_path: Path) -> None:
+    state = tmp_path / "board"
+    result = hil("sim", "board", "--state-dir", str(state), "--profile", "realboard")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "invalid choice: 'realboard' (choose from 'default', 'real-board')" in result.stderr
+    assert not state.exists()
+
+
 def test_sim_board_refuses_a_state_dir_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     one_line_error(hil("sim", "board", "--state-dir", str(tmp_path / "f")), 2, "is a file, not a directory")

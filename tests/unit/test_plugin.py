@@ -34,8 +34,20 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_options_are_documented(run) -> None:
     result, _ = run("--help")
     text = result.stdout.str()
-    for option in ("--rig=", "--rig-tag", "--firmware", "--broker", "--keep-on-failure", "--hil-log-dir", "--rig-wait"):
+    for option in ("--rig=", "--rig-tag", "--firmware", "--broker", "--keep-on-failure", "--keep-timeout",
+                   "--hil-log-dir", "--rig-wait", "--rig-profile"):  # fmt: skip
         assert option in text, option
+
+
+def test_keep_timeout_is_a_few_minutes_in_ci_else_until_ctrl_c(run) -> None:
+    from hil.pytest_plugin import KEEP_TIMEOUT_CI_S, keep_timeout
+
+    assert keep_timeout(None, {}) is None  # at a desk: until Ctrl-C
+    assert keep_timeout(None, {"CI": "true"}) == KEEP_TIMEOUT_CI_S == 300.0
+    assert keep_timeout(None, {"CI": "false"}) is None and keep_timeout(None, {"CI": "0"}) is None
+    assert keep_timeout(5.0, {"CI": "1"}) == 5.0 and keep_timeout(float("inf"), {"CI": "1"}) is None
+    result, _ = run("--keep-on-failure", "--keep-timeout", "0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "seconds > 0" in result.stderr.str()
 
 
 def test_missing_capability_skips_with_the_reason(run, pytester: pytest.Pytester) -> None:
@@ -60,6 +72,35 @@ def test_unknown_rig_is_an_error_naming_the_rigs_that_exist(run, pytester: pytes
     result.stderr.fnmatch_lines(["*virtaul-0*"])
     assert seconds < 10  # a whole pytest process, start to finish: nothing waited on a rig
     assert "virtual-0" in result.stderr.str()
+
+
+def test_rig_profile_chooses_how_real_the_virtual_boards_of_the_run_are(
+    run, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rigs = pytester.mkdir("profiled")
+    (rigs / "virtual.toml").write_text('name = "sim"\nkind = "virtual"\n')
+    (rigs / "slow.toml").write_text('name = "slow"\nkind = "virtual"\nprofile = "real-board"\n')
+    pytester.makepyfile(
+        """
+        import os
+        def test_profile(rig):
+            assert rig.profile == os.environ["EXPECTED_PROFILE"], rig
+        """
+    )
+    monkeypatch.setenv("EXPECTED_PROFILE", "default")
+    result, _ = run(f"--rigs-dir={rigs}", "--rig", "sim")
+    result.assert_outcomes(passed=1)  # the rig file's own
+    monkeypatch.setenv("EXPECTED_PROFILE", "real-board")
+    result, _ = run(f"--rigs-dir={rigs}", "--rig", "slow")
+    result.assert_outcomes(passed=1)
+    result, _ = run(f"--rigs-dir={rigs}", "--rig", "sim", "--rig-profile", "real-board")
+    result.assert_outcomes(passed=1)  # the run's, over the rig file's
+    monkeypatch.setenv("EXPECTED_PROFILE", "default")
+    result, _ = run(f"--rigs-dir={rigs}", "--rig", "slow", "--rig-profile", "default")
+    result.assert_outcomes(passed=1)
+    typo, _ = run(f"--rigs-dir={rigs}", "--rig-profile", "realboard")
+    assert typo.ret == pytest.ExitCode.USAGE_ERROR
+    assert "invalid choice: 'realboard' (choose from 'default', 'real-board')" in typo.stderr.str()
 
 
 def test_a_typo_in_a_rig_file_names_file_field_and_fix(run, pytester: pytest.Pytester) -> None:

@@ -1,23 +1,30 @@
 """The firmware's MQTT link: broker URIs, TLS contexts, backoff, and abrupt connection loss.
 
-A chip that resets or loses its AP does not send DISCONNECT: the broker only learns of
-it from the dead TCP connection (and then publishes the last will). ``abort`` reproduces
-that with aiomqtt by shutting the socket down under paho instead of disconnecting.
+A chip that resets or loses its AP does not send DISCONNECT. On the default profile the
+broker learns of it from the closed TCP connection at once (and publishes the last will):
+``abort`` shuts the socket down under paho instead of disconnecting. On a silent profile
+(`hil.sim.profiles`: real-board) the connection is handed to the chip's socket table
+(``track_connection``) and abandoned when the chip stops or the AP goes (`hil.sim.sockets`):
+nothing at all reaches the broker, which waits out 1.5 × keepalive, as with a real C3.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import random
 import socket
 import ssl
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 import aiomqtt
+
+from hil.sim.sockets import ChipSockets
 
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -43,6 +50,15 @@ class BrokerUri:
     def tls(self) -> bool:
         return self.scheme == "mqtts"
 
+    @property
+    def named(self) -> bool:
+        """The host is a name to resolve (DNS), not an address."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return True
+        return False
+
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
@@ -62,6 +78,27 @@ def tls_context(ca_pem: str | None, client_cert: str | None, client_key: str | N
             with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
                 handle.write(client_key)
             context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+class _ChipHandshake(ssl.SSLSocket):
+    """A TLS socket whose handshake first spends the chip's CPU time on it (mbedTLS on a
+    160 MHz RISC-V core: `hil.sim.profiles.BoardProfile.tls_handshake`). paho runs the
+    handshake on aiomqtt's executor thread, after the TCP connect, so the wait lands
+    where a C3 spends it: a refused TCP connect costs nothing of it, a certificate the
+    chip rejects all of it."""
+
+    cpu_s = 0.0
+
+    def do_handshake(self, block: bool = False) -> None:
+        time.sleep(self.cpu_s)  # the executor thread, not the event loop
+        super().do_handshake(block)
+
+
+def slow_handshake(context: ssl.SSLContext, seconds: float) -> ssl.SSLContext:
+    """``context``, its TLS handshakes taking ``seconds`` of chip time (none: unchanged)."""
+    if seconds > 0:
+        context.sslsocket_class = type("ChipHandshake", (_ChipHandshake,), {"cpu_s": seconds})
     return context
 
 
@@ -105,14 +142,49 @@ def fail_fast_before_connack(client: aiomqtt.Client) -> None:
     paho.on_disconnect = on_disconnect
 
 
-def abort(client: aiomqtt.Client) -> None:
-    """Drop the TCP connection without DISCONNECT, as a reset chip or a lost AP does."""
+def abort(client: aiomqtt.Client, sockets: ChipSockets | None = None) -> None:
+    """Drop the TCP connection without DISCONNECT, as a reset chip or a lost AP does.
+
+    On a silent board (``sockets.silent``) the connection is abandoned: nothing is sent.
+    Otherwise it is shut down, and the broker sees it closed at once."""
     paho = client._client
     sock = paho.socket()
-    if isinstance(sock, socket.socket | ssl.SSLSocket):
+    silent = sockets is not None and isinstance(sock, socket.socket) and sockets.lose(sock)
+    if isinstance(sock, socket.socket | ssl.SSLSocket) and not silent:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+    _disconnected(client, "connection aborted")
+
+
+def track_connection(client: aiomqtt.Client, sockets: ChipSockets, *, keepalive_s: float) -> None:
+    """Hand ``client``'s TCP connection to the chip's socket table as paho opens it, so a
+    silent board abandons it when the chip stops (`ChipSockets.chip_stopped`): paho keeps
+    a socket that leads nowhere and gives it up in its own time, without a word reaching
+    the broker.
+
+    The chip generation is the one of now: a connect that completes on its executor
+    thread after a reset (the task that awaited it long cancelled) belongs to a chip that
+    no longer exists; its socket is abandoned at once and the connect fails, so no ghost
+    CONNECT from a dead chip takes the new boot's session over."""
+    paho = client._client
+    inner = paho.on_socket_open
+    generation = sockets.generation
+
+    def on_socket_open(paho_client: Any, userdata: Any, sock: Any) -> None:
+        if isinstance(sock, socket.socket) and not sockets.track(
+            sock, generation=generation, keepalive_s=keepalive_s
+        ):
+            paho._sock = None
+            sock.close()  # the void now under its number; the connection is kept apart
+            raise ConnectionAbortedError("the chip was reset while this connection was being set up")
+        if inner is not None:
+            inner(paho_client, userdata, sock)
+
+    paho.on_socket_open = on_socket_open
+
+
+def _disconnected(client: aiomqtt.Client, why: str) -> None:
     disconnected = client._disconnected
     if not disconnected.done():
-        disconnected.set_exception(aiomqtt.MqttError("connection aborted"))
+        disconnected.set_exception(aiomqtt.MqttError(why))
         disconnected.exception()  # retrieved: nobody else needs to see it

@@ -171,8 +171,9 @@ class FakeBoard:
 
     made: ClassVar[list[FakeBoard]] = []
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, profile: str = "default") -> None:
         self.state_dir = state_dir
+        self.profile = profile
         self.endpoints: Any = None
         self.control: Any = None
         self.starts = self.stops = 0
@@ -208,6 +209,22 @@ def test_the_virtual_rig_starts_its_board_once_in_a_state_dir_of_its_own(virtual
     assert virtual.port() == "rfc2217://127.0.0.1:40001"
     virtual.stop()
     assert board.stops == 1
+
+
+def test_the_virtual_rig_starts_its_board_with_the_rig_s_profile(tmp_path: Path) -> None:
+    FakeBoard.made = []
+    slow = dataclasses.replace(INVENTORY[0], profile="real-board")
+    VirtualRig(held(slow), boards_dir=tmp_path, board_factory=FakeBoard).start()  # type: ignore[arg-type]
+    VirtualRig(held(INVENTORY[0]), boards_dir=tmp_path, board_factory=FakeBoard).start()  # type: ignore[arg-type]
+    assert [board.profile for board in FakeBoard.made] == ["real-board", "default"]
+
+
+def test_a_board_process_is_asked_for_its_profile_on_the_command_line(tmp_path: Path) -> None:
+    from hil.rig.virtual_board import VirtualBoardProcess
+
+    slow = VirtualBoardProcess(tmp_path, profile="real-board")
+    assert slow._args[-2:] == ["--profile", "real-board"] and slow.profile == "real-board"
+    assert "--profile" not in VirtualBoardProcess(tmp_path)._args  # the default: the command as before
 
 
 def test_the_virtual_rig_s_power_sensor_and_wifi_are_its_control_endpoint(

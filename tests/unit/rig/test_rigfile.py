@@ -21,7 +21,7 @@ from hil.rig.model import (
     VirtualPowerSpec,
     VirtualSensorSpec,
 )
-from hil.rig.rigfile import load_rig_file, load_rigs
+from hil.rig.rigfile import load_rig_file, load_rigs, with_profile
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -351,6 +351,25 @@ BAD_FILES = {
     "count-zero": Bad(
         'name = "x"\nkind = "virtual"\ncount = 0\n', "count", 3, ("from 1 to 256, not 0",)
     ),
+    "profile-typo": Bad(
+        'name = "x"\nkind = "virtual"\nprofile = "real_board"\n',
+        "profile",
+        3,
+        ("'real_board' is not a known board profile", "did you mean 'real-board'?"),
+    ),
+    "profile-on-real-rig": Bad(
+        SERIAL + 'profile = "real-board"\n' + NETWORK,
+        "profile",
+        5,
+        ("profile is for virtual boards", '[twin] with profile = "real-board"'),
+    ),
+    "twin-profile-typo": Bad(
+        SERIAL + NETWORK + '[twin]\nprofile = "realboard"\n',
+        "profile",
+        10,
+        ("'realboard' is not a known board profile", "did you mean 'real-board'?"),
+        table="twin",
+    ),
     "bool-for-int": Bad(
         SERIAL + '[sensor]\nkind = "reference-bme280"\nbus = true\naddress = 0x76\n' + NETWORK,
         "bus",
@@ -381,6 +400,30 @@ def test_a_bad_file_is_refused_with_where_and_how_to_fix(tmp_path: Path, case: B
         assert (f"[{case.table}] {case.key}:" if case.table else f"{case.key}:") in message
     for fragment in case.fragments:
         assert fragment in message
+
+
+def test_a_virtual_rig_and_a_twin_choose_their_board_profile(tmp_path: Path) -> None:
+    write(tmp_path, "pool.toml", 'name = "slow"\nkind = "virtual"\ncount = 2\nprofile = "real-board"\n')
+    write(tmp_path, "fast.toml", 'name = "fast"\nkind = "virtual"\n')
+    write(tmp_path, "bench.toml", SERIAL + NETWORK + '[twin]\nprofile = "real-board"\n')
+    write(tmp_path, "lab.toml", SERIAL.replace("bench-1", "lab-1") + NETWORK + "[twin]\n")
+    rigs = {rig.name: rig for rig in load_rigs(tmp_path)}
+    assert rigs["slow-0"].profile == rigs["slow-1"].profile == "real-board"
+    assert rigs["fast"].profile == "default"
+    assert rigs["bench-1-twin"].profile == "real-board" and rigs["bench-1-twin"].is_virtual
+    assert rigs["lab-1-twin"].profile == "default"
+    assert rigs["bench-1"].profile == "default"  # a real board: the field means nothing for it
+
+
+def test_the_run_s_profile_overrides_every_virtual_rig_and_leaves_real_ones(tmp_path: Path) -> None:
+    write(tmp_path, "fast.toml", 'name = "fast"\nkind = "virtual"\n')
+    write(tmp_path, "bench.toml", SERIAL + NETWORK + "[twin]\n")
+    rigs = load_rigs(tmp_path)
+    assert with_profile(rigs, None) == rigs
+    chosen = {rig.name: rig.profile for rig in with_profile(rigs, "real-board")}
+    assert chosen == {"fast": "real-board", "bench-1": "default", "bench-1-twin": "real-board"}
+    with pytest.raises(ValueError, match="unknown board profile 'fast'"):
+        with_profile(rigs, "fast")
 
 
 def test_every_problem_of_every_file_is_reported_at_once(tmp_path: Path) -> None:

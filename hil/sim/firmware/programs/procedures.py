@@ -131,16 +131,30 @@ def _divide(a: int | float, b: int | float) -> int | float:
     return a / b
 
 
+_Divide = Callable[[int | float, int | float], int | float]
+
+
 @_builtin("/", 1, None)
 def _divide_all(m: _Machine, args: list[Value]) -> Value:
     first = _number("/", args[0])
     # A host with `integer_division` set is the `program_integer_division` defect image's.
-    divide = _c_divide if getattr(m.host, "integer_division", False) else _divide
+    divide: _Divide = _c_divide if getattr(m.host, "integer_division", False) else _divide
+    if getattr(m.host, "division_by_zero_is_zero", False):  # the program_division_by_zero_is_zero defect's
+        divide = _zero_when_dividing_by_zero(divide)
     if len(args) == 1:
         return _result(m, "/", divide(1, first))
     for arg in args[1:]:
         first = divide(first, _number("/", arg))
     return _result(m, "/", first)
+
+
+def _zero_when_dividing_by_zero(divide: _Divide) -> _Divide:
+    """``divide``, except that a zero divisor gives 0 ("avoid the trap")."""
+
+    def divided(a: int | float, b: int | float) -> int | float:
+        return 0 if b == 0 else divide(a, b)
+
+    return divided
 
 
 def _c_divide(a: int | float, b: int | float) -> int | float:
@@ -358,7 +372,8 @@ def _led(m: _Machine, args: list[Value]) -> Value:
 @_builtin("publish", 2, 2)
 def _publish(m: _Machine, args: list[Value]) -> Value:
     suffix = _string("publish", args[0])
-    _check_suffix(suffix)
+    if not getattr(m.host, "topics_unchecked", False):  # set: the program_topic_unchecked defect image's host
+        _check_suffix(suffix)
     payload = _to_json(args[1])
     with _host_call("publish"):
         m.host.publish(suffix, payload)

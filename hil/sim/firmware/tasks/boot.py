@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 from hil.device import defects as D
+from hil.device.contract import DEVICE_NAMESPACE
 from hil.device.settings import DeviceConfig, Provisioning
 from hil.images.nvs import NvsError, read_nvs
 from hil.images.otadata import OtaState
@@ -34,6 +35,7 @@ async def boot(fw: Firmware, ctx: AppContext) -> bool:
     reset it scheduled ends this boot). A device that cannot boot never returns."""
     fw.ctx = ctx
     fw.log = ctx.log
+    fw.profile, fw.jitter, fw.sockets = ctx.profile, ctx.jitter, ctx.sockets
     desc = ctx.image.descriptor
     fw.version = desc.version if desc else "unknown"
     fw.reset_reason = ctx.reset_cause.idf_reason
@@ -56,6 +58,12 @@ async def boot(fw: Firmware, ctx: AppContext) -> bool:
         fw.log("E", "nvs", f"nvs partition unreadable: {exc}")
         namespaces = {}
     prov = Provisioning.from_nvs(namespaces)
+    if prov is None and D.PARTIAL_PROVISIONING_ABORTS in fw.defects and DEVICE_NAMESPACE in namespaces:
+        # The defect: "not provisioned" only when nvs_open("device") fails; with the namespace
+        # there, ESP_ERROR_CHECK(nvs_get_str(h, "device_id", ...)) aborts.
+        await asyncio.sleep(0.5)  # after the Wi-Fi and settings reads that found their keys
+        fw.panic("abort() was called: ESP_ERROR_CHECK failed: ESP_ERR_NVS_NOT_FOUND")
+        return False
     if prov is None:
         fw.log("E", "app", "not provisioned")
         if D.REBOOTS_WHEN_UNPROVISIONED in fw.defects:
@@ -75,6 +83,9 @@ async def boot(fw: Firmware, ctx: AppContext) -> bool:
     # Stored garbage (the no-validation defect) reaches the timers as it would on the
     # chip; the floor in Firmware.wait only keeps a zero interval from spinning the host.
     fw.config = config if D.CONFIG_WITHOUT_VALIDATION in fw.defects else config.clamped()
+    if D.SENSOR_TIMEOUT_FROM_PROVISIONING in fw.defects:  # the defect: `config` never read for it
+        provisioned = DeviceConfig.from_nvs({DEVICE_NAMESPACE: namespaces.get(DEVICE_NAMESPACE, {})}).clamped()
+        fw.config = replace(fw.config, sensor_timeout_s=provisioned.sensor_timeout_s)
     _count_boot(fw, namespaces)
     fw.safe_mode = _boot_loop_guard(fw)
 
@@ -101,6 +112,8 @@ async def boot(fw: Firmware, ctx: AppContext) -> bool:
     fw.background = set()
 
     watchdog_s = float(fw.config.watchdog_timeout_s)
+    if D.WATCHDOG_TIMEOUT_IDF_DEFAULT in fw.defects:
+        watchdog_s = 5.0  # the defect: CONFIG_ESP_TASK_WDT_TIMEOUT_S, never reconfigured
     if D.WATCHDOG_TIMEOUT_DOUBLED in fw.defects:
         watchdog_s *= 2
     if D.WATCHDOG_TIMEOUT_HALVED in fw.defects:
@@ -119,6 +132,9 @@ async def _wait_for_reset() -> NoReturn:
 def _count_boot(fw: Firmware, namespaces: dict[str, dict[str, Any]]) -> None:
     stats = namespaces.get(STATS_NAMESPACE, {})
     fw.boot_count = int(stats.get("boot_count", 0)) + 1
+    if D.BOOT_COUNT_IN_RTC in fw.defects:  # the defect: RTC_NOINIT_ATTR, lost at power-on
+        fw.boot_count = int(fw.ctx.rtc_memory.get("boot_count", 0)) + 1
+        fw.ctx.rtc_memory["boot_count"] = fw.boot_count
     counted = fw.reset_reason != "POWERON" and D.RESTART_COUNT_STUCK not in fw.defects
     fw.restart_count = int(stats.get("restart_count", 0)) + (1 if counted else 0)
     fw.rollback_seq = int(stats.get("rollback_seq", 0))

@@ -13,8 +13,9 @@ from typing import Any
 from hil.device import contract
 from hil.device import defects as D
 from hil.device.settings import DeviceConfig, factory_reset
+from hil.images.nvs import erase_namespace
 from hil.sim.firmware.tasks.health import HealthTask
-from hil.sim.firmware.tasks.shared import Firmware
+from hil.sim.firmware.tasks.shared import STATS_NAMESPACE, Firmware
 
 
 class CommandHandler:
@@ -45,6 +46,8 @@ class CommandHandler:
         elif cmd == "factory_reset":
             if D.FACTORY_RESET_WRITES_DEFAULTS in fw.defects:
                 fw.store(contract.CONFIG_NAMESPACE, DeviceConfig().nvs_values())  # "defaults", not erased
+            elif D.FACTORY_RESET_ERASES_STATS in fw.defects:
+                fw.write_nvs(erase_namespace(factory_reset(fw.nvs_image()), STATS_NAMESPACE))  # the counts too
             else:
                 fw.write_nvs(factory_reset(fw.nvs_image()))
             await self._ack_then(ack, cmd, lambda: fw.restart("SW"))
@@ -55,6 +58,8 @@ class CommandHandler:
             fw.publish(ack, {"cmd": cmd, "ok": True})
         elif cmd == "crash" and fw.test_hooks:
             await self._ack_then(ack, cmd, lambda: fw.panic("Store access fault"))
+        elif D.ACK_JSON_UNESCAPED in fw.defects:  # snprintf(buf, n, "{\"cmd\":\"%s\",...}", cmd)
+            fw.outbox.put(ack, f'{{"cmd":"{cmd}","ok":false,"error":"unknown command"}}'.encode())
         else:
             fw.publish(ack, {"cmd": cmd, "ok": False, "error": f"unknown command {cmd!r}"})
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from hil.device import contract
 from hil.device import defects as D
 from hil.device.settings import ConfigRejected, parse_config_update, store_config
+from hil.images.nvs import erase_namespace, update_nvs
 from hil.sim.firmware.tasks.shared import Firmware
 
 
@@ -33,11 +34,15 @@ class ConfigHandler:
                 if isinstance(offset, int | float) and not isinstance(offset, bool) and abs(offset) <= 10:
                     fw.config = replace(fw.config, calibration_offset_temp=float(offset))
         if isinstance(update, ConfigRejected):
-            fw.log_mirrored("W", "config", f"rejected: {update.reason}")
-            fw.publish(status, {"ok": False, "error": update.reason})
-            fw.alert("warning", "config_rejected", update.reason)
+            reason = "invalid config" if D.CONFIG_ERROR_UNSPECIFIC in fw.defects else update.reason
+            fw.log_mirrored("W", "config", f"rejected: {reason}")
+            fw.publish(status, {"ok": False, "error": reason})
+            fw.alert("warning", "config_rejected", reason)
             return
-        stored = store_config(fw.nvs_image(), fw.config, update)
+        if D.CONFIG_UPDATE_REPLACES_SAVED in fw.defects:  # the defect: nvs_erase_all, then its keys
+            stored = update_nvs(erase_namespace(fw.nvs_image(), contract.CONFIG_NAMESPACE), contract.CONFIG_NAMESPACE, update.nvs_values())
+        else:
+            stored = store_config(fw.nvs_image(), fw.config, update)
         if D.CONFIG_NOT_PERSISTED in fw.defects:
             fw.ctx.rtc_memory["config_nvs"] = stored
         else:

@@ -35,10 +35,12 @@ class HealthTask:
         age = None if fw.last_reading_at is None else round(time.monotonic() - fw.last_reading_at, 1)
         if age is not None and D.READING_AGE_FROM_BOOT in fw.defects:
             age = round(time.monotonic() - fw.boot_time, 1)  # the defect: counted from boot
+        # The defect: KiB, from a debug print's `esp_get_free_heap_size() / 1024`.
+        unit = 1024 if D.HEAP_REPORTED_IN_KIB in fw.defects else 1
         return {
             "uptime_s": round(time.monotonic() - fw.boot_time, 1),
-            "free_heap": FREE_HEAP,
-            "min_free_heap": FREE_HEAP - 4096,
+            "free_heap": FREE_HEAP // unit,
+            "min_free_heap": (FREE_HEAP - 4096) // unit,
             "wifi_rssi": station_rssi(fw) if fw.wifi_up.is_set() else None,
             "cpu_temp_c": 41.5,
             "last_sensor_reading_age_s": age,

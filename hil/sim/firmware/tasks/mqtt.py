@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,9 @@ from hil.sim.firmware.mqtt_link import (
     BrokerUri,
     abort,
     fail_fast_before_connack,
+    slow_handshake,
     tls_context,
+    track_connection,
 )
 from hil.sim.firmware.tasks.shared import Firmware
 
@@ -134,12 +137,15 @@ class MqttTask:
                 tls.check_hostname = False  # the chain is still verified against the CA
         except (ValueError, OSError) as exc:
             return f"tls_config:{type(exc).__name__}"
+        profile, jitter = fw.profile, fw.jitter
+        if tls is not None:
+            slow_handshake(tls, profile.tls_handshake.draw(jitter))
         client = aiomqtt.Client(
             uri.host,
             uri.port,
             # esp-mqtt's default client id when none is set: ESP32_ and the MAC's last 3 bytes.
             identifier=f"ESP32_{fw.ctx.mac[3:].hex().upper()}" if D.DEFAULT_CLIENT_ID in fw.defects else fw.device_id,
-            username=prov.mqtt_user,
+            username=fw.device_id if D.MQTT_USER_IGNORED in fw.defects else prov.mqtt_user,
             password=reveal(prov.mqtt_pass),
             will=will,
             clean_session=D.CLEAN_SESSION in fw.defects,
@@ -148,9 +154,16 @@ class MqttTask:
             timeout=10,
         )
         fail_fast_before_connack(client)
+        sockets = fw.sockets
+        if sockets is not None and sockets.silent:
+            track_connection(client, sockets, keepalive_s=client._keepalive)
         ended = "connection_lost"
         try:
+            # The resolver and the TCP handshake's round trip come first (the TLS
+            # handshake's CPU time is spent inside the connect: `slow_handshake`).
+            await _spend((profile.dns.draw(jitter) if uri.named else 0.0) + profile.lan_round_trip.draw(jitter))
             async with client:
+                await _spend(profile.lan_round_trip.draw(jitter))  # CONNACK: a round trip after CONNECT
                 self._ever_connected_now = True
                 shown = str(uri)
                 if D.CREDENTIALS_IN_URI_LOG in fw.defects:
@@ -220,6 +233,8 @@ class MqttTask:
                     await fw.outbox.ready.wait()
                     continue
                 queue, (topic, payload, retain) = item
+                if D.READINGS_STAMPED_WHEN_SENT in fw.defects and topic.endswith("/sensors"):
+                    payload = json.dumps({**json.loads(payload), "timestamp": time.time()}).encode()
                 try:
                     qos = 0 if D.TELEMETRY_QOS0 in fw.defects and topic.endswith("/sensors") else 1
                     if D.REPORTS_QOS0 in fw.defects and not topic.endswith("/sensors"):
@@ -237,7 +252,7 @@ class MqttTask:
 
         async def watch_wifi() -> None:
             await fw.wifi_down.wait()
-            abort(client)
+            abort(client, fw.sockets)  # a silent board's link just goes quiet
             if not stop.done():
                 stop.set_result("wifi_lost")
 
@@ -274,6 +289,13 @@ class MqttTask:
             fw.spawn(self.handlers.ota(payload))
         elif topic == contract.programs_deploy_topic(did):
             self.handlers.program(payload)
+
+
+async def _spend(seconds: float) -> None:
+    """Take ``seconds`` (the profile's network time); none at all on the default profile,
+    where no delay is drawn, so its runs keep exactly their old await points."""
+    if seconds > 0:
+        await asyncio.sleep(seconds)
 
 
 def _raise_lost_cancel() -> None:

@@ -28,6 +28,7 @@ from hil.sim.firmware.ota import (
     next_update_partition,
     parse_ota_request,
     precheck,
+    running_entry_state,
     set_boot_partition,
 )
 from hil.sim.firmware.tasks.shared import STATS_NAMESPACE, Firmware
@@ -50,7 +51,14 @@ class OtaTask:
             fw.alert("warning", "ota_rolled_back", f"version {rolled.version} was rolled back")
             fw.rollback_seq = rolled.seq
             fw.store(STATS_NAMESPACE, {"rollback_seq": rolled.seq})
-        if not fw.pending_verify or D.NEVER_MARKS_VALID in fw.defects:
+        on_trial = fw.pending_verify
+        # The defects: the IDF example's mark-valid at every boot of an OTA slot, without
+        # asking whether the app is on trial (a no-op on a VALID entry), logged, and with
+        # the verdict sent again too, or only the line.
+        every_boot = bool({D.OTA_SUCCESS_EVERY_BOOT, D.OTA_MARKED_VALID_EVERY_BOOT} & fw.defects) and (
+            running_entry_state(ctx.flash, ctx.table, ctx.running) is not None
+        )
+        if (not on_trial and not every_boot) or D.NEVER_MARKS_VALID in fw.defects:
             return
         if D.VALID_WITHOUT_SELFTEST not in fw.defects:
             selftest_s = float(fw.config.ota_selftest_timeout_s)
@@ -69,7 +77,8 @@ class OtaTask:
         mark_app_valid(ctx.flash, ctx.table, ctx.running)
         fw.pending_verify = False
         fw.log("I", "ota", "app marked valid")
-        fw.publish(status, {"state": "success", "version": fw.version})
+        if on_trial or D.OTA_SUCCESS_EVERY_BOOT in fw.defects:
+            fw.publish(status, {"state": "success", "version": fw.version})
 
     async def on_update(self, payload: bytes) -> None:
         fw = self.fw

@@ -4,6 +4,7 @@ memory budgets (``hil.sim.firmware.programs``), one at a time, never blocking te
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from hil.device import contract
@@ -58,6 +59,9 @@ class ProgramRunner:
                 return
             fw.publish(status, {"name": name, "state": "failed", "error": f"{exc.kind}: {exc}"})
             return
+        if isinstance(result, str) and D.PROGRAM_RESULT_UNESCAPED in fw.defects:  # snprintf's "%s", unescaped
+            fw.outbox.put(status, f'{{"name":{json.dumps(name)},"state":"completed","result":"{result}"}}'.encode())
+            return
         fw.publish(status, {"name": name, "state": "completed", "result": result})
 
 
@@ -67,6 +71,8 @@ class _ProgramHost:
     def __init__(self, firmware: Firmware) -> None:
         self._fw = firmware
         self.integer_division = D.PROGRAM_INTEGER_DIVISION in firmware.defects
+        self.division_by_zero_is_zero = D.PROGRAM_DIVISION_BY_ZERO_IS_ZERO in firmware.defects
+        self.topics_unchecked = D.PROGRAM_TOPIC_UNCHECKED in firmware.defects
 
     def sensor(self, quantity: str) -> float:
         reading = self._fw.last_reading
@@ -80,7 +86,11 @@ class _ProgramHost:
         self._fw.led = on
 
     def publish(self, suffix: str, value: Any) -> None:
-        self._fw.publish(contract.program_publish_topic(self._fw.device_id, suffix), {"value": value})
+        if self.topics_unchecked:  # the defect: the suffix appended as it came
+            topic = contract.device_publish_prefix(self._fw.device_id) + "programs/" + suffix
+        else:
+            topic = contract.program_publish_topic(self._fw.device_id, suffix)
+        self._fw.publish(topic, {"value": value})
 
     async def sleep(self, ms: int) -> None:
         await asyncio.sleep(ms / 1000)

@@ -25,7 +25,9 @@ from hil.sim.app import AppContext
 from hil.sim.firmware.rig import RigPeripherals
 from hil.sim.firmware.tasks.outbox import Outbox
 from hil.sim.firmware.watchdog import TaskWatchdog
+from hil.sim.profiles import DEFAULT, BoardProfile
 from hil.sim.resets import ResetCause, RomResetCode
+from hil.sim.sockets import ChipSockets
 
 STATS_NAMESPACE = "stats"
 
@@ -76,6 +78,11 @@ class Firmware:
         self.defects = frozenset(behaviour.defects)
         self.test_hooks = bool(behaviour.params.get("test_hooks", False))
         self.rig = peripherals
+        # The board's physics (`hil.sim.profiles`), from the chip at boot: how long the radio
+        # and the network take, and the socket table a silent board abandons connections in.
+        self.profile: BoardProfile = DEFAULT
+        self.jitter = random.Random(0)
+        self.sockets: ChipSockets | None = None
 
     def spawn(self, work: Any) -> None:
         """Run a handler in the background, keeping a reference until it is done."""
