@@ -8,6 +8,9 @@ import pytest
 
 from hil.bme280.compensation import Environment
 from hil.device import contract
+from hil.device.periodic import wait_timeout
+from tests.hil.live import wait_until_live
+from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
 
@@ -25,12 +28,23 @@ def test_the_device_is_online_and_says_which_firmware_it_runs(dut, mqtt, console
 @pytest.mark.clause("C7.3", "C4.1")
 @pytest.mark.requires("sensor_emulation")
 @pytest.mark.guards("temp_high_2c")
-def test_a_reading_matches_the_sensor_environment(dut, mqtt, sensor) -> None:
+def test_a_reading_matches_the_sensor_environment(dut, mqtt, sensor, hil_session) -> None:
+    sensors = contract.sensors_topic(dut.device_id)
+    interval = setting(hil_session, "measurement_interval_s")
+    # Readings queued while the device connected come in a burst after `online`: judge by
+    # `seq`, once the cadence is live, not by arrival.
+    start = mqtt.mark()
+    wait_until_live(mqtt, sensors, start, interval, timeout=wait_timeout(interval, 4) + 30)
+    latest = max((m.json() for m in mqtt.collect(sensors, since=start)), key=lambda r: (r["boot_count"], r["seq"]))
     env = Environment(temperature_c=23.5, humidity_pct=41.0, pressure_hpa=1002.0)
     sensor.set(env)
-    mark = mqtt.mark()
-    # The first reading may have been converted before the change: judge the second.
-    reading = mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mark, count=2, timeout=15)[1].json()
+    # The next reading may have been converted before the change: judge the one after it.
+    reading = mqtt.wait_for(
+        sensors,
+        lambda m: m.json()["boot_count"] == latest["boot_count"] and m.json()["seq"] >= latest["seq"] + 2,
+        since=start,
+        timeout=wait_timeout(interval, 3),
+    )[0].json()
     assert not contract.validate_payload("sensors", reading)
     assert abs(reading["temperature_c"] - env.temperature_c) <= contract.TEMPERATURE_ACCURACY_C
     assert abs(reading["humidity_pct"] - env.humidity_pct) <= contract.HUMIDITY_ACCURACY_PCT
