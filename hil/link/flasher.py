@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -296,22 +296,9 @@ class Flasher:
     def erase_flash(self, port: str | serial.SerialBase, *, after: AfterReset = "hard-reset") -> None:
         """Erase the whole flash (``esptool erase-flash``): the board is then as blank as
         from the factory, bootloader, identity and all. Errors as for `flash`."""
-        port_name = _port_name(port)
-        with capture_esptool_log() as capture:
-            link, esp, attempts = self._connect(port, capture)
-            try:
-                erase_flash(esp)
-                reset_chip(esp, after)
-            except (serial.SerialException, OSError) as exc:
-                raise FlashInfrastructureError(
-                    f"lost the board on {port_name} while erasing: {exc}\n{_tail(capture.lines)}",
-                    attempts=attempts,
-                    causes=[str(exc)],
-                ) from exc
-            except FatalError as exc:
-                raise FlashError(f"esptool failed on {port_name}: {exc}\n{_tail(capture.lines)}") from exc
-            finally:
-                link.release()
+        with self._job(port, "while erasing") as esp:
+            erase_flash(esp)
+            reset_chip(esp, after)
 
     def identify(self, port: str | serial.SerialBase, *, after: AfterReset = "hard-reset") -> ChipInfo:
         """Connect as a flash job does (this flasher's ``before`` and ``flash_baud``, one
@@ -319,36 +306,44 @@ class Flasher:
         checks `hil rigs check` makes without writing anything. Errors as for `flash`."""
         from esptool.targets import ROM_LIST
 
+        with self._job(port, "while reading its chip id", stub=False) as esp:
+            try:
+                chip_id: int | None = int(esp.get_chip_id())
+            except FatalError:  # a ROM without the chip id in its security info
+                chip_id = None
+            chip = next(
+                (
+                    cls.CHIP_NAME.lower().replace("-", "")
+                    for cls in ROM_LIST
+                    if not cls.USES_MAGIC_VALUE and chip_id == cls.IMAGE_CHIP_ID
+                ),
+                None,
+            )
+            info = ChipInfo(
+                port=_port_name(port),
+                chip=chip,
+                chip_id=chip_id,
+                description=str(esp.get_chip_description()),
+                mac=":".join(f"{b:02x}" for b in esp.read_mac("BASE_MAC")),
+                flash_size=detect_flash_size(esp),
+                before=self.before,
+                baud=int(esp._port.baudrate),
+            )
+            reset_chip(esp, after)
+        return info
+
+    @contextlib.contextmanager
+    def _job(self, port: str | serial.SerialBase, doing: str, *, stub: bool = True) -> Iterator[Any]:
+        """One connection for a short job: a lost port is infrastructure, an esptool error
+        a flash error, each with esptool's last lines; the port is released either way."""
         port_name = _port_name(port)
         with capture_esptool_log() as capture:
-            link, esp, attempts = self._connect(port, capture, stub=False)
+            link, esp, attempts = self._connect(port, capture, stub=stub)
             try:
-                try:
-                    chip_id: int | None = int(esp.get_chip_id())
-                except FatalError:  # a ROM without the chip id in its security info
-                    chip_id = None
-                chip = next(
-                    (
-                        cls.CHIP_NAME.lower().replace("-", "")
-                        for cls in ROM_LIST
-                        if not cls.USES_MAGIC_VALUE and chip_id == cls.IMAGE_CHIP_ID
-                    ),
-                    None,
-                )
-                info = ChipInfo(
-                    port=port_name,
-                    chip=chip,
-                    chip_id=chip_id,
-                    description=str(esp.get_chip_description()),
-                    mac=":".join(f"{b:02x}" for b in esp.read_mac("BASE_MAC")),
-                    flash_size=detect_flash_size(esp),
-                    before=self.before,
-                    baud=int(esp._port.baudrate),
-                )
-                reset_chip(esp, after)
+                yield esp
             except (serial.SerialException, OSError) as exc:
                 raise FlashInfrastructureError(
-                    f"lost the board on {port_name} while reading its chip id: {exc}\n{_tail(capture.lines)}",
+                    f"lost the board on {port_name} {doing}: {exc}\n{_tail(capture.lines)}",
                     attempts=attempts,
                     causes=[str(exc)],
                 ) from exc
@@ -356,7 +351,6 @@ class Flasher:
                 raise FlashError(f"esptool failed on {port_name}: {exc}\n{_tail(capture.lines)}") from exc
             finally:
                 link.release()
-        return info
 
     def _flash_regions(
         self,
