@@ -32,6 +32,9 @@ from hil.rig.selection import select_rigs
 LOCK_DIR_ENV = "HIL_LOCK_DIR"
 DEFAULT_LOCK_DIR = Path("~/.cache/hil/locks")
 POLL_INTERVAL_S = 0.1
+#: How long a holder may take between taking the lock and writing its record (a few ms
+#: normally; a loaded CI host can stall it). Only a message waits on this, never a reservation.
+RECORD_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ class Reservation:
                 break
             time.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
         held = "".join(
-            f"\n  {rig.name} held by {(self._recorded_holder(rig) or Holder.unrecorded()).describe()}"
+            f"\n  {rig.name} held by {self._holder_of_held(rig).describe()}"
             for rig in candidates
         )
         wanted = " and ".join(
@@ -231,7 +234,7 @@ class Reservation:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            return self._recorded_holder(rig) or Holder.unrecorded()
+            return self._holder_of_held(rig)
         try:
             with contextlib.suppress(FileNotFoundError):
                 self.holder_file(rig).unlink()  # its process died holding the rig
@@ -278,6 +281,18 @@ class Reservation:
             lock.release(force=True)
             raise
         return ReservedRig(rig, holder, lock, path, stale)
+
+    def _holder_of_held(self, rig: Rig | str) -> Holder:
+        """The record of a rig whose lock is held: the holder writes it just after taking
+        the lock, so a reader racing that instant waits for it rather than say "unrecorded"."""
+        deadline = time.monotonic() + RECORD_GRACE_S
+        while True:
+            recorded = self._recorded_holder(rig)
+            if recorded is not None:
+                return recorded
+            if time.monotonic() >= deadline:
+                return Holder.unrecorded()
+            time.sleep(0.02)
 
     def _recorded_holder(self, rig: Rig | str) -> Holder | None:
         try:

@@ -184,3 +184,24 @@ def test_n_auto_is_one_worker_per_free_matching_rig(inventory: Path, lock_dir: P
             assert auto_workers(rigs, cpus=8, lock_dir=lock_dir) == 1  # never zero: the worker waits or skips
     with pytest.raises(UnknownRig):
         auto_workers(rigs, tag="nope", lock_dir=lock_dir)
+
+
+def test_a_reader_racing_the_holders_record_waits_for_it(inventory: Path, lock_dir: Path) -> None:
+    # The holder takes the lock, then writes its record; a second session asking in that
+    # instant is told who holds the rig, not "an unrecorded holder" (CI met this race).
+    rigs = load_rigs(inventory)
+    reservation = Reservation(lock_dir)
+    held = reservation.reserve(rigs, name="virtual-0")
+    record = reservation.holder_file("virtual-0")
+    text = record.read_text(encoding="utf-8")
+    record.unlink()
+    writer = threading.Timer(0.3, lambda: record.write_text(text, encoding="utf-8"))
+    writer.start()
+    try:
+        holder = who_holds("virtual-0", lock_dir=lock_dir)
+        assert holder is not None and holder.pid == os.getpid(), holder
+        with pytest.raises(NoRigAvailable, match=rf"virtual-0 held by pid {os.getpid()}"):
+            reservation.reserve(rigs, name="virtual-0")
+    finally:
+        writer.join()
+        held.release()
