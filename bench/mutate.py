@@ -51,11 +51,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -331,22 +333,32 @@ def junit_cases(path: Path) -> dict[str, dict[str, object]]:
     return cases
 
 
-def run_mutant(mutant: Mutant, tests: list[str], expected_s: float, work: Path) -> Result:
+# The pytest processes the jobs are running (each in its own session, so Ctrl-C reaches
+# only this process): stopped by the main thread when the run is interrupted.
+RUNNING: set[subprocess.Popen[bytes]] = set()
+STOPPING = threading.Event()
+
+
+def run_mutant(mutant: Mutant, tests: list[str], expected_s: float, work: Path, slot: Path | None = None) -> Result:
+    """One mutant's pytest run in ``slot`` (its run directory and its boards' cache; one
+    per concurrent job, so jobs never share a board's flash), verdict from its junit."""
+    slot = slot or work
     result = Result(mutant.id, mutant.location, mutant.describe(), mutant.operator, "error", tests)
-    run = work / "current"
+    run = slot / "current"
     shutil.rmtree(run, ignore_errors=True)
-    shutil.rmtree(work / "cache" / "boards", ignore_errors=True)
+    shutil.rmtree(slot / "cache" / "boards", ignore_errors=True)
     run.mkdir(parents=True)
     parallel = ["-n", "2"] if expected_s > PARALLEL_ABOVE_S and len(tests) > 1 else ["-p", "no:xdist"]
     command = [
         sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *parallel,
         "--junitxml", str(run / "junit.xml"), "--hil-log-dir", str(run / "logs"), *tests,
     ]  # fmt: skip
-    env = _env(work, {MUTANT_ENV: f"{mutant.module}={mutant.id}"})
+    env = _env(slot, {MUTANT_ENV: f"{mutant.module}={mutant.id}"})
     timeout = 3 * expected_s + 120
     started = time.monotonic()
     with (run / "pytest.log").open("w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        RUNNING.add(proc)
         try:
             proc.wait(timeout)
             timed_out = False
@@ -356,9 +368,11 @@ def run_mutant(mutant: Mutant, tests: list[str], expected_s: float, work: Path) 
         except KeyboardInterrupt:  # the run is being stopped: leave no pytest or board behind
             _stop(proc)
             raise
+        finally:
+            RUNNING.discard(proc)
     result.seconds = round(time.monotonic() - started, 1)
     cases = junit_cases(run / "junit.xml")
-    crash = _board_crash(work, mutant)
+    crash = _board_crash(slot, mutant)
     failed = [(n, c) for n, c in cases.items() if c["outcome"] in ("failed", "error")]
     if timed_out:
         result.verdict, result.detail = "timeout", f"no verdict in {timeout:.0f} s: the device hung"
@@ -509,6 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "hil" / "mutate")
     parser.add_argument("--make-sample", type=Path, metavar="RESULTS_JSON", help="pick the CI sample from a run's results.json")
     parser.add_argument("--sample-size", type=int, default=20)
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="mutants judged side by side, each on its own virtual rig (2 on a 2-core machine)",
+    )  # fmt: skip
     parser.add_argument("--require-killed", action="store_true", help="exit 1 unless every mutant run was killed")
     parser.add_argument("pytest_args", nargs="*", help="after --: extra arguments for the coverage run")
     args = parser.parse_args(argv)
@@ -584,33 +602,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     out = work / "runs" / time.strftime("%Y%m%d-%H%M%S")
     results: list[Result] = []
+    done = 0
+
+    def judge(m: Mutant, slot: Path) -> tuple[Result, list[str]]:
+        tests = tests_of(m)
+        if m.id in equivalents:
+            result = Result(m.id, m.location, m.describe(), m.operator, "equivalent", [], detail=equivalents[m.id])
+        elif not tests:
+            result = Result(m.id, m.location, m.describe(), m.operator, "uncovered", [], detail="no test runs this line")
+        else:
+            result = run_mutant(m, tests, expected(tests), work, slot)
+            if result.verdict == "error" and not STOPPING.is_set():
+                # No verdict (the rig, or a tree others are editing, failed): once more.
+                time.sleep(10)
+                result = run_mutant(m, tests, expected(tests), work, slot)
+        result.covering = covering(m)
+        return result, tests
+
+    def record(m: Mutant, result: Result, tests: list[str]) -> None:
+        nonlocal done
+        done += 1
+        results.append(result)
+        if result.verdict == "killed" and result.killed_by:
+            killers[(m.module + ":" + m.qualname, result.killed_by)] += 1
+            killers[(m.module, result.killed_by)] += 1
+        who = f" by {result.killed_by}" if result.killed_by and result.verdict == "killed" else ""
+        print(
+            f"[{done}/{len(mutants)}] {result.verdict:9} {result.seconds:6.1f}s {m.location} {m.id} "
+            f"`{m.describe()[:80]}` ({len(tests)} tests){who}",
+            flush=True,
+        )
+        # Written after every mutant: a run stopped early (Ctrl-C) keeps what it judged.
+        report(results, summarise(results, time.monotonic() - started), out, command)
+
+    # Jobs run mutants side by side, each in its own slot (run dir, boards' cache) on its
+    # own virtual rig: a mutant's run is mostly device waits, so two jobs on two cores
+    # nearly halve the wall time. The likeliest-killer ordering learns from finished ones.
+    slots = [work / f"slot-{k}" for k in range(args.jobs)] if args.jobs > 1 else [work]
+    pending = list(mutants)
     try:
-        for index, m in enumerate(mutants, 1):
-            tests = tests_of(m)
-            if m.id in equivalents:
-                result = Result(m.id, m.location, m.describe(), m.operator, "equivalent", [], detail=equivalents[m.id])
-            elif not tests:
-                result = Result(m.id, m.location, m.describe(), m.operator, "uncovered", [], detail="no test runs this line")
-            else:
-                result = run_mutant(m, tests, expected(tests), work)
-                if result.verdict == "error":
-                    # No verdict (the rig, or a tree others are editing, failed): once more.
-                    time.sleep(10)
-                    result = run_mutant(m, tests, expected(tests), work)
-            result.covering = covering(m)
-            results.append(result)
-            if result.verdict == "killed" and result.killed_by:
-                killers[(m.module + ":" + m.qualname, result.killed_by)] += 1
-                killers[(m.module, result.killed_by)] += 1
-            who = f" by {result.killed_by}" if result.killed_by and result.verdict == "killed" else ""
-            print(
-                f"[{index}/{len(mutants)}] {result.verdict:9} {result.seconds:6.1f}s {m.location} {m.id} "
-                f"`{m.describe()[:80]}` ({len(tests)} tests){who}",
-                flush=True,
-            )
-            # Written after every mutant: a run stopped early (Ctrl-C) keeps what it judged.
-            report(results, summarise(results, time.monotonic() - started), out, command)
+        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+            running: dict[Future[tuple[Result, list[str]]], tuple[Mutant, Path]] = {}
+            while pending or running:
+                free = [slot for slot in slots if slot not in {s for _, s in running.values()}]
+                while pending and free:
+                    m, slot = pending.pop(0), free.pop(0)
+                    running[pool.submit(judge, m, slot)] = (m, slot)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    m, _slot = running.pop(future)
+                    result, tests = future.result()
+                    record(m, result, tests)
     except KeyboardInterrupt:
+        STOPPING.set()
+        for proc in list(RUNNING):
+            _stop(proc)
         print(f"stopped after {len(results)} of {len(mutants)} mutants", flush=True)
     summary = summarise(results, time.monotonic() - started)
     report(results, summary, out, command)
