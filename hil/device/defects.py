@@ -314,6 +314,130 @@ OTA_MARKED_VALID_EVERY_BOOT = "ota_marked_valid_every_boot"
 IDF example's unconditional mark-valid), while ``success`` is reported once: the serial
 port says a self-test passed at boots that had none."""
 
+# -- §1/§6/§8/§9 review (session 4)
+OTA_PATCH_IGNORED = "ota_patch_ignored"
+"""Compares OTA versions on major and minor only (``sscanf(v, "%d.%d", ...)``): a patch
+release (1.0.1 under 1.0.0) is refused as not newer."""
+OTA_SIZE_SIGN_UNCHECKED = "ota_size_sign_unchecked"
+"""Checks an offer's ``size`` against the partition only (``size > part->size``), never that it
+is positive: a size of 0 or below is taken, the download starts, and only esp_ota_begin
+refuses it, after ``downloading``."""
+OTA_SIGNATURE_PARSE_ERROR_ACCEPTED = "ota_signature_parse_error_accepted"
+"""Refuses an offer only when its signature decodes and fails verification
+(``ret == MBEDTLS_ERR_ECP_VERIFY_FAILED``): a signature that is not base64, or not DER, is a
+decode error the check lets through, so garbage in ``signature`` installs."""
+OTA_DOWNLOAD_ERROR_UNREPORTED = "ota_download_error_unreported"
+"""A download that fails (HTTP error, server unreachable) ends the OTA task with a log line
+only (the error path's ``goto cleanup`` skips the status): no ``failed`` on ``ota/status``."""
+OTA_SELFTEST_WITHOUT_SENSOR = "ota_selftest_without_sensor"
+"""The new app's self-test waits for the broker only, not for a good sensor read: an update
+whose sensor never reads is marked valid and kept."""
+ROLLBACK_ALERT_WITHOUT_DEVICE_ID = "rollback_alert_without_device_id"
+"""Raises ``ota_rolled_back`` from the early rollback check, before the identity is read from
+NVS: the alert's ``device_id`` is empty."""
+PROGRAM_FAILURE_UNNAMED = "program_failure_unnamed"
+"""Reports a program that failed with ``name: null`` (the error path builds the status without
+the deployment at hand): a backend cannot tell which program failed."""
+PROGRAM_GT_AS_GE = "program_gt_as_ge"
+"""The program runtime's ``>`` is ``>=`` (a copy-paste in the built-in table): ``(> 2 2)`` is #t."""
+PROGRAM_SLEEP_IN_US = "program_sleep_in_us"
+"""``(sleep ms)`` calls ``esp_rom_delay_us(ms)``: it waits microseconds, a thousandth of what
+the program asked for."""
+UNPROVISIONED_RUNS_AS_MAC_ID = "unprovisioned_runs_as_mac_id"
+"""Without a ``device_id`` it logs ``not provisioned``, then makes one from the MAC
+(``esp32-xxxxxx``) and runs with the rest of namespace ``device``: a half-provisioned device
+joins the fleet under a name nobody gave it."""
+OTA_HTTP_REFUSED = "ota_http_refused"
+"""Built without ``CONFIG_ESP_HTTPS_OTA_ALLOW_HTTP`` (esp_https_ota's default): an update offered
+at an ``http://`` URL is ``failed`` ("http not allowed"), only HTTPS ones install."""
+
+
+# -- §4/§5/§7 review (session 4): counters, clocks, acks and the boot-loop guard
+RESTART_COUNT_CRASHES_ONLY = "restart_count_crashes_only"
+"""Counts only crash resets (panic, watchdogs) in ``restart_count`` ("unexpected restarts"):
+a ``reset`` command, a config update or a factory reset restarts the device uncounted."""
+CONFIG_ACK_AFTER_RESTART = "config_ack_after_restart"
+"""Saves an accepted config update and restarts at once, leaving a "pending ack" flag in RTC
+memory: ``config/status`` ok comes from the next boot, after its online status, from a device
+already running the new settings."""
+BOOT_LOOP_GUARD_COUNTS_SW = "boot_loop_guard_counts_sw"
+"""The boot-loop guard counts every reset but a power-on: a reset command or config update
+among a few crashes within ten minutes puts the device in safe mode early."""
+LOGS_TIMESTAMP_SINCE_BOOT = "logs_timestamp_since_boot"
+"""Stamps mirrored log entries with ``esp_log_timestamp()`` (the serial line's milliseconds
+since boot) instead of the wall-clock time every other topic carries."""
+METRICS_TIMESTAMP_UPTIME = "metrics_timestamp_uptime"
+"""Stamps metrics with the uptime (``esp_timer_get_time()`` in seconds) instead of the
+wall-clock time the readings carry: the backend files them in January 1970."""
+CRASH_REASON_STICKY = "crash_reason_sticky"
+"""Keeps the last crash's reason in RTC memory (``RTC_NOINIT_ATTR``) and never clears it: after
+a watchdog or panic reset, every later software reset boots with that reason again (and a
+watchdog one raises ``watchdog_reset`` again), until a power-on."""
+OFFSET_APPLIED_TO_HUMIDITY = "offset_applied_to_humidity"
+"""Adds ``calibration_offset_temp`` to the humidity as well (one offset loop over the channels):
+with an offset set, humidity is off by it."""
+REPORT_HEALTH_CACHED = "report_health_cached"
+"""Answers ``report`` with the last heartbeat's payload (kept for a retry) instead of building a
+new one: the health "now" is up to a heartbeat interval old."""
+FLOAT_TIMEOUT_TRUNCATED = "float_timeout_truncated"
+"""Validates ``watchdog_timeout_s`` and ``sensor_timeout_s`` as numbers, not integers
+(``cJSON_IsNumber`` then ``valueint``): 2.5 is accepted and saved as 2."""
+CHIP_ID_ALERTED_AS_CALIBRATION = "chip_id_alerted_as_calibration"
+"""Raises ``sensor_calibration`` for any sensor that fails its checks at boot, a wrong chip id
+included: the backend sends a technician to recalibrate a part that is not a BME280."""
+SENSOR_FAILURE_AT_ONCE_WITHOUT_READING = "sensor_failure_at_once_without_reading"
+"""Times ``sensor_timeout_s`` from the last good reading only: with none yet in this boot (a
+sensor that fails its checks at boot), ``sensor_failure`` is raised at the first failed attempt."""
+RECOVERED_AFTER_ANY_FAILED_READ = "recovered_after_any_failed_read"
+"""Raises ``sensor_recovered`` at the first good reading after any failed read (the flag is set
+by the read error, not by the ``sensor_failure`` alert): a one-read glitch, well inside
+``sensor_timeout_s``, raises a recovery from a failure nobody was told of."""
+
+# -- §2/§3 review (session 4): the serial port's reconnect lines and the MQTT session
+CONNECTED_LOGS_PROVISIONED_URI = "connected_logs_provisioned_uri"
+"""Logs ``mqtt: connected uri=`` with the provisioned ``mqtt_uri`` (the config struct's field)
+instead of the URI the client is connected to: after a failover the serial port names a
+broker the device is not on."""
+WIFI_LOSS_NOT_LOGGED = "wifi_loss_not_logged"
+"""Says nothing on the mqtt tag when the session ends because Wi-Fi went ("the wifi task
+already said so"): a lost broker connection with no ``mqtt: disconnected`` line."""
+TIMEOUT_LOSS_NOT_LOGGED = "timeout_loss_not_logged"
+"""Logs no ``mqtt: disconnected`` line when a live session ends in a publish timeout (the
+client aborts on its own outbox timeout and raises no MQTT_EVENT_DISCONNECTED): on a dead
+path the serial port shows only the failed attempts that follow, the loss itself never."""
+SUBSCRIBES_QOS0 = "subscribes_qos0"
+"""Subscribes to its request topics at QoS 0 (``esp_mqtt_client_subscribe(..., 0)``): the
+broker keeps nothing for the persistent session while the device is away, so a command
+sent meanwhile is lost."""
+DEQUEUED_BEFORE_PUBACK = "dequeued_before_puback"
+"""Takes a message (a reading too) off the outbox when its publish is handed to the client, not when
+the broker acknowledges it: the reading in flight when the link dies is lost."""
+BACKLOG_COUNTED_AS_DROPPED = "backlog_counted_as_dropped"
+"""Adds the backlog found at each reconnect to ``dropped_readings`` ("readings that missed
+their live publish"), though every one of them is then sent: an outage that lost nothing
+reports losses."""
+FAILOVER_COUNT_KEPT_ON_MOVE = "failover_count_kept_on_move"
+"""Does not clear the failed-attempt count when it moves to the next of ``brokers``: after
+the first move every URI gets a single attempt, not 3."""
+FAILOVER_COUNT_KEPT_ON_CONNECT = "failover_count_kept_on_connect"
+"""Does not clear the failed-attempt count after a successful connect: failures before a
+connect count towards the next failover, which comes after fewer than 3 attempts."""
+BACKOFF_RESET_ON_FAILOVER = "backoff_reset_on_failover"
+"""Starts the backoff again from 1 s whenever it moves to the next of ``brokers`` ("a new
+broker: start afresh"), though no connect succeeded: with every broker down it retries at
+1, 2, 4 s for ever, never backing off to the cap."""
+BACKOFF_JITTER_ONCE = "backoff_jitter_once"
+"""Draws the backoff's jitter once, when the MQTT task starts (kept in the backoff struct),
+not for each delay: every delay of a boot is off its nominal value by the same fraction, so
+devices that lost the broker together keep retrying in step."""
+WIFI_RSSI_LOGGED_UNSIGNED = "wifi_rssi_logged_unsigned"
+"""Prints the connect line's RSSI from a ``uint8_t`` copy of the AP record's ``int8_t``: a
+station at -67 dBm says ``rssi=189``."""
+WIFI_WARNINGS_IN_TICKS = "wifi_warnings_in_ticks"
+"""The Wi-Fi event handler's failed-join warning goes through a log macro of its own that
+prints FreeRTOS ticks (100 Hz) where ESP-IDF prints milliseconds since boot: while the AP is
+away those lines lag the others' and the times go backwards within a boot."""
+
 ALL = frozenset(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
 )

@@ -11,7 +11,7 @@ import pytest
 
 from hil.bme280.compensation import Environment
 from hil.device import contract
-from hil.device.periodic import spacing_problems, wait_timeout
+from hil.device.periodic import DEFAULT_TOLERANCE, spacing_problems, wait_timeout
 from hil.firmware.selection import app_identity
 from hil.services.mqtt import ObserverTimeout
 from tests.hil.boot_log import ExpectedBoot, boot_problems
@@ -192,10 +192,11 @@ def deploy(mqtt, device: str, name: str, source: str, sha256: str | None = None)
     return mark
 
 
-def program_statuses(mqtt, device: str, mark: int, final: str, timeout: float = 30) -> list[dict]:
+def program_statuses(mqtt, device: str, mark: int, final: str, timeout: float = 30, name: str | None = None) -> list[dict]:
     """Every programs/status since ``mark`` up to the first verdict (completed, failed,
     rejected), each checked; the verdict must be ``final`` (a device that already said
-    no is not waited on for a yes)."""
+    no is not waited on for a yes). With ``name``, every one of them names that deployment
+    (C4.13: a backend tells its programs apart by name, failures included)."""
     topic = contract.programs_status_topic(device)
     mqtt.wait_for(topic, lambda m: payload_of(m)["state"] in PROGRAM_VERDICTS, since=mark, timeout=timeout)
     statuses = [payload_of(m) for m in mqtt.collect(topic, since=mark)]
@@ -204,6 +205,9 @@ def program_statuses(mqtt, device: str, mark: int, final: str, timeout: float = 
     states = [s["state"] for s in statuses]
     end = next(i for i, state in enumerate(states) if state in PROGRAM_VERDICTS)
     assert states[end] == final, f"the program ended {states[end]!r}, not {final!r}: {statuses[: end + 1]}"
+    if name is not None:
+        unnamed = [s for s in statuses[: end + 1] if s["name"] != name]
+        assert unnamed == [], f"statuses of the deployment {name!r} that name another: {unnamed}"
     return statuses[: end + 1]
 
 
@@ -225,7 +229,7 @@ def has_error(status: dict) -> bool:
 def test_a_program_runs_and_reports_the_value_of_its_last_expression(dut, mqtt) -> None:
     source = "(define (square x) (* x x))\n(let ((a 12)) (if (> a 10) (square a) 0))"
     mark = deploy(mqtt, dut.device_id, "square", source)
-    statuses = program_statuses(mqtt, dut.device_id, mark, "completed")
+    statuses = program_statuses(mqtt, dut.device_id, mark, "completed", name="square")
     assert ran(statuses, "completed"), statuses
     assert statuses[-1] == {"name": "square", "state": "completed", "result": 144}
 
@@ -240,8 +244,14 @@ SCHEME_VALUES = [
     ("(+ 1 2.5)", 3.5),
     ("(< 2 2)", False),  # < and <= differ at equality
     ("(<= 2 2)", True),
+    ("(> 2 2)", False),  # > and >= too
+    ("(>= 2 2)", True),
+    ("(< 1 2)", True),  # each comparison both ways
+    ("(> 1 2)", False),
+    ("(> 3 2)", True),
     ("(>= 2 3)", False),
     ("(= 2 2)", True),
+    ("(= 2 3)", False),
     ("(if #f 1 2)", 2),
     ("(if 0 1 2)", 1),  # only #f is false
     ("(begin 1 2 3)", 3),
@@ -253,10 +263,11 @@ SCHEME_VALUES = [
     ('"hello"', "hello"),
     ('"say \\"hi\\" \\\\ ok"', 'say "hi" \\ ok'),  # escaped in the status as JSON escapes it
     ("#t", True),
+    ("#f", False),
 ]
 
 
-@pytest.mark.guards("program_int_division", "program_result_unescaped")
+@pytest.mark.guards("program_int_division", "program_result_unescaped", "program_gt_as_ge")
 @pytest.mark.clause("C9.4", "C9.7", "C4.13")
 def test_programs_compute_what_scheme_computes(dut, mqtt) -> None:
     wrong = []
@@ -295,7 +306,7 @@ def test_a_program_reads_the_sensor_and_publishes_under_its_own_topic(dut, mqtt,
 @pytest.mark.clause("C9.5", "C4.13")
 def test_a_program_over_its_step_budget_fails_and_the_device_carries_on(dut, mqtt) -> None:
     mark = deploy(mqtt, dut.device_id, "forever", "(define (loop n) (loop (+ n 1)))\n(loop 0)")
-    statuses = program_statuses(mqtt, dut.device_id, mark, "failed")
+    statuses = program_statuses(mqtt, dut.device_id, mark, "failed", name="forever")
     assert ran(statuses, "failed") and has_error(statuses[-1]), statuses
     reading_after(mqtt, dut.device_id, mqtt.mark())
     assert restarts_since(mqtt, dut.device_id, mark) == []
@@ -316,7 +327,7 @@ def test_a_program_over_its_memory_budget_fails_and_the_device_carries_on(dut, m
     device = dut.device_id
     boot = reading_after(mqtt, device, mqtt.mark())["boot_count"]
     mark = deploy(mqtt, device, "hog", _OVER_MEMORY)
-    hog = program_statuses(mqtt, device, mark, "failed", timeout=15)
+    hog = program_statuses(mqtt, device, mark, "failed", timeout=15, name="hog")
     assert ran(hog, "failed") and has_error(hog[-1]), hog
     deep = deploy(mqtt, device, "deep", _DEEP_RECURSION)
     topic = contract.programs_status_topic(device)
@@ -350,7 +361,8 @@ def test_the_step_budget_is_the_contracts(dut, mqtt) -> None:
     assert ran(beyond, "failed") and has_error(beyond[-1]), beyond
 
 
-@pytest.mark.clause("C9.5")
+@pytest.mark.clause("C9.5", "C4.13")
+@pytest.mark.guards("program_failure_unnamed")
 @pytest.mark.parametrize(
     "source",
     [
@@ -363,7 +375,7 @@ def test_the_step_budget_is_the_contracts(dut, mqtt) -> None:
 )
 def test_a_program_that_raises_an_error_fails_with_it(dut, mqtt, source) -> None:
     mark = deploy(mqtt, dut.device_id, "raises", source)
-    statuses = program_statuses(mqtt, dut.device_id, mark, "failed", timeout=15)
+    statuses = program_statuses(mqtt, dut.device_id, mark, "failed", timeout=15, name="raises")
     assert ran(statuses, "failed") and has_error(statuses[-1]), statuses
     assert "result" not in statuses[-1], statuses[-1]
 
@@ -442,12 +454,13 @@ def test_a_malformed_deployment_is_rejected(dut, mqtt) -> None:
     assert [s["state"] for s in statuses] == ["rejected"] and has_error(statuses[-1]), statuses
 
 
-@pytest.mark.guards("program_blocks_sensor")
+@pytest.mark.guards("program_blocks_sensor", "program_sleep_in_us")
 @pytest.mark.clause("C9.6", "C9.7")
 def test_telemetry_and_the_watchdog_carry_on_while_a_program_runs(dut, mqtt, hil_session) -> None:
     """While an 8 s program runs: readings every measurement interval (gapless `seq`, each
     gap on the device clock and on arrival at most twice the interval, as many as the
-    interval allows), a heartbeat, no restart."""
+    interval allows), a heartbeat, no restart; and it takes its 8 s: `(sleep ms)` waits
+    milliseconds (C9.7)."""
     device = dut.device_id
     interval = setting(hil_session, "measurement_interval_s")
     # About 8 s of (sleep ...), longer than the session's 5 s watchdog and one heartbeat.
@@ -456,8 +469,12 @@ def test_telemetry_and_the_watchdog_carry_on_while_a_program_runs(dut, mqtt, hil
     statuses = program_statuses(mqtt, device, mark, "completed", timeout=40)
     assert ran(statuses, "completed") and statuses[-1]["result"] == "done", statuses
     topic = contract.programs_status_topic(device)
-    window = [m.at for m in mqtt.collect(topic, since=mark) if m.json()["state"] in ("running", "completed")]
+    window = [m.at for m in mqtt.collect(topic, since=mark) if m.json()["state"] in ("accepted", "running", "completed")]
     ran_s = window[-1] - window[0]
+    # 32 sleeps of 250 ms: the program cannot be done sooner (both ends of the window cross
+    # the same link, each within the rig's declared delivery jitter).
+    slept_s = 32 * 0.250
+    assert ran_s >= slept_s - DEFAULT_TOLERANCE.latency_s, f"32 × (sleep 250) ran in {ran_s:.2f} s, not {slept_s:g} s"
     received = [m for m in mqtt.collect(contract.sensors_topic(device), since=mark) if window[0] <= m.at <= window[-1]]
     readings = [m.json() for m in received]
     seqs = [r["seq"] for r in readings]

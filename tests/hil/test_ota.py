@@ -7,20 +7,23 @@ itself is carried by the image the device updates to, as in a real release.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from hil.bme280.faults import Fault
 from hil.device import contract
 from hil.firmware.catalog import cached_build, update_image
 from hil.images.partitions import TWO_OTA_TABLE
 from hil.reporting.charts import Instant, phases, timeline_chart
 from hil.reporting.report import attach_svg
-from hil.services.ota import FAILS_ITS_CHECKS, REJECTED_AT_ONCE, bad_update
+from hil.services.ota import FAILS_ITS_CHECKS, REJECTED_AT_ONCE, OtaServer, bad_update
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e, pytest.mark.destructive]
@@ -79,12 +82,20 @@ def alert(mqtt, device: str, code: str, since: int, timeout: float = 10) -> dict
     """The first alert ``code`` since ``since``, with the level the contract gives it."""
     raised = mqtt.wait_for(contract.alerts_topic(device), lambda m: m.json()["code"] == code, since=since, timeout=timeout)[0].json()
     assert raised["level"] == contract.ALERT_LEVEL_BY_CODE[code], f"alert {code} at level {raised['level']!r}: {raised}"
+    problems = contract.validate_payload("alerts", raised, device_id=device)
+    assert problems == [], f"alert {code}: {problems}: {raised}"
     return raised
 
 
 def later(version: str, steps: int = 1) -> str:
     major, minor, *_ = version.split(".")
     return f"{major}.{int(minor) + steps}.0"
+
+
+def patch_later(version: str) -> str:
+    """The next patch release of ``version`` (1.0.0 -> 1.0.1): newer in its last part only."""
+    major, minor, patch, *_ = [*version.split("."), "0", "0"]
+    return f"{major}.{minor}.{int(patch) + 1}"
 
 
 def states(mqtt, device: str, since: int) -> list[str]:
@@ -238,8 +249,17 @@ def test_a_bad_update_is_rejected_and_the_device_stays(refused, console, mqtt, o
     assert rejected["version"] == request["version"], rejected
 
 
-MALFORMED_OFFERS = ("malformed JSON", "missing url", "size as a string", "non-hex sha256", "empty version", "non-http url")
-GUARDED_MALFORMED = {"size as a string": ("ota_size_untyped",)}
+MALFORMED_OFFERS = (
+    "malformed JSON", "missing url", "size as a string", "non-hex sha256", "empty version", "non-http url",
+    "size zero", "negative size", "signature not base64", "signature not DER",
+)  # fmt: skip
+GUARDED_MALFORMED = {
+    "size as a string": ("ota_size_untyped",),
+    "size zero": ("ota_size_sign_unchecked",),
+    "negative size": ("ota_size_sign_unchecked",),
+    "signature not base64": ("ota_signature_garbage_accepted",),
+    "signature not DER": ("ota_signature_garbage_accepted",),
+}
 
 
 def malformed(case: str, request: dict) -> bytes:
@@ -251,6 +271,13 @@ def malformed(case: str, request: dict) -> bytes:
         "non-hex sha256": {**request, "sha256": request["sha256"][:-1] + "z"},  # still 64 characters
         "empty version": {**request, "version": ""},
         "non-http url": {**request, "url": re.sub(r"^https?", "ftp", request["url"])},
+        # No image has no bytes, nor fewer than none (C6.2: fields invalid).
+        "size zero": {**request, "size": 0},
+        "negative size": {**request, "size": -request["size"]},
+        # Not a signature at all: undecodable, and decodable but no DER ECDSA signature. Only
+        # a signature that verifies may pass (C6.2), not one the check could not even read.
+        "signature not base64": {**request, "signature": "%%not-base64%%"},
+        "signature not DER": {**request, "signature": base64.b64encode(b"not a DER ECDSA signature").decode()},
     }[case]
     return json.dumps(request).encode()[:-1] if broken is None else json.dumps(broken).encode()
 
@@ -303,14 +330,50 @@ def test_an_image_that_fails_its_checks_is_not_installed(refused, console, mqtt,
         assert "success" not in states(mqtt, dut.device_id, mark)
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound by the OS for us, then let go."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.requires("ota")
-@pytest.mark.guards("ota_no_resume")
-@pytest.mark.clause("C6.4", "C6.7")
+@pytest.mark.guards("ota_download_error_unreported")
+@pytest.mark.clause("C6.4", "C6.5", "C2.9", "C4.12")
+@pytest.mark.parametrize("where", ["not found", "unreachable"])
+def test_an_update_whose_download_fails_is_reported_failed(refused, console, mqtt, ota_server, ota_signer, update, where) -> None:
+    """A good signed offer whose image cannot be fetched: the URL answers 404, or nothing
+    listens there. `downloading`, then `failed` with a reason (§6: any failure of the
+    download or of the checks), an `E ota:` line, never `rebooting`, and the same boot goes on."""
+    dut = refused
+    version = later(dut.version)
+    image = update(version)
+    request = ota_signer.request(image, ota_server.url("never-added.bin"), version)
+    if where == "unreachable":
+        request["url"] = f"http://127.0.0.1:{closed_port()}/image.bin"
+    boot = boot_count_now(mqtt, dut.device_id)
+    mark, since = mqtt.mark(), console.mark()
+    mqtt.publish(contract.ota_update_topic(dut.device_id), request)
+    failed = wait_state(mqtt, dut.device_id, "failed", mark, timeout=60)
+    assert failed["reason"] and failed["version"] == version, failed
+    seen = states(mqtt, dut.device_id, mark)
+    assert seen[0] == "downloading" and "rebooting" not in seen, seen
+    console.expect(contract.OTA_ERROR, timeout=5, since=since)
+    after = mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mqtt.mark(), count=2, timeout=10)
+    assert {m.json()["boot_count"] for m in after} == {boot}, f"the device rebooted after a download {where}"
+
+
+@pytest.mark.requires("ota")
+@pytest.mark.guards("ota_no_resume", "ota_patch_ignored")
+@pytest.mark.clause("C6.4", "C6.7", "C6.1")
 def test_a_dropped_download_resumes_with_a_range_request_and_installs(
     restore_firmware, mqtt, ota_server, ota_signer, update, served
 ) -> None:
+    """Cut after 40 000 bytes: one more request, with a Range from no further than the cut,
+    and the image installs. The image is the next patch release (newer in its last part
+    only: C6.1 compares every part, so a patch release is an update like any other)."""
     dut = restore_firmware
-    version = later(dut.version)
+    version = patch_later(dut.version)
     ota_server.drop_next_after(40_000)
     mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version), version, "resume.bin")
     wait_state(mqtt, dut.device_id, "success", mark)
@@ -322,19 +385,29 @@ def test_a_dropped_download_resumes_with_a_range_request_and_installs(
     assert online(mqtt, dut.device_id, mark)["version"] == version
 
 
+@pytest.fixture(scope="module")
+def plain_http() -> Iterator[OtaServer]:
+    """An image server on loopback speaking plain HTTP (the session's speaks HTTPS where it
+    has a CA): C6.4 downloads over either."""
+    with OtaServer() as server:
+        yield server
+
+
 @pytest.mark.requires("ota")
-@pytest.mark.guards("ota_fixed_slot", "ota_string_versions")
+@pytest.mark.guards("ota_fixed_slot", "ota_string_versions", "ota_http_refused")
 @pytest.mark.clause("C6.1", "C6.4", "C6.6", "C6.7", "C4.12")
 def test_two_updates_back_to_back_with_versions_compared_part_by_part(
-    restore_firmware, mqtt, ota_server, ota_signer, update, served
+    restore_firmware, mqtt, ota_server, ota_signer, update, served, plain_http
 ) -> None:
-    """N.9.0, then N.10.0: both succeed (10 > 9 as numbers, though "10" < "9" as text).
-    Then, under N.10.0, N.9.0 (older as numbers, newer as text) and N.10.0 again (equal)
-    are each refused at once: `rejected` only, nothing downloaded, the same boot goes on."""
+    """N.9.0, then N.10.0: both succeed (10 > 9 as numbers, though "10" < "9" as text); the
+    first is served over plain HTTP, the second by the session's server (HTTPS, where the
+    session has a CA). Then, under N.10.0, N.9.0 (older as numbers, newer as text) and
+    N.10.0 again (equal) are each refused at once: `rejected` only, nothing downloaded, the
+    same boot goes on."""
     dut = restore_firmware
     major = int(dut.version.split(".")[0]) + 1
     first, second = f"{major}.9.0", f"{major}.10.0"
-    mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(first), first, "first.bin")
+    mark = offer(mqtt, plain_http, ota_signer, dut.device_id, update(first), first, "first.bin")
     assert wait_state(mqtt, dut.device_id, "success", mark)["version"] == first
     mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(second), second, "second.bin")
     assert wait_state(mqtt, dut.device_id, "success", mark)["version"] == second, f"{second} refused under {first}"
@@ -387,7 +460,7 @@ def test_a_confirmed_update_stays_across_a_power_cycle_and_a_reset(
 
 
 @pytest.mark.requires("ota")
-@pytest.mark.guards("rollback_every_boot")
+@pytest.mark.guards("rollback_every_boot", "rollback_alert_without_device_id")
 @pytest.mark.clause("C6.9", "C2.9", "C4.8")
 def test_an_image_that_crashes_on_boot_is_rolled_back(restore_firmware, console, mqtt, ota_server, ota_signer, images) -> None:
     dut = restore_firmware
@@ -421,18 +494,36 @@ def reported_once(mqtt, dut) -> None:
 
 @pytest.mark.requires("ota")
 @pytest.mark.guards("valid_no_selftest", "selftest_timeout_ignored")
-@pytest.mark.clause("C6.8", "C6.9", "C2.9", "C4.8")
-def test_an_update_that_cannot_connect_is_rolled_back(restore_firmware, console, mqtt, ota_server, ota_signer, update, hil_session) -> None:
-    """IDT: the new image is built with bad Wi-Fi credentials; its self-test fails once
-    `ota_selftest_timeout_s` has passed (not before it, nor long after: its `E ota:` line comes
-    between 1 and 1.5 timeouts after boot, on the device's clock), it is marked invalid and
-    the old app reports the rollback."""
+@pytest.mark.clause("C6.7", "C6.8", "C6.9", "C2.9", "C4.8")
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "broker",
+        # The sensor half of the self-test (C6.7: a sensor read, and the broker connected):
+        # the new app reaches the broker, its sensor never answers.
+        pytest.param("sensor", marks=[pytest.mark.requires("sensor_emulation"), pytest.mark.guards("ota_selftest_without_sensor")]),
+    ],
+)
+def test_an_update_that_fails_its_self_test_is_rolled_back(
+    restore_firmware, console, mqtt, ota_server, ota_signer, update, hil_session, request, broken
+) -> None:
+    """IDT: the new image cannot pass its self-test: built with bad Wi-Fi credentials (no
+    broker), or booted with a sensor that does not answer. The self-test fails once
+    `ota_selftest_timeout_s` has passed (not before it, nor long after: its `E ota:` line
+    comes between 1 and 1.5 timeouts after boot, on the device's clock), the app is marked
+    invalid and the old app reports the rollback."""
     dut = restore_firmware
     timeout_s = selftest_s(hil_session)
     version = later(dut.version)
     since = console.mark()
-    mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version, wifi_pass=WRONG_WIFI), version, "offline.bin")
-    console.expect(contract.WIFI_WARNING, timeout=30, since=since)
+    if broken == "sensor":
+        sensor = request.getfixturevalue("sensor")
+        request.addfinalizer(sensor.clear_faults)
+        sensor.fault(Fault.NACK.value)
+        mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version), version, "no-sensor.bin")
+    else:
+        mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version, wifi_pass=WRONG_WIFI), version, "offline.bin")
+        console.expect(contract.WIFI_WARNING, timeout=30, since=since)
     console.expect(contract.OTA_ROLLBACK, timeout=timeout_s * 1.5 + 30, since=since)
     rolled = wait_state(mqtt, dut.device_id, "rolled_back", mark, timeout=60)
     assert rolled["version"] == version

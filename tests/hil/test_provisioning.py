@@ -74,12 +74,15 @@ def another_identity(dut, hil_session, broker, mqtt):
     [
         pytest.param("erased", marks=pytest.mark.guards("unprovisioned_reboot")),
         # Namespace `device` there (the session's Wi-Fi, broker and keys, its settings), no
-        # `device_id`: a factory that writes the identity last. As unprovisioned as erased.
-        pytest.param("no-device-id", marks=pytest.mark.guards("partial_provisioning_aborts")),
+        # `device_id`: a factory that writes the identity last. As unprovisioned as erased:
+        # it waits, it does not make up an identity and go on with the rest.
+        pytest.param("no-device-id", marks=pytest.mark.guards("partial_provisioning_aborts", "unprovisioned_runs_as_mac_id")),
     ],
 )
 @pytest.mark.clause("C1.3")
 def test_a_blank_device_says_it_is_not_provisioned_and_waits(provision, hil_session, dut, mqtt, console, nvs) -> None:
+    """`not provisioned` once, then nothing: no restart for twice the watchdog timeout, and
+    no broker session under any name (waiting is not running on a made-up identity)."""
     mark = mqtt.mark()
     if nvs == "erased":
         since = provision(None)
@@ -94,6 +97,8 @@ def test_a_blank_device_says_it_is_not_provisioned_and_waits(provision, hil_sess
         pytest.fail(f"it restarted ({reboot[0]}) instead of waiting to be provisioned")
     said = [line for line in console.lines(since) if contract.NOT_PROVISIONED.search(line)]
     assert len(said) == 1, f"'not provisioned' {len(said)} times: the device restarted"
+    sessions = [line for line in console.lines(since) if contract.MQTT_CONNECTED.search(line)]
+    assert sessions == [], f"an unprovisioned device connected to a broker: {sessions}"
     assert [m for m in mqtt.collect(contract.status_topic(dut.device_id), since=mark) if m.json()["state"] == "online"] == []
 
 

@@ -17,8 +17,9 @@ does it on flash. The pieces, in the order the firmware's OTA task uses them:
 
 The injected defects of the contract's negative tests are parameters
 (``allow_downgrade``, ``check_signature=False``, ``signature_optional``, ``check_sha256=False``,
-``resume=False``, ``fixed_slot``, ``check_size_type=False``, ``size_limit_exclusive``), not
-forks of this code.
+``resume=False``, ``fixed_slot``, ``check_size_type=False``, ``size_limit_exclusive``,
+``major_minor_only``, ``check_size_positive=False``, ``decode_errors_pass``), not forks of
+this code.
 """
 
 from __future__ import annotations
@@ -206,6 +207,9 @@ def precheck(
     compare_as_strings: bool = False,
     check_size: bool = True,
     size_limit_exclusive: bool = False,
+    major_minor_only: bool = False,
+    check_size_positive: bool = True,
+    decode_errors_pass: bool = False,
 ) -> str | None:
     """Why the request must be rejected before any download, or None if it may proceed.
 
@@ -219,11 +223,18 @@ def precheck(
     """
     # ``compare_as_strings`` is the strcmp defect; ``check_size=False`` leaves the size to
     # esp_ota_begin, after the download has started; ``size_limit_exclusive`` is the ``>=``
-    # for ``>`` defect (an image of exactly the partition's size refused).
-    newer = req.version > running_version if compare_as_strings else compare_versions(req.version, running_version) > 0
+    # for ``>`` defect (an image of exactly the partition's size refused); ``major_minor_only``
+    # the sscanf("%d.%d") one, ``check_size_positive=False`` the unsigned-only size check, and
+    # ``decode_errors_pass`` the "only a failed verification refuses" signature check.
+    if compare_as_strings:
+        newer = req.version > running_version
+    elif major_minor_only:
+        newer = compare_versions(_major_minor(req.version), _major_minor(running_version)) > 0
+    else:
+        newer = compare_versions(req.version, running_version) > 0
     if not allow_downgrade and not newer:
         return f"version {req.version} is not newer than running {running_version}"
-    if req.size <= 0:
+    if check_size_positive and req.size <= 0:
         return f"size {req.size} is not positive"
     too_big = req.size >= partition_size if size_limit_exclusive else req.size > partition_size
     if check_size and too_big:
@@ -234,18 +245,29 @@ def precheck(
         return "sha256 is not 64 hex digits"
     if not check_signature or (signature_optional and not req.signature):
         return None
-    return _signature_problem(digest, req.signature, pubkey_pem)
+    return _signature_problem(digest, req.signature, pubkey_pem, decode_errors_pass=decode_errors_pass)
 
 
-def _signature_problem(digest: bytes, signature_b64: str, pubkey_pem: str | None) -> str | None:
+def _major_minor(version: str) -> str:
+    return ".".join(_version_parts(version)[:2])
+
+
+def _signature_problem(
+    digest: bytes, signature_b64: str, pubkey_pem: str | None, *, decode_errors_pass: bool = False
+) -> str | None:
     if not pubkey_pem:
         return "no ota_pubkey provisioned; cannot verify the signature"
     try:
         signature = base64.b64decode(signature_b64, validate=True)
     except (binascii.Error, ValueError):
-        return "signature is not valid base64"
+        return None if decode_errors_pass else "signature is not valid base64"
     if not signature:
         return "signature is empty"
+    if decode_errors_pass:
+        try:
+            utils.decode_dss_signature(signature)
+        except ValueError:
+            return None  # the defect: a DER parse error is not a failed verification
     try:
         key = serialization.load_pem_public_key(pubkey_pem.encode())
     except (ValueError, TypeError, UnsupportedAlgorithm):

@@ -189,7 +189,10 @@ def _modulo(m: _Machine, args: list[Value]) -> Value:
 def _comparison(name: str, holds: Callable[[int | float, int | float], bool]) -> None:
     def compare(m: _Machine, args: list[Value]) -> Value:
         numbers = [_number(name, arg) for arg in args]
-        return all(holds(a, b) for a, b in itertools.pairwise(numbers))
+        test = holds
+        if name == ">" and getattr(m.host, "gt_as_ge", False):  # the program_gt_as_ge defect's host
+            test = operator.ge
+        return all(test(a, b) for a, b in itertools.pairwise(numbers))
 
     _BUILTINS[name] = _Builtin(name, 2, None, compare)
 

@@ -41,6 +41,11 @@ async def boot(fw: Firmware, ctx: AppContext) -> bool:
     fw.reset_reason = ctx.reset_cause.idf_reason
     if ctx.rtc_memory.pop("reset_command", False) and D.RESET_REPORTS_POWERON in fw.defects:
         fw.reset_reason = "POWERON"  # the defect: the cold-boot flag was cleared
+    if D.CRASH_REASON_STICKY in fw.defects:  # the defect: an RTC_NOINIT crash reason, never cleared
+        if fw.reset_reason in ("PANIC", "TASK_WDT"):
+            ctx.rtc_memory["crash_reason"] = fw.reset_reason
+        elif fw.reset_reason == "SW" and "crash_reason" in ctx.rtc_memory:
+            fw.reset_reason = ctx.rtc_memory["crash_reason"]
     fw.rng = random.Random(int.from_bytes(ctx.mac, "big") ^ int(time.time() * 1000))
     if D.CRASH_ON_BOOT in fw.defects:
         await asyncio.sleep(0.05)  # early in app_main
@@ -66,6 +71,11 @@ async def boot(fw: Firmware, ctx: AppContext) -> bool:
         return False
     if prov is None:
         fw.log("E", "app", "not provisioned")
+        if D.UNPROVISIONED_RUNS_AS_MAC_ID in fw.defects and DEVICE_NAMESPACE in namespaces:
+            # The defect: an identity made up from the MAC, the rest of `device` used as found.
+            made_up = {**namespaces[DEVICE_NAMESPACE], "device_id": "esp32-" + ctx.mac[-3:].hex()}
+            prov = Provisioning.from_nvs({DEVICE_NAMESPACE: made_up})
+    if prov is None:
         if D.REBOOTS_WHEN_UNPROVISIONED in fw.defects:
             await asyncio.sleep(0.5)  # app_main goes on to read the missing keys
             fw.panic("abort() was called: ESP_ERROR_CHECK failed: ESP_ERR_NVS_NOT_FOUND")
@@ -136,6 +146,8 @@ def _count_boot(fw: Firmware, namespaces: dict[str, dict[str, Any]]) -> None:
         fw.boot_count = int(fw.ctx.rtc_memory.get("boot_count", 0)) + 1
         fw.ctx.rtc_memory["boot_count"] = fw.boot_count
     counted = fw.reset_reason != "POWERON" and D.RESTART_COUNT_STUCK not in fw.defects
+    if D.RESTART_COUNT_CRASHES_ONLY in fw.defects:  # the defect: "unexpected restarts" only
+        counted = fw.reset_reason in ("PANIC", "TASK_WDT", "INT_WDT", "WDT")
     fw.restart_count = int(stats.get("restart_count", 0)) + (1 if counted else 0)
     fw.rollback_seq = int(stats.get("rollback_seq", 0))
     fw.store(STATS_NAMESPACE, {"boot_count": fw.boot_count, "restart_count": fw.restart_count})
@@ -147,6 +159,8 @@ def _boot_loop_guard(fw: Firmware) -> bool:
     crashes: list[float] = fw.ctx.rtc_memory.setdefault("crash_times", [])
     now = time.monotonic()
     counted = ("PANIC",) if D.BOOT_LOOP_GUARD_PANICS_ONLY in fw.defects else ("PANIC", "TASK_WDT", "INT_WDT", "WDT")
+    if D.BOOT_LOOP_GUARD_COUNTS_SW in fw.defects:
+        counted = (*counted, "SW")  # the defect: every reset but a power-on
     if fw.reset_reason in counted:
         crashes.append(now)
     crashes[:] = [t for t in crashes if now - t < CRASH_WINDOW_S]

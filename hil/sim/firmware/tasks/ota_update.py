@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 from hil.device import contract
 from hil.device import defects as D
@@ -48,7 +49,10 @@ class OtaTask:
         if rolled is not None and (rolled.seq != fw.rollback_seq or D.ROLLBACK_REPORTED_EVERY_BOOT in fw.defects):
             fw.log_mirrored("W", "ota", f"rollback detected: version {rolled.version} did not confirm itself")
             fw.publish(status, {"state": "rolled_back", "version": rolled.version, "reason": "new image failed to confirm"})
-            fw.alert("warning", "ota_rolled_back", f"version {rolled.version} was rolled back")
+            if D.ROLLBACK_ALERT_WITHOUT_DEVICE_ID in fw.defects:  # raised before the identity was read
+                self._alert_without_identity(f"version {rolled.version} was rolled back")
+            else:
+                fw.alert("warning", "ota_rolled_back", f"version {rolled.version} was rolled back")
             fw.rollback_seq = rolled.seq
             fw.store(STATS_NAMESPACE, {"rollback_seq": rolled.seq})
         on_trial = fw.pending_verify
@@ -67,7 +71,7 @@ class OtaTask:
             try:
                 async with asyncio.timeout(selftest_s):
                     await fw.connected.wait()
-                    if not fw.safe_mode:
+                    if not fw.safe_mode and D.OTA_SELFTEST_WITHOUT_SENSOR not in fw.defects:
                         await fw.sensor_ok.wait()
             except TimeoutError:
                 fw.log_mirrored("E", "ota", "self-test failed; rollback to previously worked partition. Restart.")
@@ -109,6 +113,9 @@ class OtaTask:
             compare_as_strings=D.VERSIONS_COMPARED_AS_STRINGS in fw.defects,
             check_size=D.OTA_SIZE_CHECKED_LATE not in fw.defects,
             size_limit_exclusive=D.OTA_PARTITION_SIZE_EXCLUSIVE in fw.defects,
+            major_minor_only=D.OTA_PATCH_IGNORED in fw.defects,
+            check_size_positive=D.OTA_SIZE_SIGN_UNCHECKED not in fw.defects,
+            decode_errors_pass=D.OTA_SIGNATURE_PARSE_ERROR_ACCEPTED in fw.defects,
         )
         if reason is None and fw.pending_verify:
             reason = "the running image is still pending verification"
@@ -121,6 +128,8 @@ class OtaTask:
         fw.publish(status, {"state": "downloading", "version": request.version})
         try:
             ssl_context = None
+            if D.OTA_HTTP_REFUSED in fw.defects and not request.url.startswith("https"):
+                raise OtaFailed("esp_https_ota: http is not allowed (CONFIG_ESP_HTTPS_OTA_ALLOW_HTTP)")
             if request.url.startswith("https"):
                 if not fw.prov.ca_cert:
                     raise OtaFailed("https download but no CA provisioned")
@@ -129,9 +138,15 @@ class OtaTask:
                 except ValueError as exc:
                     raise OtaFailed(f"provisioned CA unusable: {exc}") from None
             writer = OtaWriter(ctx.flash, target, request, check_sha256=D.OTA_HASH_UNCHECKED not in fw.defects)
-            await download_to(
-                writer, request, ssl_context=ssl_context, resume=D.OTA_DOWNLOAD_RESTARTS not in fw.defects
-            )
+            try:
+                await download_to(
+                    writer, request, ssl_context=ssl_context, resume=D.OTA_DOWNLOAD_RESTARTS not in fw.defects
+                )
+            except OtaFailed as exc:
+                if D.OTA_DOWNLOAD_ERROR_UNREPORTED not in fw.defects:
+                    raise
+                fw.log_mirrored("E", "ota", f"download failed version={request.version}: {exc.reason}")
+                return  # the defect: cleanup without a status
             fw.publish(status, {"state": "verifying", "version": request.version})
             if D.OTA_BOOT_SET_BEFORE_HASH in fw.defects:
                 self._finish_then_compare(writer)
@@ -150,6 +165,15 @@ class OtaTask:
         fw.publish(status, {"state": "rebooting", "version": request.version})
         await fw.flushed(2.0)
         fw.restart("SW")
+
+    def _alert_without_identity(self, message: str) -> None:
+        """The ROLLBACK_ALERT_WITHOUT_DEVICE_ID defect: the alert as the early rollback check
+        builds it, its device_id still the empty buffer."""
+        fw = self.fw
+        fw.publish(
+            contract.alerts_topic(fw.device_id),
+            {"level": "warning", "code": "ota_rolled_back", "message": message, "device_id": "", "timestamp": time.time()},
+        )
 
     def _finish_then_compare(self, writer: OtaWriter) -> None:
         """The OTA_BOOT_SET_BEFORE_HASH defect: esp_https_ota_finish (esp_ota_end's image

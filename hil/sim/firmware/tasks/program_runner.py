@@ -57,7 +57,8 @@ class ProgramRunner:
             if exc.kind == "memory_budget" and D.PROGRAM_OOM_PANICS in fw.defects:
                 fw.panic("Load access fault")  # malloc's NULL dereferenced: out of memory is a crash
                 return
-            fw.publish(status, {"name": name, "state": "failed", "error": f"{exc.kind}: {exc}"})
+            named = None if D.PROGRAM_FAILURE_UNNAMED in fw.defects else name
+            fw.publish(status, {"name": named, "state": "failed", "error": f"{exc.kind}: {exc}"})
             return
         if isinstance(result, str) and D.PROGRAM_RESULT_UNESCAPED in fw.defects:  # snprintf's "%s", unescaped
             fw.outbox.put(status, f'{{"name":{json.dumps(name)},"state":"completed","result":"{result}"}}'.encode())
@@ -73,6 +74,8 @@ class _ProgramHost:
         self.integer_division = D.PROGRAM_INTEGER_DIVISION in firmware.defects
         self.division_by_zero_is_zero = D.PROGRAM_DIVISION_BY_ZERO_IS_ZERO in firmware.defects
         self.topics_unchecked = D.PROGRAM_TOPIC_UNCHECKED in firmware.defects
+        self.gt_as_ge = D.PROGRAM_GT_AS_GE in firmware.defects
+        self.sleep_in_us = D.PROGRAM_SLEEP_IN_US in firmware.defects
 
     def sensor(self, quantity: str) -> float:
         reading = self._fw.last_reading
@@ -93,4 +96,5 @@ class _ProgramHost:
         self._fw.publish(topic, {"value": value})
 
     async def sleep(self, ms: int) -> None:
-        await asyncio.sleep(ms / 1000)
+        # The program_sleep_in_us defect: esp_rom_delay_us(ms), a thousandth of the wait.
+        await asyncio.sleep(ms / 1_000_000 if self.sleep_in_us else ms / 1000)
