@@ -17,7 +17,7 @@ import pytest
 
 from hil.bme280.faults import Fault
 from hil.device import contract
-from hil.device.periodic import DEFAULT_TOLERANCE, spacing_problems, wait_timeout
+from hil.device.periodic import DEFAULT_TOLERANCE, gaps, spacing_problems, wait_timeout
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
@@ -39,7 +39,10 @@ def one_boot_of_metrics(messages: list[dict]) -> list[dict]:
 
 
 @pytest.mark.clause("C4.1", "C4.2", "C4.3", "C4.4", "C4.5", "C4.7", "C4.14")
-@pytest.mark.guards("interval_ignored", "heartbeat_2x", "metrics_at_heartbeat", "reading_age_from_boot", "heap_in_kib")
+@pytest.mark.guards(
+    "interval_ignored", "heartbeat_2x", "metrics_at_heartbeat", "reading_age_from_boot", "heap_in_kib",
+    "metrics_timestamp_uptime",
+)  # fmt: skip
 def test_sensors_health_and_metrics_come_at_their_intervals_with_consistent_values(dut, mqtt, hil_session) -> None:
     did = dut.device_id
     measure = setting(hil_session, "measurement_interval_s")
@@ -78,6 +81,14 @@ def test_sensors_health_and_metrics_come_at_their_intervals_with_consistent_valu
     problems += spacing_problems(
         report, device_times=[m["timestamp"] for m in metrics], received_times=[m.at for m in metrics_got], what="metrics"
     )
+    # Metrics are stamped with the readings' clock (one device, one time base): each lies
+    # within the span of the readings around it, give or take one long measurement period
+    # (the first metrics may come before the first reading since the mark, the last after).
+    margin = tol.max_ratio * measure + tol.latency_s
+    span = (readings[0]["timestamp"] - margin, readings[-1]["timestamp"] + margin)
+    strays = [m["timestamp"] for m in metrics if not span[0] <= m["timestamp"] <= span[1]]
+    if strays:
+        problems.append(f"metrics: timestamps {strays} outside the readings' {span[0]:.3f}..{span[1]:.3f} (another clock)")
     # The device's two clocks in metrics agree: uptime runs with the timestamp.
     for a, b in itertools.pairwise(metrics):
         drift = (b["metrics"]["uptime_seconds"] - a["metrics"]["uptime_seconds"]) - (b["timestamp"] - a["timestamp"])
@@ -116,8 +127,8 @@ def test_sensors_health_and_metrics_come_at_their_intervals_with_consistent_valu
 
 
 @pytest.mark.requires("sensor_emulation")
-@pytest.mark.clause("C4.9", "C2.5", "C5.6", "C4.3")
-@pytest.mark.guards("warnings_not_mirrored", "seq_per_measurement")
+@pytest.mark.clause("C4.9", "C2.5", "C5.6", "C4.3", "C7.5", "C7.6")
+@pytest.mark.guards("warnings_not_mirrored", "seq_per_measurement", "logs_timestamp_since_boot", "recovered_after_any_failed_read")
 def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, mqtt, console, sensor, hil_session) -> None:
     did = dut.device_id
     logs, readings = contract.logs_topic(did), contract.sensors_topic(did)
@@ -137,6 +148,14 @@ def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, 
     mqtt.wait_for(readings, since=mqtt.mark(), timeout=10 * interval + 10)
     # C4.3: the failed reads took no seq; the numbering runs on across them.
     mqtt.assert_gapless(readings, since=mark, single_boot=True)
+    # A glitch of two reads is no sensor failure (C7.5: none for sensor_timeout_s), so there
+    # is no recovery to announce either (C7.6). Each alert would have come before the
+    # reading after it.
+    timeout_s = setting(hil_session, "sensor_timeout_s")
+    silent = max(gaps([m.json()["timestamp"] for m in mqtt.collect(readings, since=mark)]))
+    assert silent < timeout_s, f"no reading for {silent:.2f} s, sensor_timeout_s {timeout_s:g} s: not a glitch"
+    episode = [a for m in mqtt.collect(contract.alerts_topic(did), since=mark) if (a := m.json())["code"] in ("sensor_failure", "sensor_recovered")]
+    assert episode == [], f"a glitch of two failed reads raised {episode}"
 
     lines = [m for line in console.lines(serial) if (m := contract.LOG_LINE.search(line))]
     on_serial = [(MIRRORED[m["level"]], m["tag"], m["message"]) for m in lines if m["level"] in MIRRORED]
@@ -159,6 +178,15 @@ def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, 
     assert not strays, f"mirrored but never logged as a warning or an error: {strays}"
     stamps = [e["timestamp"] for e in mirrored]
     assert stamps == sorted(stamps), f"mirrored out of order: {stamps}"
+    # Stamped with the clock of the other topics (not the serial line's milliseconds since
+    # boot): each entry lies within the span of the readings around the test, give or take
+    # one long measurement period.
+    tol = DEFAULT_TOLERANCE
+    margin = tol.max_ratio * interval + tol.latency_s
+    around = [m.json()["timestamp"] for m in mqtt.collect(readings, since=mark)]
+    span = (min(around) - margin, max(around) + margin)
+    strays = [e for e in mirrored if not span[0] <= e["timestamp"] <= span[1]]
+    assert not strays, f"mirrored with timestamps outside the readings' {span[0]:.3f}..{span[1]:.3f}: {strays}"
 
 
 @pytest.mark.requires("wifi_control")
@@ -196,4 +224,34 @@ def test_health_and_metrics_carry_the_stations_rssi(dut, mqtt, wifi, hil_session
         lambda m: station(m.json()["metrics"]["wifi_signal_strength_dbm"]),
         since=mark,
         timeout=wait_timeout(report, 2),
+    )
+
+
+@pytest.mark.clause("C4.6", "C4.4")
+@pytest.mark.guards("report_health_cached")
+def test_report_answers_with_the_health_of_that_moment(dut, mqtt, hil_session) -> None:
+    """C4.6 "health is also published at once on report": the health of that moment, not the
+    last heartbeat's again. Between two health messages of one boot `uptime_s` advances as
+    the receive clock does, within a delivery's jitter at each end (and uptime's 0.1 s
+    rounding the device may apply)."""
+    did = dut.device_id
+    health, readings = contract.health_topic(did), contract.sensors_topic(did)
+    heartbeat = setting(hil_session, "heartbeat_interval_s")
+    measure = setting(hil_session, "measurement_interval_s")
+    tol = DEFAULT_TOLERANCE
+    beat = mqtt.wait_for(health, since=mqtt.mark(), timeout=wait_timeout(heartbeat, 1))[0]
+    # Half a heartbeat interval on: the heartbeat's uptime is that much behind the device's,
+    # far more than the jitter allowed below (readings mark the time passing).
+    mqtt.wait_for(readings, lambda m: m.at - beat.at >= heartbeat / 2, since=mqtt.mark(), timeout=heartbeat + wait_timeout(measure, 1))
+    mark = mqtt.mark()
+    mqtt.publish(contract.command_topic(did), {"cmd": "report"})
+    answer = mqtt.wait_for(health, since=mark, timeout=heartbeat + 10)[0]
+    before = [m for m in mqtt.collect(health) if m.at < answer.at][-1]  # the heartbeat (or a later one)
+    now, then = answer.json(), before.json()
+    assert not contract.validate_payload("health", now, device_id=did), now
+    assert now["boot_count"] == then["boot_count"], f"the device restarted: {then} then {now}"
+    advanced, elapsed = now["uptime_s"] - then["uptime_s"], answer.at - before.at
+    assert abs(advanced - elapsed) <= 2 * tol.latency_s + 0.1, (
+        f"report answered with uptime_s {now['uptime_s']} ({advanced:+.2f} s), {elapsed:.2f} s after a health with "
+        f"uptime_s {then['uptime_s']}: not the health of that moment"
     )

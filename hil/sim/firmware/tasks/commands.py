@@ -42,7 +42,7 @@ class CommandHandler:
             await self._ack_then(ack, cmd, lambda: fw.restart("SW"))
         elif cmd == "report":
             fw.publish(ack, {"cmd": cmd, "ok": True})
-            self.health.publish_health()
+            self.health.report()
         elif cmd == "factory_reset":
             if D.FACTORY_RESET_WRITES_DEFAULTS in fw.defects:
                 fw.store(contract.CONFIG_NAMESPACE, DeviceConfig().nvs_values())  # "defaults", not erased

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from hil.device import contract
 from hil.device import defects as D
-from hil.device.settings import ConfigRejected, parse_config_update, store_config
+from hil.device.settings import ConfigRejected, ConfigUpdate, parse_config_update, store_config
 from hil.images.nvs import erase_namespace, update_nvs
 from hil.sim.firmware.tasks.shared import Firmware
 
@@ -24,6 +24,8 @@ class ConfigHandler:
         fw = self.fw
         status = contract.config_status_topic(fw.device_id)
         update = parse_config_update(payload, validate=D.CONFIG_WITHOUT_VALIDATION not in fw.defects)
+        if D.FLOAT_TIMEOUT_TRUNCATED in fw.defects and isinstance(update, ConfigRejected):
+            update = _timeouts_truncated(payload, update)
         if D.CONFIG_MAX_EXCLUSIVE in fw.defects and not isinstance(update, ConfigRejected):
             at_max = [k for k, v in update.values.items() if k in contract.CONFIG_INT_SETTINGS and v >= contract.CONFIG_INT_SETTINGS[k].maximum]
             if at_max:  # the defect: `value < maximum`
@@ -49,9 +51,28 @@ class ConfigHandler:
             fw.write_nvs(stored)
         applied = sorted(update.values)
         fw.log("I", "config", f"saved {', '.join(applied)}; restarting")
+        if D.CONFIG_ACK_AFTER_RESTART in fw.defects:
+            fw.ctx.rtc_memory["config_ack"] = {"ok": True, "applied": applied}  # the defect: acked next boot
+            fw.restart("SW")
+            return
         fw.publish(status, {"ok": True, "applied": applied})
         fw.spawn(self._ack_then_restart())
 
     async def _ack_then_restart(self) -> None:
         await self.fw.flushed(2.0)
         self.fw.restart("SW")
+
+
+def _timeouts_truncated(payload: bytes, rejected: ConfigRejected) -> ConfigUpdate | ConfigRejected:
+    """The ``float_timeout_truncated`` defect: an update rejected only for fractional
+    timeouts, taken with each truncated as ``valueint`` would."""
+    timeouts = ("watchdog_timeout_s", "sensor_timeout_s")
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return rejected
+    if not isinstance(obj, dict) or not rejected.keys or not set(rejected.keys) <= set(timeouts):
+        return rejected
+    if not all(isinstance(obj[key], float) for key in rejected.keys):
+        return rejected
+    return parse_config_update(json.dumps({**obj, **{key: int(obj[key]) for key in rejected.keys}}))

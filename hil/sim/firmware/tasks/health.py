@@ -29,6 +29,8 @@ class HealthTask:
 
     def __init__(self, fw: Firmware) -> None:
         self.fw = fw
+        self._last_heartbeat: dict[str, Any] | None = None
+        """The last heartbeat's payload (the ``report_health_cached`` defect answers with it)."""
 
     def _health(self) -> dict[str, Any]:
         fw = self.fw
@@ -53,7 +55,16 @@ class HealthTask:
         }
 
     def publish_health(self) -> None:
-        self.fw.publish(contract.health_topic(self.fw.device_id), self._health())
+        """A heartbeat: the health now."""
+        self._last_heartbeat = self._health()
+        self.fw.publish(contract.health_topic(self.fw.device_id), self._last_heartbeat)
+
+    def report(self) -> None:
+        """The answer to the ``report`` command: the health now, as a heartbeat's."""
+        if D.REPORT_HEALTH_CACHED in self.fw.defects and self._last_heartbeat is not None:
+            self.fw.publish(contract.health_topic(self.fw.device_id), self._last_heartbeat)  # the defect: stale
+            return
+        self.publish_health()
 
     async def run(self) -> None:
         fw = self.fw
@@ -64,6 +75,9 @@ class HealthTask:
                 fw.watchdog.feed("health")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fw.connected.wait(), fw.watchdog.timeout_s / 2)
+        if D.CONFIG_ACK_AFTER_RESTART in fw.defects and "config_ack" in fw.ctx.rtc_memory:
+            # The defect: the saved update is acknowledged from the boot that runs it.
+            fw.publish(contract.config_status_topic(fw.device_id), fw.ctx.rtc_memory.pop("config_ack"))
         if fw.reset_reason == "TASK_WDT" or (fw.reset_reason == "PANIC" and D.WATCHDOG_RESET_ALERT_ON_PANIC in fw.defects):
             fw.alert("warning", "watchdog_reset", "the previous boot ended in a task watchdog reset")
         if fw.safe_mode:
@@ -88,11 +102,14 @@ class MetricsTask:
             if D.METRICS_AT_HEARTBEAT in fw.defects:
                 period = fw.config.heartbeat_interval_s  # the defect: copied from the health task
             await asyncio.sleep(max(float(period), 0.1))
+            stamp = time.time()
+            if D.METRICS_TIMESTAMP_UPTIME in fw.defects:
+                stamp = round(time.monotonic() - fw.boot_time, 1)  # the defect: esp_timer's uptime
             fw.publish(
                 contract.metrics_topic(fw.device_id),
                 {
                     "device_id": fw.device_id,
-                    "timestamp": time.time(),
+                    "timestamp": stamp,
                     "metrics": {
                         "cpu_usage_percent": 3.5,
                         "memory_usage_bytes": 327_680 - FREE_HEAP,

@@ -26,6 +26,8 @@ class SensorTask:
         self.fw = fw
         self.failure_alerted = False
         """Whether this boot has raised ``sensor_failure`` at all (any episode)."""
+        self.glitched = False
+        """A read failed since the last good one (the ``recovered_after_any_failed_read`` defect)."""
 
     async def run(self) -> None:
         fw = self.fw
@@ -48,6 +50,8 @@ class SensorTask:
                 log("E", "sensor", str(exc))
                 if "calibration" in str(exc).lower():
                     fw.alert("warning", "sensor_calibration", str(exc))
+                elif D.CHIP_ID_ALERTED_AS_CALIBRATION in fw.defects:
+                    fw.alert("warning", "sensor_calibration", str(exc))  # the defect: any init failure
                 self._sensor_failed()
             except OSError as exc:
                 fw.log_mirrored("E", "sensor", f"i2c error: {exc}")
@@ -67,6 +71,8 @@ class SensorTask:
                 reading = await asyncio.to_thread(driver.read)
             except (SensorError, OSError) as exc:
                 fw.error_count += 1
+                if D.RECOVERED_AFTER_ANY_FAILED_READ in fw.defects:
+                    self.glitched = True
                 fw.log_mirrored("E", "sensor", f"read failed: {exc}")
                 self._sensor_failed()
             else:
@@ -99,6 +105,8 @@ class SensorTask:
     def _sensor_failed(self) -> None:
         fw = self.fw
         since = fw.last_reading_at or fw.boot_time
+        if D.SENSOR_FAILURE_AT_ONCE_WITHOUT_READING in fw.defects and fw.last_reading_at is None:
+            since = fw.boot_time - fw.config.sensor_timeout_s  # the defect: no reading yet is a timeout
         if (
             (not fw.sensor_failure_raised or D.SENSOR_FAILURE_REPEATED in fw.defects)
             and time.monotonic() - since >= fw.config.sensor_timeout_s
@@ -112,6 +120,8 @@ class SensorTask:
     def _on_reading(self, temperature: float, humidity: float, pressure: float) -> None:
         fw = self.fw
         temperature += float(fw.config.calibration_offset_temp)
+        if D.OFFSET_APPLIED_TO_HUMIDITY in fw.defects:
+            humidity += float(fw.config.calibration_offset_temp)  # the defect: every channel
         if D.TEMPERATURE_HIGH_2C in fw.defects:
             temperature += 2.0
         t_lo, t_hi = contract.TEMPERATURE_RANGE_C
@@ -133,6 +143,10 @@ class SensorTask:
         fw.last_reading = {"temperature": temperature, "humidity": humidity, "pressure": pressure}
         fw.last_reading_at = time.monotonic()
         fw.sensor_ok.set()
+        if D.RECOVERED_AFTER_ANY_FAILED_READ in fw.defects and self.glitched and not fw.sensor_failure_raised:
+            fw.alert("info", "sensor_recovered", "readings are back")  # the defect: no failure was raised
+        if D.RECOVERED_AFTER_ANY_FAILED_READ in fw.defects:
+            self.glitched = False
         if fw.sensor_failure_raised:
             fw.sensor_failure_raised = False
             fw.alert("warning" if D.RECOVERED_AS_WARNING in fw.defects else "info", "sensor_recovered", "readings are back")

@@ -157,7 +157,10 @@ class Firmware:
         mirrored = ("E",) if D.WARNINGS_NOT_MIRRORED in self.defects else ("W", "E")
         if level in mirrored and self.connected.is_set():
             name = {"W": "warning", "E": "error"}[level]
+            stamp = time.time()
+            if D.LOGS_TIMESTAMP_SINCE_BOOT in self.defects:
+                stamp = int((time.monotonic() - self.boot_time) * 1000)  # the defect: esp_log_timestamp()
             self.outbox.put(
                 contract.logs_topic(self.device_id),
-                json.dumps({"level": name, "tag": tag, "message": message, "timestamp": time.time()}).encode(),
+                json.dumps({"level": name, "tag": tag, "message": message, "timestamp": stamp}).encode(),
             )
