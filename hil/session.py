@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from hil.device import contract
 from hil.device.settings import Provisioning, provisioning_image
@@ -40,8 +41,10 @@ from hil.processes import clear_stale, owned_dir
 from hil.reporting.report import Redactor
 from hil.rig.attached import AttachedRig, RigNotStarted, reserve_rig
 from hil.rig.backends import BootStrapPower, Power, ReferenceSensor, SensorEmulator, WifiControl
+from hil.rig.errors import RigError
 from hil.rig.model import Rig
 from hil.rig.rigfile import load_rigs, with_profile
+from hil.rig.selection import adhoc_name, adhoc_rig, planned_port, select_rigs
 from hil.rig.virtual_board import ControlClient, VirtualBoardProcess
 from hil.rig.wiring import BackendUnavailable, NoBackend, download_mode
 from hil.secret import Secret, optional_secret, write_private
@@ -223,6 +226,20 @@ class SessionOptions:
     keep_on_failure: bool = False
     rig_wait_s: float = 0.0  # how long to wait for a busy rig before giving up
     rig_profile: str | None = None  # a virtual board's profile for this run (None: the rig file's)
+    port: str | None = None  # --port: a board without a rig file (`hil.rig.selection.adhoc_rig`)
+    target: str | None = None  # --target: the chip it must be (esp32c3)
+
+    def rigs(self) -> list[Rig]:
+        """What this session picks from: the inventory, or the one rig ``--port`` makes."""
+        if self.port is not None:
+            return [adhoc_rig(self.port, self.target, os.environ)]
+        return with_profile(load_rigs(self.rigs_dir), self.rig_profile)
+
+    def rig_choice(self) -> tuple[str | None, str | None]:
+        """The name and tag to reserve by (``--port``'s rig by its name)."""
+        if self.port is not None:
+            return adhoc_name(self.port), None
+        return self.rig_name, self.rig_tag
 
 
 @dataclass(frozen=True)
@@ -290,12 +307,8 @@ class RigSession:
         its OS file lock, a labgrid rig by its coordinator's place. Waits up to
         ``rig_wait_s`` for a busy one (then `NoRigAvailable`)."""
         if self.reserved is None:
-            self.reserved = reserve_rig(
-                with_profile(load_rigs(self.options.rigs_dir), self.options.rig_profile),
-                name=self.options.rig_name,
-                tag=self.options.rig_tag,
-                timeout=self.options.rig_wait_s,
-            )
+            name, tag = self.options.rig_choice()
+            self.reserved = reserve_rig(self.options.rigs(), name=name, tag=tag, timeout=self.options.rig_wait_s)
             self._cleanups.append(self.reserved.release)
         return self.reserved.rig
 
@@ -641,6 +654,22 @@ class RigSession:
             env["firmware_sha256"] = self._firmware.sha256
         return env
 
+    def used(self) -> list[str]:
+        """What this session used, as far as it got: the rig it reserved and its port, the
+        firmware (name, version, app sha256), the broker (and its version)."""
+        if self.reserved is None:
+            return []
+        lines = [f"rig: {self.rig.name} ({self.rig.kind}, {self.rig.chip}), port {self._port or '(not opened)'}"]
+        if self._firmware is not None:
+            fw = self._firmware
+            lines.append(f"firmware: {fw.name} {fw.version} ({fw.kind}), app sha256 {fw.sha256}")
+        if self.broker is not None:
+            lines.append(f"broker: {self.options.broker} ({self.broker.name} {self.broker.version or '(version unknown)'}, "
+                         f"{self.broker.uri('plain')})")  # fmt: skip
+        elif self.external_broker:
+            lines.append(f"broker: {_broker_words(self.options.broker)}")
+        return lines
+
     @contextlib.contextmanager
     def keep(self) -> Iterator[KeptRig]:
         """Keep the rig for a person to attach to (``--keep-on-failure``), as the failure
@@ -709,6 +738,47 @@ class RigSession:
             with contextlib.suppress(Exception):
                 cleanup()
 
+
+
+def planned(options: SessionOptions) -> list[str]:
+    """What a session with ``options`` will use, for the run's header, before any rig is
+    reserved (reading the session's rig would reserve it): the rig (or the rigs it takes
+    the first free of) and its port, the firmware (name, version, app sha256) and the
+    broker. A problem is shown in its place: the session reports it when it runs."""
+    lines = []
+    name, tag = options.rig_choice()
+    try:
+        rigs = select_rigs(options.rigs(), name=name, tag=tag)
+        kinds = {(rig.kind, rig.chip, planned_port(rig)) for rig in rigs}
+        if len(rigs) == 1 or len(kinds) == 1:
+            kind, chip, port = next(iter(kinds))
+            names = rigs[0].name if len(rigs) == 1 else f"the first free of {', '.join(rig.name for rig in rigs)}"
+            lines.append(f"rig: {names} ({kind}, {chip}), port {port}")
+        else:
+            described = "; ".join(f"{rig.name} ({rig.kind}, {rig.chip}), port {planned_port(rig)}" for rig in rigs)
+            lines.append(f"rig: the first free of {described}")
+    except (RigError, OSError) as exc:
+        lines.append(f"rig: {exc}")
+    try:
+        firmware = options.firmware or resolve_firmware(None)
+        given = f", --firmware {firmware.choice}" if firmware.choice else ""
+        lines.append(f"firmware: {firmware.name} {firmware.version} ({firmware.kind}{given}), app sha256 {firmware.sha256}")
+    except UsageError as exc:
+        lines.append(f"firmware: {exc}")
+    lines.append(f"broker: {_broker_words(options.broker)}")
+    return lines
+
+
+def _broker_words(choice: str) -> str:
+    if choice in EMBEDDED_BROKERS:
+        try:
+            return f"{choice} ({broker_class(choice).name}, started by the session on 127.0.0.1)"
+        except BrokerError as exc:
+            return f"{choice} ({exc})"
+    parts = urlsplit(choice)
+    if parts.username or parts.password:  # never a password in a log
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return choice
 
 
 PORT_GRACE_S = 5.0  # a lost console port that is back within this was only re-enumerating

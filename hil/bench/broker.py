@@ -28,12 +28,13 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hil.bench.state import (
+    STOP_TIMEOUT_S,
     BenchInputError,
     item,
     locked,
@@ -126,11 +127,22 @@ def up(
     return status(directory)
 
 
-def down(directory: Path) -> BrokerStatus:
+STOP_WAITS_FOR = (
+    "SIGTERM, then waiting for it to close its clients' connections, save its persistence and "
+    f"exit (up to {STOP_TIMEOUT_S:g} s, then SIGKILL)"
+)
+"""What `down` waits for, said before it waits (a broker with many clients takes a moment)."""
+
+
+def down(directory: Path, announce: Callable[[BrokerStatus, str], None] | None = None) -> BrokerStatus:
+    """Stop the bench broker of ``directory``; ``announce(status, what)`` is told what the
+    stop waits for before it waits (the broker is alive then)."""
     with locked(directory):
         current = status(directory)
         record = read_record(directory / RECORD)
         if record is not None:
+            if announce is not None and current.alive:
+                announce(current, STOP_WAITS_FOR)
             for proc in processes(record):
                 proc.stop()
             (directory / RECORD).unlink()

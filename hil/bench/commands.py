@@ -270,15 +270,22 @@ def _broker_up(args: argparse.Namespace) -> int:
 
 
 def _broker_down(args: argparse.Namespace) -> int:
+    import time
+
     from hil.bench import broker
 
-    stopped = broker.down(state_dir(args.state_dir))
+    def announce(running: Any, waits_for: str) -> None:
+        if not args.json:
+            print(f"stopping {running.record['broker']} (pid {running.record['pid']}): {waits_for}", flush=True)
+
+    started = time.monotonic()
+    stopped = broker.down(state_dir(args.state_dir), announce=announce)
     if args.json:
         _json(stopped.to_json())
     elif not stopped.record:
         print(f"no broker in {stopped.state_dir}")
     else:
-        print(f"stopped {stopped.record['broker']} (pid {stopped.record['pid']})")
+        print(f"stopped {stopped.record['broker']} (pid {stopped.record['pid']}) in {time.monotonic() - started:.1f} s")
     return 0
 
 
@@ -325,7 +332,9 @@ def _add_broker(sub: Any) -> None:
     up.set_defaults(func=_guard("broker up", _broker_up))
     down = _parser(
         bsub, "down", help="stop the bench broker",
-        description="Stop the broker hil broker up started (cleanly: persistence saved).",
+        description="Stop the broker hil broker up started (cleanly: persistence saved). Says what it "
+        "waits for (SIGTERM, then the broker closing its clients, saving and exiting; SIGKILL after "
+        "10 s) and how long it took; about a second on a bench (bench/broker_down.py measures it).",
         example="  hil broker down",
     )  # fmt: skip
     down.add_argument("--json", action="store_true", help="print what was stopped as JSON")
@@ -381,11 +390,23 @@ def _flash(args: argparse.Namespace) -> int:
     from hil.link.flasher import Flasher
 
     files, version = flash.files_to_flash(args.manifest, args.recipe, args.files)
+    if args.monitor and args.no_reset:
+        raise BenchInputError("--monitor watches the new firmware boot; --no-reset would leave the chip in download mode")
+    if not args.monitor and (args.elf or args.monitor_timeout is not None):
+        raise BenchInputError("--elf and --monitor-timeout go with --monitor")
+    if args.monitor_timeout is not None and args.monitor_timeout <= 0:
+        raise BenchInputError(f"--monitor-timeout {args.monitor_timeout:g}: give a number of seconds > 0")
+    if args.monitor:
+        from hil.bench import monitor
+
+        monitor.command(monitor.MonitorRequest(port="-", elf=Path(args.elf) if args.elf else None,
+                                               timeout=args.monitor_timeout))  # fmt: skip  # bad input before flashing
     where = _target(args)
     err = Console(stderr=True, highlight=False)
     with target.reserved(where) as rig:
         port = target.serial_port(where, rig)
         Flasher().check(files)  # bad images are refused before the port is opened
+        target.ensure_port_free(port, "Nothing was flashed.")
         if not args.json:
             _out().print(f"flashing {len(files)} file(s){f' (version {version})' if version else ''} to {port}")
         with flash.progress_bar(err) as progress, _rig_flashing(where, rig, args) as (flasher, after):
@@ -397,8 +418,22 @@ def _flash(args: argparse.Namespace) -> int:
                 skip_unchanged=not args.force,
                 after=after,
             )
-    _report(report, args)
-    return 0
+        _report(report, args)
+        if not args.monitor:
+            return 0
+        return _monitor_after_flash(port, args)  # still reserved: --rig stays this person's
+
+
+def _monitor_after_flash(port: str, args: argparse.Namespace) -> int:
+    """``hil flash --monitor``: esp-idf-monitor on the port the flasher just let go, as
+    ``idf.py flash monitor`` does, resetting the chip as it starts so that the whole boot
+    of the new firmware is on screen (the flasher's own reset came before it listened)."""
+    from hil.bench import monitor, target
+
+    request = monitor.MonitorRequest(port=port, elf=Path(args.elf) if args.elf else None, timeout=args.monitor_timeout)
+    target.ensure_port_free(port, "The firmware is flashed; no monitor was started.")
+    print(f"hil flash: monitor on {port} (quit: Ctrl+])", file=sys.stderr, flush=True)
+    return monitor.run(request)
 
 
 @contextlib.contextmanager
@@ -458,6 +493,7 @@ def _provision(args: argparse.Namespace) -> int:
     where = _target(args)
     with target.reserved(where) as rig:
         port = target.serial_port(where, rig)
+        target.ensure_port_free(port, "Nothing was provisioned.")
         if not args.json:
             out.print(f"provisioning {port}:")
             for line in described:
@@ -475,6 +511,9 @@ def _provision(args: argparse.Namespace) -> int:
                 skip_unchanged=not args.force,
                 after=after,
             )
+        from hil.bench import controls
+
+        controls.record_provisioning(where.state_dir, port, prov.device_id, config)  # for hil sensor set's note
     _report(report, args)
     return 0
 
@@ -489,6 +528,7 @@ def _add_flash(sub: Any) -> None:
         "(MD5 compare); each region is verified by MD5 after writing; the chip is reset into the "
         "new firmware. The board: --port URL, --rig NAME, or the one hil sim up started.",
         example="  hil flash --recipe baseline                       # the virtual rig's images\n"
+        "  hil flash --recipe baseline --monitor             # then watch it boot (idf.py flash monitor)\n"
         "  hil flash --manifest firmware/env-monitor.toml --rig bench-1\n"
         "  hil flash --port rfc2217://127.0.0.1:4000 build/bootloader/bootloader.bin@0x0 "
         "build/partition_table/partition-table.bin@0x8000 build/app.bin@0x10000",
@@ -496,6 +536,10 @@ def _add_flash(sub: Any) -> None:
     fl.add_argument("files", nargs="*", metavar="FILE@OFFSET", help="images and where they go, e.g. app.bin@0x10000")
     fl.add_argument("--manifest", help="a firmware manifest (TOML, see docs/firmware.md)")
     fl.add_argument("--recipe", help="a recipe of firmware/recipes.toml (virtual rig images), e.g. baseline")
+    fl.add_argument("--monitor", action="store_true",
+                    help="then watch the port with esp-idf-monitor (as idf.py flash monitor; the chip is reset as it starts)")  # fmt: skip
+    fl.add_argument("--elf", help="--monitor: the app's ELF, for panic backtrace decoding")
+    fl.add_argument("--monitor-timeout", type=float, metavar="S", help="--monitor: quit it after S seconds (scripts)")
     _flash_options(fl)
     _target_options(fl, serial=True)
     fl.set_defaults(func=_guard("flash", _flash))
@@ -554,6 +598,7 @@ def _monitor(args: argparse.Namespace) -> int:
         )
         monitor.command(request)  # bad input refused before anything runs
         monitor.check_port(request)
+        target.ensure_port_free(request.port, "No monitor was started.")
         print(f"hil monitor: {request.port} (quit: Ctrl+])", file=sys.stderr, flush=True)
         return monitor.run(request)
 
@@ -657,6 +702,7 @@ def _sensor(args: argparse.Namespace) -> int:
     from hil.bench import controls, target
 
     where = _target(args)
+    note = None
     with target.reserved(where) as rig:
         sensor = target.sensor(where, rig)
         if args.sensor_command == "get":
@@ -665,10 +711,26 @@ def _sensor(args: argparse.Namespace) -> int:
             values = controls.sensor_set(
                 sensor, temperature_c=args.temperature, humidity_pct=args.humidity, pressure_hpa=args.pressure
             )
+            note = controls.reading_note(where.state_dir, _board_port(where, rig))
         else:
             values = controls.sensor_fault(sensor, args.fault, active=not args.clear)
     _print_sensor(values, args)
+    if note is not None and not args.json:
+        print(note)
     return 0
+
+
+def _board_port(where: Target, rig: Rig | None) -> str | None:
+    """The serial port of the board a control command acts on, where one is known (a
+    --control URL alone names none): what `hil provision` recorded its settings under."""
+    from hil.bench import target
+
+    if where.control is not None:
+        return None
+    try:
+        return target.serial_port(where, rig)
+    except (BenchError, BenchInputError):
+        return None
 
 
 def _add_sensor(sub: Any) -> None:
@@ -692,7 +754,8 @@ def _add_sensor(sub: Any) -> None:
     set_ = _parser(
         ssub, "set", help="set temperature, humidity and/or pressure",
         description="Set any of the values; the others keep theirs. The board's next reading "
-        "shows them (within the BME280's accuracy).",
+        "shows them (within the BME280's accuracy): says when, from the measurement_interval_s "
+        "hil provision --config set on that board (else the firmware's default).",
         example="  hil sensor set --temperature 35.5\n  hil sensor set --humidity 80 --pressure 990",
     )  # fmt: skip
     set_.add_argument("--temperature", type=float, metavar="C", help="°C (-40..85)")

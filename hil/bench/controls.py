@@ -7,11 +7,16 @@ reference BME280. A real rig's reference sensor measures the room; it can be rea
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from hil.bench.state import BenchError, BenchInputError
+from hil.bench.state import BenchError, BenchInputError, read_record, write_record
 from hil.bme280.compensation import Environment
 from hil.bme280.faults import Fault
+from hil.device.contract import CONFIG_INT_SETTINGS
 from hil.rig.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, VirtualSensor
 
 FAULTS: tuple[str, ...] = tuple(f.value for f in Fault)
@@ -93,3 +98,38 @@ def power(backend: Power, action: str, *, off_s: float = 0.5) -> dict[str, Any]:
         state: dict[str, Any] = backend.control.request("state")["state"]
         return {"action": action, "powered": state.get("powered"), "mode": state.get("mode")}
     return {"action": action}
+
+
+# -- when a sensor change shows -------------------------------------------------------------
+PROVISIONED_DIR = "provisioned"
+"""In the bench state dir: what `hil provision` last wrote to each port (device id and §5
+settings, no secrets), so that `hil sensor set` can say when the change will show."""
+
+
+def _provisioned_path(state_dir: Path, port: str) -> Path:
+    return state_dir / PROVISIONED_DIR / (re.sub(r"[^A-Za-z0-9._-]+", "_", port).strip("_") + ".json")
+
+
+def record_provisioning(state_dir: Path, port: str, device_id: str, config: Mapping[str, Any]) -> None:
+    """Remember what `hil provision` wrote to ``port`` (the settings only, never a secret)."""
+    write_record(_provisioned_path(state_dir, port), {"port": port, "device_id": device_id, "config": dict(config)})
+
+
+def reading_note(state_dir: Path, port: str | None) -> str:
+    """When a sensor change shows: at the device's next reading, within its
+    ``measurement_interval_s`` (C4.2): as `hil provision` set it on ``port``, else the
+    firmware's default. A config update over MQTT since then would change it."""
+    default = CONFIG_INT_SETTINGS["measurement_interval_s"].default
+    record = None
+    if port is not None:
+        with contextlib.suppress(BenchError):
+            record = read_record(_provisioned_path(state_dir, port))
+    configured = (record or {}).get("config", {}).get("measurement_interval_s")
+    if isinstance(configured, int) and not isinstance(configured, bool):
+        device = record.get("device_id", "the device") if record else "the device"
+        return (f"the next reading of {device} reflects it: within measurement_interval_s = {configured} s "
+                f"(as hil provision --config set it on {port})")  # fmt: skip
+    return (
+        f"the device's next reading reflects it: within measurement_interval_s = {default} s (the firmware's "
+        "default; provisioned with --config '{\"measurement_interval_s\": 1}', within a second)"
+    )

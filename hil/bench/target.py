@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from hil.bench.sim import find_board
 from hil.bench.state import BenchError, BenchInputError
+from hil.link.port_busy import busy_message, port_holders
 from hil.rig.backends import Power, ReferenceSensor, SensorEmulator, VirtualPower, VirtualSensor
 from hil.rig.errors import RigError
 from hil.rig.model import Rig
@@ -107,6 +108,15 @@ def serial_port(target: Target, rig: Rig | None = None) -> str:
     if "serial" not in entry:
         raise BenchInputError("fleet boards have no serial port; bring one up alone with 'hil sim up'")
     return str(entry["serial"])
+
+
+def ensure_port_free(port: str, nothing_done: str) -> None:
+    """Refuse a port another program holds, naming it (pid and command line) before
+    anything is started: esp-idf-monitor would share a tty with it, or fail on a network
+    port with a broken pipe; the flasher would find out only after its reset."""
+    holders = port_holders(port)
+    if holders:
+        raise BenchError(busy_message(port, None, nothing_done, holders))
 
 
 def control(target: Target) -> DeviceControl:

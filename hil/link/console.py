@@ -8,7 +8,10 @@ One ``Console`` per board for the whole session. Its log file is the source of t
   notice ``close`` and ``borrow``) and wakes ``expect`` through a condition variable;
 * opening never resets a devkit: DTR and RTS are released *before* the port opens;
 * the port may vanish (USB re-enumeration, an RFC 2217 server restarting); the reader
-  logs it, reopens with backoff, and keeps everything received before;
+  logs it, reopens with backoff, and keeps everything received before; each gap is
+  recorded (`Console.gaps`), and a rig whose port leaves with the power says how long it
+  may take to come back (``port_return_s``): the reopen polls finely enough to land soon
+  after, and waits for the port (a write, a reset) last at least that long;
 * the flasher borrows the open port instead of closing and reopening it, so nothing is
   reset by a close and the console carries on logging afterwards.
 
@@ -46,6 +49,9 @@ READ_TIMEOUT_S = 0.05
 reader notices ``close()`` or ``borrow()``."""
 RECONNECT_BACKOFF_S = (0.05, 1.0)
 """First and longest delay between attempts to reopen a lost port (doubling)."""
+RECONNECT_POLLS_PER_RETURN = 20
+"""With a declared ``port_return_s``, the longest delay between reopen attempts is that
+over this: a port back after re-enumerating is reopened within 5 % of the time allowed."""
 RESET_PULSE_S = 0.1
 """How long EN is held low by ``hard_reset`` (esptool's HardReset for UART bridges)."""
 USB_RESET_PULSE_S = 0.2
@@ -109,6 +115,16 @@ class Line:
         return f"{stamp:%H:%M:%S}.{stamp.microsecond // 1000:03d}  {self.text}"
 
 
+@dataclass(frozen=True)
+class PortGap:
+    """A time the port was away: lost (``lost_at``, wall clock) and reopened ``seconds``
+    later (None: still away), after ``attempts`` tries."""
+
+    lost_at: float
+    seconds: float | None
+    attempts: int = 0
+
+
 @dataclass
 class Segment:
     """The part of the stream one test (or phase) owns; ``end`` is None while it runs."""
@@ -136,9 +152,13 @@ class Console:
         max_lines: int = 200_000,
         redact: Callable[[str], str] | None = None,
         reset: LineReset = "classic",
+        port_return_s: float | None = None,
     ) -> None:
         self.url = url
         self.reset = reset
+        self.port_return_s = port_return_s
+        """How long the port may be away (re-enumerating after a power cycle) before it
+        counts as gone: the rig's `Rig.port_return_s`; None: no such allowance."""
         # The log file (and segment texts for reports) go through ``redact``; the lines
         # kept in memory stay raw, so a test can still catch a device printing a secret.
         self._redact = redact or (lambda text: text)
@@ -163,6 +183,8 @@ class Console:
         self._failure: BaseException | None = None
         self.losses = 0
         """How many times the port was lost (and the reader started to reopen it)."""
+        self._gaps: list[PortGap] = []
+        self._lost_at = 0.0  # monotonic time the port was last lost
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: TextIO = self.log_path.open("a", encoding="utf-8", newline="\n")
@@ -170,7 +192,7 @@ class Console:
             self._port = self._open_port()
         except (serial.SerialException, OSError, ValueError) as exc:
             self._log.close()
-            if is_busy(exc):
+            if is_busy(exc, url):
                 raise ConsoleError(busy_message(url, exc, "No console was opened.")) from exc
             raise ConsoleError(f"cannot open console port {url}: {exc}") from exc
         opened = datetime.now().astimezone().isoformat(timespec="milliseconds")
@@ -201,9 +223,18 @@ class Console:
         with self._cond:
             return self._port is not None
 
-    def wait_connected(self, timeout: float) -> None:
+    @property
+    def gaps(self) -> list[PortGap]:
+        """Every time the port was away so far (the last one open-ended while it still is)."""
+        with self._cond:
+            return list(self._gaps)
+
+    def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the port is open again (after a power cycle re-enumerated USB, or
-        a lab host's RFC 2217 server restarted); ``ConsolePortLost`` if it stays away."""
+        a lab host's RFC 2217 server restarted); ``ConsolePortLost`` if it stays away.
+        ``timeout`` None: the rig's ``port_return_s`` (else 5 s)."""
+        if timeout is None:
+            timeout = self.port_return_s if self.port_return_s is not None else 5.0
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._port is None:
@@ -325,8 +356,8 @@ class Console:
     # -- writing, resets, borrowing --------------------------------------------------
     def write(self, data: bytes, *, timeout: float = 5.0) -> None:
         """Send bytes to the device. If the port is being reopened, or lent to a
-        flasher, waits up to ``timeout`` for it."""
-        deadline = time.monotonic() + timeout
+        flasher, waits up to ``timeout`` for it (at least the rig's ``port_return_s``)."""
+        deadline = time.monotonic() + self._allowing_return(timeout)
         while True:
             port = self._usable_port(deadline - time.monotonic())
             with self._write_lock:
@@ -364,7 +395,7 @@ class Console:
                 f"{self.url}: a raw TCP port has no modem lines, so hard_reset() cannot pulse EN; "
                 "use rfc2217:// (esp_rfc2217_server, ser2net in RFC 2217 mode) or the rig's power control"
             )
-        port = self._usable_port(timeout)
+        port = self._usable_port(self._allowing_return(timeout))
         usb = self.reset == "usb-jtag"
         with self._cond:
             mark = self._end()
@@ -452,6 +483,8 @@ class Console:
                     if problem is not None:
                         self._port = None
                         self.losses += 1
+                        self._gaps.append(PortGap(time.time(), None))
+                        self._lost_at = time.monotonic()
                         self._add_marker(f"--- port lost: {problem} ---")
                     else:
                         self._add_marker(returned)
@@ -552,6 +585,10 @@ class Console:
                 self._flush_partial()
             self._cond.notify_all()
 
+    def _allowing_return(self, timeout: float) -> float:
+        """``timeout``, or the time a lost port may take to come back if that is longer."""
+        return max(timeout, self.port_return_s or 0.0)
+
     def _lost(self, port: Any, exc: BaseException) -> None:
         leftover = _rfc2217_leftover(port)
         if leftover:
@@ -560,6 +597,8 @@ class Console:
             if self._port is port:
                 self._port = None
             self.losses += 1
+            self._gaps.append(PortGap(time.time(), None))
+            self._lost_at = time.monotonic()
             self._flush_partial()
             self._add_marker(f"--- port lost: {exc} ---")
             self._cond.notify_all()
@@ -569,8 +608,11 @@ class Console:
 
     def _reopen(self) -> None:
         """Reopen the lost port with backoff until it opens or the console closes."""
-        lost_at = time.monotonic()
+        with self._cond:
+            lost_at = self._lost_at or time.monotonic()
         delay, longest = RECONNECT_BACKOFF_S
+        if self.port_return_s is not None:
+            longest = max(delay, min(longest, self.port_return_s / RECONNECT_POLLS_PER_RETURN))
         attempts = 0
         while not self._stop.is_set():
             attempts += 1
@@ -583,9 +625,10 @@ class Console:
             with self._cond:
                 if not self._stop.is_set():
                     self._port = port
-                    self._add_marker(
-                        f"--- port reopened after {time.monotonic() - lost_at:.2f} s ({attempts} attempt(s)) ---"
-                    )
+                    away = time.monotonic() - lost_at
+                    if self._gaps and self._gaps[-1].seconds is None:
+                        self._gaps[-1] = PortGap(self._gaps[-1].lost_at, away, attempts)
+                    self._add_marker(f"--- port reopened after {away:.2f} s ({attempts} attempt(s)) ---")
                     self._cond.notify_all()
                     return
             # Closed while opening: the new port is ours to close.

@@ -17,7 +17,9 @@ The job, in order:
    file, the problem and the fix (`hil.link.flash_checks`).
 2. **Connect** (reset into download mode, sync, upload the stub, attach the flash). A
    failure here is the rig's, not the firmware's (rule 4): it is retried once over a fresh
-   connection, then raised as `FlashInfrastructureError`.
+   connection, then raised as `FlashInfrastructureError`. A port that is away when the job
+   opens it (a USB-Serial-JTAG board re-enumerating after a power cycle) is waited for up
+   to ``port_return_s`` (the rig's `Rig.port_return_s`), the wait noted in the report.
 3. **Skip what is already there**: each file's MD5 is compared with the flash MD5 of its
    region (the stub's SPI_FLASH_MD5 command); matching regions are not written.
 4. **Write** the others with esptool's ``write_flash`` (compressed, checked by MD5 after
@@ -86,6 +88,7 @@ __all__ = [
 
 CHIP: Final = "esp32c3"
 _CONNECT_TRIES = 2  # the first connection and one retry over a fresh one (rule 4)
+_PORT_POLLS_PER_RETURN = 20  # how finely an away port is looked for within port_return_s
 
 _log = logging.getLogger(__name__)
 
@@ -135,6 +138,8 @@ class FlashReport:
     verified: bool
     after: AfterReset
     log: tuple[str, ...] = field(default=(), repr=False)
+    port_wait_seconds: float = 0.0
+    """How long the job waited for a port that was away (re-enumerating) before it opened."""
 
     @property
     def written(self) -> tuple[FileReport, ...]:
@@ -206,6 +211,7 @@ class Flasher:
         partition_table_name: str = "the rig's partition table (TWO_OTA_TABLE)",
         flash_size: int = FLASH_SIZE_DEFAULT,
         fast_rfc2217: bool = True,
+        port_return_s: float | None = None,
     ) -> None:
         if connect_attempts < 1:
             raise ValueError("connect_attempts must be at least 1")
@@ -217,6 +223,8 @@ class Flasher:
         self.partition_table_name = partition_table_name
         self.flash_size = flash_size
         self.fast_rfc2217 = fast_rfc2217
+        self.port_return_s = port_return_s
+        """How long a port that is away when a job opens it is waited for (None: not at all)."""
 
     # -- rule 6 ----------------------------------------------------------------------------------
     def check(self, files: Sequence[FlashSource]) -> tuple[FlashRegion, ...]:
@@ -338,7 +346,7 @@ class Flasher:
         a flash error, each with esptool's last lines; the port is released either way."""
         port_name = _port_name(port)
         with capture_esptool_log() as capture:
-            link, esp, attempts = self._connect(port, capture, stub=stub)
+            link, esp, attempts = self._connect(port, capture, [], stub=stub)
             try:
                 yield esp
             except (serial.SerialException, OSError) as exc:
@@ -368,7 +376,8 @@ class Flasher:
             # With skipping on, the ROM loader compares first (it has SPI_FLASH_MD5 on the
             # C3) and the stub is uploaded only if something is to be written: an unchanged
             # re-flash does not pay for it.
-            link, esp, attempts = self._connect(port, capture, stub=not skip_unchanged)
+            waits: list[float] = []
+            link, esp, attempts = self._connect(port, capture, waits, stub=not skip_unchanged)
             connected = time.monotonic()
             try:
                 compared = [self._compare(esp, region, capture) for region in regions] if skip_unchanged else []
@@ -415,12 +424,34 @@ class Flasher:
             verified=verify,
             after=after,
             log=tuple(capture.lines),
+            port_wait_seconds=sum(waits),
         )
         _log.info("%s", report.summary())
         return report
 
+    def _open(self, port: str | serial.SerialBase, capture: EsptoolCapture, waits: list[float]) -> Link:
+        """The job's link; a URL whose port is away is tried again until ``port_return_s``
+        has passed (a device node that comes back has no event to wait on), the wait noted."""
+        if not isinstance(port, str) or self.port_return_s is None:
+            return Link.open(port, fast_rfc2217=self.fast_rfc2217)
+        started = time.monotonic()
+        poll = self.port_return_s / _PORT_POLLS_PER_RETURN
+        while True:
+            try:
+                link = Link.open(port, fast_rfc2217=self.fast_rfc2217)
+            except (serial.SerialException, OSError) as exc:
+                if is_busy(exc) or time.monotonic() - started + poll > self.port_return_s:
+                    raise
+                time.sleep(poll)  # polling the port's return: nothing signals it
+                continue
+            away = time.monotonic() - started
+            if away > poll:
+                waits.append(away)
+                capture.note_line(f"[hil.link.flasher] {port} was away (re-enumerating?); opened after {away:.2f} s")
+            return link
+
     def _connect(
-        self, port: str | serial.SerialBase, capture: EsptoolCapture, *, stub: bool = True
+        self, port: str | serial.SerialBase, capture: EsptoolCapture, waits: list[float], *, stub: bool = True
     ) -> tuple[Link, Any, int]:
         """Reset into download mode, sync, run the stub (or not yet), attach the flash; one retry."""
         causes: list[str] = []
@@ -428,7 +459,7 @@ class Flasher:
         for attempt in range(1, _CONNECT_TRIES + 1):
             try:
                 if link is None:
-                    link = Link.open(port, fast_rfc2217=self.fast_rfc2217)
+                    link = self._open(port, capture, waits)
                 else:
                     link.refresh()
                 esp = self._start(link, stub=stub)

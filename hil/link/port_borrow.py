@@ -18,6 +18,7 @@ from typing import Any
 import serial
 import serial.rfc2217
 
+from hil.link.port_busy import PortHeld, is_busy, port_holders
 from hil.link.rfc2217 import Rfc2217Port
 
 __all__ = ["Link"]
@@ -39,12 +40,24 @@ class Link:
     @classmethod
     def open(cls, port: str | serial.SerialBase, *, fast_rfc2217: bool) -> Link:
         if isinstance(port, str):
-            if fast_rfc2217 and port.startswith("rfc2217:"):
-                opened = Rfc2217Port()
-                opened.port = port
-                opened.open()
-            else:
-                opened = serial.serial_for_url(port, exclusive=True)
+            try:
+                opened = _open_url(port, fast_rfc2217=fast_rfc2217)
+            except (serial.SerialException, OSError) as exc:
+                if "://" not in port:
+                    raise
+                # A network port's server refuses a second client by closing it (a broken
+                # pipe, or pyserial's "does not support RFC2217"): a local process connected
+                # to it is the holder. With none in sight it may be a client just gone whose
+                # end the server has not seen yet: not "busy", so the flasher's fresh retry runs.
+                holders = port_holders(port)
+                if holders:
+                    raise PortHeld(port, holders, exc) from exc
+                if is_busy(exc):  # said without pyserial's words, which would read as busy again
+                    raise serial.SerialException(
+                        f"{port}: the server dropped the connection at once ({type(exc).__name__}); "
+                        "a client of it may just have left, or it does not speak RFC 2217"
+                    ) from exc
+                raise
             return cls(opened, owned=True)
         return cls.borrow(port, fast_rfc2217=fast_rfc2217)
 
@@ -93,3 +106,12 @@ class Link:
                 self.port.close()
         else:
             self.restore()
+
+
+def _open_url(port: str, *, fast_rfc2217: bool) -> Any:
+    if fast_rfc2217 and port.startswith("rfc2217:"):
+        opened = Rfc2217Port()
+        opened.port = port
+        opened.open()
+        return opened
+    return serial.serial_for_url(port, exclusive=True)

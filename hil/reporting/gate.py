@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -429,6 +430,10 @@ def run_gate(
     for stale in ("junit-*.xml", "events-*.jsonl", "pytest-*.log"):  # a previous run's re-runs: not this run's
         for path in out.glob(stale):
             path.unlink()
+    # A previous run's Allure results would be this run's retries in its report and history
+    # (a re-run's stay beside the first run's: Allure's retries). Here, not pytest's
+    # --clean-alluredir: each xdist worker would clean, after another had written.
+    shutil.rmtree(out / "allure-results", ignore_errors=True)
     environ = {**(os.environ if env is None else env), GATE_ENV: profile.name}
     started_at, started = _now(), time.monotonic()
     history = load_durations(out / DURATIONS_FILE)

@@ -7,10 +7,12 @@
   ``*_PASSWORD``, ``AWS_SECRET_ACCESS_KEY`` ...) and, for a PEM key, its base64 body too.
 * ``environment.properties`` names the rig, firmware (version and `firmware_sha256`),
   broker and tool versions.
-* `attach_fault_timeline` puts the fault proxy's timeline on a test's report entry.
-* ``categories.json`` separates product defects (the device misbehaved: assertion
-  failures) from infrastructure (a port vanished, a broker died: *broken*), which the
-  plugin decides by type (`hil.errors`) and marks in the message Allure matches.
+* `attach_fault_timeline` puts the fault proxy's timeline on the test's own page.
+* `CATEGORIES` separate product defects (the device misbehaved: assertion failures) from
+  infrastructure (a port vanished, a broker died: *broken*), which the plugin decides by
+  type (`hil.errors`) and marks in the message Allure matches. Allure 3 reads them from
+  its configuration (`hil.reporting.html_report` writes it); ``categories.json`` in the
+  results is for Allure 2's readers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hil.errors import INFRASTRUCTURE_MARKER
+from hil.reporting.evidence import attach_to_test
 from hil.secret import Secret, reveal
 
 REDACTED = "[REDACTED]"
@@ -179,11 +182,12 @@ def write_session_record(log_dir: Path, environment: Mapping[str, str]) -> Path:
 
 
 def attach_svg(name: str, svg: str) -> None:
-    """A picture (``hil.reporting.charts``) on the current test's report entry. Outside an Allure
-    run (no ``--alluredir``) allure-pytest drops it, which costs nothing."""
+    """A picture (``hil.reporting.charts``) on the running test's own report page, from its
+    body or a fixture's teardown alike (`hil.reporting.evidence`). Outside an Allure run
+    (no ``--alluredir``) nothing is attached, which costs nothing."""
     import allure
 
-    allure.attach(svg, name=name, attachment_type=allure.attachment_type.SVG)
+    attach_to_test(svg, name, allure.attachment_type.SVG)
 
 
 class _Timeline(Protocol):
@@ -215,12 +219,13 @@ def attach_fault_timeline(
     redact: Callable[[str], str] | None = None,
     name: str = "fault timeline",
 ) -> str:
-    """Attach `fault_timeline_text` to the current test's report entry and return it.
-    Outside an Allure run allure-pytest drops the attachment, which costs nothing."""
+    """Attach `fault_timeline_text` to the running test's own report page (the network
+    fixture does it at teardown, after the heal) and return it. Outside an Allure run
+    nothing is attached."""
     import allure
 
     text = fault_timeline_text(proxy, since=since, redact=redact)
-    allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
+    attach_to_test(text, name, allure.attachment_type.TEXT)
     return text
 
 

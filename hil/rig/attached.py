@@ -208,7 +208,9 @@ class VirtualRig(_Attached):
         # A stable state dir per rig: the flash survives between sessions, so an unchanged
         # image is not written again (skip-unchanged), as on a real board.
         state = (self._boards_dir or cache_root() / "boards") / self.rig.name
-        self._board = self._board_factory(state, profile=self.rig.profile)
+        # A usb-jtag rig (the twin of a board on its own USB port) runs that personality.
+        personality = {"usb_jtag": True} if self.rig.reset == "usb-jtag" else {}
+        self._board = self._board_factory(state, profile=self.rig.profile, **personality)
         self._board.start()
 
     def stop(self) -> None:

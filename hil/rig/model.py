@@ -30,9 +30,19 @@ cuts and resets. The simulator's ``hil.sim.profiles.PROFILES`` holds the figures
 the same names (the test side never imports the simulator; a unit test holds the two
 lists together)."""
 DEFAULT_PROFILE = "default"
-VIRTUAL_RESETS: tuple[ResetMethod, ...] = ("classic",)
+VIRTUAL_RESETS: tuple[ResetMethod, ...] = ("classic", "usb-jtag")
 """The reset circuits the virtual board has: a virtual rig (and the twin of a real rig) may
-use these. A twin of a rig whose reset is not among them resets the classic way."""
+use these. A twin of a rig whose reset is not among them resets the classic way. usb-jtag
+is the board's USB-Serial-JTAG personality (``hil sim board --usb-jtag``)."""
+USB_REENUMERATION_S = 1.0
+"""How long a USB-Serial-JTAG board's port takes to come back after power-on (the USB 2.0
+attach debounce, reset and recovery, enumeration, the kernel's cdc_acm and udev: ~1 s on
+a desktop Linux host; `hil.sim.usb_jtag.REENUMERATION_S` is the virtual board's, held
+equal by a unit test). A rig file's ``reenumeration_s`` declares its own host's figure."""
+PORT_RETURN_SLACK = 3.0
+"""A lost port is waited for this many times the rig's declared re-enumeration time before
+it counts as gone: enumeration is paced by the host and its hubs, and a loaded host takes
+longer than the typical figure a rig file declares."""
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 """A base MAC as a rig file writes it (lower case, colons), as ``esptool read-mac`` prints it."""
 
@@ -150,6 +160,9 @@ class FlashMethod:
     before: EsptoolBefore
     flash_baud: int | None
     boot_by_power: bool = False
+    port_return_s: float | None = None
+    """How long the flasher waits for a port that is away (re-enumerating after a power
+    cycle) before the job fails as the rig's: `Rig.port_return_s`."""
 
 
 @dataclass(frozen=True)
@@ -180,10 +193,23 @@ class Rig:
     # from its [twin] table), overridden for a run by ``--rig-profile``. A real board is
     # real: its rig keeps the default, which means nothing for it.
     profile: str = DEFAULT_PROFILE
+    # How long the board's port takes to come back after power-on when it leaves with the
+    # power (a USB-Serial-JTAG port: `USB_REENUMERATION_S` unless the rig file says);
+    # None: the port stays (a UART bridge powered by the host).
+    reenumeration_s: float | None = None
 
     @property
     def is_virtual(self) -> bool:
         return self.kind == "virtual"
+
+    @property
+    def port_return_s(self) -> float | None:
+        """The longest a lost port is waited for (the console's reopen, the flasher's
+        connect) before it counts as gone: the declared re-enumeration time with
+        `PORT_RETURN_SLACK`. None: a port that stays never needs waiting for."""
+        if self.reenumeration_s is None:
+            return None
+        return self.reenumeration_s * PORT_RETURN_SLACK
 
     def flash_method(self) -> FlashMethod:
         """The one mapping from the rig file's ``reset`` and ``flash_baud`` to the flasher.
@@ -193,9 +219,11 @@ class Rig:
         wires, the classic pulse does not reach GPIO9); gpio: a power cycle with GPIO9
         held low through the power backend (the loader has checked it has a boot pin)."""
         if self.reset == "gpio":
-            return FlashMethod("no-reset", self.flash_baud, boot_by_power=True)
+            return FlashMethod("no-reset", self.flash_baud, boot_by_power=True, port_return_s=self.port_return_s)
         return FlashMethod(
-            "usb-reset" if self.reset == "usb-jtag" else "default-reset", self.flash_baud
+            "usb-reset" if self.reset == "usb-jtag" else "default-reset",
+            self.flash_baud,
+            port_return_s=self.port_return_s,
         )
 
     def has(self, *capabilities: str) -> bool:

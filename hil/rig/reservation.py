@@ -7,6 +7,13 @@ is stale (its process died) and is cleared.
 
 A pytest-xdist worker holds one rig for its whole session, so ``-n auto`` starts one
 worker per matching rig that is free (`auto_workers`).
+
+A person or a CI job holds a rig beyond one process with a *lease* (``hil rigs lock NAME
+--for 2h``): a record next to the lock, ``NAME.lease.json``, with who took it and until
+when. No process stays behind to hold a flock; instead every reservation honours a live
+lease of another user or host (the leaseholder's own sessions may use the rig), and a lease
+past its time is ignored and cleared, so a forgotten or cancelled job's rig comes back by
+itself. ``hil rigs release NAME`` ends one early.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -35,6 +42,8 @@ POLL_INTERVAL_S = 0.1
 #: How long a holder may take between taking the lock and writing its record (a few ms
 #: normally; a loaded CI host can stall it). Only a message waits on this, never a reservation.
 RECORD_GRACE_S = 2.0
+WAIT_POLL_S = 1.0  # `hil rigs wait`: how soon a rig let go is seen (a person's scale)
+DEFAULT_LEASE_S = 2 * 3600.0  # `hil rigs lock` without --for
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class Holder:
     since: float
     worker: str | None = None
     ci_job: str | None = None
+    until: float | None = None  # a lease's end (`hil rigs lock`); None: while the process lives
 
     @classmethod
     def current(cls, env: Mapping[str, str] | None = None) -> Holder:
@@ -72,13 +82,22 @@ class Holder:
     def describe(self) -> str:
         if self.pid == 0:
             return "an unrecorded holder (the lock is held, its record not written yet)"
-        parts = [f"pid {self.pid} on {self.host} ({self.user})"]
+        if self.until is not None:  # a lease: the process that took it has gone
+            parts = [f"{self.user} on {self.host} (hil rigs lock, pid {self.pid})"]
+        else:
+            parts = [f"pid {self.pid} on {self.host} ({self.user})"]
         if self.worker:
             parts.append(f"xdist worker {self.worker}")
         if self.ci_job:
             parts.append(f"CI job {self.ci_job}")
         parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)))
+        if self.until is not None:
+            parts.append("until " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.until)) + " (a lease)")
         return ", ".join(parts)
+
+    def same_owner(self, other: Holder) -> bool:
+        """The same person or job: a lease lets its own user's sessions on its host in."""
+        return (self.user, self.host) == (other.user, other.host)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -89,6 +108,7 @@ class Holder:
                 "since": self.since,
                 "worker": self.worker,
                 "ci_job": self.ci_job,
+                "until": self.until,
             }
         )
 
@@ -102,6 +122,7 @@ class Holder:
             since=float(data["since"]),
             worker=data.get("worker"),
             ci_job=data.get("ci_job"),
+            until=None if data.get("until") is None else float(data["until"]),
         )
 
 
@@ -208,10 +229,7 @@ class Reservation:
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
-        held = "".join(
-            f"\n  {rig.name} held by {self._holder_of_held(rig).describe()}"
-            for rig in candidates
-        )
+        held = "".join(f"\n  {rig.name} held by {self._holder_of_taken(rig).describe()}" for rig in candidates)
         wanted = " and ".join(
             part
             for part in (f"name {name!r}" if name else "", f"tag {tag!r}" if tag else "")
@@ -238,9 +256,96 @@ class Reservation:
         try:
             with contextlib.suppress(FileNotFoundError):
                 self.holder_file(rig).unlink()  # its process died holding the rig
-            return None
+            return self._live_lease(rig, clear=True)
         finally:
             lock.release(force=True)
+
+    # -- leases: `hil rigs lock | release | wait`
+    def lease_file(self, rig: Rig | str) -> Path:
+        return self.lock_dir / f"{_rig_name(rig)}.lease.json"
+
+    def lock(self, rig: Rig | str, duration_s: float, *, holder: Holder | None = None) -> Holder:
+        """Lease ``rig`` for ``duration_s`` from now to ``holder`` (default: this user on this
+        host): other users' and hosts' reservations are refused until it ends or is released.
+        Taking it again (the same owner) extends it. Raises `NoRigAvailable` naming the
+        holder when a session or someone else's lease has it."""
+        if duration_s <= 0:
+            raise ValueError(f"a lease of {duration_s:g} s ends before it starts")
+        self._ensure_dir()
+        owner = holder or Holder.current()
+        lock = self._lock(rig)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise NoRigAvailable(
+                f"{_rig_name(rig)} is held by {self._holder_of_held(rig).describe()}; "
+                f"wait for it with: hil rigs wait {_rig_name(rig)}"
+            ) from None
+        try:  # under the flock: no session takes it between the check and the record
+            current = self._live_lease(rig, clear=True)
+            if current is not None and not current.same_owner(owner):
+                raise NoRigAvailable(
+                    f"{_rig_name(rig)} is held by {current.describe()}; wait for it with: hil rigs wait {_rig_name(rig)}"
+                )
+            lease = replace(owner, until=time.time() + duration_s)
+            _write_atomically(self.lease_file(rig), lease.to_json() + "\n")
+            return lease
+        finally:
+            lock.release(force=True)
+
+    def release_lease(self, rig: Rig | str, *, anyone: bool = False) -> Holder | None:
+        """End the live lease of ``rig`` (None: there was none). Only its owner's, unless
+        ``anyone``: another's is `ReservationError`, naming it."""
+        self._ensure_dir()
+        lease = self._live_lease(rig)
+        if lease is None:
+            return None
+        if not anyone and not lease.same_owner(Holder.current()):
+            raise ReservationError(
+                f"{_rig_name(rig)} is leased by {lease.describe()}, not by you; "
+                "they release it, or it ends by itself (--force releases it anyway)"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            self.lease_file(rig).unlink()
+        return lease
+
+    def wait_free(self, rig: Rig | str, timeout: float | None) -> Holder | None:
+        """Wait until no session and no other owner's lease holds ``rig``; None when it is
+        free, else (``timeout`` s passed) who still holds it. A lease ending ends the wait."""
+        me = Holder.current()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            holder = self.who_holds(rig)
+            if holder is None or (holder.until is not None and holder.same_owner(me)):
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                return holder
+            left = None if deadline is None else deadline - time.monotonic()
+            time.sleep(WAIT_POLL_S if left is None else max(0.0, min(WAIT_POLL_S, left)))
+
+    def _live_lease(self, rig: Rig | str, *, clear: bool = False) -> Holder | None:
+        """The lease on ``rig`` if it has not ended; an ended one is cleared when ``clear``
+        (by a caller holding the rig's flock, so no new lease is written meanwhile)."""
+        path = self.lease_file(rig)
+        try:
+            lease = Holder.from_json(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            lease = None  # unreadable: not a lease anyone can be told about
+        if lease is not None and lease.until is not None and lease.until > time.time():
+            return lease
+        if clear:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return None
+
+    def _holder_of_taken(self, rig: Rig | str) -> Holder:
+        """Who keeps ``rig`` from a reservation: someone else's lease, else the session holding its lock."""
+        lease = self._live_lease(rig)
+        if lease is not None and not lease.same_owner(Holder.current()):
+            return lease
+        return self._holder_of_held(rig)
 
     # -- internals
     def _ensure_dir(self) -> None:
@@ -271,12 +376,14 @@ class Reservation:
                 f"set {LOCK_DIR_ENV} to a local directory that supports flock"
             ) from exc
         try:
-            stale = self._recorded_holder(rig)
             holder = Holder.current()
+            lease = self._live_lease(rig, clear=True)
+            if lease is not None and not lease.same_owner(holder):
+                lock.release(force=True)  # leased to someone else: taken, as if its lock were
+                return None
+            stale = self._recorded_holder(rig)
             path = self.holder_file(rig)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(holder.to_json() + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+            _write_atomically(path, holder.to_json() + "\n")
         except BaseException:
             lock.release(force=True)
             raise
@@ -299,6 +406,12 @@ class Reservation:
             return Holder.from_json(self.holder_file(rig).read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _rig_name(rig: Rig | str) -> str:

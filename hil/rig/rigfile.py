@@ -7,6 +7,7 @@ A rig is data: one TOML file per rig, or per pool of virtual rigs::
     chip = "esp32c3"
     port = "/dev/serial/by-id/usb-Silicon_Labs_CP2102N_0001-if00-port0"
     reset = "classic"                    # classic | usb-jtag | gpio
+    # reenumeration_s = 1.5              # optional: how long the port takes to come back after power-on
     flash_baud = 460800                  # optional: esptool's rate once connected (default 115200)
     mac = "58:cf:79:a1:b2:c3"            # optional: the board's base MAC (hil rigs check proves it)
     capabilities = ["power_control", "ota"]
@@ -40,7 +41,14 @@ makes a pool ``<name>-0`` … ``<name>-<N-1>`` so that pytest-xdist workers each
 Wi-Fi (boot, UART, flash, Wi-Fi join, DHCP, DNS, TLS and connect times; power cuts and
 resets that kill TCP silently); ``"default"`` (the default) is as fast as the host.
 ``pytest --rig-profile`` overrides it for a run. A real rig has no profile (its board is
-real); its ``[twin]`` may name one.
+real); its ``[twin]`` may name one. ``reset = "usb-jtag"`` gives a virtual rig the board's
+USB-Serial-JTAG personality (``hil sim board --usb-jtag``).
+
+A port that leaves with the board's power (a USB-Serial-JTAG port, or a bridge powered
+through a switched hub port) comes back when the host has enumerated it again:
+``reenumeration_s`` declares how long that takes on this host (default 1.0 s for
+``reset = "usb-jtag"``; none otherwise: the port stays). The console and the flasher wait
+for a lost port `PORT_RETURN_SLACK` times that before they call it gone.
 
 A real rig's ``[twin]`` adds a second rig to the inventory: a virtual board with the real
 rig's capabilities, reset method (where the virtual board has that circuit:
@@ -77,6 +85,7 @@ from hil.rig.model import (
     RIG_KINDS,
     RIG_NAME_RE,
     SENSOR_KINDS,
+    USB_REENUMERATION_S,
     VIRTUAL_PROFILES,
     VIRTUAL_RESETS,
     ExpanderChipName,
@@ -105,6 +114,9 @@ _HUB_RE = re.compile(r"^\d+(-\d+(\.\d+)*)?$")
 _LG_TAG_KEY_RE = re.compile(r"[a-z][a-z0-9_]+")  # labgrid's TAG_KEY
 _LG_TAG_VALUE_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 _COORDINATOR_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?")
+REENUMERATION_RANGE_S = (0.0, 30.0)
+"""What ``reenumeration_s`` may be: a port that takes longer than half a minute to come
+back is a fault to fix, not a figure to wait for."""
 FLASH_BAUD_RANGE = (115200, 5_000_000)
 """What ``flash_baud`` may be: the ROM's own rate up to what the C3's UART (and the fastest
 bridges) take; esptool itself sends any rate, so a bad one fails only at the board."""
@@ -126,6 +138,7 @@ _TOP_KEYS = (
     "mac",
     "twin",
     "profile",
+    "reenumeration_s",
 )
 
 
@@ -377,6 +390,7 @@ class _FileReader:
         labgrid = self._labgrid(data, kind)
         mac = self._mac(data, kind)
         profile = self._profile(data, kind)
+        reenumeration_s = self._reenumeration(data, kind, reset)
         twin = self._twin(data, kind, name)
         capabilities = self._capabilities(data, virtual, power, sensor)
         count = self._count(data, kind)
@@ -416,6 +430,7 @@ class _FileReader:
                 flash_baud=flash_baud,
                 mac=mac,
                 profile=profile or DEFAULT_PROFILE,
+                reenumeration_s=reenumeration_s,
             )
 
         if count is None:
@@ -516,8 +531,8 @@ class _FileReader:
             return None
         if kind == "virtual" and reset not in VIRTUAL_RESETS:
             self.problem(
-                "the virtual rig has the devkit's DTR/RTS auto-reset circuit; "
-                f"use reset = {or_list(VIRTUAL_RESETS)} or remove reset",
+                "the virtual board has the devkit's DTR/RTS auto-reset circuit or the chip's own "
+                f"USB-Serial-JTAG port, no GPIO relay; use reset = {or_list(VIRTUAL_RESETS)} or remove reset",
                 key="reset",
             )
             return None
@@ -530,6 +545,31 @@ class _FileReader:
             )
             return None
         return reset
+
+    def _reenumeration(
+        self, data: Mapping[str, Any], kind: RigKind | None, reset: ResetMethod | None
+    ) -> float | None:
+        """How long the port takes to come back after power-on (None: it never leaves)."""
+        value = data.get("reenumeration_s", _MISSING)
+        default = USB_REENUMERATION_S if reset == "usb-jtag" else None
+        if value is _MISSING:
+            return default
+        if kind in ("rfc2217", "labgrid"):
+            self.problem(
+                "a lab host's port stays while the board is off (ser2net keeps listening); "
+                "reenumeration_s is for a port on this host that leaves with the power: remove it",
+                key="reenumeration_s",
+            )
+            return None
+        low, high = REENUMERATION_RANGE_S
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low < value <= high:
+            self.problem(
+                f"must be the seconds the port takes to come back after power-on, more than {low:g} "
+                f"and at most {high:g}, like reenumeration_s = 1.5; not {_toml(value)}",
+                key="reenumeration_s",
+            )
+            return None
+        return float(value)
 
     def _can_hold_boot(self, power: PowerSpec) -> bool:
         """A ``reset = "gpio"`` rig enters download mode by a power cycle with GPIO9 held
@@ -977,6 +1017,8 @@ def make_twin(rig: Rig, name: str, *, profile: str = DEFAULT_PROFILE) -> Rig:
         if reset == rig.reset
         else f"; resets the classic way: the virtual board has no {rig.reset!r} circuit yet"
     )
+    if reset == "usb-jtag":
+        note = "; on its USB-Serial-JTAG port (usb-reset, a port that leaves with the power)"
     return Rig(
         name=name,
         kind="virtual",
@@ -993,6 +1035,7 @@ def make_twin(rig: Rig, name: str, *, profile: str = DEFAULT_PROFILE) -> Rig:
         flash_baud=rig.flash_baud,
         twin_of=rig.name,
         profile=profile,
+        reenumeration_s=rig.reenumeration_s,
     )
 
 

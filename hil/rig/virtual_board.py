@@ -140,9 +140,11 @@ class VirtualBoardProcess:
         pty: bool = False,
         realistic_timing: bool = False,
         profile: str = "default",
+        usb_jtag: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.profile = profile
+        self.usb_jtag = usb_jtag
         self._args = [sys.executable, "-m", "hil", "sim", "board", "--state-dir", str(state_dir)]
         if mac:
             self._args += ["--mac", mac]
@@ -152,6 +154,8 @@ class VirtualBoardProcess:
             self._args.append("--realistic-timing")
         if profile != "default":  # e.g. real-board: a C3's timing, silent TCP on power cuts
             self._args += ["--profile", profile]
+        if usb_jtag:  # the chip's own USB port: usb-reset, a port that leaves with the power
+            self._args.append("--usb-jtag")
         self._proc: subprocess.Popen[str] | None = None
         self.endpoints: BoardEndpoints | None = None
         self.control: ControlClient | None = None

@@ -63,7 +63,7 @@ def rig_flasher(rig: Rig) -> Flasher:
     from hil.link.flasher import Flasher
 
     method = rig.flash_method()
-    return Flasher(before=method.before, flash_baud=method.flash_baud)
+    return Flasher(before=method.before, flash_baud=method.flash_baud, port_return_s=method.port_return_s)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,10 @@ ClassicReset over RFC 2217 pass through (T,T) and still land in download mode.
 
 Everything the chip does after a reset runs in one asyncio task; any reset cancels it,
 exactly as pulling EN low stops a real CPU mid-instruction.
+
+A board with the ``usb-jtag`` personality (`hil.sim.usb_jtag`) has no auto-reset circuit:
+the host's DTR/RTS go to the chip's USB-Serial-JTAG peripheral, which decodes them into a
+chip reset (``rst:0x15``) and a boot mode, and its port comes and goes with the supply.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from hil.sim.registers import ChipIdentity, RegisterSpace
 from hil.sim.resets import POWER_ON, ResetCause, RomResetCode
 from hil.sim.sockets import ChipSockets
 from hil.sim.timing import BusyClock, ChipTiming, PacedLine, TimedFlash
+from hil.sim.usb_jtag import USB_FULL_SPEED_BAUD, UsbResetDecoder
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,7 @@ arming (a host that never re-locks, inside esptool's 0.5 s)."""
 # anything else is driven by the generic driver and logged as "generic".
 IDF_FLASH_CHIP_NAMES = {0xC8: "gd", 0xEF: "winbond", 0xC2: "mxic", 0x9D: "issi", 0x68: "boya", 0xCD: "th"}
 _STRAP_RELATCHING = frozenset({RomResetCode.POWERON, RomResetCode.RTCWDT_RTC_RST})
+USB_CHIP_RESET = ResetCause(RomResetCode.USB_UART_CHIP_RESET)
 
 
 class Mode(enum.StrEnum):
@@ -106,6 +112,7 @@ class Board:
         timing: ChipTiming | None = None,
         efuse: EfuseArray | None = None,
         profile: BoardProfile = DEFAULT,
+        usb_jtag: bool = False,
     ) -> None:
         self.flash = flash
         self.profile = profile
@@ -137,12 +144,19 @@ class Board:
         self._boot_forced_low = False  # the control endpoint pressing BOOT
         self._en_high = False
         self._download_strap = False  # GPIO9 as latched at the last chip reset
-        self._latch: asyncio.TimerHandle | None = None
+        self._latch: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
         self._session: DownloadSession | None = None
         self._t_app = clock()  # when the app started (its log time counts from the boot's)
         self._t_reset = clock()  # when the chip last came out of reset (host time)
         self._changed = asyncio.Event()
+        # The usb-jtag personality: the host's lines go to the peripheral's decoder, not to
+        # EN and GPIO9; a reset it holds ends in the boot mode it was asserted with.
+        self._usb = UsbResetDecoder() if usb_jtag else None
+        self._usb_reset_ending = False
+        self._power_listeners: list[Callable[[bool], None]] = []
+        self.port_state: Callable[[], dict[str, Any]] | None = None
+        """What the serial transport says about itself, for ``state`` (set by its owner)."""
 
         self.mode = Mode.OFF
         self.boots = 0
@@ -166,22 +180,46 @@ class Board:
             loop = asyncio.get_running_loop()
             busy = self._busy = BusyClock(loop.time)
             self._download_flash = TimedFlash(flash, timing, busy)
-            self._rx_line = PacedLine(self._feed, lambda: self.baudrate, hold=lambda: busy.until)
-            self._tx_line = PacedLine(lambda data: self._tx(data), lambda: self.baudrate)
+            line_rate = self._line_rate
+            self._rx_line = PacedLine(self._feed, line_rate, hold=lambda: busy.until)
+            self._tx_line = PacedLine(lambda data: self._tx(data), line_rate)
 
     # -- wiring ---------------------------------------------------------------------
     def attach_uart(self, send: Callable[[bytes], None]) -> None:
         self._tx = send
 
+    def on_power(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(on)`` whenever the supply switches (a USB port goes with it)."""
+        self._power_listeners.append(listener)
+
+    @property
+    def usb_jtag(self) -> bool:
+        return self._usb is not None
+
+    def _line_rate(self) -> int:
+        # A UART moves bytes at the baud rate; the USB port at full speed whatever it says.
+        return USB_FULL_SPEED_BAUD if self._usb is not None else self.baudrate
+
     # -- electrical inputs ----------------------------------------------------------
     def set_host_lines(self, dtr: bool, rts: bool) -> None:
         """DTR/RTS as the host asserts them (True = asserted = pulled low)."""
         self._dtr, self._rts = dtr, rts
+        if self._usb is not None:
+            was_in_reset = self._usb.in_reset
+            self._usb.lines(dtr, rts)
+            self._usb_reset_ending = was_in_reset and not self._usb.in_reset
         self._update_en()
+        self._usb_reset_ending = False
 
     def power(self, on: bool) -> None:
+        changed = on != self._powered
         self._powered = on
+        if not on and self._usb is not None:
+            self._usb.power_lost()
         self._update_en()
+        if changed:
+            for listener in self._power_listeners:
+                listener(on)
 
     def hold_reset(self, hold: bool) -> None:
         self._held_in_reset = hold
@@ -199,11 +237,14 @@ class Board:
 
     @property
     def _en_level(self) -> bool:
-        pulled_low_by_host = self._rts and not self._dtr
-        return self._powered and not self._held_in_reset and not pulled_low_by_host
+        # No wire to EN on the usb-jtag personality: its peripheral holds the chip in reset.
+        held_by_host = self._usb.in_reset if self._usb is not None else self._rts and not self._dtr
+        return self._powered and not self._held_in_reset and not held_by_host
 
     @property
     def _gpio9_low(self) -> bool:
+        if self._usb is not None:  # GPIO9 has no wire from the host either
+            return self._boot_forced_low
         return (self._dtr and not self._rts) or self._boot_forced_low
 
     def _update_en(self) -> None:
@@ -211,7 +252,13 @@ class Board:
         if level and not self._en_high:
             self._en_high = True
             loop = asyncio.get_running_loop()
-            self._latch = loop.call_later(STRAP_LATCH_DELAY_S, self._strap_latched)
+            if self._usb_reset_ending:
+                # The peripheral's reset of the digital core: no RC on EN to wait for, and
+                # the boot mode is the one armed when the reset was asserted.
+                download = self._usb is not None and self._usb.reset_download
+                self._latch = loop.call_soon(self._usb_reset_released, download)
+            else:
+                self._latch = loop.call_later(STRAP_LATCH_DELAY_S, self._strap_latched)
         elif not level and self._en_high:
             self._en_high = False
             if self._latch is not None:
@@ -225,6 +272,11 @@ class Board:
         self._latch = None
         self._download_strap = self._gpio9_low
         self._start(POWER_ON, download=self._download_strap)
+
+    def _usb_reset_released(self, download: bool) -> None:
+        self._latch = None
+        self._download_strap = download or self._gpio9_low
+        self._start(USB_CHIP_RESET, download=self._download_strap)
 
     # -- resets from inside the chip ------------------------------------------------
     def restart(self, cause: ResetCause, *, delay_s: float = 0.0) -> None:
@@ -530,6 +582,8 @@ class Board:
             "profile": self.profile.name,
             "abandoned_connections": self.sockets.abandoned,
             "held_connections": self.sockets.held,
+            "personality": "usb-jtag" if self._usb is not None else "devkit",
+            **({"port": self.port_state()} if self.port_state is not None else {}),
         }
 
     async def close(self) -> None:

@@ -35,6 +35,7 @@ from hil.sim.profiles import PROFILES, profile_named
 from hil.sim.registers import ChipIdentity, efuse_array_for, parse_mac
 from hil.sim.timing import ChipTiming
 from hil.sim.uart import PtyTransport, Rfc2217Server
+from hil.sim.usb_jtag import HELD_OUTPUT_BYTES, REENUMERATION_S
 
 FLASH_FILE = "flash.bin"
 IDENTITY_FILE = "board.json"
@@ -58,6 +59,7 @@ class BoardOptions:
     pty: bool = False
     realistic_timing: bool = False  # pace the UART, give flash work its real duration
     profile: str = "default"  # hil.sim.profiles: "real-board" is as slow and unforgiving as a C3
+    usb_jtag: bool = False  # the chip's own USB port instead of a devkit's UART (hil.sim.usb_jtag)
 
 
 def default_mac(state_dir: Path) -> bytes:
@@ -110,6 +112,11 @@ def _prepare(options: BoardOptions) -> tuple[IO[str], SpiFlash, ChipIdentity, Ef
     state = options.state_dir
     if options.profile not in PROFILES:
         raise BoardSetupError(f"--profile {options.profile}: unknown; use one of {', '.join(sorted(PROFILES))}")
+    if options.usb_jtag and options.pty:
+        raise BoardSetupError(
+            "--usb-jtag with --pty: the USB-Serial-JTAG port is served over RFC 2217 (its DTR/RTS "
+            "carry esptool's usb-reset, a pty has none); drop one of them"
+        )
     if state.exists() and not state.is_dir():
         raise BoardSetupError(f"--state-dir {state}: is a file, not a directory; give a directory")
     try:
@@ -160,6 +167,7 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
         timing=ChipTiming() if options.realistic_timing or profile.realistic_timing else None,
         efuse=efuse,
         profile=profile,
+        usb_jtag=options.usb_jtag,
     )
     control = ControlServer(board)
     control.require_token(options.state_dir)
@@ -178,10 +186,17 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
             board.attach_uart(pty.send)
             serial_url = pty.path
         else:
-            rfc = Rfc2217Server(board.uart_rx, board.set_host_lines)
+            rfc = Rfc2217Server(
+                board.uart_rx,
+                board.set_host_lines,
+                hold_bytes=HELD_OUTPUT_BYTES if options.usb_jtag else None,
+                lines_together_at_open=options.usb_jtag,
+            )
             await rfc.start()
             board.attach_uart(rfc.send)
             serial_url = rfc.url
+            if options.usb_jtag:
+                UsbAttachment(board, rfc)
         await control.start()
         hello = {
             "serial": serial_url,
@@ -190,6 +205,7 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
             "mac": format_mac(identity.mac),
             "state_dir": str(options.state_dir.resolve()),
             "profile": profile.name,
+            "personality": "usb-jtag" if options.usb_jtag else "devkit",
         }
         out.write(json.dumps(hello) + "\n")
         out.flush()
@@ -204,6 +220,46 @@ async def serve_board(options: BoardOptions, *, out: IO[str] = sys.stdout) -> No
             pty.close()
         flash.close()
         lock.close()
+
+
+class UsbAttachment:
+    """The chip's USB port on the host's bus: it leaves with the supply and comes back
+    `REENUMERATION_S` after power returns (`hil.sim.usb_jtag`). The board is plugged in when
+    the process starts, so its port is there from the first line of output."""
+
+    def __init__(self, board: Board, server: Rfc2217Server, *, reenumeration_s: float = REENUMERATION_S) -> None:
+        self._server = server
+        self._reenumeration_s = reenumeration_s
+        self._loop = asyncio.get_running_loop()
+        self._arrival: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        board.on_power(self._power)
+        board.port_state = self.state
+
+    def _power(self, on: bool) -> None:
+        if self._arrival is not None:
+            self._arrival.cancel()
+            self._arrival = None
+        if on:
+            self._arrival = self._loop.call_later(self._reenumeration_s, self._present, True)
+        else:
+            self._present(False)
+
+    def _present(self, present: bool) -> None:
+        self._arrival = None
+        task = self._loop.create_task(self._server.set_present(present))
+        self._tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
+
+    def state(self) -> dict[str, object]:
+        return {
+            "kind": "usb-jtag",
+            "present": self._server.present,
+            "departures": self._server.departures,
+            "held_bytes": self._server.held,
+            "dropped_bytes": self._server.dropped,
+            "reenumeration_s": self._reenumeration_s,
+        }
 
 
 def run_board(options: BoardOptions) -> int:

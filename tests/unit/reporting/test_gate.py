@@ -417,3 +417,22 @@ def test_a_previous_runs_files_do_not_pass_for_this_runs(tmp_path: Path) -> None
     runs = ScriptedRuns([[("tests.hil.test_smoke", "test_online", "passed")]])
     run_gate(GateProfile(name="g", path=tmp_path / "g.toml"), out, runner=runs, env={}, root=ROOT)
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".xml", ".jsonl", ".log")) == ["events-0.jsonl", "junit-0.xml"]
+
+
+def test_a_previous_runs_allure_results_are_cleared_and_a_re_runs_kept(tmp_path: Path) -> None:
+    """The report (and its history) of this run holds this run's results only; a test that
+    infrastructure broke and the gate re-ran shows as a retry (both attempts' results)."""
+    out = tmp_path / "o"
+    (out / "allure-results").mkdir(parents=True)
+    (out / "allure-results" / "before-result.json").write_text("{}")
+    runs = ScriptedRuns([[("tests.hil.test_smoke", "test_online", "broken")], [("tests.hil.test_smoke", "test_online", "passed")]])
+
+    def run_and_write_results(argv: Sequence[str], env: Mapping[str, str]) -> int:
+        results = Path(argv[argv.index("--alluredir") + 1])
+        results.mkdir(parents=True, exist_ok=True)
+        (results / f"attempt{len(runs.argvs)}-result.json").write_text("{}")
+        return runs(argv, env)
+
+    profile = GateProfile(name="g", path=tmp_path / "g.toml", retries=1)
+    run_gate(profile, out, runner=run_and_write_results, env={}, root=ROOT)
+    assert sorted(p.name for p in (out / "allure-results").iterdir()) == ["attempt0-result.json", "attempt1-result.json"]

@@ -115,10 +115,14 @@ def test_redact_tree_sweeps_a_file_with_stray_bytes_and_keeps_them(tmp_path: Pat
 def test_the_fault_timeline_is_attached_from_a_tests_mark(monkeypatch: pytest.MonkeyPatch) -> None:
     import allure
 
+    import hil.reporting.report
     from hil.services.netfault import FaultProxy
 
     attached: list[tuple[str, str, object]] = []
-    monkeypatch.setattr(allure, "attach", lambda body, name, attachment_type: attached.append((body, name, attachment_type)))
+    # On the test's own page (hil.reporting.evidence), not the network fixture's teardown.
+    monkeypatch.setattr(
+        hil.reporting.report, "attach_to_test", lambda body, name, kind: attached.append((body, name, kind)) or True
+    )
     with FaultProxy("127.0.0.1", 1, name="dev1-broker") as proxy:
         proxy.set_latency(0.5)
         since = len(proxy.timeline)  # what the network fixture takes as a test starts

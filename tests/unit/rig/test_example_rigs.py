@@ -70,7 +70,9 @@ def test_every_example_loads_as_data_with_its_backends_baud_and_twin(shipped: di
 def test_a_twin_keeps_the_reset_the_virtual_board_has_and_says_when_it_cannot(shipped: dict[str, Rig]) -> None:
     assert shipped["devkitm-1-twin"].flash_method() == shipped["devkitm-1"].flash_method()
     twin = shipped["usb-jtag-twin"]
-    assert twin.reset == "classic" and "no 'usb-jtag' circuit yet" in twin.description
+    assert twin.reset == "usb-jtag" and "USB-Serial-JTAG port" in twin.description
+    assert twin.flash_method() == shipped["usb-jtag"].flash_method()
+    assert twin.reenumeration_s == shipped["usb-jtag"].reenumeration_s == 1.0
 
 
 def test_the_default_selection_is_the_virtual_pool_never_an_example_or_a_twin(

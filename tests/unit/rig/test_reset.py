@@ -41,7 +41,7 @@ ROM_BAUD = ESPLoader.ESP_ROM_BAUD
 
 
 def rig_from_file(tmp_path: Path, extra: str) -> Any:
-    (tmp_path / "rigs").mkdir()
+    (tmp_path / "rigs").mkdir(parents=True)
     (tmp_path / "rigs" / "bench-1.toml").write_text(SERIAL + extra)
     (rig,) = load_rigs(tmp_path / "rigs")
     return rig
@@ -125,7 +125,10 @@ def states(events: list[tuple[str, object]], start: tuple[bool, bool]) -> list[t
 def test_flash_method_from_the_rig_file(tmp_path: Path) -> None:
     rig = rig_from_file(tmp_path, 'reset = "usb-jtag"\nflash_baud = 460800\n')
     assert rig.flash_baud == 460800
-    assert rig.flash_method() == FlashMethod("usb-reset", 460800)
+    # A USB-Serial-JTAG port leaves with the power: the flasher waits 3 x its 1 s re-enumeration.
+    assert rig.flash_method() == FlashMethod("usb-reset", 460800, port_return_s=3.0)
+    slow_hub = rig_from_file(tmp_path / "slow", 'reset = "usb-jtag"\nreenumeration_s = 2.5\n')
+    assert slow_hub.reenumeration_s == 2.5 and slow_hub.flash_method().port_return_s == 7.5
 
 
 def test_a_classic_rig_without_flash_baud_keeps_default_reset_at_the_rom_baud(tmp_path: Path) -> None:

@@ -102,6 +102,7 @@ def test_a_full_serial_rig(tmp_path: Path) -> None:
         network=Network(ssid="hil-lab", broker_host="192.168.50.2"),
         capabilities=frozenset({"power_control", "ota"}),
         tags=("bench", "cp2102n"),
+        reenumeration_s=1.0,  # a USB-Serial-JTAG port's default
     )
     assert rig.source == tmp_path / "bench-1.toml"
 
@@ -220,8 +221,21 @@ BAD_FILES = {
         5,
         ("USB-Serial-JTAG cannot be reset over a remote RFC 2217 port",),
     ),
-    "virtual-usb-jtag": Bad(
-        'name = "x"\nkind = "virtual"\nreset = "usb-jtag"\n', "reset", 3, ("DTR/RTS",)
+    "virtual-gpio": Bad(
+        'name = "x"\nkind = "virtual"\nreset = "gpio"\n', "reset", 3, ("DTR/RTS", "USB-Serial-JTAG")
+    ),
+    "reenumeration-not-a-duration": Bad(
+        SERIAL + 'reset = "usb-jtag"\nreenumeration_s = 0\n' + NETWORK,
+        "reenumeration_s",
+        6,
+        ("more than 0", "reenumeration_s = 1.5"),
+    ),
+    "reenumeration-on-a-lab-port": Bad(
+        'name = "x"\nkind = "rfc2217"\nchip = "esp32c3"\nport = "rfc2217://lab:4000"\nreenumeration_s = 1\n'
+        + NETWORK,
+        "reenumeration_s",
+        5,
+        ("ser2net keeps listening",),
     ),
     "power-kind-needs-a-table": Bad(
         SERIAL + 'power = "gpio-expander"\n' + NETWORK,
