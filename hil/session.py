@@ -287,6 +287,10 @@ class RigSession:
         self._firmware: FirmwareSelection | None = None
         self.taken_out: str | None = None  # why the rig left the run (`take_out`)
 
+    def __repr__(self) -> str:  # never reserves: only what the session already holds
+        held = self.reserved.rig.name if self.reserved is not None else "no rig yet"
+        return f"<RigSession {held}>"
+
     # -- setup steps: methods, each done once however often called, in the order a session
     # takes them (the operations below call the ones they need). The properties after them
     # only report what a step did, and say which step has not run.
@@ -428,7 +432,10 @@ class RigSession:
             port = self.start_port()
             log = self.options.log_dir / self.rig.name / "console.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            self.console = Console(port, log, redact=self.redactor, reset=self._attached().console_reset())
+            self.console = Console(
+                port, log, redact=self.redactor, reset=self._attached().console_reset(),
+                port_return_s=self.rig.port_return_s,
+            )
             self._cleanups.append(self.console.close)
         return self.console
 

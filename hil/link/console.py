@@ -201,6 +201,9 @@ class Console:
         self._thread = threading.Thread(target=self._run, name=f"console {url}", daemon=True)
         self._thread.start()
 
+    def __repr__(self) -> str:  # what a failure report shows of a Dut: the port, not an address
+        return f"<Console {self.url}>"
+
     # -- positions and lines -------------------------------------------------------
     def mark(self) -> Mark:
         """The current end of the stream: what arrives from now on is after it."""

@@ -83,6 +83,9 @@ class ControlClient:
         self._sock: socket.socket | None = None
         self._buffer = b""
 
+    def __repr__(self) -> str:
+        return f"<ControlClient {self.url}>"
+
     def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
         """Send one command; return the reply, or raise VirtualBoardError if it failed."""
         with self._lock:

@@ -254,6 +254,9 @@ class MqttObserver:
                 raise ObserverConnectError(f"broker {host}:{port} refused the observer{who}: {refused}")
             raise ObserverConnectError(f"observer could not connect to {host}:{port} (no CONNACK in 10 s)")
 
+    def __repr__(self) -> str:
+        return f"<MqttObserver {self.client_id}>"
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if getattr(reason, "is_failure", False):
             if not self._connected.is_set():  # the first CONNACK: the constructor says so
