@@ -1,3 +1,6 @@
+"""RigSession and what it hands the suites, as reports show them."""
+
+from __future__ import annotations
 
 
 def test_what_a_failure_report_shows_of_a_dut_has_no_memory_address() -> None:
