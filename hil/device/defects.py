@@ -409,9 +409,6 @@ SUBSCRIBES_QOS0 = "subscribes_qos0"
 """Subscribes to its request topics at QoS 0 (``esp_mqtt_client_subscribe(..., 0)``): the
 broker keeps nothing for the persistent session while the device is away, so a command
 sent meanwhile is lost."""
-DEQUEUED_BEFORE_PUBACK = "dequeued_before_puback"
-"""Takes a message (a reading too) off the outbox when its publish is handed to the client, not when
-the broker acknowledges it: the reading in flight when the link dies is lost."""
 BACKLOG_COUNTED_AS_DROPPED = "backlog_counted_as_dropped"
 """Adds the backlog found at each reconnect to ``dropped_readings`` ("readings that missed
 their live publish"), though every one of them is then sent: an outage that lost nothing
@@ -430,6 +427,14 @@ BACKOFF_JITTER_ONCE = "backoff_jitter_once"
 """Draws the backoff's jitter once, when the MQTT task starts (kept in the backoff struct),
 not for each delay: every delay of a boot is off its nominal value by the same fraction, so
 devices that lost the broker together keep retrying in step."""
+BACKOFF_ZERO_AT_BOOT = "backoff_zero_at_boot"
+"""Leaves the backoff delay zero-initialised at boot (a static set to 1 s only by the reset
+after a connect): a device that boots with its broker unreachable retries at once, over
+and over, until its first connect."""
+CLEAN_SESSION_AT_BOOT = "clean_session_at_boot"
+"""Connects with a clean session at the first connect of each boot ("start from a clean
+slate after a restart"), persistent only on reconnects: what the broker kept while the
+device was off or restarting is lost."""
 WIFI_RSSI_LOGGED_UNSIGNED = "wifi_rssi_logged_unsigned"
 """Prints the connect line's RSSI from a ``uint8_t`` copy of the AP record's ``int8_t``: a
 station at -67 dBm says ``rssi=189``."""

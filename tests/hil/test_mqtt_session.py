@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from hil.device import contract
+from hil.session import ONLINE_TIMEOUT_S
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
@@ -43,23 +44,18 @@ def device_user(broker, dut) -> str:
     return broker.credentials(dut.device_id).username
 
 
-@pytest.mark.requires("broker_protocol_log", "network_faults")
-@pytest.mark.clause("C3.1", "C3.2", "C3.3", "C3.4", "C3.5")
-@pytest.mark.guards("default_client_id", "keepalive_120s", "clean_session", "no_lwt", "will_qos0", "will_not_retained", "online_not_retained")
-def test_every_connect_carries_the_device_id_keepalive_persistent_session_and_will(
-    dut, broker, network, console
-) -> None:
-    did = dut.device_id
+def assert_connects_as_the_contract_says(log, mark, user: str, did: str) -> None:
+    """Every CONNECT by the device's account since ``mark`` (one, unless an attempt failed):
+    client id = device_id, keepalive 15 s, clean session off, the will on its status topic at
+    QoS 1 retained; and the status published after the last of them retained (C3.5)."""
     status = contract.status_topic(did)
-    log, mark = reconnect(broker, network, console)
-    user = device_user(broker, dut)
 
     def status_published(log) -> bool:
         return any(log.publishes_of(c.client_id, status) for c in log.connects_of(username=user))
 
     seen = log.wait_for(status_published, since=mark, timeout=15, what=f"a CONNECT by {user!r} and its status PUBLISH")
     connects = seen.connects_of(username=user)
-    for connect in connects:  # every connect since the cut (one, unless an attempt failed)
+    for connect in connects:
         assert connect.client_id == did, f"client id {connect.client_id!r}, not the device_id {did!r}"
         assert connect.keepalive_s == contract.MQTT_KEEPALIVE_S, (
             f"keepalive {connect.keepalive_s} s, contract {contract.MQTT_KEEPALIVE_S} s"
@@ -70,15 +66,38 @@ def test_every_connect_carries_the_device_id_keepalive_persistent_session_and_wi
         assert (connect.will.qos, connect.will.retain) == (1, True), (
             f"will at QoS {connect.will.qos}, retained {connect.will.retain}: contract QoS 1, retained"
         )
-    # The online status that follows the connect is published retained (C3.5).
     online = [p for p in seen.publishes_of(connects[-1].client_id, status) if p.line > connects[-1].line]
     assert online and online[0].retain, f"the status after the connect was published without retain: {online}"
 
 
 @pytest.mark.requires("broker_protocol_log", "network_faults")
-@pytest.mark.clause("C8.6")
-@pytest.mark.guards("wildcard_subscription")
+@pytest.mark.clause("C3.1", "C3.2", "C3.3", "C3.4", "C3.5")
+@pytest.mark.guards(
+    "default_client_id", "keepalive_120s", "clean_session", "no_lwt", "will_qos0", "will_not_retained",
+    "online_not_retained", "clean_session_at_boot",
+)  # fmt: skip
+def test_every_connect_carries_the_device_id_keepalive_persistent_session_and_will(
+    dut, broker, network, console, mqtt
+) -> None:
+    """A reconnect (the connection cut) and the first connect of a boot (after `reset`):
+    "every connect" is both, and a device off or restarting is offline too (C3.3)."""
+    did = dut.device_id
+    user = device_user(broker, dut)
+    log, mark = reconnect(broker, network, console)
+    assert_connects_as_the_contract_says(log, mark, user, did)
+    mark, since = log.mark(), mqtt.mark()
+    mqtt.publish(contract.command_topic(did), {"cmd": "reset"})
+    mqtt.wait_for(contract.status_topic(did), lambda m: m.json()["state"] == "online", since=since, timeout=ONLINE_TIMEOUT_S)
+    assert_connects_as_the_contract_says(log, mark, user, did)
+
+
+@pytest.mark.requires("broker_protocol_log", "network_faults")
+@pytest.mark.clause("C8.6", "C3.3")
+@pytest.mark.guards("wildcard_subscription", "subscribes_qos0")
 def test_the_device_subscribes_to_exactly_its_own_topics(dut, broker, network, console, hil_session) -> None:
+    """Its own request topics, no wildcard, on every connect; the command topic at QoS 1 at
+    least (C3.3: a broker keeps for an offline persistent session only what was subscribed
+    above QoS 0, so a command sent meanwhile is lost to a QoS 0 subscription)."""
     did = dut.device_id
     expected = contract.device_subscriptions(did)
     log, mark = reconnect(broker, network, console)
@@ -101,6 +120,9 @@ def test_the_device_subscribes_to_exactly_its_own_topics(dut, broker, network, c
     assert not [f for f in filters if "+" in f or "#" in f], f"wildcard subscription(s): {filters}"
     assert sorted(set(filters)) == sorted(expected), f"subscribed to {filters}, contract: {list(expected)}"
     assert not connect.unsubscribed, f"unsubscribed {connect.unsubscribed}"
+    command = contract.command_topic(did)
+    below = [(s.topic_filter, s.qos) for s in connect.subscriptions if s.topic_filter == command and s.qos < 1]
+    assert not below, f"subscribed to its command topic at QoS 0 {below}: nothing is kept for it while it is offline"
 
 
 def telemetry_topics(did: str) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 import aiomqtt
 
+from hil.device import defects as D
 from hil.sim.sockets import ChipSockets
 
 BACKOFF_MIN_S = 1.0
@@ -105,11 +106,21 @@ def slow_handshake(context: ssl.SSLContext, seconds: float) -> ssl.SSLContext:
 class Backoff:
     """Exponential backoff from 1 s to 30 s with ±20 % jitter, reset on success."""
 
-    def __init__(self, rng: random.Random, *, enabled: bool = True, cap_s: float = BACKOFF_MAX_S) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        *,
+        enabled: bool = True,
+        cap_s: float = BACKOFF_MAX_S,
+        defects: frozenset[str] = frozenset(),
+    ) -> None:
         self._rng = rng
         self._enabled = enabled
         self._cap_s = cap_s  # another cap only for the backoff_cap_60s defect
+        self.defects = defects
         self._next = BACKOFF_MIN_S
+        if D.BACKOFF_ZERO_AT_BOOT in self.defects:
+            self._next = 0.0  # the defect: a zero-initialised static, set only by reset()
 
     def reset(self) -> None:
         self._next = BACKOFF_MIN_S
@@ -119,7 +130,11 @@ class Backoff:
             return 0.05  # the defect: retry at once (a token pause keeps the loop schedulable)
         base = self._next
         self._next = min(self._next * 2, self._cap_s)
-        return base * (1 + self._rng.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
+        jitter = self._rng.uniform(-BACKOFF_JITTER, BACKOFF_JITTER)
+        if D.BACKOFF_JITTER_ONCE in self.defects:  # the defect: the first draw kept for every delay
+            self.first_jitter: float = getattr(self, "first_jitter", jitter)
+            jitter = self.first_jitter
+        return base * (1 + jitter)
 
 
 def fail_fast_before_connack(client: aiomqtt.Client) -> None:

@@ -73,6 +73,7 @@ class MqttTask:
             fw.rng,
             enabled=D.RECONNECT_WITHOUT_BACKOFF not in fw.defects,
             cap_s=60.0 if D.BACKOFF_CAP_60S in fw.defects else BACKOFF_MAX_S,
+            defects=fw.defects,
         )
         while True:
             while not fw.wifi_up.is_set():
@@ -95,7 +96,8 @@ class MqttTask:
                 reason = "emergency_shutdown"  # the defect: no deep sleep, so it reconnects
             if self._ever_connected_now:
                 backoff.reset()  # the backoff restarts after every successful connect
-                failures = 0
+                if D.FAILOVER_COUNT_KEPT_ON_CONNECT not in fw.defects:
+                    failures = 0
                 if D.FAILOVER_COUNTS_THE_LOSS in fw.defects:
                     failures = 1  # the lost session counted as a failed attempt
             else:
@@ -105,9 +107,17 @@ class MqttTask:
                     index = min(index + 1, len(brokers) - 1)
                 else:
                     index = (index + 1) % len(brokers)
-                failures = 0
+                if D.FAILOVER_COUNT_KEPT_ON_MOVE not in fw.defects:
+                    failures = 0
+                if D.BACKOFF_RESET_ON_FAILOVER in fw.defects:
+                    backoff.reset()  # "a new broker: start afresh"
             delay = backoff.next_delay()
-            fw.log_mirrored("W", "mqtt", f"disconnected reason={reason} retry_ms={int(delay * 1000)}")
+            if D.WIFI_LOSS_NOT_LOGGED in fw.defects and reason == "wifi_lost":
+                pass  # the defect: "the wifi task already said so"
+            elif D.TIMEOUT_LOSS_NOT_LOGGED in fw.defects and reason == "publish_failed":
+                pass  # the defect: the client's own outbox timeout raises no disconnect event
+            else:
+                fw.log_mirrored("W", "mqtt", f"disconnected reason={reason} retry_ms={int(delay * 1000)}")
             if reason == "not_authorized" and D.RESTARTS_ON_AUTH_REFUSAL in fw.defects:
                 fw.restart("SW")  # "a refused login is fatal: start over"
                 return
@@ -140,6 +150,9 @@ class MqttTask:
         profile, jitter = fw.profile, fw.jitter
         if tls is not None:
             slow_handshake(tls, profile.tls_handshake.draw(jitter))
+        clean_session = D.CLEAN_SESSION in fw.defects
+        if D.CLEAN_SESSION_AT_BOOT in fw.defects:  # the defect: clean at the boot's first connect
+            clean_session = not getattr(self, "connected_in_this_boot", False)
         client = aiomqtt.Client(
             uri.host,
             uri.port,
@@ -148,7 +161,7 @@ class MqttTask:
             username=fw.device_id if D.MQTT_USER_IGNORED in fw.defects else prov.mqtt_user,
             password=reveal(prov.mqtt_pass),
             will=will,
-            clean_session=D.CLEAN_SESSION in fw.defects,
+            clean_session=clean_session,
             keepalive=120 if D.KEEPALIVE_DEFAULT in fw.defects else 15,
             tls_context=tls,
             timeout=10,
@@ -165,7 +178,11 @@ class MqttTask:
             async with client:
                 await _spend(profile.lan_round_trip.draw(jitter))  # CONNACK: a round trip after CONNECT
                 self._ever_connected_now = True
+                if D.CLEAN_SESSION_AT_BOOT in fw.defects:
+                    self.connected_in_this_boot = True
                 shown = str(uri)
+                if D.CONNECTED_LOGS_PROVISIONED_URI in fw.defects:
+                    shown = prov.mqtt_uri or shown  # the config struct's URI, not the client's
                 if D.CREDENTIALS_IN_URI_LOG in fw.defects:
                     shown = f"{uri.scheme}://{prov.mqtt_user}:{reveal(prov.mqtt_pass)}@{uri.host}:{uri.port}"
                 if D.LOG_TICKS_AS_MS in fw.defects:
@@ -174,6 +191,8 @@ class MqttTask:
                 else:
                     fw.log("I", "mqtt", f"connected uri={shown}")
                 fw.connected.set()
+                if D.BACKLOG_COUNTED_AS_DROPPED in fw.defects:
+                    fw.outbox.dropped_readings += len(fw.outbox.readings)  # "missed their live publish"
                 online = {"state": "online", "version": fw.version, "reset_reason": fw.reset_reason, "boot_count": fw.boot_count}
                 await client.publish(
                     contract.status_topic(fw.device_id),
@@ -183,10 +202,11 @@ class MqttTask:
                 )
                 if D.PUBLISHES_OUTSIDE_PREFIX in fw.defects:
                     await client.publish("esp32/announce", json.dumps({"device_id": fw.device_id}).encode(), qos=1)
+                granted = 0 if D.SUBSCRIBES_QOS0 in fw.defects else 1
                 for topic in contract.device_subscriptions(fw.device_id):
                     if D.WILDCARD_COMMAND_SUBSCRIPTION in fw.defects and topic == contract.command_topic(fw.device_id):
                         topic = "esp32/+/command"
-                    await client.subscribe(topic, qos=1)
+                    await client.subscribe(topic, qos=granted)
                 result = await self._connected(client)
                 if result == "shutdown":
                     return None

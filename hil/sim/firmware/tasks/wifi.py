@@ -42,7 +42,8 @@ class WifiTask:
                     await _take(self._join_s())
                     if not ap.accepts(fw.prov.wifi_ssid, reveal(fw.prov.wifi_pass)):
                         continue  # the AP went (or changed its passphrase) while joining
-                    fw.log("I", "wifi", f"connected ssid={ap.ssid} rssi={ap.rssi}")
+                    shown_rssi = ap.rssi & 0xFF if D.WIFI_RSSI_LOGGED_UNSIGNED in fw.defects else ap.rssi
+                    fw.log("I", "wifi", f"connected ssid={ap.ssid} rssi={shown_rssi}")
                     fw.joined_rssi = ap.rssi
                     fw.wifi_down.clear()
                     fw.wifi_up.set()
@@ -57,7 +58,10 @@ class WifiTask:
                     said = f"connect failed ssid={fw.prov.wifi_ssid} reason={reason}"
                     if reason == "auth_fail" and D.WIFI_AUTH_FAIL_LOGS_PASSPHRASE in fw.defects:
                         said += f" pass={reveal(fw.prov.wifi_pass)}"  # "which passphrase did it try?"
-                    fw.log("W", "wifi", said)
+                    if D.WIFI_WARNINGS_IN_TICKS in fw.defects:  # the defect: its own log macro, in ticks
+                        fw.ctx.write(f"W ({fw.ctx.uptime_ms() // 10}) wifi: {said}\r\n".encode())
+                    else:
+                        fw.log("W", "wifi", said)
                     if D.REBOOTS_ON_WIFI_FAILURE in fw.defects:
                         fw.restart("SW")  # the defect: "cannot join, try a reboot"
                         return
