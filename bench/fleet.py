@@ -1,29 +1,36 @@
-"""Benchmark: how many virtual devices one fleet process carries, and what each costs.
+"""Benchmark: how many virtual devices a fleet carries on this host, and what each costs.
 
 One run starts a mosquitto (an account per device), then ``hil sim fleet`` with
-``--devices`` boards in one process, each publishing a reading a second, straight to the
-broker (no fault proxy: nothing else in this process competes for the CPU), for
-``--duration`` seconds, and measures with `hil.load.run` from outside:
+``--devices`` boards over ``--processes`` shard processes (default ``auto``: one per
+core, none with fewer than 250 boards), each publishing a reading every ``--interval``
+seconds (default 1), straight to the broker (no fault proxy: nothing else in this
+process competes for the CPU), for ``--duration`` seconds, and measures with
+`hil.load.run` from outside:
 
 * whether it held: every reading arrived (no seq gap on any device), the broker dropped
   nothing (mosquitto's ``$SYS/broker/publish/messages/dropped``), and the readings
-  arrived at the rate the devices should publish (≥ 98 % of devices × 1/s);
-* **devices per core**: devices ÷ the CPU the fleet process used over the window (CPU
-  seconds per wall second, all its threads): how many devices one fully used core carries
-  at 1 message/s each;
-* **memory per device**: the fleet process's RSS ÷ devices (and its anonymous part:
-  RSS also counts the pages of the boards' memory-mapped flash files it touched).
+  arrived at the rate the devices should publish (≥ 98 % of devices ÷ interval);
+* **devices per core**: devices ÷ the CPU the fleet's processes used over the window
+  (CPU seconds per wall second, all their threads): how many devices one fully used core
+  carries at that interval;
+* **memory per device**, over the fleet's processes: anonymous memory ÷ devices, in all
+  and beyond what the shards held before they made their first board (their
+  interpreters: a cost per process); and the resident pages of the boards' flash
+  mappings (the shared base image and each board's overlay, from /proc/PID/smaps) ÷
+  devices.
 
 With ``--find``, a run that does not hold is followed by smaller ones (bisecting down to
 a multiple of ``--step``) until one holds, and the largest count that held is reported.
 Results are printed; the numbers in bench/RESULTS.md come from this script.
 
-Run: ``.venv/bin/python bench/fleet.py [--devices 1000] [--duration 60] [--find]``
+Run: ``.venv/bin/python bench/fleet.py [--devices 1000] [--interval 1] [--duration 60]
+[--processes auto] [--find]``
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import sys
@@ -41,6 +48,7 @@ from hil.reporting.gate import LoadProfile
 from hil.services.broker import OBSERVER_USER, MosquittoBroker
 
 MIN_RATE = 0.98  # of the expected readings per second, for a run to count as "held"
+KIB = 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,17 @@ class Run:
     bench_cpu_s: float
     wall_s: float
     load_average: float  # the machine's 1-minute load average when the run ended
+    processes: str
+
+    def per_device(self, key: str) -> float:
+        """``fleet_memory[key]`` ÷ devices, in KiB."""
+        return self.result.fleet_memory.get(key, 0) / self.devices / KIB
+
+    @property
+    def anon_per_device_beyond_processes(self) -> float:
+        """Anonymous KiB per device beyond what the shard processes held before their boards."""
+        memory = self.result.fleet_memory
+        return (memory.get("RssAnon", 0) - memory.get("AnonBeforeBoards", 0)) / self.devices / KIB
 
     @property
     def held(self) -> bool:
@@ -74,7 +93,7 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_once(devices: int, duration: float, workdir: Path) -> Run:
+def run_once(devices: int, duration: float, workdir: Path, *, interval: int = 1, processes: str = "auto") -> Run:
     broker = MosquittoBroker(workdir / "broker")
     ids = device_ids(devices)
     for device in ids:
@@ -92,10 +111,12 @@ def run_once(devices: int, duration: float, workdir: Path) -> Run:
             observer_password=broker.observer_password,
             via_proxy=False,
         )
-        profile = LoadProfile(devices=devices, rate_hz=1.0, duration_s=duration)
+        profile = LoadProfile(devices=devices, rate_hz=1.0 / interval, duration_s=duration)
         own = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
-        result = run_load(target, profile, workdir=workdir / f"fleet-{devices}", storm=False, progress=print)
+        result = run_load(
+            target, profile, workdir=workdir / f"fleet-{devices}", storm=False, processes=processes, progress=print
+        )
         wall = time.monotonic() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
         return Run(
@@ -105,6 +126,7 @@ def run_once(devices: int, duration: float, workdir: Path) -> Run:
             bench_cpu_s=(after.ru_utime + after.ru_stime) - (own.ru_utime + own.ru_stime),
             wall_s=wall,
             load_average=os.getloadavg()[0],
+            processes=processes,
         )
     finally:
         broker.kill()
@@ -113,7 +135,10 @@ def run_once(devices: int, duration: float, workdir: Path) -> Run:
 def report(run: Run) -> None:
     r = run.result
     memory = r.fleet_memory
-    print(f"\n== {run.devices} devices × 1 msg/s for {r.window_s:.1f} s (fleet up after {r.startup_s:.1f} s)")
+    print(
+        f"\n== {run.devices} devices × {r.rate_hz:g} msg/s for {r.window_s:.1f} s, --processes {run.processes} "
+        f"(fleet up after {r.startup_s:.1f} s)"
+    )
     print(
         f"   readings: {r.readings_in_window} in the window = {r.throughput_msgs_per_s:.1f} msgs/s "
         f"(expected {r.expected_msgs_per_s:.0f}, {r.throughput_msgs_per_s / r.expected_msgs_per_s:.1%})"
@@ -137,8 +162,10 @@ def report(run: Run) -> None:
         f"load average at the end {run.load_average:.2f} on {os.cpu_count()} cores"
     )
     print(
-        f"   memory: fleet RSS {memory.get('VmRSS', 0) / 2**20:.0f} MiB (peak {memory.get('VmHWM', 0) / 2**20:.0f}, "
-        f"anonymous {memory.get('RssAnon', 0) / 2**20:.0f}, flash-file pages {memory.get('RssFile', 0) / 2**20:.0f})"
+        f"   memory: fleet RSS {memory.get('VmRSS', 0) / 2**20:.0f} MiB over {memory.get('Processes', 1)} "
+        f"processes (sum of peaks {memory.get('VmHWM', 0) / 2**20:.0f}, anonymous {memory.get('RssAnon', 0) / 2**20:.0f} "
+        f"of which {memory.get('AnonBeforeBoards', 0) / 2**20:.0f} before the boards, file pages "
+        f"{memory.get('RssFile', 0) / 2**20:.0f}, of which flash {memory.get('FlashPages', 0) / 2**20:.1f})"
     )
     for note in r.notes:
         print(f"   note: {note}")
@@ -148,11 +175,17 @@ def report(run: Run) -> None:
 def ratios(run: Run) -> None:
     r = run.result
     memory = r.fleet_memory
-    print(f"\nfleet ratios, {run.devices} devices in one process at 1 msg/s each, measured in one run:")
+    print(
+        f"\nfleet ratios, {run.devices} devices (--processes {run.processes}) at {r.rate_hz:g} msg/s each, "
+        "measured in one run:"
+    )
     print(f"  devices per core:   {run.devices_per_core:.0f}  ({run.devices} devices / {r.fleet_cpu_cores:.2f} cores used)")
     print(
-        f"  memory per device:  {r.rss_per_device_bytes / 1024:.0f} KiB RSS "
-        f"({memory.get('RssAnon', 0) / run.devices / 1024:.0f} KiB anonymous)"
+        f"  memory per device:  {r.rss_per_device_bytes / KIB:.0f} KiB RSS; "
+        f"{run.per_device('RssAnon'):.0f} KiB anonymous "
+        f"({run.anon_per_device_beyond_processes:.0f} beyond the processes' own "
+        f"{memory.get('AnonBeforeBoards', 0) / 2**20:.0f} MiB); "
+        f"{run.per_device('FlashPages'):.1f} KiB of flash pages"
     )
 
 
@@ -160,14 +193,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000, help="devices in the fleet process (default 1000)")
     parser.add_argument("--duration", type=float, default=60.0, help="steady window in seconds (default 60)")
+    parser.add_argument("--interval", type=int, default=1, help="each device's measurement interval in s (default 1)")
+    parser.add_argument("--processes", default="auto", help="hil sim fleet --processes: a number or auto (default)")
     parser.add_argument("--find", action="store_true", help="if it does not hold, bisect down to a count that does")
     parser.add_argument("--step", type=int, default=50, help="--find's resolution in devices (default 50)")
     args = parser.parse_args(argv)
-    if not 1 <= args.devices <= 10_000 or args.duration < 2:
-        parser.error("--devices 1..10000 and --duration >= 2")
-    print(f"bench fleet: {args.devices} devices, 1 msg/s each, {args.duration:g} s, on {os.cpu_count()} cores")
+    if not 1 <= args.devices <= 10_000 or args.duration < 2 or args.interval < 1:
+        parser.error("--devices 1..10000, --duration >= 2 and --interval >= 1")
+    print(
+        f"bench fleet: {args.devices} devices, a reading every {args.interval} s each, {args.duration:g} s, "
+        f"--processes {args.processes}, on {os.cpu_count()} cores"
+    )
+    once = functools.partial(run_once, interval=args.interval, processes=args.processes)
     with tempfile.TemporaryDirectory(prefix="hil-bench-fleet-") as tmp:
-        first = run_once(args.devices, args.duration, Path(tmp))
+        first = once(args.devices, args.duration, Path(tmp))
         report(first)
         best = first if first.held else None
         if args.find and not first.held:
@@ -176,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 middle = max(args.step, (low + high) // 2 // args.step * args.step)
                 if middle in (low, high):
                     break
-                attempt = run_once(middle, args.duration, Path(tmp))
+                attempt = once(middle, args.duration, Path(tmp))
                 report(attempt)
                 if attempt.held:
                     low, best = middle, attempt

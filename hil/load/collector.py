@@ -61,6 +61,7 @@ class FleetCollector:
         self.malformed: list[str] = []
         self._cond = threading.Condition()
         self._waiters: list[_Waiter] = []
+        self._aborted: BaseException | None = None
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"hil-load-{os.getpid()}-{time.monotonic_ns()}"
@@ -132,19 +133,35 @@ class FleetCollector:
                     if not waiter.pending:
                         self._cond.notify_all()
 
+    def abort(self, exc: BaseException) -> None:
+        """Make every wait, now and later, raise ``exc`` (the fleet broke: waiting for its
+        devices would only time out). Callable from any thread."""
+        with self._cond:
+            if self._aborted is None:
+                self._aborted = exc
+            self._cond.notify_all()
+
+    def _check_aborted(self) -> None:
+        if self._aborted is not None:
+            raise self._aborted
+
     def wait_each(self, check: Callable[[str], bool], timeout: float) -> set[str]:
         """Wait until ``check(device)`` holds for every device; the ones it does not hold
-        for when ``timeout`` runs out (empty: all done). ``check`` runs under the lock."""
+        for when ``timeout`` runs out (empty: all done). ``check`` runs under the lock.
+        Raises what `abort` was given, if it was."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            self._check_aborted()
             waiter = _Waiter({d for d in self.devices if not check(d)}, check)
             self._waiters.append(waiter)
             try:
                 while waiter.pending:
+                    self._check_aborted()
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
+                self._check_aborted()
                 return set(waiter.pending)
             finally:
                 self._waiters.remove(waiter)
@@ -152,7 +169,12 @@ class FleetCollector:
     def wait_sys(self, topic: str, *, count: int, since: float, timeout: float) -> bool:
         """Wait for ``count`` ``$SYS`` messages on ``topic`` received after ``since``."""
         with self._cond:
-            return self._cond.wait_for(lambda: sum(1 for t, _ in self.sys[topic] if t > since) >= count, timeout)
+            done = self._cond.wait_for(
+                lambda: self._aborted is not None or sum(1 for t, _ in self.sys[topic] if t > since) >= count,
+                timeout,
+            )
+            self._check_aborted()
+            return done
 
     def sys_value(self, topic: str) -> int | None:
         with self._cond:

@@ -38,6 +38,9 @@ What is measured, and how:
   ``reconnected_s`` is when every device has announced ``online`` again, and
   ``recovery_s`` when every device has also published a reading over its new connection
   (the first reading received after its ``online``: a client's messages arrive in order).
+* **a broken fleet**: a fleet shard (or the fleet process) that ends on its own during
+  the run stops it at once with `FleetBroken`, an infrastructure error naming the shard
+  and its devices: its devices' silence is the rig's failure, not lost readings.
 * **broker drops**: mosquitto's ``$SYS/broker/publish/messages/dropped`` (messages it
   discarded because a client's queue was full), the difference between the start and the
   end of the run, read after two ``$SYS`` updates so the count is current. A broker that
@@ -130,12 +133,16 @@ def run_load(
     app: str | None = None,
     storm: bool = True,
     keep_state: bool = False,
+    processes: int | str = "auto",
     progress: Callable[[str], None] = lambda _line: None,
 ) -> LoadResult:
     """Run ``profile`` against ``target`` and measure it; see the module docstring.
 
-    ``workdir`` gets the fleet's log (``fleet.log``) and, while it runs, its boards'
-    flash files (4 MiB each; removed afterwards unless ``keep_state``). The phases, in
+    ``processes`` is ``hil sim fleet --processes``: how many shard processes run the
+    devices (``auto``: one per core, none with fewer than a few hundred devices).
+    ``workdir`` gets the fleet's log (``fleet.log``) and, while it runs, its state (the
+    shared base image and a small flash overlay per board; removed afterwards unless
+    ``keep_state``). The phases, in
     order: start the fleet, wait until every device has published, the steady window,
     the reconnect storm, the devices' health reports, the broker's drop count.
     """
@@ -154,8 +161,8 @@ def run_load(
             storm = False
         run = _Run(profile, ids, stack.enter_context(FleetCollector(target, ids)), clock, notes, progress)
         dropped_start = _dropped_at_start(run)
-        args = _fleet_args(target, profile, proxy, state_dir, private, app)
-        progress(f"starting {profile.devices} devices ({app or 'baseline'}) against {target.name}")
+        args = [*_fleet_args(target, profile, proxy, state_dir, private, app), "--processes", str(processes)]
+        progress(f"starting {profile.devices} devices ({app or 'baseline'}, processes {processes}) against {target.name}")
         fleet, started = _start_fleet(run, stack, args, workdir / "fleet.log", state_dir, keep_state=keep_state)
         startup = _wait_all_published(run, fleet) - started
         window = _steady_window(run, fleet)
@@ -222,7 +229,9 @@ def _start_fleet(
     fleet = FleetProcess(args, log, count=run.profile.devices)
     stack.callback(lambda: None if keep_state else shutil.rmtree(state_dir, ignore_errors=True))
     stack.enter_context(fleet)
-    run.clock.mark(f"fleet up (pid {fleet.pid}), boards booting")
+    fleet.when_broken(run.collector.abort)  # every wait of the run raises it from then on
+    shards = ", ".join(f"{s['name']} pid {s['pid']}: {s['count']}" for s in fleet.shards)
+    run.clock.mark(f"fleet up (pid {fleet.pid}; {shards}), boards booting")
     return fleet, started
 
 
@@ -342,6 +351,8 @@ def _broker_dropped(run: _Run, dropped_start: int | None, end: float) -> int | N
 
 
 def _stop_fleet(run: _Run, fleet: FleetProcess) -> None:
+    if fleet.broken is not None:
+        raise fleet.broken
     code = fleet.stop()
     run.clock.mark(f"fleet stopped ({code})")
     if code not in (0, None):

@@ -24,16 +24,20 @@ def _sim_board(args: argparse.Namespace) -> int:
             pty=args.pty,
             realistic_timing=args.realistic_timing,
             profile=args.profile,
+            usb_jtag=args.usb_jtag,
         )
     )
 
 
 def _sim_fleet(args: argparse.Namespace) -> int:
-    from hil.sim.fleet import FleetError, FleetOptions, parse_config, run_fleet
+    from hil.sim.fleet import FleetError, FleetOptions, parse_config, parse_processes, run_fleet
+    from hil.sim.fleet_shards import parse_shard
 
     try:
         config = parse_config(args.config) if args.config is not None else {}
-    except FleetError as exc:
+        processes = parse_processes(args.processes)
+        shard = parse_shard(args.shard, args.count) if args.shard is not None else None
+    except (FleetError, ValueError) as exc:
         print(f"hil sim fleet: {exc}", file=sys.stderr)
         return 2
     return run_fleet(
@@ -45,6 +49,8 @@ def _sim_fleet(args: argparse.Namespace) -> int:
             config=config,
             app=args.app,
             ca_file=Path(args.ca_file) if args.ca_file else None,
+            processes=processes,
+            shard=shard,
         )
     )
 
@@ -81,17 +87,28 @@ def add_simulator_commands(sub: Any) -> None:
         "connect times with seeded jitter, and power cuts and resets that kill TCP silently: the "
         "broker waits out 1.5 x keepalive). Figures: hil/sim/profiles.py, docs/virtual-rig.md",
     )
+    board.add_argument(
+        "--usb-jtag",
+        action="store_true",
+        help="the chip's own USB-Serial-JTAG port instead of a devkit's UART bridge: reset by "
+        "esptool's --before usb-reset (its classic DTR/RTS pulse boots the app), the port leaves "
+        "on a power cut and comes back ~1 s after power-on, output is held while nobody reads "
+        "(docs/virtual-rig.md)",
+    )
     board.set_defaults(func=_sim_board)
 
     fleet = sub.add_parser(
         "fleet",
-        help="run many provisioned boards' firmware in one process (load and fleet work)",
-        description="Run COUNT virtual boards in one process until SIGTERM/SIGINT, each "
-        "with its own flash (DIR/<device id>/flash.bin, programmed afresh at every start: "
-        "bootloader, partition table, app, its provisioning), identity and sensor, and no "
-        "serial port. Device ids are fleet-0000, fleet-0001, ... The first stdout line is "
-        "JSON: pid, count, device_ids, state_dir, control (tcp://127.0.0.1:PORT, JSON "
-        'lines: {"cmd":"state"}, or any board command with "device": ID).',
+        help="run many provisioned boards' firmware in one process or a few (load and fleet work)",
+        description="Run COUNT virtual boards until SIGTERM/SIGINT, each with its own flash "
+        "(programmed afresh at every start: the images all boards share, bootloader, "
+        "partition table and app, held once in DIR/flash-base-*.bin, read-only; its own "
+        "provisioning and later writes in DIR/<device id>/flash.overlay), identity and "
+        "sensor, and no serial port. Device ids are fleet-0000, fleet-0001, ... The first "
+        "stdout line is JSON: pid, count, device_ids, state_dir, control (tcp://127.0.0.1:PORT, "
+        'JSON lines: {"cmd":"state"}, or any board command with "device": ID), shards. With '
+        "--processes N the boards run in N shard processes behind that one line and endpoint; "
+        'a shard that dies prints {"event": "shard_died", ...} on stdout and stops the fleet (exit 3).',
     )
     fleet.add_argument("--count", required=True, type=int, help="how many boards")
     fleet.add_argument("--state-dir", required=True, help="where the boards' flash files live")
@@ -107,4 +124,11 @@ def add_simulator_commands(sub: Any) -> None:
     )
     fleet.add_argument("--app", help="app recipe every board runs (default: the baseline recipe)")
     fleet.add_argument("--ca-file", help="CA certificate (PEM) the boards trust, for mqtts:// brokers")
+    fleet.add_argument(
+        "--processes",
+        default="1",
+        help="processes to run the boards in: a number, or 'auto' (one per core, none with fewer "
+        "than 250 boards); default 1",
+    )
+    fleet.add_argument("--shard", help=argparse.SUPPRESS)  # INDEX:START:STOP, set by the fleet for its shards
     fleet.set_defaults(func=_sim_fleet)

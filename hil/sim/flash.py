@@ -17,6 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 SECTOR_SIZE = 0x1000
 """Smallest erasable unit of the NOR flash (4 KiB), the granularity of `erase`."""
@@ -57,7 +58,7 @@ class SpiFlash:
         self._file = path.open("r+b")
         self._map = mmap.mmap(self._file.fileno(), size)
 
-    def __enter__(self) -> SpiFlash:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

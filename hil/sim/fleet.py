@@ -1,25 +1,34 @@
-"""``hil sim fleet``: many provisioned boards' firmware in one asyncio process.
+"""``hil sim fleet``: many provisioned boards' firmware in one asyncio process, or sharded.
 
 For load and fleet work a process per board is too dear (an interpreter, an RFC 2217
 server and a control endpoint each), and nobody drives 200 serial ports anyway. Here
-every board is still a whole `Board`: its own flash file, programmed as a factory
-programmer leaves a new board (bootloader, partition table, otadata, app image, and that
-board's provisioning NVS), its own identity and its own `RigPeripherals` (BME280 and
-AP). It powers up through the same ROM and bootloader path and runs the reference
-firmware unchanged; only the UART goes nowhere (the board's TX tap still records it).
+every board is still a whole `Board`: its own flash, programmed as a factory programmer
+leaves a new board (bootloader, partition table, otadata, app image, and that board's
+provisioning NVS), its own identity and its own `RigPeripherals` (BME280 and AP). It
+powers up through the same ROM and bootloader path and runs the reference firmware
+unchanged; only the UART goes nowhere (the board's TX tap still records it).
+
+A board's flash is `hil.sim.flash_store`'s: the images every board shares, held once
+in a read-only base file in the state dir (``flash-base-<hash>.bin``), and the sectors
+the board has of its own (its NVS, later otadata, an OTA slot) in its overlay file.
+
+With ``--processes N`` (or ``auto``) the boards are split over N shard processes
+(`hil.sim.fleet_shards`), each running this module on its slice; the process started
+keeps one control endpoint and one first line for them all.
 
 The first stdout line is a JSON object, like ``hil sim board``'s: ``pid``, ``count``,
-``device_ids`` (``fleet-0000``, ``fleet-0001``, ...), ``state_dir`` and ``control``.
-The process then runs until SIGTERM or SIGINT.
+``device_ids`` (``fleet-0000``, ``fleet-0001``, ...), ``state_dir``, ``control`` and
+``shards`` (per process that runs boards: ``name``, ``pid``, ``first`` and ``last``
+device, ``count``, and ``anon_before_boards``, its anonymous memory before it made any
+board, so a reader can tell the cost per device from the cost per process). The process
+then runs until SIGTERM or SIGINT.
 
-Layout of the state dir: one sub-directory per board, named after its device id, as
-``hil sim board`` lays out its own (``flash.bin``, ``board.lock``). Each board's lock is
-held while the fleet runs, so neither a second fleet nor a single board process can
-drive the same flash; the MAC is the one ``hil sim board --state-dir DIR/fleet-0007``
-would give that directory, so with the fleet stopped any one of its boards can be
-brought up alone, serial port and all, exactly as the fleet left it. Every start
-programs every board afresh (a new fleet from the factory): the broker URI, the
-credentials, the config and the app are whatever this run was given.
+Layout of the state dir: the base image, and one sub-directory per board, named after its
+device id, holding its overlay (``flash.overlay``) and its lock (``board.lock``). Each
+board's lock is held while the fleet runs, so a second fleet cannot drive the same flash;
+the state dir itself is locked too. Every start programs every board afresh (a new fleet
+from the factory): the broker URI, the credentials, the config and the app are whatever
+this run was given.
 
 One control endpoint serves the whole fleet (JSON lines, as a board's): ``{"cmd":
 "state"}`` gives every board's mode and boot count; any board command (``power``,
@@ -30,6 +39,8 @@ One control endpoint serves the whole fleet (JSON lines, as a board's): ``{"cmd"
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -54,13 +65,15 @@ from hil.sim.board import Board
 from hil.sim.control import ControlServer, JsonLinesServer
 from hil.sim.firmware.reference import firmware_factory
 from hil.sim.firmware.rig import AccessPoint, RigPeripherals
-from hil.sim.flash import SpiFlash
-from hil.sim.process import FLASH_FILE, StateDirBusy, default_mac, lock_state_dir
+from hil.sim.flash_store import OverlayFlash, base_image_path
+from hil.sim.process import FLASH_FILE, LOCK_FILE, StateDirBusy, default_mac, lock_state_dir
 from hil.sim.registers import ChipIdentity
 
 DEVICE_PREFIX = "fleet-"
 MAX_COUNT = 10_000
-FILES_PER_BOARD = 3  # flash file, lock file, MQTT socket
+FILES_PER_BOARD = 3  # flash overlay mapping, lock file, MQTT socket
+OVERLAY_FILE = "flash.overlay"
+FLASH_SIZE = 4 * 1024 * 1024  # a C3 devkit's 4 MB flash, as `hil sim board`'s
 POWER_ON_SPREAD_S = 1.0
 """Boards are plugged in one after another over this long, as a real fleet never boots
 in lockstep; it also spreads their readings over the measurement interval."""
@@ -76,6 +89,14 @@ class FleetError(Exception):
     """Bad input, reported before anything is touched; the message names the fix."""
 
 
+SHARD_DIED_EXIT = 3
+
+
+class ShardDied(Exception):
+    """A shard process of the fleet ended on its own: the fleet is broken (its devices are
+    gone); the message names the shard, its devices and how it ended."""
+
+
 @dataclass(frozen=True)
 class FleetOptions:
     count: int
@@ -85,23 +106,38 @@ class FleetOptions:
     config: Mapping[str, Any] = field(default_factory=dict)
     app: str | None = None  # recipe name; None = the recipe book's baseline
     ca_file: Path | None = None
+    processes: int | None = 1  # shard processes; None = auto (`hil.sim.fleet_shards`)
+    shard: Shard | None = None  # set in a shard process: the slice of the fleet it runs
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard process's slice of the fleet: devices ``start``..``stop - 1``."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index}"
 
 
 @dataclass(frozen=True)
 class _Plan:
     """Everything checked and read before any board dir is touched."""
 
-    device_ids: tuple[str, ...]
+    device_ids: tuple[str, ...]  # the whole fleet's
     images: tuple[tuple[int, bytes], ...]  # (offset, bytes): the app's flash set (hil.images.layout)
     nvs_offset: int
-    provisioning: Mapping[str, bytes]  # device id -> its NVS image
+    provisioning: dict[str, bytes]  # device id -> its NVS image, for this process's boards
 
 
 @dataclass
 class FleetBoard:
     device_id: str
     board: Board
-    flash: SpiFlash
+    flash: OverlayFlash
     control: ControlServer  # never listens: the fleet endpoint hands it requests
 
 
@@ -115,6 +151,15 @@ def parse_config(text: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise FleetError(f'--config {text!r}: expected a JSON object, e.g. {{"measurement_interval_s": 1}}')
     return config
+
+
+def parse_processes(text: str) -> int | None:
+    """``--processes``: a positive number, or ``auto`` (None)."""
+    if text == "auto":
+        return None
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise FleetError(f"--processes {text!r}: give a number of processes (1 or more) or 'auto'")
 
 
 def device_ids(count: int) -> tuple[str, ...]:
@@ -148,8 +193,9 @@ def load_credentials(path: Path, ids: Sequence[str]) -> dict[str, tuple[str, str
     return found
 
 
-def plan(options: FleetOptions) -> _Plan:
-    """Check every input and build every image; raises FleetError naming what to fix."""
+def plan(options: FleetOptions, *, keep: range | None = None) -> _Plan:
+    """Check every input and build every image; raises FleetError naming what to fix.
+    Only the NVS images of the devices in ``keep`` (by index; default all) are kept."""
     if not 1 <= options.count <= MAX_COUNT:
         raise FleetError(f"--count {options.count}: give 1..{MAX_COUNT} boards")
     if parse_broker_uri(options.broker_uri) is None:
@@ -176,7 +222,8 @@ def plan(options: FleetOptions) -> _Plan:
     nvs = flash_set.layout.nvs
     ap = AccessPoint()  # each board's rig has this AP: every board is provisioned for it
     provisioning: dict[str, bytes] = {}
-    for device in ids:
+    kept = range(len(ids)) if keep is None else keep
+    for index, device in enumerate(ids):
         username, password = creds.get(device, (None, None))
         prov = Provisioning(
             device_id=device,
@@ -188,9 +235,11 @@ def plan(options: FleetOptions) -> _Plan:
             ca_cert=ca_pem,
         )
         try:
-            provisioning[device] = provisioning_image(prov, options.config, size=nvs.size)
+            image = provisioning_image(prov, options.config, size=nvs.size)
         except (ValueError, NvsError) as exc:
             raise FleetError(f"--config: {exc}") from None
+        if index in kept:
+            provisioning[device] = image
     written = tuple((f.offset, f.path.read_bytes()) for f in flash_set.files)
     return _Plan(ids, written, nvs.offset, provisioning)
 
@@ -209,18 +258,45 @@ def _raise_open_files_limit(count: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def program_flash(path: Path, images: Sequence[tuple[int, bytes]], nvs_offset: int, nvs: bytes) -> SpiFlash:
-    """A new chip from the factory programmer: erased, then the images and the provisioning."""
-    path.unlink(missing_ok=True)  # SpiFlash creates an erased chip in its place
-    flash = SpiFlash(path)
+def program_flash(board_dir: Path, base: Path, nvs_offset: int, nvs: bytes) -> OverlayFlash:
+    """A new chip from the factory programmer: the fleet's shared images (``base``), and
+    this board's provisioning in its own overlay."""
+    (board_dir / OVERLAY_FILE).unlink(missing_ok=True)  # a new overlay reads as the base
+    # A whole-chip flash file of an earlier layout (or of `hil sim board` in this dir) is
+    # not this board's flash any more: gone, rather than left to mislead.
+    (board_dir / FLASH_FILE).unlink(missing_ok=True)
+    flash = OverlayFlash(board_dir / OVERLAY_FILE, base)
     try:
-        for offset, data in images:
-            flash.write(offset, data)
         flash.write(nvs_offset, nvs)
     except BaseException:
         flash.close()
         raise
     return flash
+
+
+def lock_board_dir(board_dir: Path) -> int:
+    """Hold a board's dir for this process, as `lock_state_dir` holds a board's (same lock
+    file, same record, same refusal), on a bare descriptor: a fleet holds thousands, and a
+    file object per board would cost 5 KiB of each board's memory."""
+    fd = os.open(board_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StateDirBusy(f"{board_dir} is in use by {holder}; stop that board or pick another --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def anonymous_memory() -> int:
+    """This process's anonymous resident memory in bytes (RssAnon, /proc/self/status)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 class FleetControl(JsonLinesServer):
@@ -275,29 +351,43 @@ async def _power_on(boards: Sequence[FleetBoard]) -> None:
 
 
 async def serve_fleet(options: FleetOptions, *, out: IO[str] = sys.stdout) -> None:
-    checked = plan(options)
-    _raise_open_files_limit(options.count)
+    if options.shard is None:
+        from hil.sim import fleet_shards  # the parent of shards is this module's caller too
+
+        processes = options.processes or fleet_shards.auto_processes(options.count, fleet_shards.available_cores())
+        if processes > 1:
+            await fleet_shards.serve_sharded(options, processes, out=out)
+            return
+    shard = options.shard or Shard(0, 0, options.count)
+    checked = plan(options, keep=range(shard.start, shard.stop))
+    mine = checked.device_ids[shard.start : shard.stop]
+    _raise_open_files_limit(len(mine))
     loop = asyncio.get_running_loop()
-    workers = max(32, math.ceil(options.count / BOARDS_PER_SENSOR_THREAD))
+    workers = max(32, math.ceil(len(mine) / BOARDS_PER_SENSOR_THREAD))
     loop.set_default_executor(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet-io"))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     options.state_dir.mkdir(parents=True, exist_ok=True)
-    locks: list[IO[str]] = []
+    state_lock: IO[str] | None = None
+    locks: list[int] = []
     boards: list[FleetBoard] = []
     control: FleetControl | None = None
     powering: asyncio.Task[None] | None = None
     try:
-        for device in checked.device_ids:
+        if options.shard is None:  # a shard's parent holds the state dir
+            state_lock = lock_state_dir(options.state_dir)
+        for device in mine:
             board_dir = options.state_dir / device
             board_dir.mkdir(exist_ok=True)
-            locks.append(lock_state_dir(board_dir))
-        for device in checked.device_ids:
+            locks.append(lock_board_dir(board_dir))
+        base = base_image_path(options.state_dir, FLASH_SIZE, checked.images)
+        anon_before = anonymous_memory()
+        for device in mine:
             board_dir = options.state_dir / device
-            nvs = checked.provisioning[device]
-            flash = program_flash(board_dir / FLASH_FILE, checked.images, checked.nvs_offset, nvs)
+            nvs = checked.provisioning.pop(device)  # programmed: not kept for the run
+            flash = program_flash(board_dir, base, checked.nvs_offset, nvs)
             rig = RigPeripherals()
             # No UART: the board's default TX sink drops the bytes (its TX tap keeps the tail).
             board = Board(
@@ -310,14 +400,19 @@ async def serve_fleet(options: FleetOptions, *, out: IO[str] = sys.stdout) -> No
             rig.register(board_control)
             boards.append(FleetBoard(device, board, flash, board_control))
         control = FleetControl(boards)
-        control.require_token(options.state_dir)
+        token_dir = options.state_dir
+        if options.shard is not None:  # the parent's token is the fleet's; each shard has its own
+            token_dir = options.state_dir / "shards" / shard.name
+            token_dir.mkdir(parents=True, exist_ok=True)
+        control.require_token(token_dir)
         await control.start()
         hello = {
             "pid": os.getpid(),
             "count": len(boards),
-            "device_ids": list(checked.device_ids),
+            "device_ids": list(mine),
             "state_dir": str(options.state_dir.resolve()),
             "control": control.url,
+            "shards": [shard_record(shard, checked.device_ids, os.getpid(), anon_before)],
         }
         out.write(json.dumps(hello) + "\n")
         out.flush()
@@ -331,8 +426,22 @@ async def serve_fleet(options: FleetOptions, *, out: IO[str] = sys.stdout) -> No
         await asyncio.gather(*(fb.board.close() for fb in boards), return_exceptions=True)
         for fb in boards:
             fb.flash.close()
-        for lock in locks:
-            lock.close()
+        for fd in locks:
+            os.close(fd)
+        if state_lock is not None:
+            state_lock.close()
+
+
+def shard_record(shard: Shard, ids: Sequence[str], pid: int, anon_before: int) -> dict[str, Any]:
+    """A shard as the first line describes it."""
+    return {
+        "name": shard.name,
+        "pid": pid,
+        "first": ids[shard.start],
+        "last": ids[shard.stop - 1],
+        "count": shard.stop - shard.start,
+        "anon_before_boards": anon_before,
+    }
 
 
 def run_fleet(options: FleetOptions) -> int:
@@ -342,4 +451,7 @@ def run_fleet(options: FleetOptions) -> int:
     except (FleetError, StateDirBusy) as exc:
         print(f"hil sim fleet: {exc}", file=sys.stderr)
         return 2
+    except ShardDied as exc:
+        print(f"hil sim fleet: {exc}", file=sys.stderr)
+        return SHARD_DIED_EXIT
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hil.device import contract
+from hil.errors import is_infrastructure
 from hil.load import fleet as load_fleet
+from hil.load.errors import FleetBroken
 from hil.rig.virtual_board import ControlClient
 from hil.services.broker import OBSERVER_USER, MosquittoBroker
 from hil.services.mqtt import MqttObserver, Received
@@ -112,6 +115,8 @@ def reading(message: Received) -> dict[str, Any]:
         (["--credentials", "{missing}"], "cannot read it"),
         (["--credentials", "{partial}"], "no entry for fleet-0001"),
         (["--credentials", "{bad_entry}"], 'fleet-0000 must be {"username"'),
+        (["--processes", "two"], "--processes 'two': give a number of processes"),
+        (["--processes", "2", "--credentials", "{partial}"], "no entry for fleet-0001"),  # checked before any shard
     ],
 )
 def test_bad_input_is_refused_before_anything_is_touched(tmp_path: Path, args: list[str], expected: str) -> None:
@@ -146,10 +151,24 @@ def test_fleet_boards_are_separate_devices_behind_one_process(tmp_path: Path) ->
             "device_ids": ids,
             "state_dir": str((tmp_path / "fleet").resolve()),
             "control": fleet.hello["control"],
+            "shards": [
+                {
+                    "name": "shard-0",
+                    "pid": fleet.proc.pid if fleet.proc else None,
+                    "first": "fleet-0000",
+                    "last": "fleet-0002",
+                    "count": 3,
+                    "anon_before_boards": fleet.hello["shards"][0]["anon_before_boards"],
+                }
+            ],
         }
         assert fleet.hello["control"].startswith("tcp://127.0.0.1:")
+        # The images every board shares are one read-only file; each board has its overlay.
+        (base,) = (tmp_path / "fleet").glob("flash-base-*.bin")
+        assert base.stat().st_size == 4 * 1024 * 1024 and base.stat().st_mode & 0o222 == 0
         for device in ids:
-            assert (tmp_path / "fleet" / device / "flash.bin").stat().st_size == 4 * 1024 * 1024
+            assert (tmp_path / "fleet" / device / "flash.overlay").is_file()
+            assert not (tmp_path / "fleet" / device / "flash.bin").exists()
             first = reading(observer.wait_for(contract.sensors_topic(device), timeout=20)[0])
             assert first["device_id"] == device and first["seq"] == 0 and first["boot_count"] == 1
         assert fleet.control is not None
@@ -181,6 +200,64 @@ def test_fleet_boards_are_separate_devices_behind_one_process(tmp_path: Path) ->
         for device in ids:
             will = observer.wait_for(contract.status_topic(device), since=mark, timeout=40)[0]
             assert will.json() == {"state": "offline"}
+
+
+SHARDED_SIZE = 20
+
+
+def test_a_fleet_over_two_processes_has_one_face_and_a_dead_shard_breaks_it(tmp_path: Path) -> None:
+    """Two shards behind one first line and one control endpoint; readings from both
+    through one broker; a shard killed is named, as infrastructure, and the fleet stops."""
+    ids = [f"fleet-{index:04d}" for index in range(SHARDED_SIZE)]
+    with (
+        fleet_broker(tmp_path / "broker", SHARDED_SIZE) as (broker, credentials),
+        MqttObserver(
+            "127.0.0.1", broker.plain_port, username=OBSERVER_USER, password=broker.observer_password, subscribe="esp32/+/sensors"
+        ) as observer,
+        FleetProcess(
+            [*fleet_args(broker, credentials, tmp_path / "fleet", SHARDED_SIZE), "--processes", "2"], tmp_path / "fleet.log"
+        ) as fleet,
+    ):
+        assert fleet.hello["count"] == SHARDED_SIZE and fleet.hello["device_ids"] == ids
+        shards = fleet.shards
+        assert [(s["name"], s["first"], s["last"], s["count"]) for s in shards] == [
+            ("shard-0", "fleet-0000", "fleet-0009", 10),
+            ("shard-1", "fleet-0010", "fleet-0019", 10),
+        ]
+        pids = fleet.pids()
+        assert len(set(pids)) == 3 and pids[0] == fleet.pid  # the fleet process and two shards
+        # One observer on the broker sees readings from both shards' devices.
+        for device in ("fleet-0000", "fleet-0009", "fleet-0010", "fleet-0019"):
+            reading(observer.wait_for(contract.sensors_topic(device), timeout=30)[0])
+        assert fleet.control is not None
+        state = fleet.control.state()
+        assert state["count"] == SHARDED_SIZE and [b["device_id"] for b in state["boards"]] == ids
+        assert [(s["name"], s["alive"]) for s in state["shards"]] == [("shard-0", True), ("shard-1", True)]
+        # A board command reaches the shard that runs the board.
+        fleet.control.request("sensor.set", device="fleet-0015", temperature_c=30.0)
+        mark = observer.mark()
+        warm = reading(observer.wait_for(contract.sensors_topic("fleet-0015"), since=mark, count=2, timeout=10)[1])
+        assert abs(warm["temperature_c"] - 30.0) <= contract.TEMPERATURE_ACCURACY_C
+        assert fleet.memory()["FlashPages"] > 0  # the boards' flash mappings are found in smaps
+
+        broken: list[Exception] = []
+        arrived = threading.Event()
+
+        def on_broken(exc: FleetBroken) -> None:
+            broken.append(exc)
+            arrived.set()
+
+        fleet.when_broken(on_broken)
+        os.kill(int(shards[1]["pid"]), signal.SIGKILL)
+        assert arrived.wait(30), (tmp_path / "fleet.log").read_text()[-3000:]
+        assert isinstance(broken[0], FleetBroken) and is_infrastructure(broken[0])
+        message = str(broken[0])
+        assert "fleet shard shard-1" in message and "fleet-0010..fleet-0019" in message and "exit -9" in message
+        assert fleet.proc is not None
+        assert fleet.proc.wait(timeout=60) == 3  # the fleet stops itself: its other shard too
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(shards[0]["pid"]), 0)
+        assert "shard-1" in (tmp_path / "fleet.log").read_text()
 
 
 # -- slow: the acceptance load ------------------------------------------------------------
