@@ -443,6 +443,34 @@ WIFI_WARNINGS_IN_TICKS = "wifi_warnings_in_ticks"
 prints FreeRTOS ticks (100 Hz) where ESP-IDF prints milliseconds since boot: while the AP is
 away those lines lag the others' and the times go backwards within a boot."""
 
+# -- mutation review G3 (session 4): OTA and the program runtime
+ROLLBACK_SEQ_KEPT_AFTER_UPDATE = "rollback_seq_kept_after_update"
+"""Keeps the otadata seq of the rollback it last reported when it installs the next update:
+esp_ota_set_boot_partition from all-invalid otadata reuses seq 1, so the next update of the
+same slot that fails too is taken for the rollback already reported, and never reported."""
+
+# -- mutation review G1 (session 4): the MQTT link and connectivity
+SHUTDOWN_OFFLINE_NOT_RETAINED = "shutdown_offline_not_retained"
+"""Publishes its own `offline` on an emergency shutdown without the retain flag: subscribers
+online at the time see it, but the broker keeps the retained `online`, so anyone who looks
+later is told a device in deep sleep is online."""
+
+# -- mutation review G2 (session 4): periodic tasks, the sensor path, commands and config
+REPORT_AT_NEXT_HEARTBEAT = "report_at_next_heartbeat"
+"""Acknowledges `report` at once but only sets a flag for the health task, which publishes at
+its next heartbeat: the answer comes up to `heartbeat_interval_s` late, not at once."""
+RECOVERED_AT_BOOT = "recovered_at_boot"
+"""Starts each boot with its sensor-failure flag set (`static bool sensor_failed = true`: no
+reading yet), so the first good reading of every boot raises `sensor_recovered` after no
+failure."""
+SEQ_FROM_ONE = "seq_from_one"
+"""Numbers readings with a pre-increment (`reading.seq = ++seq`): the first reading of each
+boot carries seq 1, not 0."""
+CONFIG_BROKER_ITEM_UNCHECKED = "config_broker_item_unchecked"
+"""Checks each `brokers` entry with `strncmp(item->valuestring, "mqtt", 4)` without checking
+that the item is a string: a number in the array is a NULL dereference, a panic and a
+reboot, where the update was to be rejected with `config/status`."""
+
 ALL = frozenset(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
 )

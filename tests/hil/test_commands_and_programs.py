@@ -240,6 +240,7 @@ SCHEME_VALUES = [
     ("(/ 8 2)", 4),
     ("(- 10 4 3)", 3),  # left to right
     ("(- 5)", -5),
+    ("(/ 2)", 0.5),  # one argument: its reciprocal
     ("(* 2 3 4)", 24),
     ("(+ 1 2.5)", 3.5),
     ("(< 2 2)", False),  # < and <= differ at equality
@@ -255,6 +256,7 @@ SCHEME_VALUES = [
     ("(if #f 1 2)", 2),
     ("(if 0 1 2)", 1),  # only #f is false
     ("(begin 1 2 3)", 3),
+    ("(begin (sleep 0) 1)", 1),  # no wait is still a whole number of milliseconds
     ("(let ((x 2) (y 3)) (* x y))", 6),
     ("((lambda (x y) (- x y)) 10 3)", 7),  # arguments in order
     ("(define x 5) (define (f y) (+ x y)) (f 10)", 15),
@@ -369,6 +371,9 @@ def test_the_step_budget_is_the_contracts(dut, mqtt) -> None:
         "(+ 1 \"a\")",
         "(undefined-procedure 1)",
         "(1 2)",
+        # A call with more arguments than the procedure takes is an error, not the extra dropped.
+        "((lambda (x) x) 1 2)",
+        "(sleep 1 2)",
         # Scheme's exact division by zero is an error, not 0, inf or null.
         pytest.param("(/ 1 0)", marks=[pytest.mark.guards("program_div_zero_is_zero"), pytest.mark.clause("C9.7")]),
     ],

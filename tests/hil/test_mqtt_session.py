@@ -212,3 +212,39 @@ def test_after_an_ungraceful_loss_a_newcomer_sees_the_will_then_online_again(
     assert len(back) == 1 and back[0].retain, f"after the return a newcomer got {[(m.payload, m.retain) for m in back]}"
     body = back[0].json()
     assert body["state"] == "online" and body["boot_count"] == before["boot_count"], f"retained {body} after the return"
+
+
+# The latest the broker may publish the will of a device that went silent: 1.5 keepalive
+# periods after its last packet (MQTT 3.1.1 §3.1.2.10; a board that loses power sends
+# nothing, not even a FIN), and one more period for the broker's sweep and the delivery.
+WILL_AFTER_SILENCE_S = 1.5 * contract.MQTT_KEEPALIVE_S + contract.MQTT_KEEPALIVE_S
+
+
+@pytest.mark.requires("power_control")
+@pytest.mark.clause("C3.4", "C3.5")
+def test_after_a_power_cut_a_newcomer_sees_the_will_then_the_next_boot_online(
+    dut, mqtt, power, fresh_subscriber, hil_session
+) -> None:
+    """The loss a chip cannot announce: its supply cut. The broker publishes the will
+    (a board without power says no goodbye, so nothing it did before may have stood in for
+    one), retained at QoS 1 for a newcomer; back on, the retained status is the new boot's
+    `online` (POWERON, boot_count one higher)."""
+    did = dut.device_id
+    status = contract.status_topic(did)
+    mark = mqtt.mark()
+    before = mqtt.wait_for(contract.sensors_topic(did), since=mark, timeout=readings_within(hil_session, 1))[0].json()
+    power.off()
+    try:
+        mqtt.wait_for(status, state_is("offline"), since=mark, timeout=WILL_AFTER_SILENCE_S)
+        gone = fresh_subscriber(status).collect(status)
+    finally:
+        power.on()
+    assert [(m.json(), m.retain, m.qos) for m in gone] == [({"state": "offline"}, True, 1)], (
+        f"with the device's power off a newcomer got {[(m.payload, m.retain, m.qos) for m in gone]}"
+    )
+    mqtt.wait_for(status, state_is("online"), since=mark, timeout=ONLINE_TIMEOUT_S)
+    [back] = fresh_subscriber(status).collect(status)
+    body = back.json()
+    assert back.retain and (body["state"], body["reset_reason"], body["boot_count"]) == (
+        "online", "POWERON", before["boot_count"] + 1
+    ), f"after the power came back a newcomer got {body} (retained {back.retain}), boot before {before['boot_count']}"

@@ -298,7 +298,12 @@ class MqttTask:
         elif topic == contract.emergency_topic(did):
             if payload.strip() in (b"shutdown", b'"shutdown"'):
                 fw.log("W", "app", "emergency shutdown: disconnecting, entering deep sleep")
-                await client.publish(contract.status_topic(did), json.dumps({"state": "offline"}).encode(), qos=1, retain=True)
+                await client.publish(
+                    contract.status_topic(did),
+                    json.dumps({"state": "offline"}).encode(),
+                    qos=1,
+                    retain=D.SHUTDOWN_OFFLINE_NOT_RETAINED not in fw.defects,
+                )
                 if not stop.done():
                     stop.set_result("shutdown")
         elif topic == contract.config_update_topic(did):

@@ -155,7 +155,8 @@ class OtaTask:
                 set_boot_partition(ctx.flash, ctx.table, target)
             # The new image reuses sequence numbers; forget the last rollback we reported
             # so that a rollback of this update is reported too.
-            fw.store(STATS_NAMESPACE, {"rollback_seq": 0})
+            if D.ROLLBACK_SEQ_KEPT_AFTER_UPDATE not in fw.defects:
+                fw.store(STATS_NAMESPACE, {"rollback_seq": 0})
         except OtaFailed as exc:
             level = "W" if D.OTA_FAILED_AS_WARNING in fw.defects else "E"
             fw.log_mirrored(level, "ota", f"failed version={request.version}: {exc.reason}")
