@@ -55,12 +55,17 @@ from hil.services.broker import (
     MosquittoBroker,
     broker_class,
 )
+from hil.services.broker_log import BrokerLog, BrokerLogReader, BrokerLogTimeout
 from hil.services.mqtt import MqttObserver, ObserverTimeout
 from hil.services.mqtt_login import LoginError, write_login
 from hil.services.netfault import FaultProxy
 from hil.services.ota import OtaServer, OtaSigner
 
 ONLINE_TIMEOUT_S = 60.0
+SUBSCRIBE_TIMEOUT_S = 15.0
+"""After the online status, how long the device's SUBSCRIBEs may take to show in the broker's
+log: one keepalive (C3.2), within which anything sent on connect reaches the broker on a
+working link."""
 FAST_INTERVALS = {
     "measurement_interval_s": 1,
     "heartbeat_interval_s": 5,
@@ -527,13 +532,44 @@ class RigSession:
         observer = self.mqtt()
         console = self.open_console()
         mark = observer.mark()
+        broker_log = self._protocol_log()
+        log_mark = broker_log.mark() if broker_log is not None else None
         # The NVS image holds the device's secrets: a private temp file, gone after use.
         with tempfile.TemporaryDirectory(prefix="nvs-", dir=self.prepare_run_dir()) as private:
             nvs = write_private(Path(private) / "nvs.bin", self.provisioning())  # 0600 from creation
             with self._flashing(console) as (flasher, port, after):
                 flasher.flash(port, firmware.flash_set.with_nvs(nvs), after=after)
         self._await_online(observer, console, firmware.version, since=mark, what="flashed")
+        if broker_log is not None:
+            self._await_subscribed(broker_log, since=log_mark)
         return firmware.version
+
+    def _protocol_log(self) -> BrokerLogReader | None:
+        """The session's own broker's record of what clients send, where it keeps one."""
+        if self.external_broker:
+            return None
+        broker = self.start_broker()
+        return broker.protocol_log() if "protocol_log" in broker.features else None
+
+    def _await_subscribed(self, broker_log: BrokerLogReader, *, since: int | None) -> None:
+        """Until the device's request topics are subscribed. The device subscribes after its
+        online status (C3.3 asks only that it does on connect), and on a broker that has
+        never seen it no session keeps a request published before that SUBSCRIBE: a test's
+        first request would be lost to the race, on a board as on the virtual rig. Later
+        connects are safe (the persistent session holds the subscriptions)."""
+        expected = len(contract.device_subscriptions(self.device_id))
+
+        def subscribed(log: BrokerLog) -> bool:
+            connects = log.connects_of(client_id=self.device_id)
+            return bool(connects) and len(connects[-1].subscriptions) >= expected
+
+        try:
+            broker_log.wait_for(subscribed, since=since, timeout=SUBSCRIBE_TIMEOUT_S, what="the device's SUBSCRIBEs")
+        except BrokerLogTimeout as exc:
+            raise SessionError(
+                f"the device came online but did not subscribe to its {expected} request topics "
+                f"within {SUBSCRIBE_TIMEOUT_S:g} s (C3.3): {exc}"
+            ) from None
 
     @contextlib.contextmanager
     def _flashing(self, console: Console) -> Iterator[tuple[Flasher, Any, AfterReset]]:
