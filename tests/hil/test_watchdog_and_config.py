@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from itertools import combinations
 
@@ -91,6 +92,58 @@ HANG_GUARDS = {
     "mqtt": ("mqtt_unwatched",),
     "health": ("health_unwatched",),
 }
+
+
+# ESP-IDF's report when the task watchdog fires with its panic option on (SPEC_FACTS.md §2,
+# C2.10 "in ESP-IDF's own wording"): after the `triggered` line, one line per task late,
+# the tasks running, then `Aborting.` before the reboot.
+WDT_LATE_TASK = re.compile(r"E \(\d+\) task_wdt:\s+- (?P<task>\S+) \(CPU \d\)")
+WDT_RUNNING = re.compile(r"E \(\d+\) task_wdt: Tasks currently running:")
+WDT_RUNNING_CPU = re.compile(r"E \(\d+\) task_wdt: CPU \d: \S+")
+WDT_ABORTING = re.compile(r"E \(\d+\) task_wdt: Aborting\.")
+
+
+def in_order_problems(lines: list[str], steps: tuple[tuple[str, re.Pattern[str]], ...], what: str) -> list[str]:
+    """The steps of ``what`` not found in ``lines`` in their order (each after the last found)."""
+    problems, at = [], 0
+    for step, pattern in steps:
+        found = next((i for i in range(at, len(lines)) if pattern.search(lines[i])), None)
+        if found is None:
+            problems.append(f"{what}: no {step!r} line after line {at} of {len(lines)}")
+        else:
+            at = found + 1
+    return problems
+
+
+def watchdog_report_problems(lines: list[str], hung: str) -> list[str]:
+    """What is missing or out of order in the task watchdog's report in ``lines`` (from
+    before it fired to past the reboot), whose late tasks must name ``hung`` (a firmware's
+    task may carry a suffix of its own, `sensor_task`)."""
+    steps = (
+        ("triggered", contract.TASK_WDT),
+        ("late task", WDT_LATE_TASK),
+        ("tasks running", WDT_RUNNING),
+        ("running on a CPU", WDT_RUNNING_CPU),
+        ("Aborting.", WDT_ABORTING),
+        ("ROM banner", contract.ROM_RESET),
+    )
+    problems = in_order_problems(lines, steps, "the task watchdog's report")
+    late = [m["task"] for line in lines if (m := WDT_LATE_TASK.search(line))]
+    if not any(hung in name for name in late):
+        problems.append(f"the watchdog's late tasks {late} do not name the hung task {hung!r}")
+    return problems
+
+
+# ESP-IDF's panic handler on the C3 (SPEC_FACTS.md §2): the Guru Meditation line, the
+# register dump, then `Rebooting...` before the next boot's ROM banner.
+PANIC_REGISTER_DUMP = re.compile(r"Core\s+\d+ register dump:")
+PANIC_REBOOTING = re.compile(r"Rebooting\.\.\.")
+PANIC_STEPS = (
+    ("Guru Meditation", contract.PANIC),
+    ("register dump", PANIC_REGISTER_DUMP),
+    ("Rebooting...", PANIC_REBOOTING),
+    ("ROM banner", contract.ROM_RESET),
+)
 
 
 # ESP-IDF's task watchdog runs at CONFIG_ESP_TASK_WDT_TIMEOUT_S (5 s) until the firmware
@@ -202,6 +255,10 @@ def test_a_hung_task_trips_the_task_watchdog_at_its_timeout(
     # C7.9: the next boot says why, counts it, and raises watchdog_reset at its level.
     status = online_after(mqtt, did, mark)
     assert status["reset_reason"] == "TASK_WDT"
+    # C2.10/C7.8: the watchdog said so in ESP-IDF's words, naming the task that hung, and
+    # aborted (the reboot's banner is in by now).
+    report = watchdog_report_problems(console.lines(serial), task)
+    assert not report, "\n".join(report)
     after = health_after(mqtt, did, mark, lambda h: h["boot_count"] == status["boot_count"])
     assert after["reset_reason"] == "TASK_WDT" and after["boot_count"] == before["boot_count"] + 1, after
     assert after["restart_count"] == before["restart_count"] + 1, (before, after)
@@ -256,13 +313,18 @@ def test_an_i2c_bus_held_low_ends_in_a_task_watchdog_reset(dut, mqtt, console, s
     )
 
 
-@pytest.mark.clause("C4.14", "C2.1", "C5.1", "C5.3", "C7.9", "C3.5", "C4.4")
+@pytest.mark.clause("C4.14", "C2.1", "C5.1", "C5.3", "C7.9", "C3.5", "C4.4", "C4.3", "C7.6", "C1.3")
 @pytest.mark.requires("test_hooks", "power_control")
 @pytest.mark.parametrize(
     ("trigger", "reason"),
     [
         pytest.param("power cycle", "POWERON", id="poweron", marks=pytest.mark.guards("boot_count_in_rtc")),
-        pytest.param("reset command", "SW", id="sw", marks=pytest.mark.guards("restart_count_crashes_only")),
+        pytest.param(
+            "reset command",
+            "SW",
+            id="sw",
+            marks=pytest.mark.guards("restart_count_crashes_only", "recovered_at_boot", "seq_from_one"),
+        ),
         pytest.param("hung task", "TASK_WDT", id="task_wdt", marks=pytest.mark.guards("crash_reason_sticky")),
         pytest.param(
             "crash command",
@@ -300,12 +362,25 @@ def test_the_reset_reason_on_the_serial_port_matches_health(dut, mqtt, console, 
     # C4.4: restart_count counts the boots that were not power-ons, a reset command's too.
     restarted = 0 if reason == "POWERON" else 1
     assert health["restart_count"] == before["restart_count"] + restarted, f"after a {reason} reset: {before} then {health}"
+    if reason == "PANIC":  # C5.3: a panic, as ESP-IDF's handler prints one
+        printed = in_order_problems(console.lines(since), PANIC_STEPS, "the panic")
+        assert not printed, "\n".join(printed)
+    # Only a device without `device_id` says it is not provisioned (C1.3): the line the
+    # rig tells an unprovisioned device by.
+    assert not contract.NOT_PROVISIONED.search(serial), f"a provisioned device said {contract.NOT_PROVISIONED.pattern!r}"
+    # C4.3: the new boot numbers its readings from 0 (delivered in order, the first first).
+    first = readings_after(mqtt, device, mark, count=1, boot=status["boot_count"])[0]
+    assert first["seq"] == 0, f"the first reading after a {reason} reset: {first}"
     # watchdog_reset on the boot after a watchdog reset, and after no other (C7.9); judged
     # once the new boot's health is in (a stray one raised later would pass unseen).
     if reason == "TASK_WDT":
         alert_after(mqtt, device, "watchdog_reset", mark)
     raised = [a for m in mqtt.collect(contract.alerts_topic(device), since=mark) if (a := m.json())["code"] == "watchdog_reset"]
     assert bool(raised) == (reason == "TASK_WDT"), f"after a {reason} reset: {raised}"
+    # No other alert since: a healthy sensor read from the new boot's first reading on is
+    # no recovery (C7.6 follows a failure), and a reset alone is no cause for any other.
+    others = [a for m in mqtt.collect(contract.alerts_topic(device), since=mark) if (a := m.json())["code"] != "watchdog_reset"]
+    assert others == [], f"after a {reason} reset and the first reading: {others}"
     if reason in ("PANIC", "TASK_WDT"):
         # A crash's reason is the next boot's alone (C4.14 "names the actual cause"): a reset
         # command after it boots with SW, and raises no watchdog_reset (C7.9), until then and
@@ -609,6 +684,7 @@ def just_outside(uri: str) -> list[tuple[str, dict | bytes, Why]]:
         ("too many brokers", {"brokers": [uri] * (contract.MAX_BROKERS + 1)}, ("brokers", "value")),
         ("broker not mqtt", {"brokers": ["http://127.0.0.1:1883"]}, ("brokers", "value")),
         ("brokers not a list", {"brokers": uri}, ("brokers", "type")),
+        ("broker not a string", {"brokers": [1883]}, ("brokers", "type")),
         ("string for number", {"calibration_offset_temp": "1.5"}, ("calibration_offset_temp", "type")),
         ("boolean for number", {"calibration_offset_temp": True}, ("calibration_offset_temp", "type")),
         ("unknown log level", {"log_level": "chatty"}, ("log_level", "value")),
@@ -617,6 +693,12 @@ def just_outside(uri: str) -> list[tuple[str, dict | bytes, Why]]:
         ("malformed JSON", b'{"measurement_interval_s": 2', (None, "not JSON")),
         ("not an object", b"[2]", (None, "not an object")),
         ("not UTF-8", b'{"log_level": "\xff"}', None),
+        # An unknown key twice: JSON that may be read either way (RFC 8259 only says names
+        # SHOULD be unique), and rejected either way.
+        ("unknown key twice", b'{"colour": "red", "colour": "blue"}', None),
+        # Every key wrong at once (a config for another firmware): the answer still comes,
+        # however long the list of what is wrong.
+        ("every key wrong", {**{key: None for key in contract.CONFIG_KEYS}, "colour": "red"}, None),
     ]
     return cases
 
@@ -639,7 +721,10 @@ COMPANIONS = {"measurement_interval_s": 2, "heartbeat_interval_s": 2, "status_re
 
 @pytest.mark.requires("sensor_emulation")
 @pytest.mark.clause("C5.6", "C5.7", "C4.11", "C4.8", "C4.2", "C4.5", "C4.7", "C7.3")
-@pytest.mark.guards("config_unvalidated", "rejected_config_leaks", "config_error_unspecific", "float_timeout_truncated")
+@pytest.mark.guards(
+    "config_unvalidated", "rejected_config_leaks", "config_error_unspecific", "float_timeout_truncated",
+    "config_broker_item_unchecked",
+)  # fmt: skip
 def test_an_invalid_config_is_rejected_as_a_whole_and_changes_nothing(dut, mqtt, console, sensor, hil_session) -> None:
     did = dut.device_id
     intervals = {key: setting(hil_session, key) for key in ("measurement_interval_s", "heartbeat_interval_s", "status_report_interval_s")}

@@ -112,9 +112,13 @@ async def boot(fw: Firmware, ctx: AppContext) -> bool:
     fw.last_reading = None
     fw.last_reading_at = None
     fw.seq = 0
+    if D.SEQ_FROM_ONE in fw.defects:
+        fw.seq = 1  # the defect: `reading.seq = ++seq`
     fw.error_count = 0
     fw.boot_time = time.monotonic()
     fw.sensor_failure_raised = False
+    if D.RECOVERED_AT_BOOT in fw.defects:
+        fw.sensor_failure_raised = True  # the defect: "no reading yet" counts as a failure
     fw.hang = set()
     fw.program_task = None
     fw.led = False

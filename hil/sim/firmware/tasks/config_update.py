@@ -23,6 +23,12 @@ class ConfigHandler:
     def on_config(self, payload: bytes) -> None:
         fw = self.fw
         status = contract.config_status_topic(fw.device_id)
+        if D.CONFIG_BROKER_ITEM_UNCHECKED in fw.defects:
+            with contextlib.suppress(ValueError, AttributeError):
+                brokers = json.loads(payload).get("brokers")
+                if isinstance(brokers, list) and not all(isinstance(uri, str) for uri in brokers):
+                    fw.panic("Load access fault")  # the defect: strncmp on a NULL `valuestring`
+                    return
         update = parse_config_update(payload, validate=D.CONFIG_WITHOUT_VALIDATION not in fw.defects)
         if D.FLOAT_TIMEOUT_TRUNCATED in fw.defects and isinstance(update, ConfigRejected):
             update = _timeouts_truncated(payload, update)

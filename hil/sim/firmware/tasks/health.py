@@ -64,6 +64,8 @@ class HealthTask:
         if D.REPORT_HEALTH_CACHED in self.fw.defects and self._last_heartbeat is not None:
             self.fw.publish(contract.health_topic(self.fw.device_id), self._last_heartbeat)  # the defect: stale
             return
+        if D.REPORT_AT_NEXT_HEARTBEAT in self.fw.defects:
+            return  # the defect: a flag for the health task, which answers at its next heartbeat
         self.publish_health()
 
     async def run(self) -> None:
