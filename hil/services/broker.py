@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -38,6 +39,7 @@ from hil.processes import die_with_parent
 from hil.secret import Secret, write_private
 from hil.services.broker_log import BrokerLogReader
 from hil.services.device_certs import issue_device_certificate
+from hil.services.ports import reserve_port
 
 OBSERVER_USER = "hil-observer"
 EMBEDDED_BROKERS = ("embedded", "mosquitto", "amqtt")
@@ -56,8 +58,55 @@ CONNECTION_LOG_TYPES = ("error", "warning", "notice", "information", "subscribe"
 so hours of traffic do not fill the disk (``hil broker up`` also caps the file's size)."""
 
 
+DEFAULT_MAX_QUEUED_MESSAGES = 10_000
+"""Per client: what a session's broker queues for a subscriber (the observer) that falls behind."""
+FILES_MARGIN = 64
+"""Descriptors a broker holds besides its clients' sockets: listeners, log, persistence, libs."""
+
+
 class BrokerError(InfrastructureError):
     """The broker could not be set up or started (an infrastructure error)."""
+
+
+class BrokerLimitError(BrokerError):
+    """This host cannot give the broker what a fleet needs; the message says the figure
+    and the fix."""
+
+
+@dataclass(frozen=True)
+class BrokerLimits:
+    """What a broker is set up for when a fleet loads it (`MosquittoBroker.apply_limits`).
+
+    A session's broker runs without (its defaults: persistence on, 10 000 queued messages
+    per client, the descriptors it inherits); a load run sizes it for its fleet."""
+
+    clients: int  # connections it must hold at once: the fleet, its observers, a margin
+    max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES  # per client; 0: no limit
+    persistence: bool = True
+
+    @property
+    def open_files(self) -> int:
+        """Descriptors the broker needs: a socket per client and its own few."""
+        return self.clients + FILES_MARGIN
+
+
+def check_open_files(needed: int, who: str, *, limits: tuple[int, int] | None = None) -> None:
+    """Raise `BrokerLimitError` when ``needed`` descriptors are above the hard limit this
+    process (and so its children) has: the figure, and the fix."""
+    hard = (limits or resource.getrlimit(resource.RLIMIT_NOFILE))[1]
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise BrokerLimitError(
+            f"{who} needs {needed} open files but the hard limit here is {hard} (ulimit -Hn): raise it to at "
+            f"least {needed} (as root: ulimit -Hn {needed} in the shell that runs the tests, a nofile line in "
+            f"/etc/security/limits.conf, or LimitNOFILE={needed} for a systemd service), or run fewer devices"
+        )
+
+
+def _raise_soft_limit(needed: int) -> None:
+    """``preexec_fn`` part: lift the child's soft descriptor limit to ``needed`` (up to the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else min(needed, hard), hard))
 
 
 class BrokerStartCrashed(BrokerError):
@@ -80,10 +129,9 @@ class DeviceCredentials:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port for a listener that restarts on it (the broker's): reserved for this
+    process outside the kernel's ephemeral range (`hil.services.ports`)."""
+    return reserve_port()
 
 
 class MosquittoBroker:
@@ -120,6 +168,7 @@ class MosquittoBroker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._asked_to_stop = False  # stop/kill/restart: an exit then is no failure
         self._log_origin: int | None = None
+        self.limits: BrokerLimits | None = None  # None: a session's defaults
 
     @staticmethod
     def _find_executable(executable: str | None) -> str:
@@ -210,16 +259,17 @@ class MosquittoBroker:
         # Started as root, mosquitto would drop to its own user, which cannot reach a
         # private temp dir; it keeps the identity of whoever started the test instead.
         user = "user root\n" if os.geteuid() == 0 else ""
+        limits = self.limits
         config.write_text(
             user + "per_listener_settings false\n"
             "allow_anonymous false\n"
             f"password_file {passwords}\n"
             f"acl_file {acl}\n"
-            "persistence true\n"
+            f"persistence {'false' if limits and not limits.persistence else 'true'}\n"
             f"persistence_location {work / 'persistence'}/\n"
             "log_dest stderr\n"
             + "".join(f"log_type {kind}\n" for kind in self.log_types)
-            + "max_queued_messages 10000\n"
+            + f"max_queued_messages {limits.max_queued_messages if limits else DEFAULT_MAX_QUEUED_MESSAGES}\n"
             f"sys_interval {SYS_INTERVAL_S}\n"
             f"\nlistener {self.plain_port} 127.0.0.1\n"
             f"\nlistener {self.tls_port} 127.0.0.1\n"
@@ -255,7 +305,7 @@ class MosquittoBroker:
             self._command(config),
             stdout=log,
             stderr=log,
-            preexec_fn=die_with_parent,  # own process group, and gone if we are killed
+            preexec_fn=self._preexec,  # own process group, and gone if we are killed
         )
         self._asked_to_stop = False
         log.close()
@@ -274,6 +324,38 @@ class MosquittoBroker:
                     self.kill()
                     raise BrokerError(f"{self.name} did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
                 time.sleep(0.02)  # polling a port that has no event to wait on
+
+    def _preexec(self) -> None:
+        die_with_parent()
+        if self.limits is not None:
+            _raise_soft_limit(self.limits.open_files)
+
+    def apply_limits(self, limits: BrokerLimits | None) -> None:
+        """Size the broker for a fleet (None: back to a session's defaults), checked first:
+        `BrokerLimitError` names the figure and the fix when this host cannot give it.
+        A running mosquitto takes the queue limit and persistence on a reload (SIGHUP,
+        nobody dropped) and its descriptor limit through prlimit; a restart keeps them."""
+        if limits is not None:
+            check_open_files(limits.open_files, f"{self.name} for {limits.clients} clients")
+        self.limits = limits
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        if limits is not None:
+            soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+            if soft != resource.RLIM_INFINITY and soft < limits.open_files:
+                resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (limits.open_files, hard))
+        self._apply_running()
+
+    def _apply_running(self) -> None:
+        self.reload()
+
+    def open_files_limit(self) -> int | None:
+        """The running broker's soft descriptor limit (None: not running)."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return None
+        return resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)[0]
 
     def protocol_log(self) -> BrokerLogReader:
         """What clients sent this broker since it was first started (CONNECT with its
@@ -394,6 +476,10 @@ class AmqttBroker(MosquittoBroker):
 
     def protocol_log(self) -> BrokerLogReader:
         raise BrokerUnsupported("amqtt does not log the packets clients send (no 'protocol_log' feature)")
+
+    def _apply_running(self) -> None:
+        """amqtt has neither a queue limit nor persistence to set, and a reload would be a
+        restart: only the descriptor limit (already set) applies."""
 
     def reload(self) -> None:
         """amqtt reads its accounts only at start: a restart (clients reconnect, and

@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
 
 from hil.errors import InfrastructureError
+from hil.services.ports import reserve_port
 
 LISTEN_HOST = "127.0.0.1"
 CHUNK_SIZE = 64 * 1024
@@ -161,7 +162,9 @@ class FaultProxy:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.name = name
-        self._port = 0
+        # Reserved outside the ephemeral range: a partition stops listening, and its end
+        # listens on the same port again (hil.services.ports says why it must stay free).
+        self._port = reserve_port()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
