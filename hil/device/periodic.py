@@ -29,7 +29,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_TOLERANCE", "Tolerance", "gaps", "spacing_problems", "wait_timeout"]
+__all__ = ["DEFAULT_TOLERANCE", "Tolerance", "gaps", "queued_before_connect", "spacing_problems", "wait_timeout"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,29 @@ def wait_timeout(interval_s: float, count: int, tolerance: Tolerance = DEFAULT_T
     """How long ``count`` consecutive messages may take to arrive at the worst spacing the
     tolerance allows, from any moment (the first may be up to one long gap away)."""
     return count * (tolerance.max_ratio * interval_s + tolerance.latency_s) + 5.0
+
+
+
+def queued_before_connect(
+    device_times: Sequence[float], received_times: Sequence[float], tolerance: Tolerance = DEFAULT_TOLERANCE
+) -> int:
+    """How many of one boot's first messages waited for the broker connection: what the
+    device produced before it was connected goes out in one burst when it connects (C3.10),
+    so its receive times say when the connection came up, not the period. A message's delay
+    is its receive time less its device time (the two clocks' offset plus the delivery); the
+    run's smallest is a prompt message's, and a leading message later than that by more than
+    ``latency_s`` was held back. Only the leading ones are skipped: a late message further on
+    is a fault of the cadence, for `spacing_problems` to see.
+
+    A board that connects within a fraction of an interval holds back nothing (0); a C3
+    takes seconds to join Wi-Fi, get an address and connect to the broker."""
+    if len(device_times) != len(received_times):
+        raise ValueError("need as many receive times as device times")
+    delays = [r - d for d, r in zip(device_times, received_times, strict=True)]
+    if not delays:
+        return 0
+    prompt = min(delays)
+    held = 0
+    while held < len(delays) and delays[held] > prompt + tolerance.latency_s:
+        held += 1
+    return held

@@ -30,6 +30,61 @@ cuts and resets. The simulator's ``hil.sim.profiles.PROFILES`` holds the figures
 the same names (the test side never imports the simulator; a unit test holds the two
 lists together)."""
 DEFAULT_PROFILE = "default"
+
+
+@dataclass(frozen=True)
+class BoardTiming:
+    """How long a rig's board takes where a test waits on it, and what a reset does to its
+    TCP connections: what the rig declares, for the test side (which never imports the
+    simulator). Each figure is an upper bound; a wait adds it to what the contract allows.
+
+    For a virtual board these are the upper ends of its profile's ranges
+    (`hil.sim.profiles`, docs/virtual-rig.md, where each figure's source is given); a real
+    board is taken to be as slow as the ``real-board`` profile, which models a C3 devkit on
+    a lab Wi-Fi."""
+
+    boot_to_app_s: float
+    """Power-on or EN released to ``app_main`` (ROM, 2nd-stage bootloader, app start-up)."""
+    wifi_join_s: float
+    """``app_main`` or a lost AP's return to an IP address: Wi-Fi start, the scan for the
+    SSID, authentication and association, DHCP."""
+    broker_connect_s: float
+    """One broker connection up to CONNACK on plain ``mqtt://``: DNS, the TCP handshake and
+    the CONNECT round trip."""
+    tls_handshake_s: float
+    """What ``mqtts://`` adds to a broker connection (0: the board is as fast as the host)."""
+    silent_tcp_on_reset: bool
+    """A power cut or any chip reset sends nothing (no FIN, no RST): the broker notices when
+    1.5 × keepalive pass without a packet (MQTT 3.1.1 §3.1.2.10) and only then publishes the
+    will, unless the board is back and has taken its session over first."""
+
+    def boot_to_online_s(self, *, tls: bool = False) -> float:
+        """The longest from power-on or a reset to the ``online`` status on a healthy path."""
+        return self.boot_to_app_s + self.wifi_join_s + self.broker_connect_s + (self.tls_handshake_s if tls else 0.0)
+
+
+FAST_BOARD_TIMING = BoardTiming(
+    # The default profile takes no modelled time: what is left is the host's (the strap
+    # latch of 20 ms, the firmware model's start-up); measured ~0.14 s from EN to online
+    # (docs/virtual-rig.md), bounded here at a second for a loaded host.
+    boot_to_app_s=0.5,
+    wifi_join_s=0.25,
+    broker_connect_s=0.25,
+    tls_handshake_s=0.0,
+    silent_tcp_on_reset=False,
+)
+REAL_BOARD_TIMING = BoardTiming(
+    # The upper ends of hil.sim.profiles.REAL_BOARD (sources in docs/virtual-rig.md):
+    # boot clock to app_main ~0.3 s; wifi_start 0.3 + scan 0.8 + join 0.15 + DHCP 1.6 s;
+    # DNS 0.15 + two LAN round trips 2 × 0.11 s; TLS handshake 2.2 s.
+    boot_to_app_s=0.3,
+    wifi_join_s=0.3 + 0.8 + 0.15 + 1.6,
+    broker_connect_s=0.15 + 2 * 0.11,
+    tls_handshake_s=2.2,
+    silent_tcp_on_reset=True,
+)
+BOARD_TIMINGS: dict[str, BoardTiming] = {"default": FAST_BOARD_TIMING, "real-board": REAL_BOARD_TIMING}
+"""Each of `VIRTUAL_PROFILES`' declared timing."""
 VIRTUAL_RESETS: tuple[ResetMethod, ...] = ("classic", "usb-jtag")
 """The reset circuits the virtual board has: a virtual rig (and the twin of a real rig) may
 use these. A twin of a rig whose reset is not among them resets the classic way. usb-jtag
@@ -201,6 +256,12 @@ class Rig:
     @property
     def is_virtual(self) -> bool:
         return self.kind == "virtual"
+
+    @property
+    def timing(self) -> BoardTiming:
+        """How long this rig's board takes where tests wait (`BoardTiming`): a virtual
+        board's profile's, a real board's as a C3 on a lab Wi-Fi takes."""
+        return BOARD_TIMINGS[self.profile] if self.is_virtual else REAL_BOARD_TIMING
 
     @property
     def port_return_s(self) -> float | None:

@@ -464,8 +464,14 @@ def test_a_confirmed_update_stays_across_a_power_cycle_and_a_reset(
     of a new app (C6.7), once; a boot of an app already valid reports no verdict at all."""
     dut = restore_firmware
     version = later(dut.version)
+    offered = dut.console.mark()
     mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(version), version, "confirmed.bin")
     wait_state(mqtt, dut.device_id, "success", mark)
+    # The trial boot logs `app marked valid` before it publishes `success`, but the serial
+    # line can reach the host after the MQTT message (a UART at 115200 Bd behind the boot
+    # log, against a publish on the LAN): wait for it, or it is taken for a later boot's.
+    # Within 5 s of `success`, as test_a_newer_signed_image_is_installed_and_confirmed.
+    dut.console.expect(contract.OTA_MARKED_VALID, timeout=5, since=offered)
     cycled, serial = mqtt.mark(), dut.console.mark()
     power.cycle()
     status = online(mqtt, dut.device_id, cycled)
