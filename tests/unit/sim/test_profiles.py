@@ -198,3 +198,19 @@ def test_on_the_default_profile_the_app_starts_at_once(tmp_path: Path, firmware:
     (ctx,) = app.contexts
     assert ctx.profile is DEFAULT and ctx.sockets is not None and not ctx.sockets.silent
     assert app.started[0] - powered < 0.12 + 0.1  # the strap latch, then no modelled wait
+
+
+def test_the_timing_the_test_side_declares_bounds_each_profiles_draws() -> None:
+    # hil.rig.model.BOARD_TIMINGS is what tests wait by; the simulator draws from
+    # hil.sim.profiles. A profile made slower without the declaration would have tests
+    # time out on the virtual rig's own figures (or, made faster, wait too little).
+    from hil.rig.model import BOARD_TIMINGS
+    from hil.sim.profiles import PROFILES
+
+    assert set(BOARD_TIMINGS) == set(PROFILES)
+    real, declared = PROFILES["real-board"], BOARD_TIMINGS["real-board"]
+    assert declared.wifi_join_s == pytest.approx(real.wifi_start.high + real.wifi_scan.high + real.wifi_join.high + real.dhcp.high)
+    assert declared.broker_connect_s == pytest.approx(real.dns.high + 2 * real.lan_round_trip.high)
+    assert declared.tls_handshake_s == pytest.approx(real.tls_handshake.high)
+    for name, profile in PROFILES.items():
+        assert BOARD_TIMINGS[name].silent_tcp_on_reset == profile.silent_tcp_on_reset, name
