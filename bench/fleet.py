@@ -41,11 +41,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hil.load.limits import OBSERVERS
 from hil.load.results import LoadResult
 from hil.load.run import run_load
 from hil.load.target import LoadTarget, device_ids
 from hil.reporting.gate import LoadProfile
-from hil.services.broker import OBSERVER_USER, MosquittoBroker
+from hil.services.broker import OBSERVER_USER, BrokerLimits, MosquittoBroker
 
 MIN_RATE = 0.98  # of the expected readings per second, for a run to count as "held"
 KIB = 1024
@@ -98,6 +99,7 @@ def run_once(devices: int, duration: float, workdir: Path, *, interval: int = 1,
     ids = device_ids(devices)
     for device in ids:
         broker.add_device(device)
+    broker.apply_limits(BrokerLimits(clients=devices + OBSERVERS))  # a descriptor per device, checked first
     broker.start()
     try:
         pid = broker._proc.pid if broker._proc is not None else 0  # the bench reads its CPU
@@ -111,7 +113,7 @@ def run_once(devices: int, duration: float, workdir: Path, *, interval: int = 1,
             observer_password=broker.observer_password,
             via_proxy=False,
         )
-        profile = LoadProfile(devices=devices, rate_hz=1.0 / interval, duration_s=duration)
+        profile = LoadProfile(devices=devices, rate_hz=1.0 / interval, duration_s=duration, broker_restart_outage_s=0)
         own = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
         result = run_load(

@@ -63,8 +63,15 @@ class FleetCollector:
         self._waiters: list[_Waiter] = []
         self._aborted: BaseException | None = None
         self._subscribed = threading.Event()
+        self.subscribed_at: list[float] = []  # monotonic: each (re)subscription the broker granted
+        # On the run's own broker the session is persistent: what the broker holds for the
+        # collector (its queue, in flight) survives a restart of the broker (the restart
+        # storm) with persistence on. Never on an external broker: a session left there
+        # would queue the fleet's topics for a client that is gone.
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"hil-load-{os.getpid()}-{time.monotonic_ns()}"
+            CallbackAPIVersion.VERSION2,
+            client_id=f"hil-load-{os.getpid()}-{time.monotonic_ns()}",
+            clean_session=target.restartable is None,
         )
         if target.observer_user:
             self.client.username_pw_set(target.observer_user, reveal(target.observer_password))
@@ -74,7 +81,7 @@ class FleetCollector:
                 _load_client_identity(context, target.observer_client_cert, target.observer_client_key.reveal())
             self.client.tls_set_context(context)
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         where = f"{target.host}:{target.port}"
@@ -97,6 +104,22 @@ class FleetCollector:
                 (SYS_TICK, 0),
             ]
         )
+
+    def _on_subscribe(self, *_args: Any) -> None:
+        with self._cond:
+            self.subscribed_at.append(time.monotonic())
+            self._cond.notify_all()
+        self._subscribed.set()
+
+    def wait_subscribed(self, since: float, timeout: float) -> bool:
+        """Wait until the collector has subscribed again after ``since`` (monotonic): after
+        a broker restart it reconnects on its own (paho), and resubscribes in on_connect."""
+        with self._cond:
+            done = self._cond.wait_for(
+                lambda: self._aborted is not None or any(t > since for t in self.subscribed_at), timeout
+            )
+            self._check_aborted()
+            return done
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         now, mono = time.time(), time.monotonic()
@@ -192,6 +215,13 @@ class FleetCollector:
         several of its fields that must agree with each other."""
         with self._cond:
             yield
+
+    def caught_up(self, since_wall: float, timeout: float) -> set[str]:
+        """Wait until every device's newest reading received was taken at ``since_wall``
+        (host wall clock) or later: a device's messages arrive in order, so nothing it
+        published before then is still on its way here. The devices that are not there at
+        the deadline."""
+        return self.wait_each(lambda d: bool(self.readings[d]) and self.readings[d][-1].taken >= since_wall, timeout)
 
     def count(self, device: str) -> int:
         return len(self.readings[device])

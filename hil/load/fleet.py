@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +30,8 @@ from hil.processes import die_with_parent, stop_group
 
 WATCHER_JOIN_S = 5.0
 """How long `FleetProcess.stop` waits for the event thread once the fleet's output has ended."""
+SHARD_STOP_GRACE_S = 10.0
+"""How long a shard left behind by its parent has to end on SIGTERM before SIGKILL."""
 
 
 def start_timeout(count: int) -> float:
@@ -193,6 +198,7 @@ class FleetProcess:
         if self.proc is None:
             return None
         code = stop_group(self.proc, grace_s=30)
+        stop_orphaned_shards(self.shards)
         if self._watcher is not None:
             self._watcher.join(WATCHER_JOIN_S)  # its output has ended: no callback after this
         return code
@@ -202,6 +208,50 @@ class FleetProcess:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+def stop_orphaned_shards(shards: list[dict[str, Any]], grace_s: float = SHARD_STOP_GRACE_S) -> list[int]:
+    """End the shard processes that outlived the fleet process; the pids it had to end.
+
+    The parent stops its shards on SIGTERM, but one SIGKILLed first (`stop_group`'s grace
+    ran out: 10 000 boards under load take long to close) leaves them in their own
+    sessions, and their parent-death SIGTERM can come while they are still too busy to
+    act on it: two 5000-board shards ran on for 25 minutes at half a core each. A pid
+    counts only while it is still a ``hil sim fleet --shard`` process (no reused pid)."""
+    left = [int(s["pid"]) for s in shards if _is_shard(int(s.get("pid", 0)))]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for pid in left:
+        if not _wait_gone(pid, max(0.0, deadline - time.monotonic())):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 5.0)
+    return left
+
+
+def _is_shard(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"fleet" in argv and b"--shard" in argv
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Until ``pid`` has ended (its pidfd readable), at most ``timeout`` s."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def mapped_rss(smaps: Path, prefix: str) -> int:

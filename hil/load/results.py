@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hil.load.collector import Reading
+from hil.load.storm import RestartStorm
 from hil.reporting.gate import LoadProfile
 
 CLOCK_TOLERANCE_S = 0.5
@@ -70,6 +71,7 @@ class LoadResult:
     malformed: int = 0
     notes: tuple[str, ...] = ()
     timeline: tuple[tuple[float, str], ...] = ()
+    restart: RestartStorm | None = None  # the broker-restart storm (None: not run)
 
     @property
     def rss_per_device_bytes(self) -> int:
@@ -99,6 +101,8 @@ class LoadResult:
                 found.append(f"{len(self.storm.not_back)} devices never published again after the storm, e.g. {list(self.storm.not_back[:5])}")
             elif self.storm.recovery_s > profile.max_storm_recovery_s:
                 found.append(f"storm recovery {self.storm.recovery_s:.2f} s > max_storm_recovery_s {profile.max_storm_recovery_s} s")
+        if self.restart is not None:
+            found += [f"broker restart: {v}" for v in self.restart.violations()]
         if self.broker_dropped is not None and self.broker_dropped > profile.max_broker_dropped:
             found.append(f"broker dropped {self.broker_dropped} messages > max_broker_dropped {profile.max_broker_dropped}")
         if self.loss.reboots:
@@ -122,6 +126,7 @@ class LoadResult:
             f"(silent {self.loss.silent if self.loss.silent is not None else 'unknown'}); storm recovery {storm}; "
             f"broker dropped {dropped}; fleet {self.fleet_cpu_cores:.2f} cores, "
             f"{self.rss_per_device_bytes / 1024:.0f} KiB RSS per device"
+            + (f"; {self.restart.summary()}" if self.restart is not None else "")
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -131,6 +136,8 @@ class LoadResult:
             data["loss"]["visible"] = data["loss"]["silent"] = "unknown"
         data["rss_per_device_bytes"] = self.rss_per_device_bytes
         data["timeline"] = [[round(t, 3), event] for t, event in self.timeline]
+        if self.restart is not None:
+            data["restart"]["reconnect_rate"] = [[t, r] for t, r in self.restart.rate()]
         data["summary"] = self.summary()
         return data
 

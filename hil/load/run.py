@@ -41,6 +41,15 @@ What is measured, and how:
 * **a broken fleet**: a fleet shard (or the fleet process) that ends on its own during
   the run stops it at once with `FleetBroken`, an infrastructure error naming the shard
   and its devices: its devices' silence is the rig's failure, not lost readings.
+* **broker-restart storm** (``broker_restart_outage_s`` > 0, an embedded broker): the
+  broker stopped under the full fleet, kept down, started again; attempts while it was
+  down against the contract's backoff, the time until every device is online again and
+  the reconnect rate over time, and the order the offline queues drained in
+  (`hil.load.storm`).
+* **limits first**: before anything starts, `hil.load.limits.check_host` checks the
+  descriptors this process, the broker and the fleet need, and that the broker's queue
+  limit holds the storm's backlog; a host that cannot take the fleet is told the figure
+  and the fix.
 * **broker drops**: mosquitto's ``$SYS/broker/publish/messages/dropped`` (messages it
   discarded because a client's queue was full), the difference between the start and the
   end of the run, read after two ``$SYS`` updates so the count is current. A broker that
@@ -65,7 +74,19 @@ from hil.firmware.catalog import cache_root
 from hil.load.collector import SYS_DROPPED, SYS_TICK, FleetCollector, Reading
 from hil.load.errors import LoadError
 from hil.load.fleet import FleetProcess
+from hil.load.limits import check_host
 from hil.load.results import Latency, LoadResult, Loss, Storm, device_rates, latency, loss
+from hil.load.storm import (
+    HOLD_PARTITION_S,
+    RestartableBroker,
+    RestartStorm,
+    failed_attempts,
+    listen_overflows,
+    longest_pending_delay,
+    max_attempts,
+    out_of_order,
+    wait_seconds,
+)
 from hil.load.target import LoadTarget, device_ids
 from hil.processes import clear_stale, owned_dir
 from hil.reporting.gate import LOAD_METRICS_FILE, LoadProfile
@@ -87,7 +108,7 @@ class _Clock:
 
 
 @contextlib.contextmanager
-def _private_dir(prefix: str) -> Iterator[Path]:
+def private_dir(prefix: str) -> Iterator[Path]:
     # Mode 0700 (it holds passwords), named after this process: a SIGKILLed run's is
     # removed by the next one (`hil.processes.clear_stale`), as a session's run dir is.
     root = cache_root() / "run"
@@ -149,10 +170,11 @@ def run_load(
     ids = device_ids(profile.devices)
     clock = _Clock()
     notes: list[str] = []
+    check_host(profile, via_proxy=target.via_proxy, embedded_broker=target.restartable is not None, processes=processes)
     workdir.mkdir(parents=True, exist_ok=True)
     state_dir = workdir / "fleet-state"
     with contextlib.ExitStack() as stack:
-        private = stack.enter_context(_private_dir("hil-load-"))
+        private = stack.enter_context(private_dir("hil-load-"))
         proxy: FaultProxy | None = None
         if target.via_proxy:
             proxy = stack.enter_context(FaultProxy(target.host, target.port, name="fleet-broker"))
@@ -161,12 +183,18 @@ def run_load(
             storm = False
         run = _Run(profile, ids, stack.enter_context(FleetCollector(target, ids)), clock, notes, progress)
         dropped_start = _dropped_at_start(run)
-        args = [*_fleet_args(target, profile, proxy, state_dir, private, app), "--processes", str(processes)]
+        args = [*fleet_args(target, profile, proxy, state_dir, private, app), "--processes", str(processes)]
         progress(f"starting {profile.devices} devices ({app or 'baseline'}, processes {processes}) against {target.name}")
         fleet, started = _start_fleet(run, stack, args, workdir / "fleet.log", state_dir, keep_state=keep_state)
         startup = _wait_all_published(run, fleet) - started
         window = _steady_window(run, fleet)
         storm_result = _storm(run, proxy) if storm and proxy is not None else None
+        restart = None
+        if profile.broker_restart_outage_s > 0:
+            if proxy is None or target.restartable is None:
+                notes.append("no broker-restart storm: the broker is not the session's own, or not behind the proxy")
+            else:
+                restart = _restart_storm(run, proxy, target.restartable)
         final, health = _health_reports(run)
         fleet_cpu = fleet.cpu_seconds()
         end = clock.mark("measurements done")
@@ -175,7 +203,7 @@ def run_load(
         malformed = len(run.collector.malformed)
     return _result(
         run, target.name, app or "baseline", startup=startup, window=window, lost=loss(final, health),
-        storm=storm_result, dropped=dropped, fleet_cpu=fleet_cpu, malformed=malformed,
+        storm=storm_result, dropped=dropped, fleet_cpu=fleet_cpu, malformed=malformed, restart=restart,
     )  # fmt: skip
 
 
@@ -188,7 +216,7 @@ def _dropped_at_start(run: _Run) -> int | None:
     return dropped_start
 
 
-def _fleet_args(
+def fleet_args(
     target: LoadTarget,
     profile: LoadProfile,
     proxy: FaultProxy | None,
@@ -322,6 +350,74 @@ def _drain_outboxes(run: _Run, t0: float) -> None:
     run.clock.mark("storm: outboxes drained")
 
 
+def _restart_storm(run: _Run, proxy: FaultProxy, broker: RestartableBroker) -> RestartStorm:
+    """Stop the broker under the full fleet, keep it down ``broker_restart_outage_s``,
+    start it again; hold the devices at the proxy until the collector is subscribed again
+    (it would miss their backlogs), then measure until every device is online and has
+    drained its queue. See `hil.load.storm`."""
+    collector, profile = run.collector, run.profile
+    outage = profile.broker_restart_outage_s
+    # What the broker still holds for the collector when it stops is lost to it without
+    # persistence: first let the collector catch up (a reading from every device taken
+    # after now), so a reading missing later is the fleet's, not the measurement's.
+    behind = collector.caught_up(time.time(), profile.interval_s + profile.max_storm_recovery_s + 30.0)
+    run.clock.mark("restart storm: collector caught up" + (f" ({len(behind)} devices not)" if behind else ""))
+    if behind:
+        run.notes.append(f"before the broker restart, {len(behind)} devices had not delivered a current reading")
+    run.progress(f"broker restart storm: the broker down for {outage:g} s under {profile.devices} devices")
+    overflows_before = listen_overflows()
+    t0 = run.clock.mark("restart storm: broker stopping")
+    broker.stop()
+    wait_seconds(outage)  # the scenario: the broker stays down this long
+    t_hold = run.clock.mark("restart storm: devices held at the proxy, broker starting")
+    proxy.partition(HOLD_PARTITION_S)
+    attempts = failed_attempts(proxy.timeline, t0, t_hold)
+    broker.start()
+    t_up = run.clock.mark("restart storm: broker listening")
+    if not collector.wait_subscribed(t0, 30.0):
+        raise LoadError("the collector did not subscribe again within 30 s of the broker's restart")
+    proxy.heal()
+    t_open = run.clock.mark("restart storm: devices let through")
+    bound = longest_pending_delay(t_open - t0) + profile.max_storm_recovery_s
+
+    def published_again(d: str) -> bool:
+        online = _back_online(collector, d, t0)
+        return online is not None and collector.count(d) > online[1]
+
+    not_back = collector.wait_each(published_again, bound + 30.0)
+    run.clock.mark("restart storm: every device published again" if not not_back else f"restart storm: {len(not_back)} not back")
+    with collector.frozen():
+        onlines = {d: _back_online(collector, d, t0) for d in run.ids}
+    reconnects = tuple(sorted(o[0] - t_open for o in onlines.values() if o is not None))
+    never = tuple(sorted(d for d, o in onlines.items() if o is None))
+    all_online = None if never else max(reconnects, default=0.0)
+    recovery: float | None = None
+    if not not_back:
+        with collector.frozen():
+            recovery = max(collector.readings[d][o[1]].received_mono for d, o in onlines.items() if o) - t_open
+    # Queued readings go out before new ones: two fresh readings per device mean its
+    # queue has drained (or lost what it lost: the run's seq gaps).
+    settle = {d: (o[1] if o else collector.count(d)) for d, o in onlines.items()}
+    not_drained = collector.wait_each(lambda d: collector.count(d) >= settle[d] + 2, 3 * profile.interval_s + 10)
+    run.clock.mark("restart storm: queues drained")
+    overflows_after = listen_overflows()
+    return RestartStorm(
+        devices=profile.devices,
+        outage_s=t_up - t0,
+        held_s=t_open - t_up,
+        attempts_in_outage=attempts,
+        max_attempts=profile.devices * max_attempts(t_hold - t0),
+        all_online_s=all_online,
+        bound_s=bound,
+        recovery_s=recovery,
+        not_back=tuple(sorted(set(not_back) | set(never))),
+        reconnects=reconnects,
+        out_of_order=out_of_order(collector.snapshot(), t0),
+        not_drained=tuple(sorted(not_drained)),
+        listen_overflows=None if overflows_before is None or overflows_after is None else overflows_after - overflows_before,
+    )
+
+
 def _health_reports(run: _Run) -> tuple[dict[str, list[Reading]], dict[str, tuple[float, dict[str, Any]]]]:
     """The devices' own account of what they dropped (the ``report`` command), and every
     reading received by the time they gave it."""
@@ -371,6 +467,7 @@ def _result(
     dropped: int | None,
     fleet_cpu: float,
     malformed: int,
+    restart: RestartStorm | None = None,
 ) -> LoadResult:
     profile, seconds = run.profile, window.seconds
     return LoadResult(
@@ -396,6 +493,7 @@ def _result(
         malformed=malformed,
         notes=tuple(run.notes),
         timeline=tuple(run.clock.events),
+        restart=restart,
     )
 
 

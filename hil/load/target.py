@@ -12,8 +12,11 @@ from typing import Any
 
 from hil.device import contract
 from hil.load.errors import LoadError, LoadUnsupported
+from hil.load.limits import HostLimitError, check_host, needs
+from hil.load.storm import RestartableBroker
+from hil.reporting.gate import LoadProfile
 from hil.secret import Secret, optional_secret
-from hil.services.broker import OBSERVER_USER, BrokerError
+from hil.services.broker import OBSERVER_USER, BrokerError, BrokerLimits
 
 DEVICE_PREFIX = "fleet-"  # hil sim fleet names its boards fleet-0000, fleet-0001, ...
 CREDENTIALS_ENV = "HIL_LOAD_CREDENTIALS_FILE"
@@ -43,16 +46,36 @@ class LoadTarget:
     via_proxy: bool = True
     """False when the devices cannot go through the loopback proxy: a TLS broker elsewhere,
     whose certificate does not name 127.0.0.1. No reconnect storm then."""
+    restartable: RestartableBroker | None = None
+    """The broker the run may stop and start (the embedded one), for the restart storm."""
 
 
-def session_target(session: Any, count: int) -> LoadTarget:
+def broker_limits(profile: LoadProfile) -> BrokerLimits:
+    """The embedded broker as ``profile`` wants it for its fleet (`check_host` has checked
+    this host can give it)."""
+    return BrokerLimits(
+        clients=needs(profile, via_proxy=True).broker.clients,
+        max_queued_messages=profile.max_queued_messages,
+        persistence=profile.broker_persistence,
+    )
+
+
+def session_target(session: Any, count: int, profile: LoadProfile | None = None) -> LoadTarget:
     """The session's broker (``hil.session.RigSession``) with accounts for ``count`` fleet
     devices. An embedded broker gets the accounts added and reloaded (nobody connected is
-    dropped on mosquitto); an external one is used with the credentials the environment
+    dropped on mosquitto), and, given the run's ``profile``, is sized for its fleet (its
+    descriptors, queue limit and persistence; `HostLimitError` when this host cannot);
+    an external one is used with the credentials the environment
     names (`CREDENTIALS_ENV`, else the session's own for every device)."""
     ids = device_ids(count)
     if not session.external_broker:
         broker = session.start_broker()
+        if profile is not None:
+            check_host(profile, via_proxy=True, embedded_broker=True)
+            try:
+                broker.apply_limits(broker_limits(profile))
+            except BrokerError as exc:
+                raise HostLimitError(str(exc)) from exc
         creds: dict[str, tuple[str, Secret]] = {}
         added = False
         for device in ids:
@@ -74,6 +97,7 @@ def session_target(session: Any, count: int) -> LoadTarget:
             credentials=creds,
             observer_user=OBSERVER_USER,
             observer_password=broker.observer_password,
+            restartable=broker,
         )
     access = session.broker_access()
     parsed = contract.parse_broker_uri(access.device_uri)

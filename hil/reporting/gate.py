@@ -76,8 +76,8 @@ class Thresholds:
 class LoadProfile:
     """The ``[load]`` table: a fleet load run and the thresholds it must hold.
 
-    The defaults are a CI-sized run (20 devices for 15 s, well under a minute with the
-    reconnect storm); a staging gate names its own (gates/load.toml: 200 devices, 60 s).
+    The defaults are a CI-sized run (20 devices for 15 s, under a minute with the two
+    storms, a connection reset and a broker restart); a staging gate names its own (gates/load.toml: 200 devices, 60 s).
     ``rate_hz`` is each device's reading rate: the contract's measurement interval is a
     whole number of seconds, so 1, 0.5, 0.25 ... (1 / rate_hz must be an integer).
     ``max_loss`` is the fraction of readings that may go missing (seq gaps), 0 to 1.
@@ -94,6 +94,12 @@ class LoadProfile:
     max_storm_recovery_s: float = 10.0
     max_broker_dropped: int = 0
     min_throughput_ratio: float = 0.95
+    # The embedded broker, sized for the fleet (`hil.services.broker.BrokerLimits`):
+    broker_persistence: bool = True  # sessions and queues kept across a broker restart
+    max_queued_messages: int = 10_000  # per client, above its in-flight ones (0: no limit)
+    # The broker-restart storm (`hil.load.storm`): the embedded broker stopped for this long
+    # under the full fleet, then started again (0: no restart storm). CI-sized: 3 s, ~10 s more.
+    broker_restart_outage_s: float = 3.0
 
     @property
     def interval_s(self) -> int:
@@ -193,7 +199,12 @@ def _load_table(path: Path, table: Any) -> LoadProfile:
     for key, value in table.items():
         if key not in fields:
             raise GateError(f"{path}: [load] has unknown field {key!r}; fields: {sorted(fields)}")
-        integer = key in ("devices", "max_broker_dropped")
+        if key == "broker_persistence":
+            if not isinstance(value, bool):
+                raise GateError(f"{path}: [load].{key} must be true or false, not {value!r}")
+            values[key] = value
+            continue
+        integer = key in ("devices", "max_broker_dropped", "max_queued_messages")
         kinds: tuple[type, ...] = (int,) if integer else (int, float)
         if not isinstance(value, int | float) or not isinstance(value, kinds) or isinstance(value, bool):
             kind = "an integer" if integer else "a number"
@@ -219,6 +230,10 @@ def _load_table(path: Path, table: Any) -> LoadProfile:
             raise bad(key, "must be a number of seconds > 0")
     if load.max_broker_dropped < 0:
         raise bad("max_broker_dropped", "a count of messages, 0 or more")
+    if load.max_queued_messages < 0:
+        raise bad("max_queued_messages", "a count of messages per client, 0 (no limit) or more")
+    if not 0 <= load.broker_restart_outage_s <= 600:
+        raise bad("broker_restart_outage_s", "seconds the broker stays down, 0 (no restart storm) to 600")
     return load
 
 

@@ -49,6 +49,7 @@ def _sim_fleet(args: argparse.Namespace) -> int:
             config=config,
             app=args.app,
             ca_file=Path(args.ca_file) if args.ca_file else None,
+            ota_pubkey=Path(args.ota_pubkey) if args.ota_pubkey else None,
             processes=processes,
             shard=shard,
         )
@@ -124,6 +125,7 @@ def add_simulator_commands(sub: Any) -> None:
     )
     fleet.add_argument("--app", help="app recipe every board runs (default: the baseline recipe)")
     fleet.add_argument("--ca-file", help="CA certificate (PEM) the boards trust, for mqtts:// brokers")
+    fleet.add_argument("--ota-pubkey", help="public key (PEM) the boards check OTA offers with (default: none, every offer refused)")
     fleet.add_argument(
         "--processes",
         default="1",

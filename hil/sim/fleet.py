@@ -106,6 +106,7 @@ class FleetOptions:
     config: Mapping[str, Any] = field(default_factory=dict)
     app: str | None = None  # recipe name; None = the recipe book's baseline
     ca_file: Path | None = None
+    ota_pubkey: Path | None = None  # PEM public key every board checks OTA offers with (§6)
     processes: int | None = 1  # shard processes; None = auto (`hil.sim.fleet_shards`)
     shard: Shard | None = None  # set in a shard process: the slice of the fleet it runs
 
@@ -212,6 +213,14 @@ def plan(options: FleetOptions, *, keep: range | None = None) -> _Plan:
             raise FleetError(f"--ca-file {options.ca_file}: cannot read it: {exc.strerror}") from None
         if "-----BEGIN CERTIFICATE-----" not in ca_pem:
             raise FleetError(f"--ca-file {options.ca_file}: no PEM certificate in it")
+    ota_pubkey = None
+    if options.ota_pubkey is not None:
+        try:
+            ota_pubkey = options.ota_pubkey.read_text()
+        except OSError as exc:
+            raise FleetError(f"--ota-pubkey {options.ota_pubkey}: cannot read it: {exc.strerror}") from None
+        if "-----BEGIN PUBLIC KEY-----" not in ota_pubkey:
+            raise FleetError(f"--ota-pubkey {options.ota_pubkey}: no PEM public key in it")
     try:
         book = load_recipes()
         app = book.get(options.app or book.baseline).name
@@ -233,6 +242,7 @@ def plan(options: FleetOptions, *, keep: range | None = None) -> _Plan:
             mqtt_user=username,
             mqtt_pass=optional_secret(password),
             ca_cert=ca_pem,
+            ota_pubkey=ota_pubkey,
         )
         try:
             image = provisioning_image(prov, options.config, size=nvs.size)

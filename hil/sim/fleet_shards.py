@@ -94,7 +94,21 @@ def shard_command(options: FleetOptions, shard: Shard) -> list[str]:
         command += ["--app", options.app]
     if options.ca_file is not None:
         command += ["--ca-file", str(options.ca_file)]
+    if options.ota_pubkey is not None:
+        command += ["--ota-pubkey", str(options.ota_pubkey)]
     return command
+
+
+async def spawn_shard(command: Sequence[str]) -> asyncio.subprocess.Process:
+    """A shard process, its stdout read with `REPLY_LIMIT`: its first line names every
+    device id it runs (5000 of them are ~75 KiB, past asyncio's 64 KiB default)."""
+    return await asyncio.create_subprocess_exec(
+        *command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        preexec_fn=die_with_parent,  # its own session: only this process stops it
+        limit=REPLY_LIMIT,
+    )
 
 
 def parse_shard(text: str, count: int) -> Shard:
@@ -272,12 +286,7 @@ async def serve_sharded(options: FleetOptions, processes: int, *, out: IO[str]) 
     try:
         base_image_path(options.state_dir, FLASH_SIZE, checked.images)  # once, before the shards look for it
         for shard in plan_shards(options.count, processes):
-            proc = await asyncio.create_subprocess_exec(
-                *shard_command(options, shard),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                preexec_fn=die_with_parent,  # its own session: only this process stops it
-            )
+            proc = await spawn_shard(shard_command(options, shard))
             running.append(RunningShard(shard, ids, proc))
         starting = loop.create_task(_all_up(running))
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)

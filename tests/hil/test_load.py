@@ -2,7 +2,9 @@
 
 One load run per module (``hil.load.run``): the virtual fleet (``hil sim fleet``, started as
 a process, never imported) publishes through a fault proxy to the session's broker (or
-the external ``--broker``), then every connection is reset at once. Its size and its
+the external ``--broker``), then every connection is reset at once, then (with
+``broker_restart_outage_s``) the embedded broker is stopped under the whole fleet and
+started again (``hil.load.storm``). Its size and its
 thresholds come from ``load_profile`` (``--hil-load-profile``, which ``hil gate load``
 passes; without it a CI-sized run). Each threshold is its own test, so the gate's table
 says which one failed; the metrics go into the Allure report (the run's setup) and into
@@ -25,7 +27,9 @@ import pytest
 from hil.load.errors import LoadUnsupported
 from hil.load.results import LoadResult
 from hil.load.run import run_load, write_metrics
+from hil.load.storm import RestartStorm, reconnect_chart
 from hil.load.target import session_target
+from hil.reporting.report import attach_svg
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_load, pytest.mark.slow]
 
@@ -42,14 +46,18 @@ def load_run(
     if firmware and (firmware.endswith(".toml") or os.sep in firmware):
         pytest.skip(f"the virtual fleet runs the virtual rig's recipes; --firmware {firmware} is a manifest")
     try:
-        target = session_target(hil_session, load_profile.devices)
+        target = session_target(hil_session, load_profile.devices, load_profile)
     except LoadUnsupported as exc:
         pytest.skip(f"no fleet load against this broker: {exc}")
-    workdir = tmp_path_factory.mktemp("load")
-    result = run_load(target, load_profile, workdir=workdir, app=firmware)
-    write_metrics(hil_session.options.log_dir, request.node.nodeid, result)
-    _attach(result, workdir / "fleet.log")
-    yield result
+    try:
+        workdir = tmp_path_factory.mktemp("load")
+        result = run_load(target, load_profile, workdir=workdir, app=firmware)
+        write_metrics(hil_session.options.log_dir, request.node.nodeid, result)
+        _attach(result, workdir / "fleet.log")
+        yield result
+    finally:
+        if target.restartable is not None:  # the session's broker, back to its own settings
+            hil_session.start_broker().apply_limits(None)
 
 
 def _attach(result: LoadResult, fleet_log: Path) -> None:
@@ -107,6 +115,53 @@ def test_every_device_is_back_soon_after_a_reconnect_storm(load_run: LoadResult,
         f"every device published again {storm.recovery_s:.2f} s after the storm (> {load_profile.max_storm_recovery_s} s; "
         f"all reconnected after {storm.reconnected_s} s)\n{load_run.summary()}"
     )
+
+
+def _restart(load_run: LoadResult) -> RestartStorm:
+    if load_run.restart is None:
+        pytest.skip(f"no broker-restart storm in this run (broker_restart_outage_s = 0, or: {'; '.join(load_run.notes)})")
+    return load_run.restart
+
+
+@pytest.mark.guards("no_backoff")
+@pytest.mark.clause("C3.6")
+def test_the_fleet_backs_off_while_the_broker_is_down(load_run: LoadResult) -> None:
+    restart = _restart(load_run)
+    assert restart.attempts_in_outage <= restart.max_attempts, (
+        f"{restart.attempts_in_outage} connection attempts while the broker was down {restart.outage_s:.1f} s: more "
+        f"than the {restart.max_attempts} the contract's backoff (1 s doubling, -20 % at most) allows "
+        f"{restart.devices} devices\n{restart.summary()}"
+    )
+
+
+@pytest.mark.clause("C3.6", "C3.7")
+def test_every_device_is_back_online_after_a_broker_restart(load_run: LoadResult, load_profile: Any) -> None:
+    restart = _restart(load_run)
+    attach_svg("reconnects after the broker restart", reconnect_chart(restart))
+    assert restart.all_online_s is not None, (
+        f"{len(restart.not_back)} devices never came back online after the broker restart, "
+        f"e.g. {list(restart.not_back[:5])}\n{restart.summary()}"
+    )
+    assert restart.all_online_s <= restart.bound_s, (
+        f"the last device came back {restart.all_online_s:.2f} s after it could reach the broker: more than the "
+        f"longest backoff delay that can be pending plus max_storm_recovery_s {load_profile.max_storm_recovery_s} s "
+        f"({restart.bound_s:.2f} s)\n{restart.summary()}"
+    )
+
+
+@pytest.mark.guards("backlog_lifo", "offline_drop")
+@pytest.mark.clause("C3.10")
+def test_the_offline_queues_drain_in_order_after_a_broker_restart(load_run: LoadResult) -> None:
+    restart = _restart(load_run)
+    assert not restart.not_drained, (
+        f"{len(restart.not_drained)} devices did not publish two fresh readings after the restart, "
+        f"e.g. {list(restart.not_drained[:5])}"
+    )
+    assert not restart.out_of_order, (
+        f"{len(restart.out_of_order)} devices delivered their queued readings out of order: seqs that arrived after "
+        f"a higher one, e.g. {dict(list(restart.out_of_order.items())[:3])}\n{restart.summary()}"
+    )
+    assert load_run.loss.lost == 0, f"{load_run.loss.lost} readings lost: {dict(load_run.loss.worst)}"
 
 
 @pytest.mark.clause("C3.9")  # QoS 1 end to end

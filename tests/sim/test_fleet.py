@@ -7,6 +7,7 @@ the broker; the test stops the whole group in every case.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -117,6 +118,8 @@ def reading(message: Received) -> dict[str, Any]:
         (["--credentials", "{bad_entry}"], 'fleet-0000 must be {"username"'),
         (["--processes", "two"], "--processes 'two': give a number of processes"),
         (["--processes", "2", "--credentials", "{partial}"], "no entry for fleet-0001"),  # checked before any shard
+        (["--ota-pubkey", "{missing}"], "--ota-pubkey"),
+        (["--ota-pubkey", "{partial}"], "no PEM public key in it"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_touched(tmp_path: Path, args: list[str], expected: str) -> None:
@@ -387,3 +390,67 @@ def test_200_boards_in_one_process_publish_for_60_s_without_a_gap(
     # A reading per second per board: the window is as long as its readings say.
     assert window <= WINDOW_READINGS + 5
     assert max(counts) <= window + 2
+
+
+# -- OTA at fleet scale (issue #17) -------------------------------------------------------
+OTA_FLEET = 6
+OTA_RATE = 64 * 1024  # bytes/s per download: ~1.4 s for the 90 KiB image
+OTA_CUT = 20_000  # the first download is cut here: that device resumes with a Range request
+
+
+def fleet_ota(tmp_path: Path, app: str | None = None) -> Any:
+    """Every device of a small fleet offered the update at once (`hil.load.ota`)."""
+    from hil.load.ota import run_fleet_ota
+    from hil.load.target import LoadTarget
+
+    with fleet_broker(tmp_path / "broker", OTA_FLEET) as (broker, _credentials):
+        ids = [f"fleet-{index:04d}" for index in range(OTA_FLEET)]
+        target = LoadTarget(
+            name="mosquitto",
+            host="127.0.0.1",
+            port=broker.plain_port,
+            credentials={d: (broker.credentials(d).username, broker.credentials(d).password) for d in ids},
+            observer_user=OBSERVER_USER,
+            observer_password=broker.observer_password,
+            via_proxy=False,
+        )
+        return run_fleet_ota(
+            target, OTA_FLEET, workdir=tmp_path / "ota", app=app, bytes_per_s=OTA_RATE, cut_after=OTA_CUT, processes=1
+        )
+
+
+@pytest.mark.slow
+def test_an_update_offered_to_a_whole_fleet_installs_and_confirms_on_every_device(
+    tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    result = fleet_ota(tmp_path)
+    record_property("measured", result.summary())
+    assert result.failures == {}, f"{len(result.failures)} devices did not install and confirm: {dict(result.failures)}"
+    assert result.succeeded == OTA_FLEET
+    # One download was cut: it resumed with Range (C6.4) instead of starting again.
+    assert result.resumed >= 1, f"no download resumed with a Range request: {result.summary()}"
+    assert result.requests == OTA_FLEET + result.resumed, result.summary()
+
+
+def test_a_shards_first_line_naming_5000_devices_is_read_whole() -> None:
+    """A shard's first line lists every device id it runs: 5000 are ~75 KiB, past asyncio's
+    64 KiB line limit (a 10 000-device fleet over two shards failed to start on it)."""
+    from hil.sim.fleet import Shard, device_ids
+    from hil.sim.fleet_shards import RunningShard, spawn_shard
+
+    ids = device_ids(10_000)
+    hello = {
+        "control": "tcp://127.0.0.1:9",
+        "device_ids": list(ids[5000:]),
+        "shards": [{"name": "shard-1", "pid": 0, "first": ids[5000], "last": ids[-1], "count": 5000}],
+    }
+    printer = [sys.executable, "-c", f"import sys; sys.stdout.write({json.dumps(hello)!r} + '\\n')"]
+
+    async def first_line() -> dict[str, Any]:
+        shard = RunningShard(Shard(1, 5000, 10_000), ids, await spawn_shard(printer))
+        await shard.up()
+        await shard.proc.wait()
+        return shard.record
+
+    assert len(json.dumps(hello)) > 64 * 1024
+    assert asyncio.run(first_line())["count"] == 5000

@@ -117,3 +117,61 @@ def test_the_fleet_exit_code_is_returned_by_stop(tmp_path: Path, code: int) -> N
     script = f"import signal, sys\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit({code}))\nprint({hello_line(tmp_path)!r}, flush=True)\nsignal.pause()\n"
     fleet = fake_fleet(tmp_path, script).start()
     assert fleet.stop() == code
+
+
+def test_shards_left_behind_by_the_fleet_process_are_ended_and_nothing_else(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from hil.load.fleet import stop_orphaned_shards
+
+    ready = "import signal, sys, time; {}; sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(60)"
+    shard_args = ["hil", "sim", "fleet", "--shard", "0:0:1"]
+    polite = subprocess.Popen([sys.executable, "-c", ready.format("pass"), *shard_args], stdout=subprocess.PIPE)
+    stubborn = subprocess.Popen(  # busy when its SIGTERM comes: it does not act on it
+        [sys.executable, "-c", ready.format("signal.signal(signal.SIGTERM, signal.SIG_IGN)"), *shard_args],
+        stdout=subprocess.PIPE,
+    )
+    bystander = subprocess.Popen([sys.executable, "-c", ready.format("pass")], stdout=subprocess.PIPE)
+    try:
+        for proc in (polite, stubborn, bystander):
+            assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        shards = [{"pid": polite.pid}, {"pid": stubborn.pid}, {"pid": bystander.pid}, {"pid": 0}]
+        assert stop_orphaned_shards(shards, grace_s=1.0) == [polite.pid, stubborn.pid]
+        assert polite.wait(WAIT_S) == -signal.SIGTERM
+        assert stubborn.wait(WAIT_S) == -signal.SIGKILL
+        assert bystander.poll() is None  # not a shard: left alone
+        assert stop_orphaned_shards([{"pid": polite.pid}]) == []  # gone (a zombie until reaped): nothing to do
+    finally:
+        for proc in (polite, stubborn, bystander):
+            proc.kill()
+            proc.wait()
+
+
+def test_stopping_the_fleet_ends_a_shard_it_left_behind(tmp_path: Path) -> None:
+    import os
+
+    # The stand-in fleet starts a "shard" in a session of its own (out of reach of the
+    # group's SIGTERM, as a real shard is) that outlives it, and names it on its first line.
+    script = (
+        "import json, os, subprocess, sys, time\n"
+        "shard = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', 'fleet', '--shard', '0:0:1'],"
+        " start_new_session=True, stdout=subprocess.DEVNULL)\n"
+        "print(json.dumps({'pid': os.getpid(), 'shards': [{'name': 'shard-0', 'pid': shard.pid}]}), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    import contextlib
+    import signal
+
+    fleet = fake_fleet(tmp_path, script)
+    fleet.start()
+    shard = int(fleet.shards[0]["pid"])
+    try:
+        assert os.path.exists(f"/proc/{shard}")
+        fleet.stop()
+        alive = os.path.exists(f"/proc/{shard}")
+        state = Path(f"/proc/{shard}/stat").read_text().rsplit(")", 1)[1].split()[0] if alive else "gone"
+        assert state in ("gone", "Z"), f"the shard (pid {shard}) outlived the fleet: state {state}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(shard, signal.SIGKILL)
