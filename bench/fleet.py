@@ -46,7 +46,7 @@ from hil.load.results import LoadResult
 from hil.load.run import run_load
 from hil.load.target import LoadTarget, device_ids
 from hil.reporting.gate import LoadProfile
-from hil.services.broker import OBSERVER_USER, BrokerLimits, MosquittoBroker
+from hil.services.broker import BrokerLimits, MosquittoBroker
 
 MIN_RATE = 0.98  # of the expected readings per second, for a run to count as "held"
 KIB = 1024
@@ -104,15 +104,7 @@ def run_once(devices: int, duration: float, workdir: Path, *, interval: int = 1,
     try:
         pid = broker._proc.pid if broker._proc is not None else 0  # the bench reads its CPU
         broker_cpu = cpu_of(pid)
-        target = LoadTarget(
-            name="mosquitto",
-            host="127.0.0.1",
-            port=broker.plain_port,
-            credentials={d: (broker.credentials(d).username, broker.credentials(d).password) for d in ids},
-            observer_user=OBSERVER_USER,
-            observer_password=broker.observer_password,
-            via_proxy=False,
-        )
+        target = LoadTarget.direct(broker, ids)
         profile = LoadProfile(devices=devices, rate_hz=1.0 / interval, duration_s=duration, broker_restart_outage_s=0)
         own = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()

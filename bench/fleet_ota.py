@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hil.load.ota import run_fleet_ota
 from hil.load.target import LoadTarget, device_ids
-from hil.services.broker import OBSERVER_USER, BrokerLimits, MosquittoBroker
+from hil.services.broker import BrokerLimits, MosquittoBroker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,15 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         broker.apply_limits(BrokerLimits(clients=args.devices + 8))
         broker.start()
         try:
-            target = LoadTarget(
-                name="mosquitto",
-                host="127.0.0.1",
-                port=broker.plain_port,
-                credentials={d: (broker.credentials(d).username, broker.credentials(d).password) for d in ids},
-                observer_user=OBSERVER_USER,
-                observer_password=broker.observer_password,
-                via_proxy=False,
-            )
+            target = LoadTarget.direct(broker, ids)
             started = time.monotonic()
             result = run_fleet_ota(
                 target,

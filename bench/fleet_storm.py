@@ -21,6 +21,7 @@ Run: ``.venv/bin/python bench/fleet_storm.py [--devices 5000] [--interval 10] [-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from hil.load.run import run_load
 from hil.load.storm import reconnect_chart
 from hil.load.target import LoadTarget, broker_limits, device_ids
 from hil.reporting.gate import LoadProfile
-from hil.services.broker import OBSERVER_USER, MosquittoBroker
+from hil.services.broker import MosquittoBroker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,15 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         broker.apply_limits(broker_limits(profile))
         broker.start()
         try:
-            target = LoadTarget(
-                name="mosquitto",
-                host="127.0.0.1",
-                port=broker.plain_port,
-                credentials={d: (broker.credentials(d).username, broker.credentials(d).password) for d in ids},
-                observer_user=OBSERVER_USER,
-                observer_password=broker.observer_password,
-                restartable=broker,
-            )
+            # Through the fault proxy (the storm's partitions) and restartable (the storm).
+            target = dataclasses.replace(LoadTarget.direct(broker, ids), via_proxy=True, restartable=broker)
             started = time.monotonic()
             result = run_load(
                 target, profile, workdir=Path(tmp) / "fleet", storm=False, processes=args.processes, progress=print

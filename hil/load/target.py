@@ -16,7 +16,7 @@ from hil.load.limits import HostLimitError, check_host, needs
 from hil.load.storm import RestartableBroker
 from hil.reporting.gate import LoadProfile
 from hil.secret import Secret, optional_secret
-from hil.services.broker import OBSERVER_USER, BrokerError, BrokerLimits
+from hil.services.broker import OBSERVER_USER, BrokerError, BrokerLimits, MosquittoBroker
 
 DEVICE_PREFIX = "fleet-"  # hil sim fleet names its boards fleet-0000, fleet-0001, ...
 CREDENTIALS_ENV = "HIL_LOAD_CREDENTIALS_FILE"
@@ -48,6 +48,20 @@ class LoadTarget:
     whose certificate does not name 127.0.0.1. No reconnect storm then."""
     restartable: RestartableBroker | None = None
     """The broker the run may stop and start (the embedded one), for the restart storm."""
+
+    @classmethod
+    def direct(cls, broker: MosquittoBroker, devices: Sequence[str]) -> LoadTarget:
+        """A mosquitto on this host reached directly (no fault proxy: no reconnect storm),
+        each device with its own account on it (`MosquittoBroker.add_device`)."""
+        return cls(
+            name=broker.name,
+            host="127.0.0.1",
+            port=broker.plain_port,
+            credentials={d: (broker.credentials(d).username, broker.credentials(d).password) for d in devices},
+            observer_user=OBSERVER_USER,
+            observer_password=broker.observer_password,
+            via_proxy=False,
+        )
 
 
 def broker_limits(profile: LoadProfile) -> BrokerLimits:

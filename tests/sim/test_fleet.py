@@ -405,15 +405,7 @@ def fleet_ota(tmp_path: Path, app: str | None = None) -> Any:
 
     with fleet_broker(tmp_path / "broker", OTA_FLEET) as (broker, _credentials):
         ids = [f"fleet-{index:04d}" for index in range(OTA_FLEET)]
-        target = LoadTarget(
-            name="mosquitto",
-            host="127.0.0.1",
-            port=broker.plain_port,
-            credentials={d: (broker.credentials(d).username, broker.credentials(d).password) for d in ids},
-            observer_user=OBSERVER_USER,
-            observer_password=broker.observer_password,
-            via_proxy=False,
-        )
+        target = LoadTarget.direct(broker, ids)
         return run_fleet_ota(
             target, OTA_FLEET, workdir=tmp_path / "ota", app=app, bytes_per_s=OTA_RATE, cut_after=OTA_CUT, processes=1
         )
