@@ -9,14 +9,26 @@ of range) for ``sensor_timeout_s``, ``sensor_recovered`` after.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import time
 
-from hil.bme280.driver import BME280Driver, SensorError
+from hil.bme280.driver import BME280Driver, SensorBusError, SensorError
 from hil.device import contract
 from hil.device import defects as D
 from hil.device.settings import DeviceConfig
 from hil.sim.firmware.tasks.shared import Firmware
+
+
+def esp_error(exc: BaseException) -> str:
+    """A failed bus transfer as ESP-IDF's I2C driver reports it (``esp_err_to_name`` of what
+    ``i2c_master_cmd_begin`` returns): ``ESP_FAIL`` when the chip did not acknowledge,
+    ``ESP_ERR_TIMEOUT`` when the bus stayed busy (SCL or SDA held); never a host errno. A
+    driver-level check (chip id, calibration, a measurement that never ends) keeps its words."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    name = "ESP_ERR_TIMEOUT" if exc.errno == errno.ETIMEDOUT else "ESP_FAIL"
+    return f"{exc.operation}: {name}" if isinstance(exc, SensorBusError) else name
 
 
 class SensorTask:
@@ -54,7 +66,7 @@ class SensorTask:
                     fw.alert("warning", "sensor_calibration", str(exc))  # the defect: any init failure
                 self._sensor_failed()
             except OSError as exc:
-                fw.log_mirrored("E", "sensor", f"i2c error: {exc}")
+                fw.log_mirrored("E", "sensor", f"i2c error: {esp_error(exc)}")
                 self._sensor_failed()
             await self._sensor_wait()
         due = time.monotonic()
@@ -73,7 +85,7 @@ class SensorTask:
                 fw.error_count += 1
                 if D.RECOVERED_AFTER_ANY_FAILED_READ in fw.defects:
                     self.glitched = True
-                fw.log_mirrored("E", "sensor", f"read failed: {exc}")
+                fw.log_mirrored("E", "sensor", f"read failed: {esp_error(exc)}")
                 self._sensor_failed()
             else:
                 fw.read_time_ms = (time.monotonic() - started) * 1000

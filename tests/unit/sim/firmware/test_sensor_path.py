@@ -312,3 +312,20 @@ def test_oversampling_keeps_a_noisy_part_within_accuracy() -> None:
         assert spread_x1 == pytest.approx(sigma, rel=0.25), channel
         assert spread_x16 == pytest.approx(sigma / math.sqrt(16), rel=0.25), channel
         assert max(abs(e) for e in x16[channel]) <= bound / 2, channel
+
+
+def test_a_failed_transfer_reads_as_esp_idf_reports_it() -> None:
+    # The firmware's log speaks ESP-IDF (esp_err_to_name), never the host's errno text.
+    import errno as errno_codes
+
+    from hil.bme280.driver import SensorBusError, WrongChipId
+    from hil.sim.firmware.tasks.sensor import esp_error
+
+    reading = "reading the measurement"
+    nack = SensorBusError(address=0x76, operation=reading, cause=OSError(errno_codes.EREMOTEIO, "Remote I/O error"))
+    held = SensorBusError(address=0x76, operation=reading, cause=OSError(errno_codes.ETIMEDOUT, "Connection timed out"))
+    assert esp_error(nack) == "reading the measurement: ESP_FAIL"
+    assert esp_error(held) == "reading the measurement: ESP_ERR_TIMEOUT"
+    assert esp_error(OSError(errno_codes.EREMOTEIO, "Remote I/O error")) == "ESP_FAIL"
+    wrong = WrongChipId(address=0x76, chip_id=0x58)
+    assert esp_error(wrong) == str(wrong)  # a driver check keeps its own words
