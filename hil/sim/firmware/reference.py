@@ -67,20 +67,13 @@ class ReferenceFirmware:
         )
 
     async def run(self, ctx: AppContext) -> None:
+        if not await boot(self.fw, ctx):
+            return
         try:
-            if not await boot(self.fw, ctx):
-                return
-            try:
-                await self._run_tasks()
-            except* _DeepSleep:
-                self.fw.log("I", "app", "entering deep sleep until the next power-on")
-                await asyncio.Event().wait()
-        finally:
-            # A power cut or reset ends this boot: the request handlers it started (an OTA
-            # download, a restart after an ack) die with the chip, never outlive it into
-            # the next boot's flash.
-            for handler in list(self.fw.background):
-                handler.cancel()
+            await self._run_tasks()
+        except* _DeepSleep:
+            self.fw.log("I", "app", "entering deep sleep until the next power-on")
+            await asyncio.Event().wait()
 
     async def _run_tasks(self) -> None:
         fw = self.fw
