@@ -70,9 +70,10 @@ class RestartStorm:
     not_drained: tuple[str, ...] = ()  # devices that had not published twice more by the deadline
     listen_overflows: int | None = None
     """Connections the kernel dropped at a full accept queue during the storm, host-wide
-    (/proc/net/netstat ListenOverflows; None: not on Linux). The proxy's and mosquitto's
-    listen backlogs are 100: a burst of reconnects beyond it waits for SYN retransmits
-    (1 s, 3 s, ...), which is where a slow tail of reconnects comes from."""
+    (/proc/net/netstat ListenOverflows; None: not on Linux). mosquitto listens with a
+    backlog of 100 (the proxy's is somaxconn-sized): a burst of reconnects beyond a full
+    queue waits for SYN retransmits (1 s, 3 s, ...), which is where a slow tail of
+    reconnects comes from."""
 
     def violations(self) -> list[str]:
         """What broke the contract, in words; empty means the storm held."""

@@ -53,6 +53,11 @@ from hil.services.ports import reserve_port
 
 LISTEN_HOST = "127.0.0.1"
 CHUNK_SIZE = 64 * 1024
+# The accept queue: a fleet's devices reconnect in waves after a broker restart (the
+# backoff's first attempts land within ~1 s of each other), and a connection beyond a full
+# queue waits for the kernel's SYN retransmit (1 s, then 3 s): a tail the contract's
+# storm bound does not allow. asyncio's default is 100; the kernel caps this at somaxconn.
+LISTEN_BACKLOG = 4096
 # Bytes read ahead of the writer per direction (a delayed or stalled direction holds at
 # most this much); beyond it reading stops and TCP back-pressure reaches the sender. Large
 # enough that latency alone does not cap throughput (1 MiB per second of delay at 8 Mbit/s).
@@ -372,7 +377,12 @@ class FaultProxy:
         if self._changed is None:
             self._changed = asyncio.Event()
         self._server = await asyncio.start_server(
-            self._accept, LISTEN_HOST, self._port, reuse_address=True, limit=CHUNK_SIZE
+            self._accept,
+            LISTEN_HOST,
+            self._port,
+            reuse_address=True,
+            limit=CHUNK_SIZE,
+            backlog=LISTEN_BACKLOG,
         )
         sock = self._server.sockets[0]
         self._port = int(sock.getsockname()[1])

@@ -268,13 +268,21 @@ class _Handler(BaseHTTPRequestHandler):
         """Requests are recorded in ``requests``; no stderr noise."""
 
 
+class _FleetHTTPServer(ThreadingHTTPServer):
+    # socketserver's accept queue is 5: an update offered to a fleet at once has its
+    # devices' requests arrive together, and those beyond the queue wait for a SYN
+    # retransmit (1 s, 3 s) the device's download timeout counts. The kernel caps this
+    # at somaxconn.
+    request_queue_size = 1024
+
+
 class OtaServer:
     """Serves images by name at ``http(s)://127.0.0.1:PORT/<name>``."""
 
     def __init__(self, *, tls_ca: trustme.CA | None = None) -> None:
         self._shared = _Shared()
         handler = type("Handler", (_Handler,), {"shared": self._shared})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _FleetHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self.scheme = "http"
         if tls_ca is not None:
