@@ -309,12 +309,9 @@ def anonymous_memory() -> int:
     return 0
 
 
-class FleetControl(JsonLinesServer):
-    """The fleet's one control endpoint: fleet-wide ``state``, and board commands by device."""
-
-    def __init__(self, boards: Sequence[FleetBoard]) -> None:
-        super().__init__()
-        self._boards = {b.device_id: b for b in boards}
+class FleetRouter(JsonLinesServer):
+    """A fleet's one control endpoint: ``state`` without a device is fleet-wide; any
+    command with ``"device"`` goes to that device. Subclasses say where a device lives."""
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
         try:
@@ -323,19 +320,50 @@ class FleetControl(JsonLinesServer):
             return {"ok": False, "error": f"not JSON: {exc}"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {"ok": False, "error": 'a request is a JSON object with a string "cmd"'}
-        device = request.pop("device", None)
+        device = request.get("device")
         if device is None:
             if request["cmd"] == "state":
-                return {"ok": True, "state": self.state()}
+                return await self.fleet_state()
             return {
                 "ok": False,
                 "error": f'fleet commands: state; board commands ({request["cmd"]!r} too) need '
                 '"device": a device id',
             }
-        target = self._boards.get(device) if isinstance(device, str) else None
+        reply = await self.to_device(device, request) if isinstance(device, str) else None
+        if reply is None:
+            return {"ok": False, "error": f"no device {device!r} in this fleet ({self.device_count()} boards)"}
+        return reply
+
+    async def fleet_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def to_device(self, device: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The device's reply to ``request``; None when the fleet has no such device."""
+        raise NotImplementedError
+
+    def device_count(self) -> int:
+        raise NotImplementedError
+
+
+class FleetControl(FleetRouter):
+    """The control endpoint of a fleet in this process: board commands to the board's own."""
+
+    def __init__(self, boards: Sequence[FleetBoard]) -> None:
+        super().__init__()
+        self._boards = {b.device_id: b for b in boards}
+
+    async def fleet_state(self) -> dict[str, Any]:
+        return {"ok": True, "state": self.state()}
+
+    async def to_device(self, device: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        target = self._boards.get(device)
         if target is None:
-            return {"ok": False, "error": f"no device {device!r} in this fleet ({len(self._boards)} boards)"}
-        return await target.control.handle_line(json.dumps(request).encode())
+            return None
+        forwarded = {key: value for key, value in request.items() if key != "device"}
+        return await target.control.handle_line(json.dumps(forwarded).encode())
+
+    def device_count(self) -> int:
+        return len(self._boards)
 
     def state(self) -> dict[str, Any]:
         boards = []

@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from hil.processes import die_with_parent
-from hil.sim.control import JsonLinesServer
 from hil.sim.flash_store import base_image_path
-from hil.sim.fleet import FLASH_SIZE, FleetOptions, Shard, ShardDied, plan
+from hil.sim.fleet import FLASH_SIZE, FleetOptions, FleetRouter, Shard, ShardDied, plan
 from hil.sim.process import lock_state_dir
 
 SHARD_DEVICES_MIN = 250
@@ -217,7 +216,7 @@ class RunningShard:
             await self.proc.wait()
 
 
-class ShardedControl(JsonLinesServer):
+class ShardedControl(FleetRouter):
     """The fleet's one control endpoint over its shards': ``state`` merged, board commands
     forwarded to the shard that runs the board."""
 
@@ -226,26 +225,12 @@ class ShardedControl(JsonLinesServer):
         self._shards = shards
         self._owner = {device: running for running in shards for device in ids[running.shard.start : running.shard.stop]}
 
-    async def handle_line(self, line: bytes) -> dict[str, Any]:
-        try:
-            request = json.loads(line)
-        except ValueError as exc:
-            return {"ok": False, "error": f"not JSON: {exc}"}
-        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return {"ok": False, "error": 'a request is a JSON object with a string "cmd"'}
-        device = request.get("device")
-        if device is None:
-            if request["cmd"] == "state":
-                return await self._state()
-            return {
-                "ok": False,
-                "error": f'fleet commands: state; board commands ({request["cmd"]!r} too) need '
-                '"device": a device id',
-            }
-        owner = self._owner.get(device) if isinstance(device, str) else None
-        if owner is None:
-            return {"ok": False, "error": f"no device {device!r} in this fleet ({len(self._owner)} boards)"}
-        return await self._ask(owner, request)
+    async def to_device(self, device: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        owner = self._owner.get(device)
+        return None if owner is None else await self._ask(owner, request)
+
+    def device_count(self) -> int:
+        return len(self._owner)
 
     async def _ask(self, running: RunningShard, request: dict[str, Any]) -> dict[str, Any]:
         if running.link is None or running.proc.returncode is not None:
@@ -255,7 +240,7 @@ class ShardedControl(JsonLinesServer):
         except (ConnectionError, OSError, ValueError) as exc:
             return {"ok": False, "error": f"{running.describe()} does not answer: {exc}"}
 
-    async def _state(self) -> dict[str, Any]:
+    async def fleet_state(self) -> dict[str, Any]:
         replies = await asyncio.gather(*(self._ask(r, {"cmd": "state"}) for r in self._shards))
         for reply in replies:
             if not reply.get("ok"):
