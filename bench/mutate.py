@@ -226,11 +226,13 @@ class Coverage:
         the config rejection weigh much for the few tests that reach them."""
         file = str(module_path(mutant.module))
         start, end = spans.get((mutant.module, mutant.qualname), (mutant.line, mutant.end_line))
+        ranges = [(file, start, end), *named_spans(mutant, spans)]
         weights: dict[str, float] = defaultdict(float)
-        for line in range(start, end + 1):
-            tests = self.by_line.get((file, line), set())
-            for test in tests:
-                weights[test] += 1.0 / len(tests)
+        for path, first, last in ranges:
+            for line in range(first, last + 1):
+                tests = self.by_line.get((path, line), set())
+                for test in tests:
+                    weights[test] += 1.0 / len(tests)
         return weights
 
     def capped(self, tests: list[str], max_seconds: float) -> list[str]:
@@ -247,7 +249,7 @@ class Coverage:
         return chosen
 
     def duration(self, tests: Iterable[str]) -> float:
-        return sum(float(self.tests[t]["duration"]) for t in tests)  # type: ignore[arg-type]
+        return sum(float(self.tests[t]["duration"]) for t in tests)  # type: ignore[arg-type,misc]
 
 
 def _line_map(old: str, new: str) -> dict[int, int]:
@@ -274,6 +276,24 @@ def function_spans() -> dict[tuple[str, str], tuple[int, int]]:
     for module in TRACED_MODULES:
         walk(ast.parse(module_path(module).read_text()), [], module)
     return spans
+
+
+def named_spans(mutant: Mutant, spans: dict[tuple[str, str], tuple[int, int]]) -> list[tuple[str, int, int]]:
+    """(file, first, last) of every traced function or class the mutated code names.
+    A dropped ``spawn(self._metrics_task())`` or a changed argument of ``publish_health``
+    shows in the body it names, which only the tests that wait for that task reach; the
+    line itself runs in every boot and says nothing about who would notice."""
+    named = set(re.findall(r"[A-Za-z_]\w*", mutant.original))
+    # An attribute names the class it holds (``self.metrics = MetricsTask(fw)``).
+    held = dict(re.findall(r"self\.(\w+)\s*=\s*([A-Z]\w*)\(", module_path(mutant.module).read_text()))
+    named |= {held[name] for name in named if name in held}
+    found: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+    for (module, qualname), (first, last) in spans.items():
+        name = qualname.rsplit(".", 1)[-1]
+        if name in named and qualname != mutant.qualname:
+            found[name].append((str(module_path(module)), first, last))
+    # A name many functions share (``run``, ``__init__``) says nothing about which one.
+    return [span for spans_of in found.values() if len(spans_of) <= 2 for span in spans_of]
 
 
 def name_uses() -> dict[tuple[str, str], set[int]]:
@@ -518,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-test-seconds", type=float, default=90.0,
         help="per mutant, run the quickest covering tests up to this much traced time (0: all)",
     )  # fmt: skip
+    parser.add_argument(
+        "--second-look", action="store_true",
+        help="a survivor of the capped tests gets one more budget of its remaining covering tests",
+    )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="print the mutants and their tests; run nothing")
     parser.add_argument("--trace", action="store_true", help="take the coverage again first")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "hil" / "mutate")
@@ -568,6 +592,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def tests_of(m: Mutant) -> list[str]:
         if args.sample:
             return sample[m.id]
+        ranked = ranked_tests(m)
+        return coverage.capped(ranked, args.max_test_seconds) if coverage and args.max_test_seconds > 0 else ranked
+
+    def ranked_tests(m: Mutant) -> list[str]:
         assert coverage is not None
         tests = coverage.tests_for(m, uses)
         # Likely killers first (with -x the first failure ends the run, and the time cap
@@ -582,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 -round(weights.get(t, 0.0), 3),
             )
         )
-        return coverage.capped(tests, args.max_test_seconds) if args.max_test_seconds > 0 else tests
+        return tests
 
     def covering(m: Mutant) -> int:
         return len(sample.get(m.id, [])) if coverage is None else len(coverage.tests_for(m, uses))
@@ -616,6 +644,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # No verdict (the rig, or a tree others are editing, failed): once more.
                 time.sleep(10)
                 result = run_mutant(m, tests, expected(tests), work, slot)
+            if result.verdict == "survived" and args.second_look and coverage is not None:
+                # The budget kept only the likeliest covering tests; before calling it a
+                # survivor, the next budget's worth of the ones left (a metrics task that
+                # never starts shows only to the test that waits for metrics).
+                rest = coverage.capped([t for t in ranked_tests(m) if t not in tests], args.max_test_seconds)
+                if rest:
+                    again = run_mutant(m, rest, expected(rest), work, slot)
+                    if again.verdict != "error":
+                        again.seconds += result.seconds
+                        result, tests = again, tests + rest
+                        result.tests = tests
         result.covering = covering(m)
         return result, tests
 
