@@ -471,6 +471,36 @@ CONFIG_BROKER_ITEM_UNCHECKED = "config_broker_item_unchecked"
 that the item is a string: a number in the array is a NULL dereference, a panic and a
 reboot, where the update was to be rejected with `config/status`."""
 
+# -- issue #12 (contract-complete suites): §5 config, §6 OTA
+REJECTED_CONFIG_SAVED = "rejected_config_saved"
+"""Checks and saves a config update key by key (``nvs_set_*`` as each passes, one commit):
+the first invalid key rejects the update, but the keys before it are in NVS already. The
+running boot is unchanged; the next boot, whatever restarts it, runs on them."""
+OTA_VERSION_PARTS_EACH_NEWER = "ota_version_parts_each_newer"
+"""Takes an offer for newer only when none of its version's parts is lower than the running
+one's (``major >= && minor >= && patch >=``, one greater): 2.0.0 is refused under 1.10.0."""
+OTA_SELFTEST_TIMEOUT_FROM_PROVISIONING = "ota_selftest_timeout_from_provisioning"
+"""Times the OTA self-test by the provisioned ``ota_selftest_timeout_s`` (namespace
+``device``), never reading namespace ``config``: a config update of it is acknowledged,
+saved and restarted into, and ignored by the one task that uses it."""
+OTA_REFUSED_IN_SAFE_MODE = "ota_refused_in_safe_mode"
+"""Answers every ``ota/update`` in safe mode with ``rejected`` ("updates are disabled in safe
+mode"): the handler is alive, but a boot-looping device can never be fixed remotely."""
+
+# -- issue #12 (contract-complete suites): §9 program runtime
+PROGRAM_REJECTION_FALLS_THROUGH = "program_rejection_falls_through"
+"""Publishes a deployment's `rejected` and goes on (no ``return`` after the refusal): a
+program refused for its size or its hash is accepted and run anyway."""
+PROGRAM_HASH_PREFIX_ONLY = "program_hash_prefix_only"
+"""Compares the deployment's sha256 with ``strncmp(hex, given, 32)``: the first half of the
+64 hex digits (32 bytes taken for 32 characters), so a hash wrong only in its second half passes."""
+PROGRAM_COMPARE_FIRST_TWO = "program_compare_first_two"
+"""The comparison built-ins compare their first two arguments only (``args[0] < args[1]``),
+the rest evaluated and ignored: ``(< 1 3 2)`` is #t."""
+PROGRAM_ERROR_GENERIC = "program_error_generic"
+"""Reports every failed program with one fixed error, ``"program failed"``: a backend cannot
+tell a step budget from a memory budget from an error the program raised."""
+
 ALL = frozenset(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
 )

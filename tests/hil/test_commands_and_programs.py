@@ -258,6 +258,9 @@ SCHEME_VALUES = [
     ("(>= 2 3)", False),
     ("(= 2 2)", True),
     ("(= 2 3)", False),
+    ("(< 1 2 3)", True),  # more than two arguments: each neighbouring pair holds
+    ("(< 1 3 2)", False),
+    ("(= 2 2 3)", False),
     ("(if #f 1 2)", 2),
     ("(if 0 1 2)", 1),  # only #f is false
     ("(begin 1 2 3)", 3),
@@ -274,7 +277,7 @@ SCHEME_VALUES = [
 ]
 
 
-@pytest.mark.guards("program_int_division", "program_result_unescaped", "program_gt_as_ge")
+@pytest.mark.guards("program_int_division", "program_result_unescaped", "program_gt_as_ge", "program_compare_first_two")
 @pytest.mark.clause("C9.4", "C9.7", "C4.13")
 def test_programs_compute_what_scheme_computes(dut, mqtt) -> None:
     wrong = []
@@ -390,6 +393,25 @@ def test_a_program_that_raises_an_error_fails_with_it(dut, mqtt, source) -> None
     assert "result" not in statuses[-1], statuses[-1]
 
 
+@pytest.mark.guards("program_error_generic")
+@pytest.mark.clause("C9.5", "C4.13")
+def test_each_failure_reports_its_own_error(dut, mqtt) -> None:
+    """Failed "with the error": over the step budget, over the memory budget, and an error
+    the program raised each say which it was. The words are the firmware's, so only this
+    is held: no two of the three reports are the same text."""
+    errors = {}
+    for name, source in (
+        ("steps", countdown(contract.PROGRAM_STEP_BUDGET)),
+        ("memory", _OVER_MEMORY),
+        ("raised", '(+ 1 "a")'),
+    ):
+        mark = deploy(mqtt, dut.device_id, name, source)
+        verdict = program_statuses(mqtt, dut.device_id, mark, "failed", timeout=30, name=name)[-1]
+        assert has_error(verdict), verdict
+        errors[name] = verdict["error"]
+    assert len(set(errors.values())) == len(errors), f"failures that say the same: {errors}"
+
+
 @pytest.mark.guards("program_topic_unchecked")
 @pytest.mark.clause("C9.5", "C9.6", "C9.7")
 def test_a_program_publishing_to_a_wildcard_topic_fails_and_telemetry_goes_on(dut, mqtt, console, hil_session) -> None:
@@ -419,6 +441,8 @@ def padded(source: str, size: int) -> str:
 _TOO_LARGE = padded("(+ 1 2)", contract.PROGRAM_MAX_BYTES + 1)  # one byte over 8 KiB
 # Under 8 KiB in characters, over it in bytes: the limit counts bytes.
 _TOO_LARGE_IN_BYTES = '"' + "\u00e9" * (contract.PROGRAM_MAX_BYTES // 2) + '"'  # 4098 characters, 8194 bytes
+_RIGHT_DIGEST = hashlib.sha256(b"(+ 1 2)").hexdigest()
+_LAST_DIGIT_WRONG = _RIGHT_DIGEST[:-1] + ("0" if _RIGHT_DIGEST[-1] != "0" else "1")
 
 
 @pytest.mark.parametrize(
@@ -429,22 +453,36 @@ _TOO_LARGE_IN_BYTES = '"' + "\u00e9" * (contract.PROGRAM_MAX_BYTES // 2) + '"'  
             "(+ 1 2)", hashlib.sha256(b"(+ 1 3)").hexdigest(), id="hash-mismatch",
             marks=pytest.mark.guards("program_no_hash"),
         ),
-        pytest.param(_TOO_LARGE, None, id="too-large"),
+        # Wrong only in its last hex digit: the whole digest is compared, not a prefix.
+        pytest.param(
+            "(+ 1 2)", _LAST_DIGIT_WRONG, id="hash-wrong-in-last-digit",
+            marks=pytest.mark.guards("program_hash_prefix_only"),
+        ),
+        pytest.param(_TOO_LARGE, None, id="too-large", marks=pytest.mark.guards("program_rejection_falls_through")),
         pytest.param(_TOO_LARGE_IN_BYTES, None, id="too-large-in-utf8-bytes"),
     ],
 )
 @pytest.mark.clause("C9.1", "C9.2", "C9.3", "C4.13")
 def test_a_bad_program_is_rejected_without_running(dut, mqtt, source, sha256) -> None:
     """Rejected at once, with an error (its words are the firmware's: the contract names
-    the reasons, not how to say them)."""
-    mark = deploy(mqtt, dut.device_id, "bad", source, sha256)
-    statuses = program_statuses(mqtt, dut.device_id, mark, "rejected", timeout=15)
+    the reasons, not how to say them), and never run: a program deployed after it runs to
+    its end, and nothing in between says the rejected one was accepted, ran or ended."""
+    device = dut.device_id
+    mark = deploy(mqtt, device, "bad", source, sha256)
+    statuses = program_statuses(mqtt, device, mark, "rejected", timeout=15)
     assert [s["state"] for s in statuses] == ["rejected"], statuses
     assert has_error(statuses[-1]), statuses[-1]
     # The deployment had a usable name: the refusal says which one it was (null is only
     # for a deployment that carried none, see test_a_malformed_deployment_is_rejected).
     assert statuses[-1]["name"] == "bad", statuses[-1]
-    assert restarts_since(mqtt, dut.device_id, mark) == []
+    # Deployments are handled in order: once the next one has completed, anything the
+    # rejected one set off has been reported.
+    topic = contract.programs_status_topic(device)
+    fence = deploy(mqtt, device, "after", "1")
+    mqtt.wait_for(topic, lambda m: payload_of(m) == {"name": "after", "state": "completed", "result": 1}, since=fence, timeout=15)
+    bad = [s for m in mqtt.collect(topic, since=mark) if (s := payload_of(m))["name"] == "bad"]
+    assert [s["state"] for s in bad] == ["rejected"], f"the rejected deployment went on: {bad}"
+    assert restarts_since(mqtt, device, mark) == []
 
 
 @pytest.mark.guards("program_size_edge")

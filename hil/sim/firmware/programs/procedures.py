@@ -189,6 +189,8 @@ def _modulo(m: _Machine, args: list[Value]) -> Value:
 def _comparison(name: str, holds: Callable[[int | float, int | float], bool]) -> None:
     def compare(m: _Machine, args: list[Value]) -> Value:
         numbers = [_number(name, arg) for arg in args]
+        if getattr(m.host, "compare_first_two", False):  # the program_compare_first_two defect's host
+            numbers = numbers[:2]
         test = holds
         if name == ">" and getattr(m.host, "gt_as_ge", False):  # the program_gt_as_ge defect's host
             test = operator.ge

@@ -4,6 +4,7 @@ memory budgets (``hil.sim.firmware.programs``), one at a time, never blocking te
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from typing import Any
 
@@ -12,6 +13,7 @@ from hil.device import defects as D
 from hil.sim.firmware.programs import (
     MAX_PROGRAM_BYTES,
     Budget,
+    Deployment,
     ProgramError,
     Rejection,
     parse,
@@ -30,15 +32,26 @@ class ProgramRunner:
     def on_deploy(self, payload: bytes) -> None:
         fw = self.fw
         status = contract.programs_status_topic(fw.device_id)
+        prefix_only = D.PROGRAM_HASH_PREFIX_ONLY in fw.defects
         deployment = parse_deployment(
             payload,
-            check_hash=D.PROGRAM_HASH_UNCHECKED not in fw.defects,
+            check_hash=D.PROGRAM_HASH_UNCHECKED not in fw.defects and not prefix_only,
             max_bytes=MAX_PROGRAM_BYTES - 1 if D.PROGRAM_SIZE_OFF_BY_ONE in fw.defects else MAX_PROGRAM_BYTES,
         )
+        if prefix_only and isinstance(deployment, Deployment):
+            given = str(json.loads(payload)["sha256"]).lower()
+            if deployment.sha256[:32] != given[:32]:  # the defect: strncmp(hex, given, 32)
+                deployment = Rejection("hash mismatch", deployment.name)
         if isinstance(deployment, Rejection):
             name = None if D.PROGRAM_REJECTION_UNNAMED in fw.defects else deployment.name
             fw.publish(status, {"name": name, "state": "rejected", "error": deployment.reason})
-            return
+            if D.PROGRAM_REJECTION_FALLS_THROUGH not in fw.defects or deployment.name is None:
+                return
+            # The defect: no return after the refusal; the source runs as it came.
+            source = json.loads(payload).get("source")
+            if not isinstance(source, str):
+                return
+            deployment = Deployment(deployment.name, source, hashlib.sha256(source.encode()).hexdigest())
         if fw.program_task is not None and not fw.program_task.done():
             fw.program_task.cancel()
         fw.publish(status, {"name": deployment.name, "state": "accepted"})
@@ -58,7 +71,8 @@ class ProgramRunner:
                 fw.panic("Load access fault")  # malloc's NULL dereferenced: out of memory is a crash
                 return
             named = None if D.PROGRAM_FAILURE_UNNAMED in fw.defects else name
-            fw.publish(status, {"name": named, "state": "failed", "error": f"{exc.kind}: {exc}"})
+            error = "program failed" if D.PROGRAM_ERROR_GENERIC in fw.defects else f"{exc.kind}: {exc}"
+            fw.publish(status, {"name": named, "state": "failed", "error": error})
             return
         if isinstance(result, str) and D.PROGRAM_RESULT_UNESCAPED in fw.defects:  # snprintf's "%s", unescaped
             fw.outbox.put(status, f'{{"name":{json.dumps(name)},"state":"completed","result":"{result}"}}'.encode())
@@ -75,6 +89,7 @@ class _ProgramHost:
         self.division_by_zero_is_zero = D.PROGRAM_DIVISION_BY_ZERO_IS_ZERO in firmware.defects
         self.topics_unchecked = D.PROGRAM_TOPIC_UNCHECKED in firmware.defects
         self.gt_as_ge = D.PROGRAM_GT_AS_GE in firmware.defects
+        self.compare_first_two = D.PROGRAM_COMPARE_FIRST_TWO in firmware.defects
         self.sleep_in_us = D.PROGRAM_SLEEP_IN_US in firmware.defects
 
     def sensor(self, quantity: str) -> float:
