@@ -417,7 +417,7 @@ def plain_http() -> Iterator[OtaServer]:
 
 
 @pytest.mark.requires("ota")
-@pytest.mark.guards("ota_fixed_slot", "ota_string_versions", "ota_http_refused")
+@pytest.mark.guards("ota_fixed_slot", "ota_string_versions", "ota_http_refused", "ota_version_parts_each_newer")
 @pytest.mark.clause("C6.1", "C6.4", "C6.6", "C6.7", "C4.12")
 def test_two_updates_back_to_back_with_versions_compared_part_by_part(
     restore_firmware, mqtt, ota_server, ota_signer, update, served, plain_http
@@ -426,8 +426,10 @@ def test_two_updates_back_to_back_with_versions_compared_part_by_part(
     first is served over plain HTTP, the second by the session's server (HTTPS, where the
     session has a CA). Then, under N.10.0, N.9.0 (older as numbers, newer as text) and
     N.10.0 again (equal) are each refused at once: `rejected` only, nothing downloaded, the
-    same boot goes on. Last, N.11.0 installs too: the third update, from the last OTA slot,
-    goes back to the first (the next slot wraps around)."""
+    same boot goes on. Last, (N+1).0.0 installs too: newer by its first part, though its
+    second is lower than the running one's (parts compared in order, the first that differs
+    decides), and the third update, from the last OTA slot, goes back to the first (the next
+    slot wraps around)."""
     dut = restore_firmware
     major = int(dut.version.split(".")[0]) + 1
     first, second = f"{major}.9.0", f"{major}.10.0"
@@ -447,7 +449,7 @@ def test_two_updates_back_to_back_with_versions_compared_part_by_part(
         assert {m.json()["boot_count"] for m in after} == {boot}, f"rebooted on {stale} offered under {second}"
         assert states(mqtt, dut.device_id, mark) == ["rejected"]
         assert len(served()) == downloads, f"downloaded {stale}, offered under {second}"
-    third = f"{major}.11.0"
+    third = f"{major + 1}.0.0"
     mark = offer(mqtt, ota_server, ota_signer, dut.device_id, update(third), third, "third.bin")
     assert wait_state(mqtt, dut.device_id, "success", mark)["version"] == third, f"{third} refused under {second}"
     assert online(mqtt, dut.device_id, mark)["version"] == third
@@ -532,13 +534,23 @@ def reported_once(mqtt, dut) -> None:
     assert again == [], f"ota_rolled_back raised again at a later boot: {again}"
 
 
+def updated_selftest_s(hil_session) -> int:
+    """An `ota_selftest_timeout_s` for a config update whose window of 1 to 1.5 timeouts
+    holds neither the provisioned value nor the built-in default (C5.9): a self-test timed
+    by either of those is told from one timed by the update's."""
+    others = (selftest_s(hil_session), contract.CONFIG_INT_SETTINGS["ota_selftest_timeout_s"].default)
+    return next(s for s in (10, 8, 12, 30, 40) if not any(s <= other <= 1.5 * s for other in others))
+
+
 @pytest.mark.requires("ota")
 @pytest.mark.guards("valid_no_selftest", "selftest_timeout_ignored")
 @pytest.mark.clause("C6.7", "C6.8", "C6.9", "C2.9", "C4.8")
 @pytest.mark.parametrize(
     "broken",
     [
-        "broker",
+        # C5.8: the self-test is timed by a config update's ota_selftest_timeout_s, read at
+        # boot from NVS `config` by the new app, not by the provisioned one.
+        pytest.param("broker", marks=[pytest.mark.clause("C5.8"), pytest.mark.guards("selftest_timeout_from_provisioning")]),
         # The sensor half of the self-test (C6.7: a sensor read, and the broker connected):
         # the new app reaches the broker, its sensor never answers.
         pytest.param("sensor", marks=[pytest.mark.requires("sensor_emulation"), pytest.mark.guards("ota_selftest_without_sensor")]),
@@ -551,11 +563,20 @@ def test_an_update_that_fails_its_self_test_is_rolled_back(
     broker), or booted with a sensor that does not answer. The self-test fails once
     `ota_selftest_timeout_s` has passed (not before it, nor long after: its `E ota:` line
     comes between 1 and 1.5 timeouts after boot, on the device's clock), the app is marked
-    invalid and the old app reports the rollback."""
-    dut = restore_firmware
+    invalid and the old app reports the rollback. With the broker out of reach, the timeout
+    is a config update's (`updated_selftest_s`), applied before the offer; the sensor case
+    runs on the provisioned one."""
+    dut = restore_firmware  # the provisioned config back afterwards
     timeout_s = selftest_s(hil_session)
     version = later(dut.version)
     since = console.mark()
+    if broken == "broker":
+        timeout_s = updated_selftest_s(hil_session)
+        updated = mqtt.mark()
+        mqtt.publish(contract.config_update_topic(dut.device_id), {"ota_selftest_timeout_s": timeout_s})
+        acked = mqtt.wait_for(contract.config_status_topic(dut.device_id), since=updated, timeout=10)[0].json()
+        assert acked["ok"] is True, acked
+        assert online(mqtt, dut.device_id, updated)["reset_reason"] == "SW"  # restarted into it
     if broken == "sensor":
         sensor = request.getfixturevalue("sensor")
         request.addfinalizer(sensor.clear_faults)

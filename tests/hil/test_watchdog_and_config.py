@@ -15,6 +15,7 @@ from hil.bme280.compensation import Environment
 from hil.bme280.faults import Fault
 from hil.device import contract
 from hil.device.periodic import DEFAULT_TOLERANCE, spacing_problems, wait_timeout
+from hil.firmware.catalog import update_image
 from hil.services.mqtt import ObserverTimeout
 from tests.hil.live import wait_for_live_run
 from tests.hil.provisioned import setting
@@ -401,8 +402,8 @@ HUNG_CRASH = 3
 
 @pytest.mark.clause("C7.10", "C5.3")
 @pytest.mark.requires("test_hooks", "power_control")
-@pytest.mark.guards("no_safe_mode", "wdt_not_counted", "ota_off_in_safe_mode", "boot_loop_guard_counts_sw")
-def test_quick_repeated_crashes_enter_safe_mode_and_a_power_cycle_leaves_it(dut, mqtt, power, forget_crashes) -> None:
+@pytest.mark.guards("no_safe_mode", "wdt_not_counted", "ota_off_in_safe_mode", "boot_loop_guard_counts_sw", "ota_refused_in_safe_mode")
+def test_quick_repeated_crashes_enter_safe_mode_and_a_power_cycle_leaves_it(dut, mqtt, power, forget_crashes, rig, request) -> None:
     device = dut.device_id
     mark = mqtt.mark()
     power.cycle()  # the guard counts crashes since power-on: start from none
@@ -434,12 +435,37 @@ def test_quick_repeated_crashes_enter_safe_mode_and_a_power_cycle_leaves_it(dut,
     assert verdict["state"] == "rejected" and verdict["version"] == dut.version, f"in safe mode: {verdict}"
     with pytest.raises(ObserverTimeout):
         mqtt.wait_for(contract.sensors_topic(device), since=quiet, timeout=5)
+    if "ota" in rig.capabilities:
+        # And OTA does what safe mode keeps it for, fixing the boot loop: a newer signed image
+        # installs (an answer that refuses every offer in safe mode is no OTA).
+        request.getfixturevalue("restore_firmware")  # the session's firmware back afterwards
+        offered = safe_mode_update(mqtt, device, dut.version, request)
+        assert online_after(mqtt, device, offered, timeout=60)["version"] != dut.version
     mark = mqtt.mark()
     power.cycle()
     status = online_after(mqtt, device, mark)
     health = health_after(mqtt, device, mark, lambda h: h["boot_count"] == status["boot_count"])
     assert health["reset_reason"] == "POWERON" and health["safe_mode"] is False
     mqtt.wait_for(contract.sensors_topic(device), since=mark, timeout=20)
+
+
+def safe_mode_update(mqtt, device: str, running: str, request) -> int:
+    """Offer the firmware under test as its next minor release and wait for its `success`
+    (the first verdict); the MQTT mark from just before the offer."""
+    hil_session, server, signer = (request.getfixturevalue(name) for name in ("hil_session", "ota_server", "ota_signer"))
+    major, minor, *_ = running.split(".")
+    version = f"{major}.{int(minor) + 1}.0"
+    image = update_image(hil_session.firmware().choice, version)
+    mark = mqtt.mark()
+    mqtt.publish(contract.ota_update_topic(device), signer.request(image, server.add("safe-mode.bin", image), version))
+    verdict = mqtt.wait_for(
+        contract.ota_status_topic(device),
+        lambda m: m.json()["state"] in ("success", "rejected", "failed", "rolled_back"),
+        since=mark,
+        timeout=60,
+    )[0].json()
+    assert (verdict["state"], verdict["version"]) == ("success", version), f"an update offered in safe mode: {verdict}"
+    return mark
 
 
 # -- configuration (§5) --------------------------------------------------------------------
@@ -556,7 +582,9 @@ def untouched_by_the_offset(reading: dict, env: Environment) -> list[str]:
 def edges(uri: str, end: str) -> dict:
     """Every key of §5 at the minimum or the maximum of its range."""
     low, high = contract.CALIBRATION_OFFSET_RANGE
-    spares = [f"mqtt://127.0.0.1:{port}" for port in range(1, contract.MAX_BROKERS)]  # never reached
+    # Never reached (the first one answers), so they can be at the edges of what a URI may
+    # be (C1.2's `mqtt://h:p` or `mqtts://h:p`): both schemes, the lowest and highest ports.
+    spares = ["mqtt://127.0.0.1:1", "mqtts://127.0.0.1:65535", "mqtt://127.0.0.1:2"][: contract.MAX_BROKERS - 1]
     if end == "minimum":
         return {
             **{key: s.minimum for key, s in contract.CONFIG_INT_SETTINGS.items()},
@@ -731,7 +759,7 @@ COMPANIONS = {"measurement_interval_s": 2, "heartbeat_interval_s": 2, "status_re
 @pytest.mark.clause("C5.6", "C5.7", "C4.11", "C4.8", "C4.2", "C4.5", "C4.7", "C7.3")
 @pytest.mark.guards(
     "config_unvalidated", "rejected_config_leaks", "config_error_unspecific", "float_timeout_truncated",
-    "config_broker_item_unchecked",
+    "config_broker_item_unchecked", "rejected_config_saved",
 )  # fmt: skip
 def test_an_invalid_config_is_rejected_as_a_whole_and_changes_nothing(dut, mqtt, console, sensor, hil_session) -> None:
     did = dut.device_id
@@ -784,6 +812,18 @@ def test_an_invalid_config_is_rejected_as_a_whole_and_changes_nothing(dut, mqtt,
     restarts = [m for m in mqtt.collect(contract.status_topic(did), since=mark) if m.json()["state"] == "online"]
     assert restarts == [], "the device restarted on a rejected config"
     assert not any(contract.ROM_RESET.search(line) for line in console.lines(serial)), "a ROM banner: the device restarted"
+
+    # Unchanged in NVS too (C5.7 "every setting as it was"; C5.8 saves only a valid update):
+    # a device that saved the keys of a rejected update as it walked them, up to the bad one,
+    # runs on as before until a restart, then boots into them. After a reset, no offset.
+    mark = mqtt.mark()
+    command(mqtt, did, {"cmd": "reset"})
+    again = online_after(mqtt, did, mark)
+    assert again["boot_count"] == boot + 1, again
+    reading = readings_after(mqtt, did, mark, count=1, boot=again["boot_count"])[0]
+    assert abs(reading["temperature_c"] - env.temperature_c) <= contract.TEMPERATURE_ACCURACY_C, (
+        f"after a reset the calibration changed: true {env.temperature_c} °C, read {reading}: a rejected update was saved"
+    )
 
 
 _json = st.recursive(

@@ -41,6 +41,8 @@ class ConfigHandler:
                 offset = json.loads(payload).get("calibration_offset_temp")  # applied as it was walked
                 if isinstance(offset, int | float) and not isinstance(offset, bool) and abs(offset) <= 10:
                     fw.config = replace(fw.config, calibration_offset_temp=float(offset))
+        if isinstance(update, ConfigRejected) and D.REJECTED_CONFIG_SAVED in fw.defects:
+            _save_valid_keys_walked(fw, payload)
         if isinstance(update, ConfigRejected):
             reason = "invalid config" if D.CONFIG_ERROR_UNSPECIFIC in fw.defects else update.reason
             fw.log_mirrored("W", "config", f"rejected: {reason}")
@@ -82,3 +84,23 @@ def _timeouts_truncated(payload: bytes, rejected: ConfigRejected) -> ConfigUpdat
     if not all(isinstance(obj[key], float) for key in rejected.keys):
         return rejected
     return parse_config_update(json.dumps({**obj, **{key: int(obj[key]) for key in rejected.keys}}))
+
+
+def _save_valid_keys_walked(fw: Firmware, payload: bytes) -> None:
+    """The ``rejected_config_saved`` defect: each key is checked and saved to NVS in turn
+    (nvs_set_* per key, one commit), until the first invalid one rejects the update: the
+    keys before it are in `config`, unused until the next boot reads them."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return
+    if not isinstance(obj, dict):
+        return
+    walked: dict[str, object] = {}
+    for key, value in obj.items():
+        if isinstance(parse_config_update(json.dumps({key: value})), ConfigRejected):
+            break
+        walked[key] = value
+    saved = parse_config_update(json.dumps(walked)) if walked else None
+    if isinstance(saved, ConfigUpdate):
+        fw.write_nvs(store_config(fw.nvs_image(), fw.config, saved))

@@ -311,9 +311,26 @@ class MqttTask:
         elif topic == contract.ota_update_topic(did):
             if fw.safe_mode and D.OTA_OFF_IN_SAFE_MODE in fw.defects:
                 return  # the defect: no OTA in safe mode
+            if fw.safe_mode and D.OTA_REFUSED_IN_SAFE_MODE in fw.defects:
+                _refuse_in_safe_mode(fw, payload)  # the defect: answered, never installed
+                return
             fw.spawn(self.handlers.ota(payload))
         elif topic == contract.programs_deploy_topic(did):
             self.handlers.program(payload)
+
+
+def _refuse_in_safe_mode(fw: Firmware, payload: bytes) -> None:
+    """The ``ota_refused_in_safe_mode`` defect: every offer ``rejected`` while in safe mode."""
+    try:
+        offered = json.loads(payload).get("version")
+    except (ValueError, AttributeError):
+        offered = None
+    version = offered if isinstance(offered, str) else None
+    fw.log_mirrored("E", "ota", f"rejected version={version}: updates are disabled in safe mode")
+    fw.publish(
+        contract.ota_status_topic(fw.device_id),
+        {"state": "rejected", "version": version, "reason": "updates are disabled in safe mode"},
+    )
 
 
 async def _spend(seconds: float) -> None:

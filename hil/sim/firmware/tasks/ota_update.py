@@ -17,6 +17,7 @@ import time
 from hil.device import contract
 from hil.device import defects as D
 from hil.device.settings import DeviceConfig
+from hil.images.nvs import read_nvs
 from hil.sim.firmware.http_client import ssl_context_for_ca
 from hil.sim.firmware.ota import (
     OtaFailed,
@@ -68,6 +69,9 @@ class OtaTask:
             selftest_s = float(fw.config.ota_selftest_timeout_s)
             if D.OTA_SELFTEST_TIMEOUT_IGNORED in fw.defects:
                 selftest_s = float(DeviceConfig().ota_selftest_timeout_s)  # the built-in default
+            if D.OTA_SELFTEST_TIMEOUT_FROM_PROVISIONING in fw.defects:  # the defect: `config` never read for it
+                provisioned = read_nvs(fw.nvs_image()).get(contract.DEVICE_NAMESPACE, {})
+                selftest_s = float(DeviceConfig.from_nvs({contract.DEVICE_NAMESPACE: provisioned}).clamped().ota_selftest_timeout_s)
             try:
                 async with asyncio.timeout(selftest_s):
                     await fw.connected.wait()
@@ -117,6 +121,8 @@ class OtaTask:
             check_size_positive=D.OTA_SIZE_SIGN_UNCHECKED not in fw.defects,
             decode_errors_pass=D.OTA_SIGNATURE_PARSE_ERROR_ACCEPTED in fw.defects,
         )
+        if reason is None and D.OTA_VERSION_PARTS_EACH_NEWER in fw.defects and _a_part_lower(request.version, fw.version):
+            reason = f"version {request.version} is not newer than running {fw.version}"  # the defect
         if reason is None and fw.pending_verify:
             reason = "the running image is still pending verification"
         if reason is not None:
@@ -187,3 +193,10 @@ class OtaTask:
         actual = hashlib.sha256(ctx.flash.read(writer.partition.offset, writer.request.size)).hexdigest()
         if actual != writer.request.sha256.lower():
             raise OtaFailed(f"sha256 mismatch: image is {actual}, expected {writer.request.sha256.lower()}")
+
+
+def _a_part_lower(offered: str, running: str) -> bool:
+    """The ``ota_version_parts_each_newer`` defect's test: some numeric part of ``offered``
+    is lower than the same part of ``running``."""
+    pairs = zip(offered.split("."), running.split("."), strict=False)
+    return any(a.isdigit() and b.isdigit() and int(a) < int(b) for a, b in pairs)
