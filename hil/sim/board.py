@@ -6,8 +6,10 @@ low when DTR is asserted and RTS is not. The chip latches its strapping pins a l
 after EN rises (the RC delay on real boards), which is what lets esptool's non-atomic
 ClassicReset over RFC 2217 pass through (T,T) and still land in download mode.
 
-Everything the chip does after a reset runs in one asyncio task; any reset cancels it,
-exactly as pulling EN low stops a real CPU mid-instruction.
+Everything the chip does after a reset runs in one asyncio task, and every task that
+task starts, however indirectly (a firmware's background handler, say), belongs to the
+same boot (`BootTasks`); any reset or power cut cancels them all at once, exactly as
+pulling EN low stops a real CPU mid-instruction.
 
 A board with the ``usb-jtag`` personality (`hil.sim.usb_jtag`) has no auto-reset circuit:
 the host's DTR/RTS go to the chip's USB-Serial-JTAG peripheral, which decodes them into a
@@ -18,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from hil.images.app import IMAGE_MAGIC, ImageError, check_image, find_behaviour
@@ -88,6 +91,73 @@ _STRAP_RELATCHING = frozenset({RomResetCode.POWERON, RomResetCode.RTCWDT_RTC_RST
 USB_CHIP_RESET = ResetCause(RomResetCode.USB_UART_CHIP_RESET)
 
 
+class BootTasks:
+    """Every asyncio task one boot of the chip runs: the board's task for the boot, and
+    any task created inside it or inside another task of the boot (``create_task``,
+    ``ensure_future``, a TaskGroup's), found through the context a task inherits.
+
+    A firmware model's unstructured tasks (a download handler it spawned, say) are not
+    children of the boot's task, so cancelling that task alone left them running after
+    the power was gone, writing flash and restarting the chip under the next boot.
+    `end` cancels them all, synchronously, the instant the chip stops: none takes another
+    ordinary step; each only unwinds (its ``finally`` blocks close its host sockets).
+    A task the unwinding itself creates (after `end`) is that teardown's, not a new
+    piece of the boot's work, and is left alone."""
+
+    def __init__(self) -> None:
+        self._live: set[asyncio.Task[Any]] = set()
+        self.ended = False
+
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        if self.ended:
+            return
+        self._live.add(task)
+        task.add_done_callback(self._live.discard)
+
+    def end(self) -> None:
+        self.ended = True
+        live, self._live = self._live, set()
+        for task in live:
+            task.cancel()
+
+
+_BOOT: contextvars.ContextVar[BootTasks | None] = contextvars.ContextVar("hil_sim_boot", default=None)
+"""The boot a task belongs to, in the context every task copies from its creator."""
+
+
+class _BootTaskFactory:
+    """The loop's task factory while boards run on it: creates each task as the factory
+    it replaces would (or as the loop's default), and hands it to the boot its context
+    names, if any. One per loop, shared by every board on it (a fleet)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any]
+        if self.inner is not None:
+            task = self.inner(loop, coro) if context is None else self.inner(loop, coro, context=context)
+        else:
+            task = asyncio.Task(coro, loop=loop, context=context)
+        boot = _BOOT.get() if context is None else context.get(_BOOT)
+        if boot is not None and isinstance(task, asyncio.Task):
+            boot.adopt(task)
+        return task
+
+
+def _track_boot_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Make sure the loop's task factory hands tasks to their boot (wrapping any other
+    factory set since, rather than replacing it)."""
+    current = loop.get_task_factory()
+    if not isinstance(current, _BootTaskFactory):
+        loop.set_task_factory(_BootTaskFactory(current))
+
+
 class Mode(enum.StrEnum):
     OFF = "off"
     RESET = "reset"
@@ -146,6 +216,8 @@ class Board:
         self._download_strap = False  # GPIO9 as latched at the last chip reset
         self._latch: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._boot: BootTasks | None = None  # every task of the boot that is running
+        self._restarts: set[asyncio.TimerHandle] = set()  # resets the chip asked for, not yet taken
         self._session: DownloadSession | None = None
         self._t_app = clock()  # when the app started (its log time counts from the boot's)
         self._t_reset = clock()  # when the chip last came out of reset (host time)
@@ -283,9 +355,17 @@ class Board:
         """A reset the chip causes itself (esp_restart, watchdog, bootloader_reset).
 
         Scheduled rather than done inline, because the caller is usually the very task
-        the reset cancels.
+        the reset cancels. Any other reset or a power cut before it is taken supersedes it.
         """
-        asyncio.get_running_loop().call_later(delay_s, self._restart_now, cause)
+        handle: asyncio.TimerHandle | None = None
+
+        def take() -> None:
+            self._restarts.discard(handle)  # set before it can run
+            self._restart_now(cause)
+
+        # Run outside the boot's context: the reset starts the next boot, not this one.
+        handle = asyncio.get_running_loop().call_later(delay_s, take, context=contextvars.Context())
+        self._restarts.add(handle)
 
     def _restart_now(self, cause: ResetCause) -> None:
         if not self._en_high or self._latch is not None:
@@ -345,6 +425,12 @@ class Board:
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None
+        if self._boot is not None:
+            self._boot.end()  # with the boot's task, everything it started
+        self._boot = None
+        for handle in self._restarts:
+            handle.cancel()
+        self._restarts.clear()
         self._session = None
         self._cancel_wdt()  # any reset or power loss stops the RTC WDT too
         self.app_info = None
@@ -362,15 +448,26 @@ class Board:
         if cause.code in _STRAP_RELATCHING:
             self.rtc_memory.clear()  # power-on and RTC resets clear RTC memory
         self.baudrate = 115200
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(cause, download=download, rom_banner=rom_banner)
-        )
+        loop = asyncio.get_running_loop()
+        _track_boot_tasks(loop)
+        # The boot's own context, whatever context started it (the serial port's, the
+        # control endpoint's, a timer's): every task created inside it is this boot's.
+        self._boot = boot = BootTasks()
+        context = contextvars.copy_context()
+        context.run(_BOOT.set, boot)
+        self._task = loop.create_task(self._run(cause, download=download, rom_banner=rom_banner), context=context)
         self._task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         exc = task.exception()
+        if exc is not None and task is not self._task:
+            # A boot that had already been stopped failed while it unwound: its error is
+            # reported, but the chip has moved on (another boot, the ROM loader), and
+            # that must not be halted by a boot that no longer exists.
+            log.error("virtual board internal error while a stopped boot unwound", exc_info=exc)
+            return
         if exc is not None:
             # A bug in the simulator must not look like a quiet device: say it loudly,
             # on stderr and on the port, and stop (a halted CPU).
