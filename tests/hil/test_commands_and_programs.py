@@ -266,6 +266,7 @@ SCHEME_VALUES = [
     ("(begin 1 2 3)", 3),
     ("(begin (sleep 0) 1)", 1),  # no wait is still a whole number of milliseconds
     ("(let ((x 2) (y 3)) (* x y))", 6),
+    ("(define x 1) (let ((x 2) (y x)) y)", 1),  # let's inits all see the outer x: it is not let*
     ("((lambda (x y) (- x y)) 10 3)", 7),  # arguments in order
     ("(define x 5) (define (f y) (+ x y)) (f 10)", 15),
     ("(define (adder n) (lambda (x) (+ x n))) ((adder 3) 4)", 7),  # closures keep their scope

@@ -11,7 +11,10 @@ import re
 import pytest
 
 from hil.device import contract
+from hil.device.periodic import wait_timeout
 from hil.link.console import ConsoleTimeout
+from hil.services.mqtt import MqttObserver
+from hil.session import RigSession
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e, pytest.mark.destructive]
@@ -42,6 +45,24 @@ def online(mqtt, device: str, since: int, timeout: float = 60) -> dict:
     return mqtt.wait_for(
         contract.status_topic(device), lambda m: m.payload and m.json()["state"] == "online", since=since, timeout=timeout
     )[0].json()
+
+
+def first_boot_counts_problem(mqtt: MqttObserver, device: str, since: int, hil_session: RigSession) -> str | None:
+    """What is wrong with the counts health reports on the first boot of a device whose
+    NVS was just written afresh (nothing counted yet), if anything: C4.4 reads
+    `boot_count` as every boot, this one the first, and `restart_count` as the boots
+    that were not power-ons, so 0 unless the rig's reset after flashing is not a power-on
+    (a USB-JTAG reset reports USB), then 1. Waited for from ``since``, once online: the
+    next heartbeat."""
+    timeout = wait_timeout(setting(hil_session, "heartbeat_interval_s"), 1)
+    health = mqtt.wait_for(contract.health_topic(device), since=since, timeout=timeout)[0].json()
+    restarts = 0 if health["reset_reason"] == "POWERON" else 1
+    if (health["boot_count"], health["restart_count"]) == (1, restarts):
+        return None
+    return (
+        f"first boot after provisioning (reset_reason {health['reset_reason']}): boot_count "
+        f"{health['boot_count']}, restart_count {health['restart_count']}; expected 1 and {restarts}"
+    )
 
 
 @pytest.fixture
@@ -102,9 +123,10 @@ def test_a_blank_device_says_it_is_not_provisioned_and_waits(provision, hil_sess
     assert [m for m in mqtt.collect(contract.status_topic(dut.device_id), since=mark) if m.json()["state"] == "online"] == []
 
 
-@pytest.mark.clause("C1.2", "C2.6", "C2.7")
+@pytest.mark.clause("C1.2", "C2.6", "C2.7", "C4.4")
 def test_provisioning_a_blank_device_brings_it_online(provision, hil_session, dut, mqtt, console) -> None:
-    """It uses exactly what was provisioned: the SSID, the broker URI, the device id."""
+    """It uses exactly what was provisioned: the SSID, the broker URI, the device id. Its
+    NVS erased and written afresh, its health counts this boot as its first."""
     prov = hil_session.device_provisioning()
     console.expect(contract.NOT_PROVISIONED, timeout=30, since=provision(None))
     mark = mqtt.mark()
@@ -116,6 +138,7 @@ def test_provisioning_a_blank_device_brings_it_online(provision, hil_session, du
     assert online(mqtt, dut.device_id, mark)["version"] == dut.version
     reading = mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mark, timeout=30)[0].json()
     assert reading["device_id"] == prov.device_id
+    assert first_boot_counts_problem(mqtt, dut.device_id, mark, hil_session) is None
 
 
 @pytest.mark.clause("C1.2", "C4.10")
@@ -136,12 +159,13 @@ def test_reprovisioning_with_another_device_id_changes_its_identity(another_iden
     assert mqtt.collect(contract.sensors_topic(dut.device_id), since=later) == []
 
 
-@pytest.mark.clause("C1.1", "C1.2")
+@pytest.mark.clause("C1.1", "C1.2", "C4.4")
 def test_after_an_erase_and_reflash_the_device_is_back_with_the_same_identity(
     restore_firmware, hil_session, mqtt, console
 ) -> None:
     """Erased, then flashed as the session flashes: the bootloader reads the contract's
-    two-OTA partition table on 4 MB of flash, and the device is back as itself."""
+    two-OTA partition table on 4 MB of flash, and the device is back as itself, its
+    health counting this boot as its first (the erase took the counts with it)."""
     dut = restore_firmware
     console.expect(BLANK_FLASH, timeout=30, since=hil_session.erase_flash())
     mark, flashed = mqtt.mark(), console.mark()
@@ -155,3 +179,4 @@ def test_after_an_erase_and_reflash_the_device_is_back_with_the_same_identity(
     assert online(mqtt, dut.device_id, mark)["version"] == dut.version
     reading = mqtt.wait_for(contract.sensors_topic(dut.device_id), since=mark, timeout=30)[0].json()
     assert reading["device_id"] == dut.device_id
+    assert first_boot_counts_problem(mqtt, dut.device_id, mark, hil_session) is None
