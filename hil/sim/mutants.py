@@ -126,6 +126,14 @@ def _gates(test: ast.expr) -> tuple[bool, bool]:
     return positive, negative
 
 
+def _leaves_unless_defect(stmt: ast.stmt) -> bool:
+    """``if D.X not in defects: raise`` (or return, continue, break): the statements after
+    it in the same block run only on a defect image, like an ``if D.X in defects`` body."""
+    if not isinstance(stmt, ast.If) or stmt.orelse or not _gates(stmt.test)[1] or _gates(stmt.test)[0]:
+        return False
+    return isinstance(stmt.body[-1], ast.Raise | ast.Return | ast.Continue | ast.Break)
+
+
 class _Finder:
     def __init__(self, source: str, module: str) -> None:
         self.source = source
@@ -178,6 +186,8 @@ class _Finder:
     def visit_body(self, body: list[ast.stmt]) -> None:
         for index, stmt in enumerate(body):
             self.visit_stmt(body, index, stmt)
+            if _leaves_unless_defect(stmt):
+                return  # what follows runs only with a defect
 
     def visit_stmt(self, body: list[ast.stmt], index: int, stmt: ast.stmt) -> None:
         saved, self._stmt = self._stmt, stmt

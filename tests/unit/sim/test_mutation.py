@@ -103,6 +103,27 @@ def test_defect_branches_log_text_docstrings_and_annotations_are_left_alone() ->
     assert not any("float" in m.original or "list[int]" in m.original for m in found)
 
 
+def test_what_follows_a_raise_unless_the_defect_is_left_alone() -> None:
+    """``if D.X not in defects: raise`` ends the block on every image but the defect's: the
+    statements after it are the defect's branch (never run on the reference build)."""
+    source = textwrap.dedent(
+        """
+        def fetch(self):
+            try:
+                self.download()
+            except Failed:
+                if D.UNREPORTED not in self.defects:
+                    raise
+                self.log_mirrored("E", "ota", "download failed")
+                return 7
+            self.publish("verifying")
+        """
+    )
+    found = mutants(source)
+    assert not any("log_mirrored" in m.original or m.original == "7" for m in found), found
+    assert any("publish" in m.original for m in found)  # after the handler: every image runs it
+
+
 def test_ids_survive_edits_elsewhere_in_the_file() -> None:
     before = {m.id: m for m in mutants()}
     edited = SOURCE.replace("LIMIT = 30\n", "LIMIT = 30\n\n\ndef added() -> int:\n    return 7 + 8\n")
