@@ -501,6 +501,26 @@ PROGRAM_ERROR_GENERIC = "program_error_generic"
 """Reports every failed program with one fixed error, ``"program failed"``: a backend cannot
 tell a step budget from a memory budget from an error the program raised."""
 
+# -- issue #12 (contract-complete suites): §7 sensor alerts' timing
+SENSOR_FAILURE_LATE_WITHOUT_READING = "sensor_failure_late_without_reading"
+"""Starts the no-good-reading clock when the sensor task gives up retrying its init
+(``sensor_timeout_s`` of failed attempts, then ``last_ok = now`` before the read loop): in a boot
+with no good reading yet, ``sensor_failure`` comes a whole timeout late, 2 × ``sensor_timeout_s``
+after the boot."""
+RECOVERED_DEBOUNCED = "recovered_debounced"
+"""Raises ``sensor_recovered`` only on the second good reading in a row after a failure (a
+debounce against a flapping sensor): the first reading back is published without it, and the
+alert comes a measurement period late."""
+
+# -- issue #12 (contract-complete suites): §4 one time base on every topic (tests/hil/test_telemetry.py)
+ALERTS_TIMESTAMP_UPTIME = "alerts_timestamp_uptime"
+"""Stamps alerts with the uptime (``esp_timer_get_time()`` in seconds) instead of the
+wall-clock time the readings carry: a backend files every alert in January 1970."""
+# -- issue #12 (contract-complete suites): §3 QoS of the backlog (tests/hil/test_mqtt_session.py)
+BACKLOG_QOS0 = "backlog_qos0"
+"""Sends the readings queued while offline at QoS 0 on reconnect ("flush the backlog fast,
+without waiting for each PUBACK"): live readings go at QoS 1, the backlog unacknowledged."""
+
 ALL = frozenset(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
 )

@@ -13,7 +13,10 @@ from __future__ import annotations
 import pytest
 
 from hil.device import contract
-from hil.session import ONLINE_TIMEOUT_S
+from hil.services.broker_log import BrokerLog
+from hil.services.mqtt import MqttObserver
+from hil.session import ONLINE_TIMEOUT_S, RigSession
+from tests.hil.live import wait_until_live
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
@@ -71,13 +74,13 @@ def assert_connects_as_the_contract_says(log, mark, user: str, did: str) -> None
 
 
 @pytest.mark.requires("broker_protocol_log", "network_faults")
-@pytest.mark.clause("C3.1", "C3.2", "C3.3", "C3.4", "C3.5")
+@pytest.mark.clause("C3.1", "C3.2", "C3.3", "C3.4", "C3.5", "C3.11")
 @pytest.mark.guards(
     "default_client_id", "keepalive_120s", "clean_session", "no_lwt", "will_qos0", "will_not_retained",
     "online_not_retained", "clean_session_at_boot",
 )  # fmt: skip
 def test_every_connect_carries_the_device_id_keepalive_persistent_session_and_will(
-    dut, broker, network, console, mqtt
+    dut, broker, network, console, mqtt, hil_session
 ) -> None:
     """A reconnect (the connection cut) and the first connect of a boot (after `reset`):
     "every connect" is both, and a device off or restarting is offline too (C3.3)."""
@@ -89,6 +92,23 @@ def test_every_connect_carries_the_device_id_keepalive_persistent_session_and_wi
     mqtt.publish(contract.command_topic(did), {"cmd": "reset"})
     mqtt.wait_for(contract.status_topic(did), lambda m: m.json()["state"] == "online", since=since, timeout=ONLINE_TIMEOUT_S)
     assert_connects_as_the_contract_says(log, mark, user, did)
+    assert_nothing_counted_dropped_in_a_young_boot(mqtt, did, hil_session)
+
+
+def assert_nothing_counted_dropped_in_a_young_boot(mqtt: MqttObserver, did: str, hil_session: RigSession) -> None:
+    """C3.11: only an overflow of the offline queue drops readings and counts them, and no
+    boot younger than the queue's length in measurement periods can have overflowed it (it
+    holds `OFFLINE_QUEUE_LENGTH` readings): its `dropped_readings` is 0, not a count carried
+    over from an earlier boot or an uninitialised counter (a loss that never happened)."""
+    since = mqtt.mark()
+    mqtt.publish(contract.command_topic(did), {"cmd": "report"})
+    health = mqtt.wait_for(contract.health_topic(did), since=since, timeout=15)[0].json()
+    young = contract.OFFLINE_QUEUE_LENGTH * setting(hil_session, "measurement_interval_s")
+    assert health["uptime_s"] < young, f"a boot of {health['uptime_s']} s is no fresh boot: {health}"
+    assert health["dropped_readings"] == 0, (
+        f"dropped_readings {health['dropped_readings']} {health['uptime_s']} s into a boot: fewer than "
+        f"{contract.OFFLINE_QUEUE_LENGTH} readings were measured, so none can have been dropped ({health})"
+    )
 
 
 @pytest.mark.requires("broker_protocol_log", "network_faults")
@@ -164,6 +184,45 @@ def test_telemetry_is_published_at_qos_1(dut, broker, mqtt, hil_session) -> None
     # The observer (subscribed at QoS 1) gets them at the QoS they were sent with.
     received = mqtt.wait_for(sensors, since=since, count=3, timeout=readings_within(hil_session, 3))
     assert {m.qos for m in received} == {1}, f"delivered at QoS {[m.qos for m in received]}"
+
+
+@pytest.mark.requires("broker_protocol_log", "network_faults")
+@pytest.mark.clause("C3.9", "C3.10")
+@pytest.mark.guards("backlog_qos0")
+def test_readings_queued_while_offline_are_published_at_qos_1_too(dut, broker, network, console, mqtt, hil_session) -> None:
+    """C3.9 holds for every reading, not only the live ones: the backlog a reconnect sends
+    (C3.10) goes at QoS 1 as well. The path refused (connects and the live connection) for
+    two measurement intervals at least, by the delays the device announces, so readings
+    queue; then every PUBLISH on `sensors` after the reconnect is QoS 1 in the broker's log."""
+    did = dut.device_id
+    sensors = contract.sensors_topic(did)
+    interval = setting(hil_session, "measurement_interval_s")
+    mqtt.wait_for(sensors, since=mqtt.mark(), timeout=readings_within(hil_session, 1))  # up
+    log, cut = broker.protocol_log(), console.mark()
+    network.partition(120.0)
+    network.reset_all()
+    offline, lost = 0.0, console.expect(contract.MQTT_DISCONNECTED, since=cut, timeout=30)
+    while offline < 2 * interval:  # each line announces the delay before the next attempt
+        offline += int(lost["retry_ms"]) / 1000
+        lost = console.expect(contract.MQTT_DISCONNECTED, timeout=45)
+    mark, healed = log.mark(), mqtt.mark()
+    network.heal()
+    wait_until_live(mqtt, sensors, healed, interval)  # the backlog, then live readings
+    delivered = {m.json()["seq"] for m in mqtt.collect(sensors, since=healed)}
+    user = device_user(broker, dut)
+
+    def all_logged(log: BrokerLog) -> bool:
+        ids = {c.client_id for c in log.connects_of(username=user)}
+        return len([p for p in log.publishes if p.topic == sensors and p.client_id in ids]) >= len(delivered)
+
+    seen = log.wait_for(all_logged, since=mark, timeout=15, what=f"the {len(delivered)} readings' PUBLISHes after the reconnect")
+    ids = {c.client_id for c in seen.connects_of(username=user)}
+    published = [p for p in seen.publishes if p.topic == sensors and p.client_id in ids]
+    below = [(p.line, p.qos) for p in published if p.qos != 1]
+    assert not below, (
+        f"{len(below)} of the {len(published)} readings published after the reconnect (a backlog of those measured in "
+        f"{offline:.1f} s offline, then live ones) went below QoS 1 (log line, QoS): {below}"
+    )
 
 
 @pytest.mark.clause("C3.5")

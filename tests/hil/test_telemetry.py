@@ -127,8 +127,11 @@ def test_sensors_health_and_metrics_come_at_their_intervals_with_consistent_valu
 
 
 @pytest.mark.requires("sensor_emulation")
-@pytest.mark.clause("C4.9", "C2.5", "C5.6", "C4.3", "C7.5", "C7.6")
-@pytest.mark.guards("warnings_not_mirrored", "seq_per_measurement", "logs_timestamp_since_boot", "recovered_after_any_failed_read")
+@pytest.mark.clause("C4.9", "C2.5", "C5.6", "C4.3", "C7.5", "C7.6", "C4.7", "C4.8")
+@pytest.mark.guards(
+    "warnings_not_mirrored", "seq_per_measurement", "logs_timestamp_since_boot", "recovered_after_any_failed_read",
+    "alerts_timestamp_uptime",
+)  # fmt: skip
 def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, mqtt, console, sensor, hil_session) -> None:
     did = dut.device_id
     logs, readings = contract.logs_topic(did), contract.sensors_topic(did)
@@ -138,6 +141,9 @@ def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, 
     mqtt.publish(contract.config_update_topic(did), {"colour": "red"})
     mqtt.wait_for(contract.config_status_topic(did), since=mark, timeout=10)
     mqtt.wait_for(readings, since=mark, timeout=10 * interval + 10)  # one before the failed reads
+    # C4.7: the metrics' error count before the errors (no error logged since the mark yet).
+    report = setting(hil_session, "status_report_interval_s")
+    counted_before = mqtt.wait_for(contract.metrics_topic(did), since=mark, timeout=wait_timeout(report, 1))[0].json()
     # Errors: a sensor that stops answering, for two reads (well inside sensor_timeout_s).
     sensor.fault(Fault.NACK.value)
     try:
@@ -146,6 +152,16 @@ def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, 
     finally:
         sensor.clear_faults()
     mqtt.wait_for(readings, since=mqtt.mark(), timeout=10 * interval + 10)
+    # C4.7: `error_count` counts the errors, each once: the metrics after the failed reads
+    # (none since) are up by as many as the serial port reported as errors meanwhile.
+    counted_after = mqtt.wait_for(contract.metrics_topic(did), since=mqtt.mark(), timeout=wait_timeout(report, 1))[0].json()
+    errors = [line for line in console.lines(serial) if (m := contract.LOG_LINE.search(line)) and m["level"] == "E"]
+    before_m, after_m = counted_before["metrics"], counted_after["metrics"]
+    assert after_m["uptime_seconds"] > before_m["uptime_seconds"], f"the device restarted: {counted_before} then {counted_after}"
+    assert after_m["error_count"] - before_m["error_count"] == len(errors), (
+        f"error_count {before_m['error_count']} before the failed reads, {after_m['error_count']} after them; "
+        f"the serial port reported {len(errors)} error(s) meanwhile: {errors}"
+    )
     # C4.3: the failed reads took no seq; the numbering runs on across them.
     mqtt.assert_gapless(readings, since=mark, single_boot=True)
     # A glitch of two reads is no sensor failure (C7.5: none for sensor_timeout_s), so there
@@ -187,6 +203,12 @@ def test_warnings_and_errors_are_mirrored_to_logs_with_their_level_and_tag(dut, 
     span = (min(around) - margin, max(around) + margin)
     strays = [e for e in mirrored if not span[0] <= e["timestamp"] <= span[1]]
     assert not strays, f"mirrored with timestamps outside the readings' {span[0]:.3f}..{span[1]:.3f}: {strays}"
+    # C4.8 and §4's one time base: the alerts of the test (the rejected update's
+    # `config_rejected` among them) carry the readings' clock too, not an uptime.
+    alerts = [m.json() for m in mqtt.collect(contract.alerts_topic(did), since=mark)]
+    assert any(a["code"] == "config_rejected" for a in alerts), f"no config_rejected alert for the rejected update: {alerts}"
+    strays = [a for a in alerts if not span[0] <= a["timestamp"] <= span[1]]
+    assert not strays, f"alerts with timestamps outside the readings' {span[0]:.3f}..{span[1]:.3f}: {strays}"
 
 
 @pytest.mark.requires("wifi_control")

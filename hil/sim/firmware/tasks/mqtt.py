@@ -191,6 +191,7 @@ class MqttTask:
                 else:
                     fw.log("I", "mqtt", f"connected uri={shown}")
                 fw.connected.set()
+                self.backlog_left = len(fw.outbox.readings)  # queued while offline (the backlog_qos0 defect)
                 if D.BACKLOG_COUNTED_AS_DROPPED in fw.defects:
                     fw.outbox.dropped_readings += len(fw.outbox.readings)  # "missed their live publish"
                 online = {"state": "online", "version": fw.version, "reset_reason": fw.reset_reason, "boot_count": fw.boot_count}
@@ -259,6 +260,9 @@ class MqttTask:
                     qos = 0 if D.TELEMETRY_QOS0 in fw.defects and topic.endswith("/sensors") else 1
                     if D.REPORTS_QOS0 in fw.defects and not topic.endswith("/sensors"):
                         qos = 0  # "only readings matter": health, metrics, alerts, logs, acks unacknowledged
+                    if D.BACKLOG_QOS0 in fw.defects and topic.endswith("/sensors") and self.backlog_left > 0:
+                        self.backlog_left -= 1
+                        qos = 0  # the defect: the backlog flushed without waiting for PUBACKs
                     await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
                 except aiomqtt.MqttError:
                     if not stop.done():

@@ -147,9 +147,12 @@ class Firmware:
         self.outbox.put(topic, data, retain=retain)
 
     def alert(self, level: str, code: str, message: str) -> None:
+        stamp = time.time()
+        if D.ALERTS_TIMESTAMP_UPTIME in self.defects:
+            stamp = round(time.monotonic() - self.boot_time, 1)  # the defect: esp_timer's uptime
         self.publish(
             contract.alerts_topic(self.device_id),
-            {"level": level, "code": code, "message": message, "device_id": self.device_id, "timestamp": time.time()},
+            {"level": level, "code": code, "message": message, "device_id": self.device_id, "timestamp": stamp},
         )
 
     def log_mirrored(self, level: str, tag: str, message: str) -> None:
