@@ -184,6 +184,7 @@ def test_out_of_range_values_are_withheld_with_an_alert(dut, mqtt, environment, 
     assert not accuracy_problems(back, ROOM), back
     recovered = mqtt.wait_for(alerts, alert("sensor_recovered"), since=mark, timeout=10 * interval + 10)[0].json()
     assert recovered["level"] == contract.ALERT_LEVEL_BY_CODE["sensor_recovered"] == "info", recovered
+    assert_recovered_with_the_first_reading(mqtt, did, mark, failure, recovered, interval)
     episode = [c for m in mqtt.collect(alerts, since=mark) if (c := m.json()["code"]) in ("sensor_failure", "sensor_recovered")]
     assert episode == ["sensor_failure", "sensor_recovered"], f"once per episode, then cleared: got {episode}"
     # C4.3: a value withheld takes no seq; the numbering runs on across the episode.
@@ -197,6 +198,20 @@ def assert_failure_timed(failure: dict, last_good: dict, timeout_s: float, inter
     assert held >= timeout_s - 0.5, f"raised {held:.2f} s after the last reading: before sensor_timeout_s ({timeout_s:g} s)"
     late = timeout_s + DEFAULT_TOLERANCE.max_ratio * interval + DEFAULT_TOLERANCE.latency_s
     assert held <= late, f"raised {held:.2f} s after the last reading (sensor_timeout_s {timeout_s:g} s)"
+
+
+def assert_recovered_with_the_first_reading(mqtt, did: str, mark: int, failure: dict, recovered: dict, interval: float) -> None:
+    """C7.6 "when readings return": `sensor_recovered` comes with the first good reading after
+    the failure, of the same measurement. Device clock against device clock: closer than two
+    readings of one period may ever be (the spacing tolerance's least gap), so one period or
+    more late (a recovery debounced over readings) fails."""
+    back = [r for m in mqtt.collect(contract.sensors_topic(did), since=mark) if (r := m.json())["timestamp"] >= failure["timestamp"]]
+    assert back, "no reading after sensor_failure"
+    first = min(back, key=lambda r: (r["boot_count"], r["seq"]))
+    apart = recovered["timestamp"] - first["timestamp"]
+    assert abs(apart) < DEFAULT_TOLERANCE.min_ratio * interval, (
+        f"sensor_recovered {apart:+.2f} s from the first reading back (seq {first['seq']}), measurement interval {interval:g} s"
+    )
 
 
 # Just outside each edge by half the accuracy: the device may read such an environment as
@@ -307,6 +322,7 @@ def nack_episode(mqtt, sensor, did: str, hil_session, *, linger: bool) -> None:
     assert not contract.validate_payload("alerts", recovered, device_id=did)
     assert recovered["level"] == contract.ALERT_LEVEL_BY_CODE["sensor_recovered"] == "info", recovered
     mqtt.wait_for(readings, lambda m: m.json()["timestamp"] >= failure["timestamp"], since=mark, timeout=10 * interval + 10)
+    assert_recovered_with_the_first_reading(mqtt, did, mark, failure, recovered, interval)
     codes = [m.json()["code"] for m in mqtt.collect(alerts, since=mark)]
     episode = [c for c in codes if c in ("sensor_failure", "sensor_recovered")]
     assert episode == ["sensor_failure", "sensor_recovered"], f"once per episode, then cleared: got {episode}"
@@ -316,7 +332,7 @@ def nack_episode(mqtt, sensor, did: str, hil_session, *, linger: bool) -> None:
 @pytest.mark.requires("sensor_emulation")
 @pytest.mark.guards(
     "ignores_sensor_timeout", "repeats_sensor_failure", "recovered_as_warning", "sensor_failure_once_per_boot",
-    "seq_per_measurement",
+    "seq_per_measurement", "recovered_debounced",
 )  # fmt: skip
 def test_a_sensor_that_stops_answering_raises_sensor_failure_once_and_recovers(dut, mqtt, sensor, hil_session) -> None:
     did = dut.device_id
@@ -360,16 +376,17 @@ def reset_and_wait_online(dut, mqtt, timeout: float = 60) -> tuple[int, dict]:
             Fault.CORRUPT_CALIBRATION_H,
             "sensor_calibration",
             id="dig_H1-zero",
-            marks=pytest.mark.guards("sensor_failure_at_once_without_reading"),
+            marks=pytest.mark.guards("sensor_failure_at_once_without_reading", "sensor_failure_late_without_reading"),
         ),
         pytest.param(Fault.WRONG_CHIP_ID, None, id="wrong-chip-id", marks=pytest.mark.guards("chip_id_alerted_as_calibration")),
     ],
 )
 def test_a_sensor_failing_its_checks_at_boot_is_reported_and_nothing_is_published(
-    dut, mqtt, console, sensor, hil_session, fault, code
+    dut, mqtt, console, sensor, hil_session, rig, fault, code
 ) -> None:
     did = dut.device_id
     timeout_s = setting(hil_session, "sensor_timeout_s")
+    interval = setting(hil_session, "measurement_interval_s")
     sensor.fault(fault.value)
     serial = console.mark()
     mark, online = reset_and_wait_online(dut, mqtt)
@@ -394,6 +411,17 @@ def test_a_sensor_failing_its_checks_at_boot_is_reported_and_nothing_is_publishe
     booted = next(r.monotonic for r in console.records(serial) if not r.marker and contract.ROM_RESET.search(r.text))
     assert failure.at - booted >= timeout_s - DEFAULT_TOLERANCE.latency_s, (
         f"sensor_failure {failure.at - booted:.2f} s after the boot began, sensor_timeout_s {timeout_s:g} s"
+    )
+    # ... and soon after it: the device's clock starts by app_main at the latest (the rig's
+    # declared boot time), its attempts come a (long) measurement period apart, and the alert
+    # needs the broker session (up by then on a healthy path, but the rig declares how long
+    # it may take), then a delivery.
+    tls = hil_session.device_provisioning().mqtt_uri.startswith("mqtts://")
+    due = timeout_s + rig.timing.boot_to_app_s + DEFAULT_TOLERANCE.max_ratio * interval
+    late = max(due, rig.timing.boot_to_online_s(tls=tls)) + DEFAULT_TOLERANCE.latency_s
+    assert failure.at - booted <= late, (
+        f"sensor_failure {failure.at - booted:.2f} s after the boot began, sensor_timeout_s {timeout_s:g} s, "
+        f"measurement interval {interval:g} s: later than {late:.2f} s"
     )
     published = [m.json() for m in mqtt.collect(contract.sensors_topic(did), since=mark)]
     assert [r for r in published if r["boot_count"] == online["boot_count"]] == []

@@ -725,6 +725,13 @@ def just_outside(uri: str) -> list[tuple[str, dict | bytes, Why]]:
         ("boolean for number", {"calibration_offset_temp": True}, ("calibration_offset_temp", "type")),
         ("unknown log level", {"log_level": "chatty"}, ("log_level", "value")),
         ("log level not a string", {"log_level": 2}, ("log_level", "type")),
+        # null is no number, no level and no list of URIs (C5.5): a wrong type, rejected as a
+        # whole (C5.6), never read as "back to the default" (C5.9's defaults are for a key never
+        # given; C5.2's factory reset is the way back to them). Each alone, with valid companions:
+        # a device that drops a null key applies the rest.
+        ("offset null", {"calibration_offset_temp": None}, ("calibration_offset_temp", "type")),
+        ("log level null", {"log_level": None}, ("log_level", "type")),
+        ("brokers null", {"brokers": None}, ("brokers", "type")),
         ("unknown key", {"colour": "red"}, ("colour", "unknown key")),
         ("malformed JSON", b'{"measurement_interval_s": 2', (None, "not JSON")),
         ("not an object", b"[2]", (None, "not an object")),
@@ -777,6 +784,8 @@ def test_an_invalid_config_is_rejected_as_a_whole_and_changes_nothing(dut, mqtt,
         mqtt.publish(contract.config_update_topic(did), payload)
         status = mqtt.wait_for(contract.config_status_topic(did), since=sent, timeout=10)[0].json()
         assert status["ok"] is False, f"{name}: accepted {payload!r}"
+        # Exactly what a rejection carries (C4.11, C5.6): `ok` false and an `error` that says
+        # why; the schema refuses `applied` when `ok` is false (nothing was) and any other key.
         assert not contract.validate_payload("config_status", status) and status["error"], (name, status)
         errors[name] = status["error"]
     unspecific = unspecific_errors(errors, {name: why for name, _, why in cases})

@@ -40,6 +40,8 @@ class SensorTask:
         """Whether this boot has raised ``sensor_failure`` at all (any episode)."""
         self.glitched = False
         """A read failed since the last good one (the ``recovered_after_any_failed_read`` defect)."""
+        self.recovery_armed = False
+        """A good reading came since ``sensor_failure`` (the ``recovered_debounced`` defect)."""
 
     async def run(self) -> None:
         fw = self.fw
@@ -119,6 +121,8 @@ class SensorTask:
         since = fw.last_reading_at or fw.boot_time
         if D.SENSOR_FAILURE_AT_ONCE_WITHOUT_READING in fw.defects and fw.last_reading_at is None:
             since = fw.boot_time - fw.config.sensor_timeout_s  # the defect: no reading yet is a timeout
+        if D.SENSOR_FAILURE_LATE_WITHOUT_READING in fw.defects and fw.last_reading_at is None:
+            since = fw.boot_time + fw.config.sensor_timeout_s  # the defect: the clock starts as init gives up
         if (
             (not fw.sensor_failure_raised or D.SENSOR_FAILURE_REPEATED in fw.defects)
             and time.monotonic() - since >= fw.config.sensor_timeout_s
@@ -127,6 +131,8 @@ class SensorTask:
         ):
             fw.sensor_failure_raised = True
             self.failure_alerted = True
+            if D.RECOVERED_DEBOUNCED in fw.defects:
+                self.recovery_armed = False
             fw.alert("critical", "sensor_failure", f"no good reading for {fw.config.sensor_timeout_s} s")
 
     def _on_reading(self, temperature: float, humidity: float, pressure: float) -> None:
@@ -159,7 +165,9 @@ class SensorTask:
             fw.alert("info", "sensor_recovered", "readings are back")  # the defect: no failure was raised
         if D.RECOVERED_AFTER_ANY_FAILED_READ in fw.defects:
             self.glitched = False
-        if fw.sensor_failure_raised:
+        if D.RECOVERED_DEBOUNCED in fw.defects and fw.sensor_failure_raised and not self.recovery_armed:
+            self.recovery_armed = True  # the defect: the first good reading back only arms the recovery
+        elif fw.sensor_failure_raised:
             fw.sensor_failure_raised = False
             fw.alert("warning" if D.RECOVERED_AS_WARNING in fw.defects else "info", "sensor_recovered", "readings are back")
         payload = {
