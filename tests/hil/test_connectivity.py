@@ -25,19 +25,20 @@ cover it.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import time
 
 import pytest
 
 from hil.device import contract
-from hil.device.periodic import spacing_problems
+from hil.device.periodic import spacing_problems, wait_timeout
 from hil.reporting.charts import Instant, Span, timeline_chart
 from hil.reporting.report import attach_svg
 from hil.services.broker import free_port
 from hil.services.netfault import FaultProxy
 from tests.hil.leaks import leaked, secret_texts
-from tests.hil.live import wait_until_live
+from tests.hil.live import broker_uses_tls, wait_until_live
 from tests.hil.provisioned import setting
 
 pytestmark = [pytest.mark.hil, pytest.mark.gate_e2e]
@@ -211,6 +212,40 @@ def test_a_network_fault_ends_in_a_reconnect_with_no_reading_lost(
     after = mqtt.mark()
     console.expect(contract.MQTT_CONNECTED, timeout=45)
     wait_until_live(mqtt, topic, after, interval)  # the queue, then live readings
+    mqtt.assert_gapless(topic, since=mark, single_boot=True)
+    assert_measured_apart(mqtt, topic, mark, interval)
+
+
+@pytest.mark.requires("network_faults")
+@pytest.mark.clause("C4.2", "C3.10", "C4.3", "C4.1")
+def test_a_path_stalled_for_a_keepalive_and_back_carries_the_readings_again(dut, mqtt, network, hil_session) -> None:
+    """A path that stalls for one keepalive (C3.2) and comes back on its own: held, not
+    closed, and shorter than the broker's 1.5 × keepalive of patience (MQTT 3.1.1
+    §3.1.2.10), so the session may outlive it on both ends. Whether the device noticed (a
+    QoS 1 publish that went unacknowledged, and a new session) or not (its pings answered
+    once the path is back), its readings flow again, the ones measured during the stall
+    included: a device that gave up publishing but kept the session up is online and
+    silent for good."""
+    topic = contract.sensors_topic(dut.device_id)
+    interval = setting(hil_session, "measurement_interval_s")
+    stall = float(contract.MQTT_KEEPALIVE_S)
+    mark = mqtt.mark()
+    last = mqtt.wait_for(topic, since=mark, timeout=15)[-1].json()["seq"]
+    network.partition(stall)  # heals itself after `stall`: no wait of the test's own
+    # A reading measured after the stall (seq counts measurements, C4.3), so everything
+    # queued during it is in before it (C3.10: in order). It comes once the path is back:
+    # at worst after the longest backoff delay (C3.6) and a connect (the rig's timing).
+    timing = hil_session.rig.timing
+    reconnect = contract.RECONNECT_BACKOFF_S[1] * (1 + contract.RECONNECT_JITTER) + timing.broker_connect_s
+    if broker_uses_tls(hil_session):
+        reconnect += timing.tls_handshake_s
+    after_stall = last + math.ceil(stall / interval) + 2  # one interval's margin for the device's clock
+    mqtt.wait_for(
+        topic,
+        lambda m: m.json()["seq"] >= after_stall,
+        since=mark,
+        timeout=stall + reconnect + wait_timeout(interval, 2),
+    )
     mqtt.assert_gapless(topic, since=mark, single_boot=True)
     assert_measured_apart(mqtt, topic, mark, interval)
 

@@ -14,7 +14,7 @@ import pytest
 
 from hil.device import contract
 from hil.services.broker_log import BrokerLog
-from hil.services.mqtt import MqttObserver
+from hil.services.mqtt import MqttObserver, Received
 from hil.session import ONLINE_TIMEOUT_S, RigSession
 from tests.hil.live import wait_until_live
 from tests.hil.provisioned import setting
@@ -249,6 +249,29 @@ def test_a_newcomer_sees_the_online_status_retained_describing_the_running_boot(
     )
 
 
+# The latest the broker may publish the will of a device that went silent: 1.5 keepalive
+# periods after its last packet (MQTT 3.1.1 §3.1.2.10; a board that loses power sends
+# nothing, not even a FIN), and one more period for the broker's sweep and the delivery.
+WILL_AFTER_SILENCE_S = 1.5 * contract.MQTT_KEEPALIVE_S + contract.MQTT_KEEPALIVE_S
+# The earliest it may, from the device's last packet: 1.5 keepalive periods, less a second
+# for a broker that keeps time in whole seconds (mosquitto 2.0 expires a client more than
+# keepalive × 3 / 2 = 22 whole seconds after its last packet).
+WILL_NOT_BEFORE_S = 1.5 * contract.MQTT_KEEPALIVE_S - 1
+
+
+def assert_the_will_waited_for_the_keepalive(mqtt: MqttObserver, did: str, mark: int, will: Received, why: str) -> None:
+    """A device whose link died silently (``why``) cannot be declared lost before its
+    keepalive has run out: a will earlier than 1.5 × keepalive after the device's last
+    message was set off by something other than the broker's expiry (a FIN or RST the
+    device had no way to send). Its last message stands in for its last packet, which can
+    only be later (a PINGREQ), so the bound holds a fortiori."""
+    sent = [m.at for m in mqtt.collect(contract.device_publish_prefix(did) + "#", since=mark) if m.at < will.at]
+    assert will.at - max(sent) >= WILL_NOT_BEFORE_S, (
+        f"{why}: the will came {will.at - max(sent):.1f} s after the device's last message; a silent device is declared "
+        f"lost only after 1.5 × keepalive ({1.5 * contract.MQTT_KEEPALIVE_S:g} s, less {1.5 * contract.MQTT_KEEPALIVE_S - WILL_NOT_BEFORE_S:g} s for a broker's whole seconds)"
+    )
+
+
 @pytest.mark.requires("wifi_control")
 @pytest.mark.clause("C3.4", "C3.5")
 @pytest.mark.guards("will_not_retained", "will_qos0", "no_lwt", "online_not_retained")
@@ -260,10 +283,15 @@ def test_after_an_ungraceful_loss_a_newcomer_sees_the_will_then_online_again(
     mark = mqtt.mark()
     before = mqtt.wait_for(contract.sensors_topic(did), since=mark, timeout=readings_within(hil_session, 1))[0].json()
     wifi.ap(up=False)  # no DISCONNECT: the broker publishes the will once it sees the link gone
-    mqtt.wait_for(status, state_is("offline"), since=mark, timeout=40)
+    will = mqtt.wait_for(status, state_is("offline"), since=mark, timeout=40)[0]
     gone = fresh_subscriber(status).collect(status)
     assert [m.json() for m in gone] == [{"state": "offline"}], f"a newcomer after the loss got {[m.payload for m in gone]}"
     assert gone[0].retain and gone[0].qos == 1, f"the will was kept retained={gone[0].retain} at QoS {gone[0].qos}"
+    if hil_session.rig.timing.silent_tcp_on_reset:
+        # A board whose TCP goes silent when its chip stops (a real one; the real-board
+        # profile) is as silent when its AP goes: off the air, nothing it sends reaches the
+        # broker. (A virtual board on the default profile closes the connection instead.)
+        assert_the_will_waited_for_the_keepalive(mqtt, did, mark, will, "the AP gone")
     back_mark = mqtt.mark()
     wifi.ap(up=True)
     mqtt.wait_for(status, state_is("online"), since=back_mark, timeout=60)
@@ -271,16 +299,6 @@ def test_after_an_ungraceful_loss_a_newcomer_sees_the_will_then_online_again(
     assert len(back) == 1 and back[0].retain, f"after the return a newcomer got {[(m.payload, m.retain) for m in back]}"
     body = back[0].json()
     assert body["state"] == "online" and body["boot_count"] == before["boot_count"], f"retained {body} after the return"
-
-
-# The latest the broker may publish the will of a device that went silent: 1.5 keepalive
-# periods after its last packet (MQTT 3.1.1 §3.1.2.10; a board that loses power sends
-# nothing, not even a FIN), and one more period for the broker's sweep and the delivery.
-WILL_AFTER_SILENCE_S = 1.5 * contract.MQTT_KEEPALIVE_S + contract.MQTT_KEEPALIVE_S
-# The earliest it may, from the device's last packet: 1.5 keepalive periods, less a second
-# for a broker that keeps time in whole seconds (mosquitto 2.0 expires a client more than
-# keepalive × 3 / 2 = 22 whole seconds after its last packet).
-WILL_NOT_BEFORE_S = 1.5 * contract.MQTT_KEEPALIVE_S - 1
 
 
 @pytest.mark.requires("power_control")
@@ -306,14 +324,8 @@ def test_after_a_power_cut_a_newcomer_sees_the_will_then_the_next_boot_online(
         f"with the device's power off a newcomer got {[(m.payload, m.retain, m.qos) for m in gone]}"
     )
     if hil_session.rig.timing.silent_tcp_on_reset:
-        # A board whose TCP dies with its power (a real one; the real-board profile) cannot
-        # be declared lost before its keepalive has run out: an earlier offline was sent by
-        # something other than the broker's expiry (a FIN or RST a dead chip cannot send).
-        sent = [m.at for m in mqtt.collect(contract.device_publish_prefix(did) + "#", since=mark) if m.at < will.at]
-        assert will.at - max(sent) >= WILL_NOT_BEFORE_S, (
-            f"the will came {will.at - max(sent):.1f} s after the device's last message; a silent device is declared "
-            f"lost only after 1.5 × keepalive ({1.5 * contract.MQTT_KEEPALIVE_S:g} s, less {1.5 * contract.MQTT_KEEPALIVE_S - WILL_NOT_BEFORE_S:g} s for a broker's whole seconds)"
-        )
+        # A board whose TCP dies with its power (a real one; the real-board profile).
+        assert_the_will_waited_for_the_keepalive(mqtt, did, mark, will, "the power cut")
     mqtt.wait_for(status, state_is("online"), since=mark, timeout=ONLINE_TIMEOUT_S)
     [back] = fresh_subscriber(status).collect(status)
     body = back.json()
