@@ -78,6 +78,10 @@ def on_a_terminal(args: list[str]) -> tuple[subprocess.Popen[bytes], int]:
 
     def take_the_terminal() -> None:  # after setsid: the pty on fd 0 becomes the ctty
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        # SIGINT's default, as a person's shell gives its commands: a runner started in
+        # the background (bash's `&` without job control) ignores SIGINT, every descendant
+        # inherits the ignore, and the Ctrl-C would do nothing.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     env = {**os.environ, "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)

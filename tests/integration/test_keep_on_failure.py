@@ -81,8 +81,16 @@ def start_run(tmp_path: Path, *options: str, env: dict[str, str] | None = None) 
         [sys.executable, "-m", "pytest", "test_fails.py", "-p", "no:cacheprovider",
          f"--rigs-dir={ROOT / 'rigs'}", f"--hil-log-dir={tmp_path / 'logs'}", "--keep-on-failure", *options],
         cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=ctrl_c_as_in_a_shell,
     )  # fmt: skip
     return proc, Output(proc)
+
+
+def ctrl_c_as_in_a_shell() -> None:
+    """The run gets SIGINT's default, as a person's shell gives its commands: a runner
+    started in the background (bash's ``&`` without job control) ignores SIGINT, every
+    descendant inherits the ignore, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def printed_commands(text: str) -> dict[str, str]:
