@@ -205,22 +205,8 @@ def plan(options: FleetOptions, *, keep: range | None = None) -> _Plan:
         )
     ids = device_ids(options.count)
     creds = load_credentials(options.credentials, ids) if options.credentials else {}
-    ca_pem = None
-    if options.ca_file is not None:
-        try:
-            ca_pem = options.ca_file.read_text()
-        except OSError as exc:
-            raise FleetError(f"--ca-file {options.ca_file}: cannot read it: {exc.strerror}") from None
-        if "-----BEGIN CERTIFICATE-----" not in ca_pem:
-            raise FleetError(f"--ca-file {options.ca_file}: no PEM certificate in it")
-    ota_pubkey = None
-    if options.ota_pubkey is not None:
-        try:
-            ota_pubkey = options.ota_pubkey.read_text()
-        except OSError as exc:
-            raise FleetError(f"--ota-pubkey {options.ota_pubkey}: cannot read it: {exc.strerror}") from None
-        if "-----BEGIN PUBLIC KEY-----" not in ota_pubkey:
-            raise FleetError(f"--ota-pubkey {options.ota_pubkey}: no PEM public key in it")
+    ca_pem = _read_pem(options.ca_file, "--ca-file", "CERTIFICATE", "certificate")
+    ota_pubkey = _read_pem(options.ota_pubkey, "--ota-pubkey", "PUBLIC KEY", "public key")
     try:
         book = load_recipes()
         app = book.get(options.app or book.baseline).name
@@ -298,6 +284,20 @@ def lock_board_dir(board_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _read_pem(path: Path | None, option: str, label: str, what: str) -> str | None:
+    """The PEM text of ``path`` (None when not given); a FleetError naming ``option`` when
+    it cannot be read or holds no ``-----BEGIN {label}-----`` block."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FleetError(f"{option} {path}: cannot read it: {exc.strerror}") from None
+    if f"-----BEGIN {label}-----" not in text:
+        raise FleetError(f"{option} {path}: no PEM {what} in it")
+    return text
 
 
 def anonymous_memory() -> int:
